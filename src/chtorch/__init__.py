@@ -4,4 +4,30 @@ Reference: Y. Zhang et al., "Brain network science modelling of sparse neural ne
 Transformers and LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.19107).
 """
 
+from . import linkpred, percolation, schedules, topology
+from .api import sparsify
+from .methods import MethodPreset, get_method, method_table, methods, register_method
+from .options import OptionError, SparsityOptions
+from .report import LayerUpdate, UpdateReport
+from .sparsity import DynamicSparsity, select_layers
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "sparsify",
+    "DynamicSparsity",
+    "SparsityOptions",
+    "OptionError",
+    "UpdateReport",
+    "LayerUpdate",
+    "MethodPreset",
+    "register_method",
+    "get_method",
+    "methods",
+    "method_table",
+    "select_layers",
+    "linkpred",
+    "percolation",
+    "schedules",
+    "topology",
+]

@@ -1,0 +1,580 @@
+"""``DynamicSparsity``: the dynamic sparse training engine.
+
+It owns the topology of the selected ``nn.Linear`` layers of a plain model and keeps three promises:
+
+1. **Masks travel with the model.** Each selected layer gets a persistent bool buffer
+   ``weight_mask`` of the weight's shape ``(out_features, in_features)``, so masks are in
+   ``model.state_dict()``.
+2. **Off-mask entries are exactly zero.** Gradients are masked by tensor hooks; weights and every
+   optimizer state tensor shaped like the weight (SGD momentum, Adam moments, ...) are masked by an
+   optimizer step post-hook and after every topology update. No ``optimizer.step`` monkey-patching.
+3. **Exact budgets, reproducible choices.** After every update each layer holds exactly its target
+   number of links; every random choice comes from a generator derived from
+   ``(seed, update index, layer index)``, so a resumed run or another ``torchrun`` rank decides the
+   same.
+
+A topology update (every ΔT optimizer steps until T_end) runs, per layer: density-schedule pruning
+(CHTss, GMP, GraNet, MEST EM&S) → removal (magnitude / SET / RI / MEST × top-k / soft) →
+percolation of dead neurons across coupled layers → regrowth back to the target (random / gradient /
+Cannistraci-Hebb × top-k / soft). This is Algorithm 1 of Zhang et al., "Brain network science
+modelling of sparse neural networks enables Transformers and LLMs to perform as fully connected",
+NeurIPS 2025 (arXiv:2501.19107), generalised so that SET, RigL, MEST, GMP, GraNet and CHT are presets
+of the same parts (see :mod:`chtorch.methods`).
+
+Departure from the official code, on purpose: the official loops skip ``optimizer.step()`` on an
+iteration with a topology update; here the update happens after that step (``sp.step()`` is called
+after ``optimizer.step()``), so no gradient step is lost and the user's loop needs no condition.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import schedules
+from .masks import check_mask, link_budget
+from .options import OptionError, SparsityOptions, closest
+from .percolation import Coupling, active_neuron_fraction, infer_couplings, percolate
+from .regrowth import grow_links
+from .removal import keep_links, removal_scores
+from .report import LayerUpdate, UpdateReport, format_table
+from .rng import make_generator
+
+__all__ = ["DynamicSparsity", "select_layers", "LayerSelector"]
+
+LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
+
+STATE_VERSION = 1
+
+
+def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str | Sequence[str] | None = None) -> list[str]:
+    """Names of the modules to sparsify.
+
+    ``layers``: ``None`` = every ``nn.Linear`` except the model's last one (the classifier or
+    ``lm_head``, which the paper keeps dense); a glob pattern or exact name, or a list of them; or a
+    callable ``(name, module) -> bool``. ``exclude``: patterns removed from the selection. Raises
+    ``ValueError`` when a pattern selects nothing, a selected module is not an ``nn.Linear``, or
+    nothing is left.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    linear_names = [n for n, m in named if isinstance(m, nn.Linear)]
+    if layers is None:
+        if len(linear_names) < 2:
+            raise ValueError(
+                f"the model has {len(linear_names)} nn.Linear layer(s); by default the last one stays dense, "
+                "so nothing would be sparsified: pass layers=... to choose layers explicitly"
+            )
+        chosen = linear_names[:-1]
+    elif callable(layers):
+        chosen = [n for n, m in named if layers(n, m)]
+    else:
+        patterns = [layers] if isinstance(layers, str) else list(layers)
+        chosen = []
+        all_names = [n for n, _ in named]
+        for pattern in patterns:
+            hits = [n for n in all_names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise ValueError(
+                    f"layer pattern {pattern!r} selects no module{closest(pattern, all_names)}; "
+                    f"Linear modules: {', '.join(linear_names[:20])}{' ...' if len(linear_names) > 20 else ''}"
+                )
+            chosen.extend(h for h in hits if h not in chosen)
+        # keep model order
+        order = {n: i for i, n in enumerate(all_names)}
+        chosen.sort(key=order.__getitem__)
+    if exclude is not None:
+        ex = [exclude] if isinstance(exclude, str) else list(exclude)
+        chosen = [n for n in chosen if not any(n == p or fnmatch.fnmatchcase(n, p) for p in ex)]
+    modules = dict(named)
+    for name in chosen:
+        if not isinstance(modules[name], nn.Linear):
+            raise ValueError(
+                f"selected module {name!r} is a {type(modules[name]).__name__}, not an nn.Linear; "
+                "narrow the layer patterns (for example 'layers.*' → 'layers.*.fc') or use exclude="
+            )
+    if not chosen:
+        raise ValueError("the layer selection is empty after exclusions: nothing to sparsify")
+    return chosen
+
+
+@dataclass
+class _Layer:
+    """Book-keeping for one sparsified layer."""
+
+    name: str
+    index: int
+    module: nn.Linear
+    target: int
+    frozen: bool = False
+    ever_active: torch.Tensor | None = None
+    history: torch.Tensor | None = None
+    grad_sum: torch.Tensor | None = None
+    grad_count: int = 0
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.module.weight_mask
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.module.out_features, self.module.in_features)
+
+
+class DynamicSparsity:
+    """Dynamic sparse training of a model's Linear layers (see the module docstring).
+
+    Use :func:`chtorch.sparsify` to build one from a named method; construct it directly to compose
+    parts through a :class:`~chtorch.options.SparsityOptions`.
+
+    Args:
+        model: a plain ``nn.Module``.
+        optimizer: the optimizer that updates the selected weights.
+        sparsity: final fraction of zeros per layer (uniform) or overall (ERK), in [0, 1).
+        total_steps: number of optimizer steps of the whole run (> 0); sets T_end and decay ends.
+        options: the method's parts.
+        seed: root of every random choice.
+        layers, exclude: layer selection, see :func:`select_layers`.
+        method: the preset's name, for reports only.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        sparsity: float,
+        total_steps: int,
+        options: SparsityOptions | None = None,
+        seed: int = 0,
+        layers: LayerSelector = None,
+        exclude: str | Sequence[str] | None = None,
+        method: str | None = None,
+    ) -> None:
+        options = options or SparsityOptions()
+        self._validate_args(sparsity, total_steps, options)
+        names = select_layers(model, layers, exclude)
+        modules = dict(model.named_modules())
+        params_in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for name in names:
+            if id(modules[name].weight) not in params_in_optimizer:
+                raise ValueError(
+                    f"the weight of layer {name!r} is not in the optimizer's parameter groups; build the optimizer "
+                    "from model.parameters() before calling sparsify, or exclude the layer"
+                )
+            if hasattr(modules[name], "weight_mask"):
+                raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
+
+        self.model = model
+        self.optimizer = optimizer
+        self.sparsity = float(sparsity)
+        self.total_steps = int(total_steps)
+        self.options = options
+        self.seed = int(seed)
+        self.method = method
+        self.step_count = 0
+        self.update_count = 0
+        self.t_end = options.t_end if options.t_end is not None else int(options.t_end_fraction * self.total_steps)
+        self.decay_end = int(options.decay_end_fraction * self.total_steps)
+        self.layers = [_Layer(name, i, modules[name], target=0) for i, name in enumerate(names)]
+        self.couplings = self._resolve_couplings()
+        self._hooks: list[Any] = []
+        self._prepare()
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _validate_args(sparsity: float, total_steps: int, options: SparsityOptions) -> None:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of zeros; 0.99 keeps 1% of links), got {sparsity!r}")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError(f"total_steps must be a positive integer (optimizer steps of the whole run), got {total_steps!r}")
+        if options.density_schedule != "constant" and options.initial_sparsity > sparsity:
+            raise OptionError(
+                f"initial_sparsity={options.initial_sparsity} is above the target sparsity {sparsity}: "
+                "a density decay must start denser than it ends"
+            )
+        if options.regrowth == "none" and (options.zeta > 0 or options.percolation):
+            raise OptionError(
+                "regrowth='none' cannot restore links taken by removal or percolation, so budgets would drift: "
+                "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
+            )
+
+    def _resolve_couplings(self) -> list[Coupling]:
+        if not self.options.percolation:
+            return []
+        names = [layer.name for layer in self.layers]
+        if self.options.couplings is None:
+            return infer_couplings(self.model, names)
+        couplings = list(self.options.couplings)
+        for c in couplings:
+            if not isinstance(c, Coupling):
+                raise OptionError(f"couplings must be chtorch.percolation.Coupling objects (chain(...) / rows(...)), got {c!r}")
+        return couplings
+
+    def _prepare(self) -> None:
+        from . import topology
+
+        opts = self.options
+        targets = self._targets(0)
+        init = topology.get_initializer(opts.init)
+        for layer, target in zip(self.layers, targets):
+            n_out, n_in = layer.shape
+            weight = layer.module.weight
+            generator = make_generator(self.seed, "init", layer.index)
+            kwargs = dict(opts.init_options)
+            mask = init(n_out, n_in, n_links=target, generator=generator, **kwargs)
+            mask = mask.to(device=weight.device, dtype=torch.bool)
+            check_mask(mask, layer.shape, target)
+            layer.target = target
+            layer.module.register_buffer("weight_mask", mask, persistent=True)
+            layer.ever_active = mask.clone()
+            if opts.regrown_init == "history" or opts.prune_with_history:
+                layer.history = torch.zeros_like(weight, dtype=weight.dtype).detach()
+            with torch.no_grad():
+                if opts.weight_init == "swi":
+                    topology.swi_(weight, mask, generator=make_generator(self.seed, "swi", layer.index))
+                weight.mul_(mask)
+                if weight.grad is not None:
+                    weight.grad.mul_(mask)
+            self._mask_optimizer_state(layer, None)
+            self._hooks.append(weight.register_hook(self._make_grad_hook(layer)))
+        self._hooks.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
+
+    # ------------------------------------------------------------------ schedules
+    def scheduled_sparsity(self, step: int) -> float:
+        """The sparsity the density schedule asks for at ``step`` (the final sparsity for
+        fixed-density methods)."""
+        opts = self.options
+        s = self.sparsity
+        if opts.density_schedule != "constant":
+            n = max(1, self.decay_end // opts.update_interval)
+            tau = min(step // opts.update_interval, n)
+            decay = {
+                "linear": schedules.linear_sparsity,
+                "cubic": schedules.cubic_sparsity,
+                "sigmoid": lambda t, n_, si, sf: schedules.sigmoid_sparsity(t, n_, si, sf, k=opts.sigmoid_k),
+            }[opts.density_schedule]
+            s = decay(tau, n, opts.initial_sparsity, self.sparsity)
+        if opts.ems:
+            extra = schedules.mest_ems_extra_density(step, self.t_end, opts.update_interval)
+            s = max(0.0, s - extra)
+        return float(s)
+
+    def _targets(self, step: int) -> list[int]:
+        from . import topology
+
+        shapes = [layer.shape for layer in self.layers]
+        return list(topology.allocate_budgets(shapes, self.scheduled_sparsity(step), distribution=self.options.distribution))
+
+    def is_update_step(self, step: int) -> bool:
+        return schedules.is_update_step(step, self.options.update_interval, self.t_end)
+
+    # ------------------------------------------------------------------ hooks
+    def _grad_window(self, step: int) -> bool:
+        """True when the backward pass of optimizer step ``step`` must record the dense gradient:
+        one of the last ``grad_accumulation`` steps before a topology update."""
+        opts = self.options
+        if not opts.needs_dense_gradient:
+            return False
+        next_update = math.ceil(step / opts.update_interval) * opts.update_interval
+        return next_update <= self.t_end and next_update - step < opts.grad_accumulation and next_update > 0
+
+    def _make_grad_hook(self, layer: _Layer) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if self._grad_window(self.step_count + 1):
+                dense = grad.detach().float()
+                layer.grad_sum = dense.clone() if layer.grad_sum is None else layer.grad_sum + dense
+                layer.grad_count += 1
+            return grad * layer.module.weight_mask
+
+        return hook
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.module.weight.mul_(layer.mask)
+                self._mask_optimizer_state(layer, None)
+
+    def _mask_optimizer_state(self, layer: _Layer, reset: torch.Tensor | None) -> None:
+        """Zero every optimizer state tensor shaped like the weight off the mask, and at ``reset``."""
+        weight = layer.module.weight
+        state = self.optimizer.state.get(weight)
+        if not state:
+            return
+        with torch.no_grad():
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == weight.shape:
+                    value.mul_(layer.mask)
+                    if reset is not None:
+                        value.masked_fill_(reset, 0)
+
+    # ------------------------------------------------------------------ the update
+    def step(self) -> UpdateReport | None:
+        """Call once after every ``optimizer.step()``. Runs a topology update when one is due and
+        returns its :class:`UpdateReport`; otherwise returns ``None``."""
+        self.step_count += 1
+        if not self.is_update_step(self.step_count):
+            return None
+        return self._update(self.step_count)
+
+    def _dense_grad(self, layer: _Layer) -> torch.Tensor | None:
+        if layer.grad_sum is None or layer.grad_count == 0:
+            return None
+        grad = layer.grad_sum / layer.grad_count
+        from . import distributed
+
+        return distributed.all_reduce_mean(grad)
+
+    def _update(self, step: int) -> UpdateReport:
+        opts = self.options
+        start = time.perf_counter()
+        self.update_count += 1
+        index = self.update_count
+        zeta = schedules.zeta(step, opts.zeta, self.t_end, anneal=opts.zeta_anneal)
+        temperature = (
+            schedules.temperature(step, self.t_end, start_delta=opts.delta_start, end_delta=opts.delta_end)
+            if opts.removal_selection == "soft"
+            else 1.0
+        )
+        report = UpdateReport(step=step, update_index=index, sparsity=self.scheduled_sparsity(step), zeta=zeta, temperature=temperature)
+        grads = {layer.name: self._dense_grad(layer) for layer in self.layers}
+        problem = self._non_finite(grads)
+        if problem is not None:
+            warnings.warn(f"chtorch: topology update at step {step} skipped, masks unchanged: {problem}", RuntimeWarning, stacklevel=3)
+            self._reset_grad_accumulators()
+            report.skipped = problem
+            return report
+
+        targets = self._targets(step)
+        old_masks, keeps, infos, history_revived = {}, {}, {}, {}
+        for layer, target in zip(self.layers, targets):
+            t0 = time.perf_counter()
+            weight = layer.module.weight.detach()
+            mask = layer.mask
+            old_masks[layer.name] = mask.clone()
+            info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
+            keep, revived = self._prune_to(layer, mask, target, grads[layer.name], index)
+            info.pruned = int(mask.sum()) - int((keep & mask).sum())
+            history_revived[layer.name] = revived
+            if not layer.frozen and opts.zeta > 0:
+                n_active = int(keep.sum())
+                n_keep = n_active - int(math.floor(zeta * n_active))
+                g = make_generator(self.seed, "remove", index, layer.index)
+                before = int(keep.sum())
+                keep = keep_links(weight, keep, n_keep, opts.removal, opts.removal_selection, g,
+                                  temperature=temperature, grad=grads[layer.name], mest_lambda=opts.mest_lambda)
+                info.removed = before - int(keep.sum())
+            keeps[layer.name] = keep
+            layer.target = target
+            info.seconds = time.perf_counter() - t0
+            infos[layer.name] = info
+
+        if self.couplings:
+            percolated = percolate(keeps, self.couplings)
+            for name, new_keep in percolated.items():
+                infos[name].percolated = int(keeps[name].sum()) - int(new_keep.sum())
+            keeps = percolated
+
+        for layer in self.layers:
+            t0 = time.perf_counter()
+            info, keep, old = infos[layer.name], keeps[layer.name], old_masks[layer.name]
+            n_new = layer.target - int(keep.sum())
+            g = make_generator(self.seed, "regrow", index, layer.index)
+            new = grow_links(keep, n_new, opts.regrowth if opts.regrowth != "none" else "random",
+                             opts.regrowth_selection, g, grad=grads[layer.name], predictor=opts.ch_predictor,
+                             variant=opts.ch_variant, floor=opts.soft_floor)
+            info.regrown = int(new.sum())
+            info.overlap = int((new & old & ~keep).sum())
+            self._apply(layer, old, keep, new, history_revived[layer.name])
+            if opts.early_stop is not None and not layer.frozen and info.regrown > 0 and info.overlap_rate >= opts.early_stop:
+                layer.frozen = True
+            info.frozen = layer.frozen
+            info.n_links = int(layer.mask.sum())
+            info.active_in, info.active_out = active_neuron_fraction(layer.mask)
+            info.itop = float(layer.ever_active.float().mean())
+            info.seconds += time.perf_counter() - t0
+            report.layers[layer.name] = info
+
+        from . import distributed
+
+        distributed.sync_masks([layer.mask for layer in self.layers])
+        self._reset_grad_accumulators()
+        report.itop_rate = self.itop_rate()
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _prune_to(self, layer: _Layer, mask: torch.Tensor, target: int, grad: torch.Tensor | None, index: int):
+        """Density-schedule pruning: keep the ``target`` best links when the layer holds more.
+        Returns (kept mask, positions revived from history)."""
+        opts = self.options
+        n_active = int(mask.sum())
+        revived = torch.zeros_like(mask)
+        if n_active <= target:
+            return mask.clone(), revived
+        weight = layer.module.weight.detach()
+        g = make_generator(self.seed, "prune", index, layer.index)
+        if opts.prune_with_history and layer.history is not None:
+            # GMP's moving threshold: a pruned weight competes again with its last value.
+            candidates = mask | (layer.history != 0)
+            values = torch.where(mask, weight, layer.history)
+            scores = removal_scores(values, candidates, opts.prune_score, grad=grad, mest_lambda=opts.mest_lambda)
+            keep = keep_links(values, candidates, target, opts.prune_score, "topk", g, scores=scores)
+            revived = keep & ~mask
+            return keep, revived
+        keep = keep_links(weight, mask, target, opts.prune_score, "topk", g, grad=grad, mest_lambda=opts.mest_lambda)
+        return keep, revived
+
+    def _apply(self, layer: _Layer, old: torch.Tensor, keep: torch.Tensor, new: torch.Tensor, revived: torch.Tensor) -> None:
+        """Install ``keep | new`` as the layer's mask: dropped weights are remembered (history) and
+        zeroed, new links start at zero or at their history value, and their optimizer state is 0."""
+        final = keep | new
+        weight = layer.module.weight
+        with torch.no_grad():
+            dropped = old & ~keep
+            if layer.history is not None:
+                layer.history[dropped] = weight[dropped]
+            if self.options.regrown_init == "history" and layer.history is not None:
+                init = torch.where(new, layer.history, torch.zeros_like(weight))
+            else:
+                init = torch.zeros_like(weight)
+            if layer.history is not None and revived.any():
+                init = torch.where(revived, layer.history, init)
+            fresh = new | revived
+            weight.copy_(torch.where(fresh, init, weight) * final)
+            layer.mask.copy_(final)
+            if weight.grad is not None:
+                weight.grad.mul_(final)
+            self._mask_optimizer_state(layer, fresh)
+            layer.ever_active |= final
+
+    def _non_finite(self, grads: dict[str, torch.Tensor | None]) -> str | None:
+        for layer in self.layers:
+            if not bool(torch.isfinite(layer.module.weight.detach()).all()):
+                return f"non-finite weights in layer {layer.name!r}"
+            grad = grads[layer.name]
+            if grad is not None and not bool(torch.isfinite(grad).all()):
+                return f"non-finite gradients in layer {layer.name!r}"
+        return None
+
+    def _reset_grad_accumulators(self) -> None:
+        for layer in self.layers:
+            layer.grad_sum = None
+            layer.grad_count = 0
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Layer name → bool mask ``(out_features, in_features)`` (the live buffers)."""
+        return {layer.name: layer.mask for layer in self.layers}
+
+    def itop_rate(self) -> float:
+        """Fraction of all sparsified positions that have ever been active (ITOP rate)."""
+        ever = sum(int(layer.ever_active.sum()) for layer in self.layers)
+        total = sum(layer.mask.numel() for layer in self.layers)
+        return ever / max(1, total)
+
+    def density(self) -> float:
+        """Overall density of the sparsified layers."""
+        return sum(int(layer.mask.sum()) for layer in self.layers) / max(1, sum(layer.mask.numel() for layer in self.layers))
+
+    def active_neurons(self) -> dict[str, tuple[float, float]]:
+        """Layer name → (active input fraction, active output fraction)."""
+        return {layer.name: active_neuron_fraction(layer.mask) for layer in self.layers}
+
+    def summary(self) -> str:
+        """Per-layer table: shape, target and actual density, active neurons, ITOP, frozen."""
+        rows = []
+        for layer in self.layers:
+            n = layer.mask.numel()
+            a_in, a_out = active_neuron_fraction(layer.mask)
+            rows.append([
+                layer.name, f"{layer.shape[0]}x{layer.shape[1]}", layer.target, int(layer.mask.sum()),
+                f"{layer.target / n:.4f}", f"{int(layer.mask.sum()) / n:.4f}", f"{a_in:.1%}", f"{a_out:.1%}",
+                f"{float(layer.ever_active.float().mean()):.1%}", "yes" if layer.frozen else "",
+            ])
+        head = (
+            f"chtorch {self.method or 'custom'}: sparsity {self.sparsity}, step {self.step_count}/{self.total_steps}, "
+            f"{self.update_count} updates (every {self.options.update_interval} steps until {self.t_end}), "
+            f"density {self.density():.4f}, ITOP {self.itop_rate():.1%}"
+        )
+        table = format_table(["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "frozen"], rows)
+        return head + "\n" + table
+
+    def __repr__(self) -> str:
+        return f"DynamicSparsity(method={self.method!r}, sparsity={self.sparsity}, layers={len(self.layers)}, step={self.step_count})"
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the masks (which are in ``model.state_dict()``) needed to resume exactly:
+        counters, targets, early-stop flags, ITOP record, history weights and in-flight gradient sums."""
+        return {
+            "version": STATE_VERSION,
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "total_steps": self.total_steps,
+            "seed": self.seed,
+            "step_count": self.step_count,
+            "update_count": self.update_count,
+            "options": self.options.to_dict(),
+            "layers": {
+                layer.name: {
+                    "shape": layer.shape,
+                    "target": layer.target,
+                    "frozen": layer.frozen,
+                    "ever_active": layer.ever_active.clone(),
+                    "history": None if layer.history is None else layer.history.clone(),
+                    "grad_sum": None if layer.grad_sum is None else layer.grad_sum.clone(),
+                    "grad_count": layer.grad_count,
+                }
+                for layer in self.layers
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Validates first and changes nothing on a mismatch."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a chtorch DynamicSparsity state (version {state.get('version') if isinstance(state, dict) else None!r}, expected {STATE_VERSION})")
+        if abs(float(state["sparsity"]) - self.sparsity) > 1e-12:
+            raise ValueError(f"sparsity state is for sparsity {state['sparsity']}, but this run uses {self.sparsity}: resume with the same sparsity")
+        saved, mine = list(state["layers"]), [layer.name for layer in self.layers]
+        if saved != mine:
+            raise ValueError(f"sparsity state is for layers {saved}, but this model's sparse layers are {mine}")
+        for layer in self.layers:
+            entry = state["layers"][layer.name]
+            if tuple(entry["shape"]) != layer.shape:
+                raise ValueError(f"layer {layer.name!r}: saved shape {tuple(entry['shape'])} != model shape {layer.shape}")
+        self.step_count = int(state["step_count"])
+        self.update_count = int(state["update_count"])
+        for layer in self.layers:
+            entry = state["layers"][layer.name]
+            device = layer.module.weight.device
+            layer.target = int(entry["target"])
+            layer.frozen = bool(entry["frozen"])
+            layer.ever_active = entry["ever_active"].to(device).clone()
+            layer.history = None if entry["history"] is None else entry["history"].to(device).clone()
+            layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
+            layer.grad_count = int(entry["grad_count"])
+
+    def remove(self) -> None:
+        """Detach the hooks (masks stay on the model)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def parameters_count(self) -> tuple[int, int]:
+        """(active links, total positions) over the sparsified layers."""
+        return sum(int(l.mask.sum()) for l in self.layers), sum(l.mask.numel() for l in self.layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def iter_layers(self) -> Iterable[tuple[str, nn.Linear, torch.Tensor]]:
+        for layer in self.layers:
+            yield layer.name, layer.module, layer.mask
