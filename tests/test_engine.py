@@ -389,3 +389,36 @@ def test_chts_loss_decreases_on_a_small_mlp():
         if report is not None:
             assert all(l.n_links == l.target for l in report.layers.values())
     assert sum(losses[-30:]) / 30 < 0.6 * sum(losses[:30]) / 30
+
+
+def test_head_groups_give_every_head_its_exact_budget():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(16, 16) for _ in range(4))
+            self.out = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.out(self.o_proj(self.q_proj(x) * self.k_proj(x) + self.v_proj(x)))
+
+    model = Attn()
+    opt = make_optimizer(model, "adamw")
+    heads = 4
+    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.7, total_steps=30, update_interval=5,
+                          layers="*_proj", head_groups={"[qkv]_proj": heads})
+    target = link_budget(16, 16, 0.7)
+    per_head = [target // heads + (1 if i < target % heads else 0) for i in range(heads)]
+    for t in range(30):
+        x, y = batch(t, 16, 2)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+        opt.zero_grad()
+        for name in ("q_proj", "k_proj", "v_proj"):
+            counts = [int(b.sum()) for b in sp.masks[name].chunk(heads, dim=0)]
+            assert counts == per_head, (name, counts)
+        assert int(sp.masks["o_proj"].sum()) == target
+    with pytest.raises(OptionError, match="divisible"):
+        other = Attn()
+        chtorch.sparsify(other, make_optimizer(other, "sgd"), method="set", sparsity=0.5, total_steps=5,
+                         layers="*_proj", head_groups={"q_proj": 3})

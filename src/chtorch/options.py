@@ -70,6 +70,11 @@ class SparsityOptions:
         ``ch_predictor`` "l3n"/"l3p" and ``ch_variant``) or "none"; ``regrowth_selection``: "topk" or
         "soft" (p ∝ score, with ``soft_floor`` added to every candidate when too few scores are
         positive); ``regrown_init``: "zero" or "history" (last value before removal).
+    Attention heads
+        ``head_groups``: glob pattern → number of heads, e.g. ``{"*.q_proj": 8, "*.k_proj": 8,
+        "*.v_proj": 8}``: the rows of a matching layer are split into that many equal blocks (one per
+        head) that each get their own exact budget, removal, and regrowth on the head's own bipartite
+        graph (the official code's ``--attn_qkv_per_head_dst``).
     Percolation and early stop
         ``percolation``: remove the links of neurons left without links on one side, along
         ``couplings`` (None = consecutive selected layers form one chain); ``early_stop``: freeze a
@@ -112,6 +117,7 @@ class SparsityOptions:
     percolation: bool = False
     couplings: Any = None
     early_stop: float | None = None
+    head_groups: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -188,6 +194,10 @@ class SparsityOptions:
             raise OptionError("removal='set' removes the smallest positive and largest negative weights deterministically; use removal_selection='topk'")
         if self.early_stop is not None:
             number("early_stop", 0.0, 1.0)
+        if not isinstance(self.head_groups, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in self.head_groups.items()
+        ):
+            raise OptionError(f"head_groups must map layer patterns to positive head counts, got {self.head_groups!r}")
         if not isinstance(self.init_options, Mapping):
             raise OptionError(f"init_options must be a mapping, got {type(self.init_options).__name__}")
 

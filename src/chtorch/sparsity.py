@@ -49,6 +49,12 @@ from .rng import make_generator
 
 __all__ = ["DynamicSparsity", "select_layers", "LayerSelector"]
 
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` integers as even as possible (the first ones get the remainder)."""
+    base, extra = divmod(int(total), int(parts))
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 STATE_VERSION = 1
@@ -117,6 +123,13 @@ class _Layer:
     history: torch.Tensor | None = None
     grad_sum: torch.Tensor | None = None
     grad_count: int = 0
+    groups: int = 1
+
+    def blocks(self) -> list[slice]:
+        """Row blocks that are budgeted and updated separately (one per attention head, or the
+        whole layer)."""
+        size = self.module.out_features // self.groups
+        return [slice(g * size, (g + 1) * size) for g in range(self.groups)]
 
     @property
     def mask(self) -> torch.Tensor:
@@ -183,6 +196,7 @@ class DynamicSparsity:
         self.t_end = options.t_end if options.t_end is not None else int(options.t_end_fraction * self.total_steps)
         self.decay_end = int(options.decay_end_fraction * self.total_steps)
         self.layers = [_Layer(name, i, modules[name], target=0) for i, name in enumerate(names)]
+        self._assign_head_groups()
         self.couplings = self._resolve_couplings()
         self._hooks: list[Any] = []
         self._prepare()
@@ -204,6 +218,16 @@ class DynamicSparsity:
                 "regrowth='none' cannot restore links taken by removal or percolation, so budgets would drift: "
                 "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
             )
+
+    def _assign_head_groups(self) -> None:
+        for pattern, heads in self.options.head_groups.items():
+            hits = [layer for layer in self.layers if layer.name == pattern or fnmatch.fnmatchcase(layer.name, pattern)]
+            if not hits:
+                raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {[l.name for l in self.layers]}")
+            for layer in hits:
+                if layer.module.out_features % heads:
+                    raise OptionError(f"layer {layer.name!r} has {layer.module.out_features} outputs, not divisible into {heads} heads")
+                layer.groups = heads
 
     def _resolve_couplings(self) -> list[Coupling]:
         if not self.options.percolation:
@@ -228,8 +252,11 @@ class DynamicSparsity:
             weight = layer.module.weight
             generator = make_generator(self.seed, "init", layer.index)
             kwargs = dict(opts.init_options)
-            mask = init(n_out, n_in, n_links=target, generator=generator, **kwargs)
-            mask = mask.to(device=weight.device, dtype=torch.bool)
+            blocks = layer.blocks()
+            mask = torch.cat([
+                init(n_out // layer.groups, n_in, n_links=n, generator=generator, **kwargs)
+                for n in _split(target, len(blocks))
+            ]).to(device=weight.device, dtype=torch.bool)
             check_mask(mask, layer.shape, target)
             layer.target = target
             layer.module.register_buffer("weight_mask", mask, persistent=True)
@@ -359,17 +386,22 @@ class DynamicSparsity:
             mask = layer.mask
             old_masks[layer.name] = mask.clone()
             info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
-            keep, revived = self._prune_to(layer, mask, target, grads[layer.name], index)
-            info.pruned = int(mask.sum()) - int((keep & mask).sum())
+            grad = grads[layer.name]
+            keep, revived = torch.zeros_like(mask), torch.zeros_like(mask)
+            for b, (rows, block_target) in enumerate(zip(layer.blocks(), _split(target, layer.groups))):
+                key = (index, layer.index) if layer.groups == 1 else (index, layer.index, b)
+                block_grad = None if grad is None else grad[rows]
+                block_keep, block_revived = self._prune_to(layer, rows, block_target, block_grad, key)
+                info.pruned += int(mask[rows].sum()) - int((block_keep & mask[rows]).sum())
+                if not layer.frozen and opts.zeta > 0:
+                    n_active = int(block_keep.sum())
+                    n_keep = n_active - int(math.floor(zeta * n_active))
+                    block_keep = keep_links(weight[rows], block_keep, n_keep, opts.removal, opts.removal_selection,
+                                            make_generator(self.seed, "remove", *key), temperature=temperature,
+                                            grad=block_grad, mest_lambda=opts.mest_lambda)
+                    info.removed += n_active - n_keep
+                keep[rows], revived[rows] = block_keep, block_revived
             history_revived[layer.name] = revived
-            if not layer.frozen and opts.zeta > 0:
-                n_active = int(keep.sum())
-                n_keep = n_active - int(math.floor(zeta * n_active))
-                g = make_generator(self.seed, "remove", index, layer.index)
-                before = int(keep.sum())
-                keep = keep_links(weight, keep, n_keep, opts.removal, opts.removal_selection, g,
-                                  temperature=temperature, grad=grads[layer.name], mest_lambda=opts.mest_lambda)
-                info.removed = before - int(keep.sum())
             keeps[layer.name] = keep
             layer.target = target
             info.seconds = time.perf_counter() - t0
@@ -384,11 +416,16 @@ class DynamicSparsity:
         for layer in self.layers:
             t0 = time.perf_counter()
             info, keep, old = infos[layer.name], keeps[layer.name], old_masks[layer.name]
-            n_new = layer.target - int(keep.sum())
-            g = make_generator(self.seed, "regrow", index, layer.index)
-            new = grow_links(keep, n_new, opts.regrowth if opts.regrowth != "none" else "random",
-                             opts.regrowth_selection, g, grad=grads[layer.name], predictor=opts.ch_predictor,
-                             variant=opts.ch_variant, floor=opts.soft_floor)
+            grad = grads[layer.name]
+            new = torch.zeros_like(keep)
+            for b, (rows, block_target) in enumerate(zip(layer.blocks(), _split(layer.target, layer.groups))):
+                key = (index, layer.index) if layer.groups == 1 else (index, layer.index, b)
+                new[rows] = grow_links(
+                    keep[rows], block_target - int(keep[rows].sum()),
+                    opts.regrowth if opts.regrowth != "none" else "random", opts.regrowth_selection,
+                    make_generator(self.seed, "regrow", *key), grad=None if grad is None else grad[rows],
+                    predictor=opts.ch_predictor, variant=opts.ch_variant, floor=opts.soft_floor,
+                )
             info.regrown = int(new.sum())
             info.overlap = int((new & old & ~keep).sum())
             self._apply(layer, old, keep, new, history_revived[layer.name])
@@ -409,24 +446,24 @@ class DynamicSparsity:
         report.seconds = time.perf_counter() - start
         return report
 
-    def _prune_to(self, layer: _Layer, mask: torch.Tensor, target: int, grad: torch.Tensor | None, index: int):
-        """Density-schedule pruning: keep the ``target`` best links when the layer holds more.
-        Returns (kept mask, positions revived from history)."""
+    def _prune_to(self, layer: _Layer, rows: slice, target: int, grad: torch.Tensor | None, key: tuple[int, ...]):
+        """Density-schedule pruning of one row block: keep the ``target`` best links when it holds
+        more. Returns (kept mask, positions revived from history) for the block."""
         opts = self.options
-        n_active = int(mask.sum())
+        mask = layer.mask[rows]
         revived = torch.zeros_like(mask)
-        if n_active <= target:
+        if int(mask.sum()) <= target:
             return mask.clone(), revived
-        weight = layer.module.weight.detach()
-        g = make_generator(self.seed, "prune", index, layer.index)
+        weight = layer.module.weight.detach()[rows]
+        g = make_generator(self.seed, "prune", *key)
         if opts.prune_with_history and layer.history is not None:
             # GMP's moving threshold: a pruned weight competes again with its last value.
-            candidates = mask | (layer.history != 0)
-            values = torch.where(mask, weight, layer.history)
+            history = layer.history[rows]
+            candidates = mask | (history != 0)
+            values = torch.where(mask, weight, history)
             scores = removal_scores(values, candidates, opts.prune_score, grad=grad, mest_lambda=opts.mest_lambda)
             keep = keep_links(values, candidates, target, opts.prune_score, "topk", g, scores=scores)
-            revived = keep & ~mask
-            return keep, revived
+            return keep, keep & ~mask
         keep = keep_links(weight, mask, target, opts.prune_score, "topk", g, grad=grad, mest_lambda=opts.mest_lambda)
         return keep, revived
 

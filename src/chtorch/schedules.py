@@ -1,0 +1,360 @@
+"""Schedules of dynamic sparse training: pure functions of the step (no state, so a resumed run and
+every rank compute the same values).
+
+References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; paper-notes §1.c–§1.e and §5);
+Evci et al., ICML 2020 (RigL cosine drop fraction); Zhu & Gupta 2017 (GMP cubic schedule);
+Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S); Vaswani et al. 2017 (noam).
+
+Conventions: ``step`` counts optimizer steps (0 before the first one). Topology updates happen at
+``step = start + interval, start + 2·interval, …`` while ``step <= t_end``. Density-decay schedules
+are indexed by ``tau``, the number of decay events done (``0 … n``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+__all__ = [
+    "is_update_step",
+    "default_t_end",
+    "zeta",
+    "delta_schedule",
+    "temperature_from_delta",
+    "temperature",
+    "decay_events",
+    "decay_tau",
+    "constant_sparsity",
+    "linear_sparsity",
+    "cubic_sparsity",
+    "sigmoid_sparsity",
+    "DENSITY_SCHEDULES",
+    "get_density_schedule",
+    "mest_ems_extra_density",
+    "rewarmup_factor",
+    "rewarmup_lambda",
+    "linear_decay",
+    "noam",
+    "cosine_with_warmup",
+]
+
+_ANNEALS = ("cosine", "constant")
+
+
+def _int(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= float(value) <= high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- topology update timing
+
+
+def is_update_step(step: int, interval: int, t_end: int, start: int = 0) -> bool:
+    """True when a topology update is due after optimizer step ``step``: every ``interval`` steps
+    counted from ``start`` (so never at ``start`` itself, and never at step 0), while ``step <= t_end``."""
+    step = _int("step", step)
+    interval = _int("interval", interval, 1)
+    t_end = _int("t_end", t_end)
+    start = _int("start", start)
+    return step > start and step > 0 and step <= t_end and (step - start) % interval == 0
+
+
+def default_t_end(total_steps: int, fraction: float = 0.75) -> int:
+    """``int(fraction · total_steps)``: the step after which the topology is frozen (0.75 in the paper
+    and the official code, paper-notes §1.c)."""
+    total_steps = _int("total_steps", total_steps)
+    fraction = _real("fraction", fraction, 0.0, 1.0)
+    return int(fraction * total_steps)
+
+
+# --------------------------------------------------------------------------- removal fraction and temperature
+
+
+def zeta(step: int, zeta0: float, t_end: int, anneal: str = "cosine") -> float:
+    """Fraction of active links removed at an update.
+
+    ``"cosine"`` (RigL, CHTs ``--adaptive_zeta``): ``zeta0/2 · (1 + cos(π · step / t_end))``;
+    ``"constant"`` (SET): ``zeta0``. Both are 0 after ``t_end`` (no update happens there).
+    E.g. zeta0=0.3, t_end=1000: 0.3 at step 0, 0.15 at step 500, 0.0 at step 1000.
+    """
+    step = _int("step", step)
+    zeta0 = _real("zeta0", zeta0, 0.0, 1.0)
+    t_end = _int("t_end", t_end)
+    if anneal not in _ANNEALS:
+        raise ValueError(f"anneal must be one of {_ANNEALS}, got {anneal!r}")
+    if step > t_end:
+        return 0.0
+    if anneal == "constant" or t_end == 0:
+        return zeta0
+    return zeta0 / 2.0 * (1.0 + math.cos(math.pi * step / t_end))
+
+
+def delta_schedule(step: int, t_end: int, start: float = 0.5, end: float = 0.9) -> float:
+    """Softness δ of removal, linear from ``start`` at step 0 to ``end`` at ``t_end`` (held after).
+
+    The paper's setting is 0.5 → 0.9 (App. H); the R2 code's T 1 → 3 corresponds to 0.5 → 0.75."""
+    step = _int("step", step)
+    t_end = _int("t_end", t_end)
+    start = _real("start", start, 0.0, 1.0)
+    end = _real("end", end, 0.0, 1.0)
+    if t_end == 0:
+        return end
+    return start + (end - start) * min(step, t_end) / t_end
+
+
+def temperature_from_delta(delta: float) -> float:
+    """Exponent T applied to removal scores, ``p ∝ score ** T``: ``T = δ / (1 − δ)``.
+
+    This follows the official code's values (δ = 0.5 → 1, 0.75 → 3, 0.9 → 9), not the paper's
+    ``1/(1−δ)`` (paper-notes §1.c, §5.1). ``δ = 1`` returns ``inf``: hard top-k (plain magnitude)."""
+    delta = _real("delta", delta, 0.0, 1.0)
+    if delta == 1.0:
+        return math.inf
+    return delta / (1.0 - delta)
+
+
+def temperature(
+    step: int,
+    t_end: int,
+    start_delta: float = 0.5,
+    end_delta: float = 0.9,
+    linear_in: str = "delta",
+) -> float:
+    """Removal temperature at ``step``, from ``T(start_delta)`` at step 0 to ``T(end_delta)`` at ``t_end``
+    with ``T(δ) = δ/(1−δ)`` (:func:`temperature_from_delta`).
+
+    ``linear_in="delta"`` (default, paper-notes §5.1): δ moves linearly, ``T = T(delta_schedule(...))``;
+    e.g. t_end=1000: T = 1 at step 0, 7/3 at step 500, 9 at step 1000.
+    ``linear_in="temperature"``: T itself moves linearly between the same endpoints, which is what both
+    official codes do (R1 ``start_T→end_T``, R2 ``1 + 2t/T_end``); e.g. T = 5 at step 500 for 0.5→0.9.
+    """
+    if linear_in == "delta":
+        return temperature_from_delta(delta_schedule(step, t_end, start_delta, end_delta))
+    if linear_in != "temperature":
+        raise ValueError(f"linear_in must be 'delta' or 'temperature', got {linear_in!r}")
+    step = _int("step", step)
+    t_end = _int("t_end", t_end)
+    low = temperature_from_delta(_real("start_delta", start_delta, 0.0, 1.0))
+    high = temperature_from_delta(_real("end_delta", end_delta, 0.0, 1.0))
+    if math.isinf(low) or math.isinf(high):
+        raise ValueError("linear_in='temperature' needs start_delta and end_delta < 1 (T would be infinite)")
+    if t_end == 0:
+        return high
+    return low + (high - low) * min(step, t_end) / t_end
+
+
+# --------------------------------------------------------------------------- gradual density decay
+
+
+def decay_events(t0: int, t_f: int, interval: int) -> int:
+    """Number ``n`` of decay events between ``t0`` and ``t_f``: ``(t_f − t0) // interval``."""
+    t0 = _int("t0", t0)
+    t_f = _int("t_f", t_f)
+    interval = _int("interval", interval, 1)
+    if t_f < t0:
+        raise ValueError(f"the decay end t_f={t_f} is before its start t0={t0}")
+    return (t_f - t0) // interval
+
+
+def decay_tau(step: int, t0: int, interval: int) -> int:
+    """Number of decay events done by ``step``: ``max(0, floor((step − t0) / interval))``
+    (clamp it to ``n`` yourself, or let the sparsity schedules do it)."""
+    step = _int("step", step)
+    t0 = _int("t0", t0)
+    interval = _int("interval", interval, 1)
+    return max(0, (step - t0) // interval)
+
+
+def _progress(tau: float, n: int) -> float | None:
+    """τ/n with τ clamped to [0, n]; None when n == 0 (no decay: the final sparsity holds)."""
+    n = _int("n", n)
+    tau = _real("tau", tau)
+    if n == 0:
+        return None
+    return min(max(tau, 0.0), float(n)) / n
+
+
+def _check_pair(s_i: float, s_f: float) -> tuple[float, float]:
+    return _real("s_i", s_i, 0.0, 1.0), _real("s_f", s_f, 0.0, 1.0)
+
+
+def constant_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
+    """No decay: always the final sparsity ``s_f`` (fixed-density methods)."""
+    _progress(tau, n)
+    return _check_pair(s_i, s_f)[1]
+
+
+def linear_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
+    """``s_i + (s_f − s_i) · τ/n``."""
+    s_i, s_f = _check_pair(s_i, s_f)
+    x = _progress(tau, n)
+    return s_f if x is None else s_i + (s_f - s_i) * x
+
+
+def cubic_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
+    """GMP / GraNet (Zhu & Gupta 2017): ``s_i + (s_f − s_i) · (1 − (1 − τ/n)³)``.
+    E.g. s_i=0.5, s_f=0.9, n=10: 0.5 (τ=0), 0.7628 (τ=3: 0.5 + 0.4·0.657), 0.85 (τ=5), 0.9 (τ=10)."""
+    s_i, s_f = _check_pair(s_i, s_f)
+    x = _progress(tau, n)
+    return s_f if x is None else s_i + (s_f - s_i) * (1.0 - (1.0 - x) ** 3)
+
+
+def _sigma(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def sigmoid_sparsity(tau: float, n: int, s_i: float, s_f: float, k: float = 6.0) -> float:
+    """CHTss (paper-notes §1.d, as coded in R1 ``s_shape``): a min–max normalised sigmoid,
+
+    ``s_i + (s_f − s_i) · [σ(k(2τ/n − 1)) − σ(−k)] / [σ(k) − σ(−k)]``,
+
+    so ``s(0) = s_i``, ``s(n) = s_f``, ``s(n/2) = (s_i + s_f)/2``; ``k`` (6 in the paper) sets the
+    steepness (``k → 0`` tends to linear)."""
+    s_i, s_f = _check_pair(s_i, s_f)
+    k = _real("k", k, 0.0)
+    x = _progress(tau, n)
+    if x is None:
+        return s_f
+    if k == 0.0:
+        return s_i + (s_f - s_i) * x
+    low, high = _sigma(-k), _sigma(k)
+    return s_i + (s_f - s_i) * (_sigma(k * (2.0 * x - 1.0)) - low) / (high - low)
+
+
+DensitySchedule = Callable[..., float]
+
+DENSITY_SCHEDULES: dict[str, DensitySchedule] = {
+    "constant": constant_sparsity,
+    "linear": linear_sparsity,
+    "cubic": cubic_sparsity,
+    "sigmoid": sigmoid_sparsity,
+    # names used by the official code's --pruning_scheduler
+    "granet": cubic_sparsity,
+    "gmp": cubic_sparsity,
+    "s_shape": sigmoid_sparsity,
+}
+
+
+def get_density_schedule(name: str) -> DensitySchedule:
+    """The sparsity schedule ``f(tau, n, s_i, s_f, ...) -> sparsity`` registered as ``name``."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    try:
+        return DENSITY_SCHEDULES[key]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(DENSITY_SCHEDULES))
+        raise ValueError(f"unknown density schedule {name!r}; known names: {known}") from None
+
+
+# --------------------------------------------------------------------------- MEST EM&S
+
+
+def mest_ems_extra_density(
+    step: int,
+    t_end: int,
+    interval: int,
+    extra1: float = 0.05,
+    extra2: float = 0.025,
+    stage1: float = 0.6,
+) -> float:
+    """Extra density above the target in MEST's elastic mutation & soft memory bound (EM&S)
+    (Yuan et al. 2021; paper-notes §1.e): ``extra1`` while ``step <= stage1 · t_end``, then ``extra2``
+    while ``step < t_end − interval``, then 0 (boundaries as in the official code).
+    E.g. t_end=1000, interval=100: 0.05 at step 600, 0.025 at 601…899, 0.0 from 900."""
+    step = _int("step", step)
+    t_end = _int("t_end", t_end)
+    interval = _int("interval", interval, 1)
+    extra1 = _real("extra1", extra1, 0.0, 1.0)
+    extra2 = _real("extra2", extra2, 0.0, 1.0)
+    stage1 = _real("stage1", stage1, 0.0, 1.0)
+    if step <= stage1 * t_end:
+        return extra1
+    if step < t_end - interval:
+        return extra2
+    return 0.0
+
+
+# --------------------------------------------------------------------------- learning rate
+
+
+def rewarmup_factor(step: int, interval: int, warmup_steps: int, t_end: int | None = None) -> float:
+    """Iterative LR re-warm-up ("inoam", paper-notes §1.e): ``min(1, (step mod interval) / warmup_steps)``,
+    a multiplier that restarts at 0 after every topology update so regrown links can build momentum.
+    1.0 when ``warmup_steps == 0`` or once ``step > t_end`` (no more updates).
+    E.g. interval=100, warmup=20: 0.0 at step 100, 0.25 at 105, 1.0 from 120 to 199."""
+    step = _int("step", step)
+    interval = _int("interval", interval, 1)
+    warmup_steps = _int("warmup_steps", warmup_steps)
+    if warmup_steps == 0 or (t_end is not None and step > t_end):
+        return 1.0
+    return min(1.0, (step % interval) / warmup_steps)
+
+
+def rewarmup_lambda(
+    interval: int,
+    warmup_steps: int,
+    t_end: int | None = None,
+    base: Callable[[int], float] | None = None,
+) -> Callable[[int], float]:
+    """A function ``step -> multiplier`` for ``torch.optim.lr_scheduler.LambdaLR``:
+    ``base(step) · rewarmup_factor(step, interval, warmup_steps, t_end)`` (``base`` defaults to 1),
+    e.g. ``base=lambda s: cosine_with_warmup(s, total, warmup)``. Arguments are checked now."""
+    _int("interval", interval, 1)
+    _int("warmup_steps", warmup_steps)
+    if t_end is not None:
+        _int("t_end", t_end)
+    if base is not None and not callable(base):
+        raise ValueError("base must be a callable step -> multiplier (or None)")
+
+    def multiplier(step: int) -> float:
+        factor = rewarmup_factor(step, interval, warmup_steps, t_end)
+        return factor if base is None else float(base(step)) * factor
+
+    return multiplier
+
+
+def linear_decay(step: int, total: int, start: float, end: float) -> float:
+    """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total``), held after: an LR
+    value (the MLP recipe: 0.025 → 2.5e-4), or a multiplier with ``start=1``."""
+    step = _int("step", step)
+    total = _int("total", total)
+    start = _real("start", start)
+    end = _real("end", end)
+    if total == 0:
+        return end
+    return start + (end - start) * min(step, total) / total
+
+
+def noam(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
+    """Noam schedule (Vaswani et al. 2017, OpenNMT ``noam``), an **LR value**:
+    ``scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)``; 0 at step 0. Use with base LR 1.0
+    in ``LambdaLR``. E.g. d_model=512, warmup=4000, scale=2: peak 2·512^-0.5·4000^-0.5 ≈ 1.398e-3."""
+    step = _int("step", step)
+    d_model = _int("d_model", d_model, 1)
+    warmup = _int("warmup", warmup, 1)
+    scale = _real("scale", scale)
+    if step == 0:
+        return 0.0
+    return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
+    """A **multiplier**: linear warm-up ``step / warmup``, then cosine decay from 1 to ``min_ratio`` at
+    ``total`` (held after), as the LLaMA recipe's global schedule (paper-notes §1.e)."""
+    step = _int("step", step)
+    total = _int("total", total)
+    warmup = _int("warmup", warmup)
+    min_ratio = _real("min_ratio", min_ratio, 0.0, 1.0)
+    if step < warmup:
+        return step / warmup
+    if total <= warmup:
+        return min_ratio  # no room for a decay phase
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
