@@ -110,6 +110,27 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
     return chosen
 
 
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    _DTensor = None
+
+_FSDP_MESSAGE = (
+    "layer {name!r} has a sharded (DTensor) weight, as FSDP2's fully_shard makes: chtorch's masks, hooks and "
+    "topology updates work on whole weights and do not support FSDP yet. Use DistributedDataParallel "
+    "(every rank holds the whole model; chtorch keeps the masks identical across ranks), or sparsify a model "
+    "that is not sharded."
+)
+
+
+def _refuse_sharded(name: str, weight: torch.Tensor) -> None:
+    """FSDP2 turns parameters into DTensors; refuse them with a clear error rather than failing
+    deep inside an optimizer hook (decided by trying: masking a DTensor weight with a plain mask
+    raises 'got mixed torch.Tensor and DTensor')."""
+    if _DTensor is not None and isinstance(weight, _DTensor):
+        raise NotImplementedError(_FSDP_MESSAGE.format(name=name))
+
+
 @dataclass
 class _Layer:
     """Book-keeping for one sparsified layer."""
@@ -181,6 +202,7 @@ class DynamicSparsity:
                     f"the weight of layer {name!r} is not in the optimizer's parameter groups; build the optimizer "
                     "from model.parameters() before calling sparsify, or exclude the layer"
                 )
+            _refuse_sharded(name, modules[name].weight)
             if hasattr(modules[name], "weight_mask"):
                 raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
 
@@ -314,6 +336,7 @@ class DynamicSparsity:
 
     def _make_grad_hook(self, layer: _Layer) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
+            _refuse_sharded(layer.name, grad)
             if self._grad_window(self.step_count + 1):
                 dense = grad.detach().float()
                 layer.grad_sum = dense.clone() if layer.grad_sum is None else layer.grad_sum + dense
@@ -325,6 +348,7 @@ class DynamicSparsity:
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for layer in self.layers:
+                _refuse_sharded(layer.name, layer.module.weight)  # fully_shard applied after sparsify
                 layer.module.weight.mul_(layer.mask)
                 self._mask_optimizer_state(layer, None)
 
