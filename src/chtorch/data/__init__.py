@@ -13,6 +13,16 @@ from chtorch.data.files import (
     DownloadError,
 )
 from chtorch.data.loader import TensorLoader
+from chtorch.data.text import RandomWindows, SequentialWindows, load_corpus, split_documents, split_tokens, tokenize_corpus
+from chtorch.data.tokenization import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, load_tokenizer, train_bpe
+from chtorch.data.translation import (
+    TranslationBatch,
+    encode_pairs,
+    filter_pairs,
+    read_multi30k,
+    read_parallel,
+    token_batches,
+)
 from chtorch.data.vision import (
     DATASETS,
     DatasetInfo,
@@ -35,6 +45,9 @@ __all__ = [
     "DataNotFoundError",
     "DownloadError",
     "TensorLoader",
+    "RandomWindows", "SequentialWindows", "load_corpus", "split_documents", "split_tokens", "tokenize_corpus",
+    "SPECIAL_TOKENS", "BPETokenizer", "CharTokenizer", "load_tokenizer", "train_bpe",
+    "TranslationBatch", "encode_pairs", "filter_pairs", "read_multi30k", "read_parallel", "token_batches",
     "DATASETS",
     "DatasetInfo",
     "VisionData",

@@ -2,9 +2,22 @@
 
 from torch import nn
 
+from chtorch.models.generation import Decoded, beam_search, greedy_decode
+from chtorch.models.llama import LlamaConfig, LlamaLM, causal_lm_loss, count_parameters, paper_llama_config
 from chtorch.models.mlp import MLP, MLPConfig, paper_mlp_config
+from chtorch.models.transformer import (
+    Seq2SeqConfig,
+    Seq2SeqTransformer,
+    label_smoothed_cross_entropy,
+    paper_transformer_config,
+)
 
-__all__ = ["MLP", "MLPConfig", "paper_mlp_config", "linear_layer_names"]
+__all__ = [
+    "MLP", "MLPConfig", "paper_mlp_config", "linear_layer_names",
+    "Seq2SeqConfig", "Seq2SeqTransformer", "label_smoothed_cross_entropy", "paper_transformer_config",
+    "LlamaConfig", "LlamaLM", "causal_lm_loss", "count_parameters", "paper_llama_config",
+    "beam_search", "greedy_decode", "Decoded",
+]
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:

@@ -1,0 +1,208 @@
+"""Greedy and beam-search decoding for encoder-decoder models (paper Table 5: beam size 2).
+
+Works with any model that has ``encode(src) -> (memory, memory_mask)`` and
+``decode(tgt_in, memory, memory_mask) -> logits`` (:class:`chtorch.models.transformer.Seq2SeqTransformer`).
+The encoder runs once per batch; its output is repeated ``beam_size`` times and reused at every
+step. The decoder re-reads the whole prefix at each step (no incremental key/value cache): simple and
+exact, at O(L^2) decoder cost, which is small for sentence-length outputs.
+
+Scores are sums of token log-probabilities. Beam search ranks hypotheses by
+``score / lp(length)`` with the GNMT length penalty ``lp(n) = ((5 + n) / 6) ** alpha``
+(Wu et al., 2016; OpenNMT ``-length_penalty wu -alpha``); ``alpha = 0`` (the default, OpenNMT's
+``none``) ranks by the raw sum, and then ``beam_size=1`` is exactly greedy decoding. ``length``
+counts generated tokens, ``<eos>`` included. ``<pad>`` and ``<bos>`` are never generated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Decoded", "EncoderDecoder", "greedy_decode", "beam_search", "length_penalty"]
+
+
+class EncoderDecoder(Protocol):
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+class Decoded(NamedTuple):
+    """Decoder output. ``tokens``: (B, L) generated ids without ``<bos>``, ending with ``<eos>`` when
+    one was produced, right-padded with ``pad_id``. ``scores``: (B,) float32 ranking score (sum of
+    log-probs divided by the length penalty). ``lengths``: (B,) number of generated tokens."""
+
+    tokens: torch.Tensor
+    scores: torch.Tensor
+    lengths: torch.Tensor
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha``."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Decode without dropout, then restore the caller's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _check(src: torch.Tensor, max_len: int, ids: dict[str, int]) -> None:
+    if src.dim() != 2:
+        raise ValueError(f"src must be (batch, length) token ids, got shape {tuple(src.shape)}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if len(set(ids.values())) != len(ids):
+        raise ValueError(f"bos_id, eos_id and pad_id must be distinct, got {ids}")
+
+
+def _next_log_probs(
+    model: EncoderDecoder, seq: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, banned: tuple[int, ...]
+) -> torch.Tensor:
+    """(N, V) float32 log-probabilities of the next token after prefix ``seq`` (N, t)."""
+    logp = F.log_softmax(model.decode(seq, memory, mask)[:, -1].float(), dim=-1)
+    logp[:, list(banned)] = float("-inf")
+    return logp
+
+
+def greedy_decode(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int = 100,
+) -> Decoded:
+    """Batched greedy decoding of ``src`` (B, S): the most likely token at each step, at most
+    ``max_len`` tokens per sentence. Runs in eval mode without gradients."""
+    _check(src, max_len, {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id})
+    with _eval_mode(model):  # type: ignore[arg-type]
+        memory, mask = model.encode(src)
+        b = src.shape[0]
+        seq = torch.full((b, 1), bos_id, dtype=torch.long, device=src.device)
+        finished = torch.zeros(b, dtype=torch.bool, device=src.device)
+        scores = torch.zeros(b, dtype=torch.float32, device=src.device)
+        lengths = torch.zeros(b, dtype=torch.long, device=src.device)
+        for _ in range(max_len):
+            best, token = _next_log_probs(model, seq, memory, mask, (pad_id, bos_id)).max(dim=-1)
+            token = token.masked_fill(finished, pad_id)
+            scores += best.masked_fill(finished, 0.0)
+            lengths += (~finished).long()
+            seq = torch.cat([seq, token[:, None]], dim=1)
+            finished |= token == eos_id
+            if bool(finished.all()):
+                break
+    return Decoded(seq[:, 1:], scores, lengths)
+
+
+def beam_search(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    *,
+    beam_size: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int = 100,
+    alpha: float = 0.0,
+) -> Decoded:
+    """Batched beam search over ``src`` (B, S); returns the best hypothesis of each sentence.
+
+    At each step the ``2 * beam_size`` best extensions of the live beams are ranked; those ending in
+    ``<eos>`` among the top ``beam_size`` become finished hypotheses, and the best ``beam_size``
+    others continue. A sentence is done once it has ``beam_size`` finished hypotheses and no live
+    beam can still beat the worst of them (exact: log-probs only decrease, and for ``alpha > 0``
+    the bound uses the penalty at ``max_len``). Live beams left at ``max_len`` count as finished
+    (without ``<eos>``). ``alpha`` is the GNMT length-penalty exponent (>= 0).
+    """
+    _check(src, max_len, {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id})
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if alpha < 0:
+        raise ValueError(f"alpha (length-penalty exponent) must be >= 0, got {alpha}")
+    k = beam_size
+    device = src.device
+    b = src.shape[0]
+    with _eval_mode(model):  # type: ignore[arg-type]
+        memory, mask = model.encode(src)
+        memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, D): reuse the encoder output
+        mask = mask.repeat_interleave(k, dim=0)
+        seq = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)
+        # Only beam 0 is live at the start, so the first step does not expand K copies of <bos>.
+        beam_scores = torch.full((b, k), float("-inf"), device=device)
+        beam_scores[:, 0] = 0.0
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+        done = [False] * b
+        rank = torch.arange(2 * k, device=device)
+        base = (torch.arange(b, device=device) * k)[:, None]
+
+        for step in range(max_len):
+            n_generated = step + 1
+            logp = _next_log_probs(model, seq, memory, mask, (pad_id, bos_id))  # (B*K, V)
+            vocab = logp.shape[-1]
+            cand = (beam_scores.reshape(-1, 1) + logp).view(b, k * vocab)
+            top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
+            top_beam, top_token = top_idx // vocab, top_idx % vocab
+            is_eos = top_token == eos_id
+
+            # Finished hypotheses: <eos> extensions ranked in the top K.
+            eos_hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
+            if eos_hits:
+                penalty = length_penalty(n_generated, alpha)
+                for bi, r in eos_hits:
+                    if done[bi]:
+                        continue
+                    row = bi * k + int(top_beam[bi, r])
+                    tokens = seq[row, 1:].tolist() + [eos_id]
+                    finished[bi].append((float(top_scores[bi, r]) / penalty, tokens))
+
+            # Live beams: the first K candidates that do not end in <eos> (at most K of the 2K do,
+            # one per beam, so K others always exist).
+            order = torch.argsort(is_eos.long() * (2 * k) + rank[: is_eos.shape[1]], dim=1)[:, :k]
+            beam_scores = top_scores.gather(1, order)
+            rows = (base + top_beam.gather(1, order)).reshape(-1)
+            seq = torch.cat([seq[rows], top_token.gather(1, order).reshape(-1, 1)], dim=1)
+
+            best_live = beam_scores[:, 0].tolist()
+            bound_penalty = length_penalty(n_generated if alpha == 0 else max_len, alpha)
+            for bi in range(b):
+                if done[bi] or len(finished[bi]) < k:
+                    continue
+                finished[bi].sort(key=lambda h: h[0], reverse=True)
+                del finished[bi][k:]
+                if best_live[bi] / bound_penalty <= finished[bi][-1][0]:
+                    done[bi] = True
+            if all(done):
+                break
+
+        # Sentences still open at max_len: their live beams end unterminated.
+        penalty = length_penalty(seq.shape[1] - 1, alpha)
+        for bi in range(b):
+            if done[bi]:
+                continue
+            for j in range(k):
+                score = float(beam_scores[bi, j])
+                if score != float("-inf"):
+                    finished[bi].append((score / penalty, seq[bi * k + j, 1:].tolist()))
+
+    best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
+    width = max(len(tokens) for _, tokens in best)
+    out = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    for bi, (_, tokens) in enumerate(best):
+        out[bi, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
+    scores = torch.tensor([s for s, _ in best], dtype=torch.float32, device=device)
+    lengths = torch.tensor([len(t) for _, t in best], dtype=torch.long, device=device)
+    return Decoded(out, scores, lengths)
