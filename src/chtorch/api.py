@@ -39,16 +39,21 @@ def sparsify(
 
     ``options`` override any part of the preset (see :class:`chtorch.options.SparsityOptions`),
     e.g. ``zeta=0.1``, ``regrowth_selection="topk"``, ``ch_variant="CH3"``.
+
+    ``backend``: ``"masked"`` (dense weights times a mask; works with every method), ``"sparse"``
+    (selected layers become :class:`chtorch.kernels.SparseLinear`: weights stored as values plus
+    indices, sparse forward and backward, optimizer state only for existing links; refused for
+    methods that read dense gradients, RigL and GraNet), or ``"auto"`` (sparse where the method allows
+    it and a layer's final density is at most 10%, masked elsewhere; the choice is logged and kept
+    in ``sp.backends``).
     """
     if total_steps is None:
         raise ValueError("total_steps is required: the number of optimizer steps of the whole run (it sets T_end and density decays)")
-    if backend not in ("masked", "auto"):
-        raise ValueError(f"backend={backend!r} is not available in this build; use 'masked' or 'auto'")
     preset = get_method(method)
     if update_interval is not None:
         options["update_interval"] = update_interval
     opts = preset.build_options(**options)
     return DynamicSparsity(
         model, optimizer, sparsity=sparsity, total_steps=total_steps, options=opts, seed=seed,
-        layers=layers, exclude=exclude, method=preset.name,
+        layers=layers, exclude=exclude, method=preset.name, backend=backend,
     )

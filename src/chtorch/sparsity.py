@@ -29,6 +29,7 @@ after ``optimizer.step()``), so no gradient step is lost and the user's loop nee
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import time
 import warnings
@@ -58,6 +59,14 @@ def _split(total: int, parts: int) -> list[int]:
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 STATE_VERSION = 1
+BACKENDS = ("auto", "masked", "sparse")
+# The truly sparse kernels beat a dense layer up to ~10-15% density on CPU
+# (benchmarks/results/sparse-training-*.md); "auto" uses them at or below this final density.
+AUTO_SPARSE_MAX_DENSITY = 0.1
+# Below this many positions a layer is too small for sparse kernels to pay off (launch overhead).
+AUTO_SPARSE_MIN_POSITIONS = 128 * 128
+
+logger = logging.getLogger("chtorch")
 
 
 def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str | Sequence[str] | None = None) -> list[str]:
@@ -157,6 +166,21 @@ class _Layer:
         return self.module.weight_mask
 
     @property
+    def is_sparse(self) -> bool:
+        """True when the layer runs on the truly sparse backend (a ``SparseLinear``)."""
+        return not isinstance(self.module, nn.Linear)
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        """The Parameter that holds the layer's weights: the dense ``weight``, or the sparse
+        ``values`` ``(nnz,)``."""
+        return self.module.values if self.is_sparse else self.module.weight
+
+    def dense_weight(self) -> torch.Tensor:
+        """Detached dense weight ``(out_features, in_features)``, zero off the links."""
+        return self.module.dense_weight().detach() if self.is_sparse else self.module.weight.detach()
+
+    @property
     def shape(self) -> tuple[int, int]:
         return (self.module.out_features, self.module.in_features)
 
@@ -190,8 +214,18 @@ class DynamicSparsity:
         layers: LayerSelector = None,
         exclude: str | Sequence[str] | None = None,
         method: str | None = None,
+        backend: str = "masked",
     ) -> None:
         options = options or SparsityOptions()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "sparse" and options.needs_dense_gradient:
+            raise OptionError(
+                f"backend='sparse' cannot serve {method or 'this method'}: its "
+                f"{'regrowth' if options.regrowth == 'gradient' else 'removal'} reads the dense gradient, which a truly "
+                "sparse layer never computes. Use backend='masked' (or 'auto', which picks it), or a method whose "
+                "regrowth needs only the topology (static, set, cht, chts, chtss, mest with mest_lambda=0)"
+            )
         self._validate_args(sparsity, total_steps, options)
         names = select_layers(model, layers, exclude)
         modules = dict(model.named_modules())
@@ -221,7 +255,11 @@ class DynamicSparsity:
         self._assign_head_groups()
         self.couplings = self._resolve_couplings()
         self._hooks: list[Any] = []
+        self.backend_request = backend
+        self.backend_reason = "requested"
         self._prepare()
+        self.backends = self._choose_backends(backend)
+        self._convert_sparse_layers()
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
@@ -295,6 +333,49 @@ class DynamicSparsity:
             self._hooks.append(weight.register_hook(self._make_grad_hook(layer)))
         self._hooks.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
 
+    def _choose_backends(self, request: str) -> dict[str, str]:
+        """Layer name → "masked" or "sparse". ``auto`` runs a layer truly sparse when the method
+        needs no dense gradient and the layer's final density is at most
+        ``AUTO_SPARSE_MAX_DENSITY`` and it is large enough for sparse kernels to pay off; it logs
+        what it chose and why. (The kernels are device-agnostic, so the device does not change the
+        rule; a GPU's dense GEMMs are faster, which the 10% threshold already reflects.)"""
+        if request != "auto":
+            return {layer.name: request for layer in self.layers}
+        final = dict(zip((l.name for l in self.layers), self._final_densities()))
+        sizes = {l.name: l.shape[0] * l.shape[1] for l in self.layers}
+        if self.options.needs_dense_gradient:
+            reason = "the method reads dense gradients"
+            choice = {name: "masked" for name in final}
+        else:
+            reason = (f"layers with final density <= {AUTO_SPARSE_MAX_DENSITY} and at least "
+                      f"{AUTO_SPARSE_MIN_POSITIONS} positions run sparse")
+            choice = {
+                name: "sparse" if d <= AUTO_SPARSE_MAX_DENSITY and sizes[name] >= AUTO_SPARSE_MIN_POSITIONS else "masked"
+                for name, d in final.items()
+            }
+        n_sparse = sum(v == "sparse" for v in choice.values())
+        logger.info("chtorch backend auto: %d of %d layers sparse, %d masked (%s)", n_sparse, len(choice), len(choice) - n_sparse, reason)
+        self.backend_reason = reason
+        return choice
+
+    def _final_densities(self) -> list[float]:
+        from . import topology
+
+        shapes = [layer.shape for layer in self.layers]
+        counts = topology.allocate_budgets(shapes, self.sparsity, distribution=self.options.distribution)
+        return [c / (a * b) for c, (a, b) in zip(counts, shapes)]
+
+    def _convert_sparse_layers(self) -> None:
+        names = [layer.name for layer in self.layers if self.backends[layer.name] == "sparse"]
+        if not names:
+            return
+        from .kernels import to_sparse
+
+        replaced = to_sparse(self.model, names, optimizer=self.optimizer)
+        for layer in self.layers:
+            if layer.name in replaced:
+                layer.module = replaced[layer.name]
+
     # ------------------------------------------------------------------ schedules
     def scheduled_sparsity(self, step: int) -> float:
         """The sparsity the density schedule asks for at ``step`` (the final sparsity for
@@ -336,6 +417,8 @@ class DynamicSparsity:
 
     def _make_grad_hook(self, layer: _Layer) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
+            if layer.is_sparse:  # the layer was converted: this dense weight is no longer used
+                return grad
             _refuse_sharded(layer.name, grad)
             if self._grad_window(self.step_count + 1):
                 dense = grad.detach().float()
@@ -348,12 +431,16 @@ class DynamicSparsity:
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
             for layer in self.layers:
+                if layer.is_sparse:
+                    continue  # nothing exists off the links
                 _refuse_sharded(layer.name, layer.module.weight)  # fully_shard applied after sparsify
                 layer.module.weight.mul_(layer.mask)
                 self._mask_optimizer_state(layer, None)
 
     def _mask_optimizer_state(self, layer: _Layer, reset: torch.Tensor | None) -> None:
         """Zero every optimizer state tensor shaped like the weight off the mask, and at ``reset``."""
+        if layer.is_sparse:
+            return  # SparseLinear.set_mask carries and resets the state of its values
         weight = layer.module.weight
         state = self.optimizer.state.get(weight)
         if not state:
@@ -406,7 +493,7 @@ class DynamicSparsity:
         old_masks, keeps, infos, history_revived = {}, {}, {}, {}
         for layer, target in zip(self.layers, targets):
             t0 = time.perf_counter()
-            weight = layer.module.weight.detach()
+            weight = layer.dense_weight()
             mask = layer.mask
             old_masks[layer.name] = mask.clone()
             info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
@@ -478,7 +565,7 @@ class DynamicSparsity:
         revived = torch.zeros_like(mask)
         if int(mask.sum()) <= target:
             return mask.clone(), revived
-        weight = layer.module.weight.detach()[rows]
+        weight = layer.dense_weight()[rows]
         g = make_generator(self.seed, "prune", *key)
         if opts.prune_with_history and layer.history is not None:
             # GMP's moving threshold: a pruned weight competes again with its last value.
@@ -495,7 +582,7 @@ class DynamicSparsity:
         """Install ``keep | new`` as the layer's mask: dropped weights are remembered (history) and
         zeroed, new links start at zero or at their history value, and their optimizer state is 0."""
         final = keep | new
-        weight = layer.module.weight
+        weight = layer.dense_weight() if layer.is_sparse else layer.module.weight
         with torch.no_grad():
             dropped = old & ~keep
             if layer.history is not None:
@@ -507,6 +594,10 @@ class DynamicSparsity:
             if layer.history is not None and revived.any():
                 init = torch.where(revived, layer.history, init)
             fresh = new | revived
+            if layer.is_sparse:
+                layer.module.set_mask(final, self.optimizer, new_values=init, reset=fresh)
+                layer.ever_active |= final
+                return
             weight.copy_(torch.where(fresh, init, weight) * final)
             layer.mask.copy_(final)
             if weight.grad is not None:
@@ -516,7 +607,7 @@ class DynamicSparsity:
 
     def _non_finite(self, grads: dict[str, torch.Tensor | None]) -> str | None:
         for layer in self.layers:
-            if not bool(torch.isfinite(layer.module.weight.detach()).all()):
+            if not bool(torch.isfinite(layer.parameter.detach()).all()):
                 return f"non-finite weights in layer {layer.name!r}"
             grad = grads[layer.name]
             if grad is not None and not bool(torch.isfinite(grad).all()):
@@ -558,13 +649,14 @@ class DynamicSparsity:
                 layer.name, f"{layer.shape[0]}x{layer.shape[1]}", layer.target, int(layer.mask.sum()),
                 f"{layer.target / n:.4f}", f"{int(layer.mask.sum()) / n:.4f}", f"{a_in:.1%}", f"{a_out:.1%}",
                 f"{float(layer.ever_active.float().mean()):.1%}", "yes" if layer.frozen else "",
+                "sparse" if layer.is_sparse else "masked",
             ])
         head = (
             f"chtorch {self.method or 'custom'}: sparsity {self.sparsity}, step {self.step_count}/{self.total_steps}, "
             f"{self.update_count} updates (every {self.options.update_interval} steps until {self.t_end}), "
             f"density {self.density():.4f}, ITOP {self.itop_rate():.1%}"
         )
-        table = format_table(["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "frozen"], rows)
+        table = format_table(["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "frozen", "backend"], rows)
         return head + "\n" + table
 
     def __repr__(self) -> str:
@@ -614,7 +706,7 @@ class DynamicSparsity:
         self.update_count = int(state["update_count"])
         for layer in self.layers:
             entry = state["layers"][layer.name]
-            device = layer.module.weight.device
+            device = layer.mask.device
             layer.target = int(entry["target"])
             layer.frozen = bool(entry["frozen"])
             layer.ever_active = entry["ever_active"].to(device).clone()
