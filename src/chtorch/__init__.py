@@ -4,7 +4,7 @@ Reference: Y. Zhang et al., "Brain network science modelling of sparse neural ne
 Transformers and LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.19107).
 """
 
-from . import linkpred, percolation, schedules, topology
+from . import export, kernels, linkpred, percolation, schedules, topology
 from .api import sparsify
 from .methods import MethodPreset, get_method, method_table, methods, register_method
 from .options import OptionError, SparsityOptions
@@ -26,6 +26,8 @@ __all__ = [
     "methods",
     "method_table",
     "select_layers",
+    "export",
+    "kernels",
     "linkpred",
     "percolation",
     "schedules",
