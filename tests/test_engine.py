@@ -366,6 +366,9 @@ def test_presets_are_listed_with_docs_and_options_override():
     opts = chtorch.get_method("chts").build_options(zeta=0.1, regrowth_selection="topk", init_options={"r": 0.0})
     assert opts.zeta == 0.1 and opts.regrowth_selection == "topk"
     assert opts.init_options == {"r": 0.0, "degree": "uniform"}
+    # another initializer drops the preset's initializer options
+    assert chtorch.get_method("chts").build_options(init="bsw").init_options == {}
+    assert chtorch.get_method("chts").build_options(init="bsw", init_options={"beta": 0.5}).init_options == {"beta": 0.5}
 
 
 def test_chts_loss_decreases_on_a_small_mlp():

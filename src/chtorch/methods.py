@@ -29,6 +29,9 @@ class MethodPreset:
         """The preset's options with ``overrides`` applied (unknown names are errors)."""
         merged = dict(self.options)
         init_options = dict(merged.pop("init_options", {}))
+        if "init" in overrides and overrides["init"] != merged.get("init"):
+            # the preset's initializer options (BRF's r, BSW's beta) do not apply to another initializer
+            init_options = {}
         if "init_options" in overrides:
             init_options.update(overrides.pop("init_options") or {})
         merged.update(overrides)

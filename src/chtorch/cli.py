@@ -1,0 +1,261 @@
+"""The ``chtorch`` command.
+
+    chtorch train [CONFIG.yaml] [--set key=value ...] [--out DIR]   train (no config: the offline demo)
+    chtorch train --resume RUN_DIR                                  continue a run exactly
+    chtorch methods                                                 the registered methods
+    chtorch compare CONFIG.yaml --methods dense,set,rigl,chts [--seeds 0,1,2]
+    chtorch report RUN_DIR                                          re-create plots and report.md
+    chtorch config [CONFIG.yaml] [--set ...] [--reference]          show the resolved config / all keys
+    chtorch export RUN_DIR                                          compact a trained sparse model
+
+User mistakes (config, data files, checkpoints) print one ``chtorch: error: ...`` line that names the
+problem and the fix, and exit with status 2; an interrupted run exits with 130 after saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+DEMO_HINT = "a CHTs-sparsified MLP on scikit-learn's handwritten digits (offline, about a minute on 2 CPU cores)"
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.01 model.hidden=[512,512] sparsity.options.zeta=0.2 "
+             "(types are checked; `chtorch config --reference` lists every key)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chtorch",
+        description="Brain-inspired dynamic sparse training for PyTorch: Cannistraci-Hebb training (CHT, CHTs, CHTss) "
+                    "and the SET, RigL, MEST, GMP, GraNet baselines.",
+        epilog="Start with `chtorch train` (no arguments): " + DEMO_HINT + ". Data files are looked for in "
+               "--set data.dir=... or $CHTORCH_DATA.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (no config: the offline demo)",
+                       description="Train a model with dynamic sparse training. Without CONFIG: " + DEMO_HINT + ".")
+    p.add_argument("config", nargs="?", help="YAML config (see configs/); default: the built-in digits demo")
+    _add_set(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, exactly")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<run.name>-<date>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines (train.progress=off)")
+
+    p = sub.add_parser("methods", help="list the registered methods", description="List the dynamic sparse training methods.")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show each method's paper and preset options")
+
+    p = sub.add_parser("compare", help="train several methods on the same budget and tabulate",
+                       description="Train each method (and seed) with the same config and budget, then print and save "
+                                   "a table: accuracy ± standard error, active neurons, density.")
+    p.add_argument("config", help="YAML config shared by every run")
+    p.add_argument("--methods", required=True, help="comma-separated, e.g. dense,set,rigl,chts,chtss (dense = no sparsification)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>-<date>-<time>)")
+    _add_set(p)
+
+    p = sub.add_parser("report", help="re-create a run's plots and report.md from its saved metrics",
+                       description="Re-create the plots and report.md of RUN_DIR from its metrics.jsonl and topology snapshots.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = sub.add_parser("config", help="print the resolved config, or the reference of every key",
+                       description="Print the configuration that `chtorch train CONFIG --set ...` would use.")
+    p.add_argument("config", nargs="?")
+    _add_set(p)
+    p.add_argument("--reference", action="store_true", help="print every config key with its type, default and meaning (Markdown)")
+
+    p = sub.add_parser("export", help="compact a trained sparse model (drops dead neurons)",
+                       description="Compact the model of RUN_DIR: remove inactive neurons and store the sparse layers compactly.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/compact.pt)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"chtorch: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    from chtorch.config import ConfigError
+
+    for text in overrides:
+        if "=" not in text:
+            hint = " (put the config file before --set)" if text.endswith((".yaml", ".yml")) else ""
+            raise ConfigError(f"--set expects key=value, got {text!r}{hint}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from chtorch.config import load_config
+    from chtorch.train import resume, train
+
+    _check_overrides(args.overrides)
+    overrides = list(args.overrides) + (["train.progress=off"] if args.quiet else [])
+    if args.resume:
+        if args.config:
+            return _fail("give either CONFIG or --resume RUN_DIR, not both (a resumed run uses its saved config)")
+        if args.out:
+            return _fail("--out does not apply to --resume: the run continues in RUN_DIR")
+        result = resume(args.resume, overrides)
+    else:
+        config = load_config(args.config, overrides)
+        if args.config is None and not args.quiet:
+            print(f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
+                  "         (configs/*.yaml hold the paper's settings; `chtorch train --help` for options)", flush=True)
+        result = train(config, args.out)
+    if result.interrupted:
+        return 130
+    if not args.quiet:
+        run = result.run_dir
+        cwd = Path.cwd()
+        shown = run.relative_to(cwd) if run.is_relative_to(cwd) else run
+        print("\nnext:")
+        print(f"  open {shown / 'report.md'}   # plots and per-layer topology")
+        print(f"  chtorch report {shown}   # re-create plots and report")
+        print(f"  chtorch compare {args.config or 'configs/digits_chts.yaml'} --methods dense,set,rigl,chts --seeds 0,1,2")
+        print("  chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from chtorch.config import DENSE
+    from chtorch.methods import get_method, method_table
+
+    rows = [(DENSE, "no sparsification: the fully connected baseline (chtorch compare only)")] + method_table()
+    width = max(len(name) for name, _ in rows)
+    for name, summary in rows:
+        print(f"{name.ljust(width)}  {summary}")
+        if args.verbose and name != DENSE:
+            preset = get_method(name)
+            print(f"{' ' * width}  paper: {preset.reference}")
+            print(f"{' ' * width}  parts: {', '.join(f'{k}={v!r}' for k, v in preset.options.items())}")
+    return 0
+
+
+def _parse_list(text: str, what: str) -> list[str]:
+    from chtorch.config import ConfigError
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{what} is empty")
+    return items
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from chtorch.config import ConfigError, load_config
+    from chtorch.train import compare
+
+    _check_overrides(args.overrides)
+    methods = _parse_list(args.methods, "--methods")
+    try:
+        seeds = [int(s) for s in _parse_list(args.seeds, "--seeds")]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    config = load_config(args.config, args.overrides)
+    compare(config, methods, seeds, args.out)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from chtorch.train.run_report import rebuild
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        return _fail(f"{run_dir} is not a chtorch run directory (no metrics.jsonl)")
+    plots, report, skipped = rebuild(run_dir)
+    for path in plots:
+        print(f"wrote {path}")
+    if skipped:
+        print(f"chtorch: no plots: {skipped}", file=sys.stderr)
+    print(f"wrote {report}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from chtorch.config import config_reference, config_to_yaml, load_config
+
+    if args.reference:
+        print(config_reference())
+        return 0
+    _check_overrides(args.overrides)
+    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("chtorch.export") is None:
+        return _fail("`chtorch export` is not available in this build: the chtorch.export module is missing. "
+                     "Until it lands, load RUN_DIR/checkpoint.pt with chtorch.train.load_checkpoint; the masks are "
+                     "the weight_mask buffers of its model state")
+    from chtorch.train.export import export_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        return _fail(f"{run_dir} holds no checkpoint.pt: is it a chtorch run directory?")
+    path, summary = export_run(run_dir, args.out)
+    for name, shape in summary["shapes"].items():
+        print(f"  {name}: {shape[0]} x {shape[1]}")
+    print(f"stored parameters {summary['params_before']} -> {summary['params_after']}; linear FLOPs per batch "
+          f"{summary['flops_before']} -> {summary['flops_after']}; largest output difference {summary['max_abs_diff']:.2e}")
+    print(f"wrote {path}  (load with torch.load(path, weights_only=False))")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "methods": _cmd_methods,
+    "compare": _cmd_compare,
+    "report": _cmd_report,
+    "config": _cmd_config,
+    "export": _cmd_export,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``chtorch`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from chtorch.config import ConfigError
+    from chtorch.train.checkpoint import CheckpointError
+    from chtorch.train.trainer import TrainingError
+
+    errors: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError)
+    try:
+        from chtorch.data import DataError
+
+        errors += (DataError,)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return _COMMANDS[args.command](args)
+    except errors as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("\nchtorch: aborted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `chtorch methods | head`: the reader left; stay quiet
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

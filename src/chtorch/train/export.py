@@ -1,0 +1,71 @@
+"""``chtorch export RUN_DIR``: cut the dead neurons out of a trained sparse model and save it.
+
+Percolation leaves hidden neurons without links (the paper's ANP; Zhang et al., NeurIPS 2025,
+arXiv:2501.19107, App. F); :func:`chtorch.export.compact` removes them without changing the outputs.
+This module only connects that to a run directory: it rebuilds the run's model from its checkpoint,
+compacts it along the recipe's chains, checks the outputs on one evaluation batch, and saves it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from chtorch.config import build_config
+
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from .recipe import get_recipe
+
+__all__ = ["export_run"]
+
+
+def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    config = build_config(state["config"])
+    config.run.dir = str(run_dir.resolve())
+    recipe = get_recipe(config.run.recipe)(config, torch.device("cpu"))
+    recipe.setup()
+    torch.manual_seed(config.run.seed)
+    model = recipe.build_model()
+    sparse = []
+    for key, value in state["model"].items():
+        if key.endswith(".weight_mask"):
+            name = key[: -len(".weight_mask")]
+            model.get_submodule(name).register_buffer("weight_mask", value.clone(), persistent=True)
+            sparse.append(name)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit its own config's model: {exc}") from None
+    return recipe, model.eval(), sparse
+
+
+def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Compact the model of ``run_dir`` and save it (a whole module: load with
+    ``torch.load(path, weights_only=False)``) to ``out`` (default ``run_dir/compact.pt``).
+    Returns the path and a summary (parameters, FLOPs, latency, largest output difference)."""
+    from chtorch.export import compact, export_report
+
+    run_dir = Path(run_dir)
+    recipe, model, sparse = _model_from_checkpoint(run_dir)
+    chains, activation = recipe.export_chains(model, sparse)
+    compacted = compact(model, chains, activation)
+    report = export_report(model, compacted, recipe.example_input(), repeats=5, warmup=1)
+    path = Path(out) if out is not None else run_dir / "compact.pt"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(compacted, tmp)
+    os.replace(tmp, path)
+    shapes = {name: tuple(compacted.get_submodule(name).weight.shape) for chain in chains for name in chain}
+    summary = {
+        "shapes": shapes,
+        "params_before": report.original.params_stored,
+        "params_after": report.exported.params_stored,
+        "flops_before": report.original.flops,
+        "flops_after": report.exported.flops,
+        "max_abs_diff": report.max_abs_diff,
+    }
+    return path, summary

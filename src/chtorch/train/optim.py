@@ -1,0 +1,106 @@
+"""Optimizers and learning-rate schedules of the paper's recipes.
+
+- MLP (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4): SGD, momentum 0.9, weight decay
+  5e-4, LR linear from 0.025 to 2.5e-4.
+- Transformer (Table 5): Adam with noam, times the iterative re-warm-up ``min(1, (t mod ΔT)/w)``
+  after every topology update ("inoam", w = 20).
+- LLaMA (Table 6 / the R1 code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
+
+Every schedule is a pure function of the optimizer step (:mod:`chtorch.schedules`), wrapped in a
+``LambdaLR`` whose only state is the step counter, so a resumed run reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from chtorch import schedules
+from chtorch.config import OptimConfig
+
+__all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam or AdamW over all of ``model``'s parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+                               weight_decay=config.weight_decay)
+    betas = (float(config.betas[0]), float(config.betas[1]))
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.name!r}; choose sgd, adam or adamw")
+
+
+def lr_multiplier(
+    config: OptimConfig,
+    total_steps: int,
+    update_interval: int | None = None,
+    t_end: int | None = None,
+    d_model: int | None = None,
+) -> Callable[[int], float]:
+    """``step -> factor`` applied to ``config.lr`` (for noam: the LR divided by nothing — ``lr`` is
+    noam's scale). ``update_interval``/``t_end`` enable the iterative re-warm-up when
+    ``config.rewarmup_steps > 0`` (None: a dense run, no re-warm-up).
+
+    - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
+    - linear: from 1 to ``final_lr/lr`` at ``total_steps`` (after the warm-up);
+    - cosine: :func:`chtorch.schedules.cosine_with_warmup` down to ``final_lr/lr``;
+    - noam: :func:`chtorch.schedules.noam` at step + 1 (OpenNMT counts steps from 1).
+    """
+    lr, warmup = config.lr, config.warmup_steps
+    end_ratio = config.final_lr / lr
+    kind = config.schedule
+    if kind == "noam":
+        width = config.d_model or d_model
+        if width is None:
+            raise ValueError("optim.schedule=noam needs the model width: set optim.d_model")
+
+        def base(step: int) -> float:
+            return schedules.noam(step + 1, width, warmup)
+    elif kind == "cosine":
+        def base(step: int) -> float:
+            return schedules.cosine_with_warmup(step, total_steps, warmup, min_ratio=end_ratio)
+    elif kind in ("linear", "constant"):
+        def base(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if kind == "constant":
+                return 1.0
+            return schedules.linear_decay(step - warmup, max(0, total_steps - warmup), 1.0, end_ratio)
+    else:
+        raise ValueError(f"unknown LR schedule {kind!r}; choose constant, linear, cosine or noam")
+
+    if config.rewarmup_steps > 0 and update_interval is not None:
+        w = config.rewarmup_steps
+
+        def rewarmed(step: int) -> float:
+            # LambdaLR's counter ``step`` is the number of finished optimizer steps; updates follow
+            # steps I, 2I, ... The j-th step after an update (j = step mod I + 1) runs at min(1, j/w)
+            # of the LR — the paper's min(1, (t mod ΔT)/w) with t counted so no step gets LR 0.
+            if t_end is not None and step >= t_end:
+                return base(step)
+            return base(step) * min(1.0, (step % update_interval + 1) / w)
+
+        return rewarmed
+    return base
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    config: OptimConfig,
+    total_steps: int,
+    update_interval: int | None = None,
+    t_end: int | None = None,
+    d_model: int | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` over :func:`lr_multiplier`; call ``scheduler.step()`` after every optimizer
+    step. Its state (the step counter) is all a checkpoint needs."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(config, total_steps, update_interval, t_end, d_model)
+    )

@@ -1,0 +1,122 @@
+"""``report.md``: a run's configuration, results, per-layer topology and plots, from saved records."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .metrics import read_metrics
+from .plots import MAX_LAYERS, _safe
+
+__all__ = ["write_report", "rebuild"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _load_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def write_report(run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``run_dir/report.md`` from ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and the
+    PNG files present; returns its path."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    updates = [r for r in records if r.get("kind") == "update"]
+    config = _load_config(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    run, sp, data, model, optim, train = (config.get(k, {}) for k in ("run", "sparsity", "data", "model", "optim", "train"))
+    last = epochs[-1] if epochs else {}
+    name = run.get("name", run_dir.name)
+
+    lines = [f"# chtorch run `{name}`", ""]
+    status = "finished" if summary.get("finished") else f"not finished ({last.get('epoch', 0)}/{train.get('epochs', '?')} epochs)"
+    lines += [
+        f"- **status**: {status}",
+        f"- **task**: {run.get('recipe', '?')} — dataset `{data.get('name', '?')}`, model `{model.get('name', '?')}`"
+        + (f" hidden {model.get('hidden')}" if model.get("hidden") else ""),
+        f"- **method**: `{sp.get('method', '?')}` at sparsity {sp.get('sparsity', '?')}, topology update every "
+        f"{sp.get('update_interval', '?')} {sp.get('update_unit', '')}(s)",
+        f"- **optimizer**: {optim.get('name', '?')} lr {optim.get('lr', '?')} ({optim.get('schedule', '?')} → {optim.get('final_lr', '?')}), "
+        f"batch {data.get('batch_size', '?')}, {train.get('epochs', '?')} epochs, seed {run.get('seed', '?')}",
+    ]
+    if summary:
+        lines.append(f"- **time**: {summary.get('seconds', 0):.1f} s on {summary.get('device', '?')}; "
+                     f"torch {summary.get('versions', {}).get('torch', '?')}, chtorch {summary.get('versions', {}).get('chtorch', '?')}")
+    lines.append("")
+
+    lines += ["## Result", "", "| metric | value |", "|---|---|"]
+    for key, value in last.items():
+        if key in ("kind", "layers", "lr", "seconds") or isinstance(value, (dict, list)):
+            continue
+        shown = f"{100 * value:.2f}%" if isinstance(value, float) and (key.endswith("accuracy") or key in ("active_neurons", "itop")) else _fmt(value)
+        lines.append(f"| {key} | {shown} |")
+    lines.append("")
+    if updates:
+        lines += [f"{len(updates)} topology updates; the last at step {updates[-1]['step']} "
+                  f"(overlap of removed and regrown links {100 * (updates[-1].get('overlap') or 0):.1f}%).", ""]
+
+    layers = last.get("layers") or {}
+    if layers:
+        lines += ["## Sparse layers at the end", "", "| layer | shape (out × in) | links | density | active inputs | active outputs |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for layer, info in layers.items():
+            shape = info.get("shape", ["?", "?"])
+            lines.append(f"| `{layer}` | {shape[0]} × {shape[1]} | {info['links']} | {info['density']:.4f} | "
+                         f"{100 * info['active_in']:.1f}% | {100 * info['active_out']:.1f}% |")
+        lines.append("")
+
+    figures = [("curves.png", "Loss and metrics"), ("topology.png", "Density and active neurons"),
+               ("updates.png", "Topology updates"), ("degrees.png", "Degree distributions (start vs end)")]
+    present = [(f, t) for f, t in figures if (run_dir / f).is_file()]
+    adjacency = [(f"adjacency_{_safe(layer)}.png", f"Adjacency matrix of `{layer}` (start, end)") for layer in list(layers)[:MAX_LAYERS]]
+    present += [(f, t) for f, t in adjacency if (run_dir / f).is_file()]
+    if present:
+        lines += ["## Plots", ""]
+        for file, title in present:
+            lines += [f"### {title}", "", f"![{title}]({file})", ""]
+    else:
+        lines += ["## Plots", "", "No plots (matplotlib is not installed, or train.plots was off): "
+                  f"`pip install matplotlib` then `chtorch report {run_dir}`.", ""]
+
+    lines += ["## Reproduce", "", "```bash",
+              f"chtorch train {run_dir / 'config.yaml'} --out <new run dir>   # the same run again",
+              f"chtorch train --resume {run_dir}                              # continue this run (if unfinished)",
+              f"chtorch report {run_dir}                                      # re-create these plots and this report",
+              "```", ""]
+    path = run_dir / "report.md"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def rebuild(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path, str | None]:
+    """Re-create the plots (when matplotlib is available) and ``report.md`` of ``run_dir``:
+    ``(plots, report path, why plots were skipped or None)``."""
+    from .metrics import write_csv
+    from .plots import make_plots
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    write_csv([r for r in records if r.get("kind") == "epoch"], run_dir / "metrics.csv")
+    plots: list[Path] = []
+    skipped = None
+    try:
+        plots = make_plots(run_dir)
+    except ImportError as exc:
+        skipped = str(exc)
+    return plots, write_report(run_dir), skipped
