@@ -425,3 +425,22 @@ def test_head_groups_give_every_head_its_exact_budget():
         other = Attn()
         chtorch.sparsify(other, make_optimizer(other, "sgd"), method="set", sparsity=0.5, total_steps=5,
                          layers="*_proj", head_groups={"q_proj": 3})
+
+
+def test_masks_loaded_through_the_model_state_dict_take_effect_at_once():
+    model = make_model([6, 10, 10, 2])
+    opt = make_optimizer(model, "adam")
+    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.5, total_steps=10)
+    x, y = batch(0, 6, 2)
+    nn.functional.cross_entropy(model(x), y).backward()  # fills the cached float mask
+    opt.step()
+    opt.zero_grad()
+    state = model.state_dict()
+    flipped = ~state["0.weight_mask"]
+    state["0.weight_mask"] = flipped
+    state["0.weight"] = torch.randn(10, 6) * flipped
+    model.load_state_dict(state)
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert bool((model[0].weight.grad[~flipped] == 0).all()) and bool(model[0].weight.grad[flipped].abs().sum() > 0)
+    opt.step()
+    check_invariants(sp, opt)

@@ -154,6 +154,21 @@ class _Layer:
     grad_sum: torch.Tensor | None = None
     grad_count: int = 0
     groups: int = 1
+    _multiplier: torch.Tensor | None = None
+    _multiplier_key: tuple | None = None
+
+    def multiplier(self, like: torch.Tensor) -> torch.Tensor:
+        """The mask as a 0/1 tensor of ``like``'s dtype and device, cached until the mask changes.
+
+        Multiplying by a float mask is ~5x faster than by a bool one (no per-element conversion),
+        and it runs on every backward and optimizer step. The cache is keyed on the mask's version
+        counter, which every in-place write bumps (a topology update, ``model.load_state_dict``)."""
+        mask = self.mask
+        key = (mask._version, id(mask), like.dtype, like.device)
+        if self._multiplier is None or self._multiplier_key != key:
+            self._multiplier = mask.to(dtype=like.dtype, device=like.device)
+            self._multiplier_key = key
+        return self._multiplier
 
     def blocks(self) -> list[slice]:
         """Row blocks that are budgeted and updated separately (one per attention head, or the
@@ -424,7 +439,7 @@ class DynamicSparsity:
                 dense = grad.detach().float()
                 layer.grad_sum = dense.clone() if layer.grad_sum is None else layer.grad_sum + dense
                 layer.grad_count += 1
-            return grad * layer.module.weight_mask
+            return grad * layer.multiplier(grad)
 
         return hook
 
@@ -434,7 +449,7 @@ class DynamicSparsity:
                 if layer.is_sparse:
                     continue  # nothing exists off the links
                 _refuse_sharded(layer.name, layer.module.weight)  # fully_shard applied after sparsify
-                layer.module.weight.mul_(layer.mask)
+                layer.module.weight.mul_(layer.multiplier(layer.module.weight))
                 self._mask_optimizer_state(layer, None)
 
     def _mask_optimizer_state(self, layer: _Layer, reset: torch.Tensor | None) -> None:
@@ -448,7 +463,7 @@ class DynamicSparsity:
         with torch.no_grad():
             for value in state.values():
                 if torch.is_tensor(value) and value.shape == weight.shape:
-                    value.mul_(layer.mask)
+                    value.mul_(layer.multiplier(value))
                     if reset is not None:
                         value.masked_fill_(reset, 0)
 
