@@ -57,15 +57,18 @@ _MIN_BLOCK_WIDTH = 64
 
 # When the neighbour-list (bag-sum) evaluation beats dense GEMMs: density at most the threshold of
 # the layer's size class (first class whose minimum size n_out·n_in the layer reaches). CPU:
-# measured single-threaded on an AMD EPYC (benchmarks/linkpred.py, results in
-# benchmarks/results/linkpred-cpu-*.md): the crossover is ~10% at 128x128, ~20% at 256x256, ~35%
-# at 512x512 and ~45% from 1024x1024 up; below 128x128 fixed overheads make the GEMMs faster at
-# any density. The thresholds keep a margin so that ``auto`` is not slower than dense.
+# measured in CPU time on one core of an AMD EPYC (benchmarks/linkpred.py, results in
+# benchmarks/results/linkpred-cpu-*.md): the crossover is ~15% at 128x128, ~25% at 256x256 and
+# ~40% from 512x512 up (sparse 1.8x faster at 30% on 1024..4096); below 128x128 fixed overheads
+# dominate either way. Layers of a few hundred neurons take ~1 ms either way and their timings
+# swing with machine load (256x256 at 10%: 2.2x faster in one run, 0.7x in another), so their
+# thresholds keep a wide margin; all thresholds stay off round densities (30%) where a random mask
+# would fall on either side by chance.
 # CUDA: not measured (no GPU on the development machine). Estimate: the bag sums are memory-bound
 # (~4·nnz·n bytes gathered) while fp32 GEMMs run near peak, so the break-even is ~1-3% density on
 # layers large enough to leave launch overheads behind.
 _SPARSE_RULES = {  # device type -> ((min n_out·n_in, max density), ...)
-    "cpu": ((1024 * 1024, 0.3), (512 * 512, 0.2), (256 * 256, 0.1), (128 * 128, 0.05)),
+    "cpu": ((512 * 512, 0.35), (256 * 256, 0.08), (128 * 128, 0.05)),
     "cuda": ((1024 * 1024, 0.01),),
 }
 

@@ -101,9 +101,8 @@ def _l3n_dense(mask: torch.Tensor, variant: str) -> torch.Tensor:
 
 def _l3n_sparse(mask: torch.Tensor, variant: str) -> torch.Tensor:
     # Every product of Algorithm 1 has the 0/1 mask as one factor, so each is a sum over neighbour
-    # lists. Work goes by column blocks of C (and F), computed on the fly into reused buffers, so
-    # besides the scores only block-sized temporaries exist: fresh n x n float buffers cost page
-    # faults comparable to the sums themselves at low density.
+    # lists. Work goes by column blocks of C (and F), computed on the fly, so besides the scores only
+    # block-sized temporaries exist, and each block's table stays in cache (see _common.blocks).
     n_out, n_in = mask.shape
     device = mask.device
     rows, cols = neighbours(mask)  # rows: N(p) for outputs p; cols: N(c) for inputs c
@@ -112,20 +111,22 @@ def _l3n_sparse(mask: torch.Tensor, variant: str) -> torch.Tensor:
     in_blocks = blocks(n_in, max(n_out, n_in), device)
     out_blocks = blocks(n_out, max(n_out, n_in), device)
     width = max([stop - start for start, stop in in_blocks + out_blocks] + [1])
-    work = torch.empty(3, max(n_out, n_in) * width, dtype=torch.float32, device=device)
+    # Two block buffers, reused: fresh n x n float buffers cost page faults comparable to the sums.
+    # Buffer 0 holds the 0/1 table, then (once the bag sum has read it) 1 + E, then a transposed
+    # block; buffer 1 holds F.
+    work = torch.empty(2, max(n_out, n_in) * width, dtype=torch.float32, device=device)
 
-    def buffers(n_rows: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(work[k, : n_rows * w].view(n_rows, w) for k in range(3))  # type: ignore[return-value]
+    def buffer(k: int, n_rows: int, w: int) -> torch.Tensor:
+        return work[k, : n_rows * w].view(n_rows, w)
 
     # Input intermediates: (F_i·Aᵀ)ᵀ = A·F_iᵀ, by column blocks of inputs c.
     scores = None if len(in_blocks) == 1 else torch.empty(n_out, n_in, dtype=torch.float32, device=device)
     for start, stop in in_blocks:
-        table, _, _ = buffers(n_out, stop - start)
+        w = stop - start
         # C_i[:, block] = Σ_{q in N(c)} A[q, block]   (n_in, w)
-        c_i = bag_sum(cols, scatter_block(cols, start, stop, table))
-        _, buf_a, buf_b = buffers(n_in, stop - start)
+        c_i = bag_sum(cols, scatter_block(cols, start, stop, buffer(0, n_out, w)))
         # F_iᵀ[b, c] = f(C_i[b, c], d(b)), as C_i is symmetric
-        f_i_t = _factor(c_i, d_in, variant, (buf_a, buf_b))
+        f_i_t = _factor(c_i, d_in, variant, (buffer(1, n_in, w), buffer(0, n_in, w)))
         block = bag_sum(rows, f_i_t)  # Σ_{b in N(p)} F_iᵀ[b, c]   (n_out, w)
         if scores is None:
             scores = block
@@ -134,16 +135,14 @@ def _l3n_sparse(mask: torch.Tensor, variant: str) -> torch.Tensor:
     assert scores is not None
     # Output intermediates: F_o·A, by row blocks of outputs p (its transpose is a bag sum).
     for start, stop in out_blocks:
-        table, _, _ = buffers(n_in, stop - start)
+        w = stop - start
         # C_o[:, block] = Σ_{b in N(p)} Aᵀ[b, block]   (n_out, w)
-        c_o = bag_sum(rows, scatter_block(rows, start, stop, table))
-        _, buf_a, buf_b = buffers(n_out, stop - start)
+        c_o = bag_sum(rows, scatter_block(rows, start, stop, buffer(0, n_in, w)))
         # F_oᵀ[q, p] = f(C_o[q, p], d(q)), as C_o is symmetric
-        f_o_t = _factor(c_o, d_out, variant, (buf_a, buf_b))
+        f_o_t = _factor(c_o, d_out, variant, (buffer(1, n_out, w), buffer(0, n_out, w)))
         s_out_t = bag_sum(cols, f_o_t)  # (F_o·A)ᵀ[c, p] = Σ_{q in N(c)} F_oᵀ[q, p]   (n_in, w)
         # A transposed add reads with stride n (slow); copy through torch's blocked transpose first.
-        table, _, _ = buffers(stop - start, n_in)
-        scores[start:stop] += table.copy_(s_out_t.T)
+        scores[start:stop] += buffer(0, w, n_in).copy_(s_out_t.T)
     # Zero the existing links: one write per link rather than a pass over the whole matrix.
     scores.view(-1)[rows.owner * n_in + rows.index] = 0.0
     return scores
