@@ -498,6 +498,8 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
 def _schema_for(section: str, raw: Mapping[str, Any], recipe: str) -> type:
     if section == "data":
         if recipe not in _RECIPE_SCHEMAS:
+            import chtorch.train.recipe  # noqa: F401  (registers the built-in recipes and their schemas)
+        if recipe not in _RECIPE_SCHEMAS:
             raise ConfigError(f"unknown recipe {recipe!r}{closest(recipe, _RECIPE_SCHEMAS)}; known recipes: {', '.join(recipe_names())}", "run.recipe")
         return _RECIPE_SCHEMAS[recipe][0]
     name = raw.get("name", "mlp") if isinstance(raw, Mapping) else "mlp"

@@ -6,8 +6,11 @@ states (torch CPU/CUDA, numpy, python), the position in training (epoch, batch, 
 running sums, the byte length of the metrics log at that moment, and the resolved config.
 
 It is written to a temporary file in the same directory, flushed and fsynced, then renamed over the
-previous checkpoint with :func:`os.replace` (atomic on POSIX and Windows): a crash or a full disk
-while writing leaves the previous checkpoint intact. Only tensors and plain Python values are
+previous checkpoint with :func:`os.replace` (atomic on POSIX and Windows): a crash, a SIGKILL or a
+full disk while writing leaves the previous checkpoint intact (the temporary file a killed writer
+leaves behind, ``.checkpoint.pt.*.tmp``, is removed by the next resume). Under ``torchrun`` only
+rank 0 writes; the file then also holds every rank's RNG state and running sums (``ranks``) and the
+number of processes (``world_size``). Only tensors and plain Python values are
 stored, so it loads with ``torch.load(weights_only=True)`` (no arbitrary code runs on load).
 """
 
@@ -31,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "rng_state",
     "set_rng_state",
 ]
@@ -69,6 +73,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
         finally:
             os.close(dir_fd)
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` writers of ``path`` left when they
+    were killed mid-write; returns what was removed. Call it only when no writer runs (on resume)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §4 / Table 4: flattened images, hidden Linear layers
 with ReLU, a dense classifier, cross-entropy, batch 32. Whole splits are held in memory (on the
 training device) and batched by :class:`chtorch.data.TensorLoader`, whose permutation depends only on
-``(seed, epoch)``. CSTI's input correlation is computed here from the training images, because it
+``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is computed here from the training images, because it
 is data and the library core takes only tensors.
 """
 
@@ -32,6 +32,7 @@ class ImageClassification(Recipe):
     name = "image_classification"
     primary_metric = "test_accuracy"
     higher_is_better = True
+    shards_data = True  # under torchrun each rank gets its slice of every epoch's permutation
 
     def setup(self) -> None:
         from chtorch.data import TensorLoader, load_dataset
@@ -57,7 +58,7 @@ class ImageClassification(Recipe):
         self.y_test = y_test.to(self.device)
         self.loader = TensorLoader(
             self.x_train, self.y_train, batch_size=cfg.batch_size, shuffle=True,
-            seed=derive_seed(self.config.run.seed, "image-data"),
+            seed=derive_seed(self.config.run.seed, "image-data"), rank=self.rank, world_size=self.world_size,
         )
         # Padding value of a black pixel after normalisation, for random crops.
         if train.normalized:
@@ -87,7 +88,9 @@ class ImageClassification(Recipe):
             if augment:
                 from chtorch.data import random_crop_flip
 
-                g = make_generator(self.config.run.seed, "augment", epoch, index)
+                # Under torchrun each rank crops its own images differently (rank in the key).
+                keys = (epoch, index) if self.world_size == 1 else (epoch, index, self.rank)
+                g = make_generator(self.config.run.seed, "augment", *keys)
                 x = random_crop_flip(x.cpu(), g, fill=self.fill).to(self.device)
             yield x, y
 

@@ -153,12 +153,13 @@ class LanguageModeling(Recipe):
             return load_tokenizer(kind)
         meta = {"kind": kind, "corpus": cfg.name, "val_fraction": cfg.val_fraction,
                 "vocab_size": cfg.vocab_size if kind == "bpe" else None}
+        save = bool(getattr(self, "is_main", True))  # under torchrun only rank 0 writes the run directory
         if kind == "char":
             # The alphabet of the whole corpus, so that validation text has no <unk>.
-            return cached_tokenizer(_run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs))
+            return cached_tokenizer(_run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs), save=save)
         texts = [piece for doc in train_docs for piece in _chunks(doc)]
         return cached_tokenizer(_run_dir(self.config), "tokenizer", meta,
-                                lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"))
+                                lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"), save=save)
 
     def _encode(self, docs: list[str]) -> torch.Tensor:
         from chtorch.data import tokenize_corpus

@@ -13,6 +13,14 @@ translation and language modelling plug in the same way:
 
 A training *epoch* is ``steps_per_epoch`` optimizer steps: a pass over the training set for
 classification, or a fixed number of steps between evaluations for a stream of text.
+
+Under ``torchrun`` the trainer tells the recipe its :attr:`Recipe.rank` and :attr:`Recipe.world_size`
+(before :meth:`Recipe.setup`). A recipe that sets ``shards_data = True`` yields only its rank's shard
+from :meth:`Recipe.train_batches` and reports that shard's ``steps_per_epoch`` (the image recipe does,
+with :meth:`chtorch.data.TensorLoader.shard`); for any other recipe the trainer deals the batches out
+round-robin — batch ``i`` to rank ``i mod world_size`` — which is correct but makes every rank build
+every batch. Only rank 0 evaluates and writes files: a recipe that writes (a best-model copy, a
+cache) should do so when :attr:`Recipe.is_main`.
 """
 
 from __future__ import annotations
@@ -50,10 +58,28 @@ class Recipe(abc.ABC):
     primary_metric: ClassVar[str] = "test_accuracy"
     #: True when a larger primary metric is better (accuracy, BLEU); False for perplexity.
     higher_is_better: ClassVar[bool] = True
+    #: True when :meth:`train_batches` yields only this rank's shard under ``torchrun`` (and
+    #: :attr:`steps_per_epoch` counts that shard's batches, the same number on every rank).
+    shards_data: ClassVar[bool] = False
+
+    #: This process's rank and the number of processes (0 and 1 without ``torchrun``).
+    rank: int = 0
+    world_size: int = 1
 
     def __init__(self, config: Config, device: torch.device) -> None:
         self.config = config
         self.device = device
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Called by the trainer before :meth:`setup` with this process's place under ``torchrun``."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (or without ``torchrun``): the process that evaluates and writes files."""
+        return self.rank == 0
 
     @abc.abstractmethod
     def setup(self) -> None:

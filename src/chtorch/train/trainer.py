@@ -10,6 +10,13 @@ atomic checkpoint. Ctrl-C stops at the next step boundary, saves a checkpoint an
 command; ``--resume`` continues bit-identically (same weights, masks, optimizer state, LR, data
 order and RNG states as an uninterrupted run).
 
+Under ``torchrun`` (see :mod:`chtorch.train.distributed`) the model is wrapped in
+``DistributedDataParallel``, each rank trains on its own shard of every epoch (recipes that set
+:attr:`~chtorch.train.recipe.Recipe.shards_data` shard themselves; for the others the trainer deals
+the batches out round-robin), the training metrics are summed over ranks, and only rank 0 evaluates
+and writes the run directory. Checkpoints hold the unwrapped model and every rank's RNG state and
+running sums, so a resume with the same number of processes continues exactly.
+
 MLP recipes update the topology once per epoch, as the paper (Zhang et al., NeurIPS 2025,
 arXiv:2501.19107, Table 4): with ``sparsity.update_unit: epoch`` the engine's interval is
 ``update_interval × steps_per_epoch`` optimizer steps and ``total_steps = epochs × steps_per_epoch``.
@@ -18,6 +25,7 @@ arXiv:2501.19107, Table 4): with ``sparsity.update_unit: epoch`` the engine's in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -27,7 +35,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,7 +48,10 @@ from chtorch.config import (
 )
 from chtorch.percolation import infer_couplings
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from . import distributed as ddp
+from .checkpoint import (
+    CHECKPOINT_NAME, CheckpointError, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+)
 from .metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
 from .optim import build_optimizer, build_scheduler
 from .progress import Progress, format_duration
@@ -90,13 +101,29 @@ def new_run_dir(config: Config, base: str | os.PathLike[str] = "runs") -> Path:
     return path
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name!r} but CUDA is not available; use run.device=cpu or auto", "run.device")
-    return device
+class _NullWriter:
+    """Where the output of ranks other than 0 goes."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _NullLog:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    offset = 0
+
+    def write(self, record: Any) -> None:
+        pass
+
+    def truncate(self, offset: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _percent(value: Any) -> str:
@@ -109,8 +136,13 @@ class Trainer:
     Args:
         config: the resolved configuration (``config.run.dir`` must be set).
         resume_state: a loaded checkpoint to continue from (see :func:`resume`).
-        out: where epoch lines and the summary go.
-        callbacks: called as ``callback(trainer)`` after every optimizer step (tests, custom logs).
+        out: where epoch lines and the summary go (rank 0 only; other ranks print nothing).
+        callbacks: called as ``callback(trainer)`` after every optimizer step (tests, custom logs),
+            on every rank.
+
+    Under ``torchrun`` the process group is joined here (:func:`chtorch.train.distributed.init_distributed`);
+    :attr:`model` is always the plain module, :attr:`train_model` the ``DistributedDataParallel``
+    wrapper that the training steps run through (the same module for one process).
     """
 
     def __init__(
@@ -125,10 +157,13 @@ class Trainer:
             raise ValueError("config.run.dir must be set (use chtorch.train.train, which picks one)")
         self.config = config
         self.run_dir = Path(config.run.dir)
-        self.out = out or sys.stdout
+        self.dist = ddp.init_distributed(config.run.device)
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
+        self.is_main = self.dist.is_main
+        self.out: Any = (out or sys.stdout) if self.is_main else _NullWriter()
         self.callbacks = list(callbacks)
         self.resume_state = resume_state
-        self.device = _device(config.run.device)
+        self.device = self.dist.device
         self.epoch = 0  # completed epochs
         self.batch = 0  # batches done in the current epoch
         self.step = 0  # optimizer steps done
@@ -155,12 +190,32 @@ class Trainer:
         random.seed(cfg.run.seed)
 
         self.recipe: Recipe = get_recipe(cfg.run.recipe)(cfg, self.device)
+        self.recipe.set_distributed(self.rank, self.world_size)
+        # Rank 0 prepares the data first (a download, a tokenizer cache), then the others read it:
+        # no two processes write the same file.
+        if not self.is_main:
+            self.dist.barrier()
         self.recipe.setup()
-        self.model = self.recipe.build_model()
+        if self.is_main:
+            self.dist.barrier()
+        self.model = self.recipe.build_model()  # identical on every rank: same seed (DDP also broadcasts it)
+        if self.dist.enabled:
+            # Dropout may differ per rank (it is per-sample noise); the topology never uses this RNG.
+            from chtorch.rng import derive_seed
+
+            torch.manual_seed(derive_seed(cfg.run.seed, "rank", self.rank))
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.steps_per_epoch = int(self.recipe.steps_per_epoch)
+        spe = int(self.recipe.steps_per_epoch)
+        if self.dist.enabled and not self.recipe.shards_data:
+            spe //= self.world_size  # the trainer deals the recipe's batches out round-robin
+        self.steps_per_epoch = spe
         if self.steps_per_epoch < 1:
-            raise ConfigError("the training set yields no batch: lower data.batch_size or raise data.train_limit", "data.batch_size")
+            more = f" for {self.world_size} processes" if self.dist.enabled else ""
+            raise ConfigError(f"the training set yields no batch{more}: lower data.batch_size or raise data.train_limit",
+                              "data.batch_size")
+        if not self.dist.all_equal(self.steps_per_epoch):
+            raise ddp.DistributedError("the ranks have different numbers of steps per epoch; every rank must get a shard "
+                                       "of the same number of batches (a recipe bug: see Recipe.shards_data)")
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
 
         self.sparsity = None
@@ -193,10 +248,14 @@ class Trainer:
             self.chains = []
         self.update_interval = interval
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps, interval, t_end, self.recipe.model_dim())
+        self.train_model = self.model  # wrapped in DDP by fit(), after a checkpoint is loaded
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Everything a resume needs. Under DDP this is a collective (every rank calls it; rank 0's
+        result holds every rank's RNG state and running sums, the other ranks' results do not)."""
+        per_rank = self.dist.gather({"rng": rng_state(), "sums": {k: float(v) for k, v in self.sums.items()}})
+        state = {
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
@@ -212,11 +271,21 @@ class Trainer:
             "nonfinite": self.nonfinite,
             "elapsed": self.elapsed,
             "versions": {"torch": str(torch.__version__), "chtorch": _chtorch_version()},
+            "world_size": self.world_size,
         }
+        if self.dist.enabled:
+            state["ranks"] = per_rank
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint into the freshly built run; a checkpoint from another model or
         sparsity is refused before anything changes."""
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise CheckpointError(
+                f"this run was trained by {saved_world} process(es) and is being resumed by {self.world_size}: resume it "
+                f"with the same number — {_launch_hint(saved_world)} — since the number of processes decides the data "
+                "shards, the steps per epoch and the sparsity schedule")
         if (state["sparsity"] is None) != (self.sparsity is None):
             raise CheckpointError("the checkpoint's sparsity (dense vs sparse) does not match this run's config")
         try:
@@ -230,15 +299,20 @@ class Trainer:
                 raise CheckpointError(f"the checkpoint's sparsity state does not fit this run: {exc}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
+        set_rng_state(mine["rng"])
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        self.sums = dict(state["sums"])
+        self.sums = dict(mine["sums"])
         self.nonfinite = int(state["nonfinite"])
         self.elapsed = float(state["elapsed"])
 
     def save(self) -> Path:
-        """Write the checkpoint now (atomically)."""
-        return save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+        """Write the checkpoint now (atomically; on rank 0 — under DDP every rank must call this)."""
+        state = self.state_dict()
+        path = self.run_dir / CHECKPOINT_NAME
+        if self.is_main:
+            save_checkpoint(state, path)
+        return path
 
     # ------------------------------------------------------------------ records
     def layer_state(self) -> dict[str, dict[str, Any]]:
@@ -279,10 +353,12 @@ class Trainer:
         }
 
     def _snapshot(self, name: str) -> None:
-        if self.sparsity is not None:
+        if self.sparsity is not None and self.is_main:
             save_topology(self.sparsity.masks, self.run_dir / "topology" / f"{name}.npz", epoch=self.epoch, step=self.step)
 
     def _write_tables(self) -> None:
+        if not self.is_main:
+            return
         records = read_metrics(self.run_dir)
         write_csv([r for r in records if r.get("kind") == "epoch"], self.run_dir / "metrics.csv")
         updates = [r for r in records if r.get("kind") == "update"]
@@ -294,34 +370,49 @@ class Trainer:
         if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True
-        print("\nchtorch: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
-              file=sys.stderr, flush=True)
+        if self.is_main:
+            print("\nchtorch: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
+                  file=sys.stderr, flush=True)
 
     def request_stop(self) -> None:
-        """Stop at the next step boundary, save a checkpoint and return (as Ctrl-C does)."""
+        """Stop at the next step boundary, save a checkpoint and return (as Ctrl-C does). Under DDP
+        a request on any one rank stops every rank at the same step."""
         self._stop_requested = True
 
     def fit(self) -> RunResult:
         """Train to ``train.epochs`` (or until stopped) and return the :class:`RunResult`."""
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.log: MetricsLog | _NullLog = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
+        else:
+            self.log = _NullLog()
         if self.resume_state is not None:
             self.load_state_dict(self.resume_state)
-            self.log.truncate(int(self.resume_state["metrics_offset"]))
+            # A checkpoint that loads but belongs to another run (copied over) is refused before
+            # anything in the run directory changes.
+            _check_same_run(self.run_dir, self.resume_state)
+            if self.is_main:
+                self.log.truncate(int(self.resume_state["metrics_offset"]))
+                remove_stale_temporaries(self.run_dir / CHECKPOINT_NAME)  # left by a writer that was killed
             self.resume_state = None
-        else:
+        elif self.is_main:
+            # A fresh run owns the directory: records of an earlier attempt that never reached a
+            # checkpoint (a crash, a NaN stop in epoch 1) must not precede this run's.
+            self.log.truncate(0)
             save_config(cfg, self.run_dir / "config.yaml")
             self._snapshot("init")
             self.log.write({"kind": "epoch", "epoch": 0, "step": 0, "lr": self.optimizer.param_groups[0]["lr"],
                             **self.topology_state(), "layers": self.layer_state()})
+        self.train_model = ddp.wrap_model(self.model, self.dist)
 
         handler_installed = False
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
             handler_installed = True
-        progress = Progress(cfg.train.progress, self.total_steps, self.step, cfg.train.epochs, self.out)
+        progress = Progress(cfg.train.progress if self.is_main else "off", self.total_steps, self.step, cfg.train.epochs,
+                            self.out)
         interrupted = False
         record: dict[str, Any] = {}
         try:
@@ -347,24 +438,40 @@ class Trainer:
         self.log.close()
         return self._finish()
 
+    def _batches(self, epoch: int, start: int) -> Iterator[Any]:
+        """This rank's batches of ``epoch`` from its batch ``start`` on. A recipe that does not shard
+        its data itself has its batches dealt out round-robin: global batch ``i`` goes to rank
+        ``i mod world_size`` (each rank generates and skips the others' batches)."""
+        if not self.dist.enabled or self.recipe.shards_data:
+            return iter(self.recipe.train_batches(epoch, start))
+        w = self.world_size
+        batches = self.recipe.train_batches(epoch, start * w)
+        return itertools.islice(batches, self.rank, (self.steps_per_epoch - start) * w, w)
+
     def _run_epoch(self, progress: Progress) -> dict[str, Any]:
         cfg = self.config
         epoch = self.epoch
         t0 = time.perf_counter()
         self.model.train()
-        for batch in self.recipe.train_batches(epoch, self.batch):
-            loss, stats = self.recipe.train_step(self.model, batch)
+        for batch in self._batches(epoch, self.batch):
+            loss, stats = self.recipe.train_step(self.train_model, batch)
             report = None
-            if not bool(torch.isfinite(loss.detach())):
+            # Under DDP a step is skipped on every rank when the loss is not finite on one of them:
+            # a rank that skipped backward() would leave the others waiting in DDP's all-reduce.
+            if self.dist.any(not bool(torch.isfinite(loss.detach()))):
                 self.nonfinite += 1
-                warnings.warn(f"chtorch: non-finite loss at step {self.step + 1}; the step is skipped "
-                              f"({self.nonfinite}/{cfg.train.max_nonfinite})", RuntimeWarning, stacklevel=2)
+                if self.is_main:
+                    warnings.warn(f"chtorch: non-finite loss at step {self.step + 1}; the step and any topology update "
+                                  f"due are skipped ({self.nonfinite}/{cfg.train.max_nonfinite})", RuntimeWarning, stacklevel=2)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.nonfinite > cfg.train.max_nonfinite:
+                    if (self.run_dir / CHECKPOINT_NAME).is_file():
+                        kept = f"the checkpoint in {self.run_dir} (the last finished epoch) is intact"
+                    else:
+                        kept = f"no epoch finished, so {self.run_dir} holds no checkpoint"
                     raise TrainingError(
                         f"the loss was NaN/inf in {self.nonfinite} steps (train.max_nonfinite={cfg.train.max_nonfinite}); "
-                        f"training stopped. The last checkpoint in {self.run_dir} is intact; lower optim.lr or add "
-                        "optim.grad_clip and start a new run"
+                        f"training stopped and {kept}. Lower optim.lr or set optim.grad_clip and start a new run"
                     )
             else:
                 loss.backward()
@@ -393,6 +500,8 @@ class Trainer:
             progress.step(epoch, postfix)
             for callback in self.callbacks:
                 callback(self)
+            if self.dist.enabled:
+                self._stop_requested = self.dist.any(self._stop_requested)  # every rank stops at the same step
             if self._stop_requested:
                 self.elapsed += time.perf_counter() - t0
                 return {}
@@ -401,9 +510,9 @@ class Trainer:
         self.batch = 0
         record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
                                   "lr": self.optimizer.param_groups[0]["lr"]}
-        record.update(self.recipe.summarize(self.sums))
-        if self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs:
-            record.update(self.recipe.evaluate(self.model))
+        record.update(self.recipe.summarize(self.dist.sum(self.sums) if self.dist.enabled else self.sums))
+        if self.is_main and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
+            record.update(self.recipe.evaluate(self.model))  # the whole test set, on rank 0
         record.update(self.topology_state())
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
@@ -466,6 +575,9 @@ class Trainer:
 
     def _finish(self) -> RunResult:
         cfg = self.config
+        if not self.is_main:
+            record = self.dist.broadcast(None)  # rank 0's last record, once its files are written
+            return self._result(record or {}, finished=True, interrupted=False)
         records = [r for r in read_metrics(self.run_dir) if r.get("kind") == "epoch"]
         record = records[-1] if records else {}
         result = self._result(record, finished=True, interrupted=False)
@@ -486,6 +598,7 @@ class Trainer:
             write_report(self.run_dir)
         if cfg.train.progress != "off":
             self.print_summary(result)
+        self.dist.broadcast(record)
         return result
 
     def print_summary(self, result: RunResult) -> None:
@@ -502,6 +615,12 @@ class Trainer:
         if self.sparsity is not None:
             print(self.sparsity.summary(), file=self.out)
         print(f"run directory: {self.run_dir}", file=self.out, flush=True)
+
+
+def _launch_hint(world_size: int) -> str:
+    if world_size <= 1:
+        return "a plain `chtorch train --resume RUN_DIR`, without torchrun"
+    return f"`torchrun --nproc_per_node {world_size} -m chtorch.cli train --resume RUN_DIR` (over all nodes: {world_size} processes)"
 
 
 def _chtorch_version() -> str:
@@ -527,11 +646,19 @@ def train(
     """Train ``config`` in ``run_dir`` (default ``config.run.dir``, else ``runs/<name>-<time>``).
     A directory that already holds a checkpoint is refused: resume it or pick another."""
     config = dataclasses.replace(config, run=dataclasses.replace(config.run))
-    target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
-    if (target / CHECKPOINT_NAME).exists():
-        raise ConfigError(f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
-                          "or choose another --out directory", "run.dir")
-    config.run.dir = str(target.resolve())
+    ctx = ddp.init_distributed(config.run.device)
+    decision: tuple[str, str | None] | None = None
+    if ctx.is_main:  # rank 0 names the directory (a time stamp) and the others follow
+        target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
+        error = None
+        if (target / CHECKPOINT_NAME).exists():
+            error = (f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
+                     "or choose another --out directory")
+        decision = (str(target.resolve()), error)
+    target_name, error = ctx.broadcast(decision)
+    if error is not None:
+        raise ConfigError(error, "run.dir")
+    config.run.dir = target_name
     return Trainer(config, out=out, callbacks=callbacks).fit()
 
 
@@ -547,8 +674,9 @@ def resume(
     logging), so the continuation computes exactly what the uninterrupted run would have."""
     from chtorch.config import apply_overrides, parse_override
 
-    run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir)
+    path = Path(run_dir)
+    run_dir = path if path.is_dir() else path.parent
+    state = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
     for text in overrides:
         parts, _ = parse_override(text)
         key = ".".join(parts)
@@ -564,3 +692,43 @@ def resume(
         raise CheckpointError(f"the configuration stored in {run_dir} is no longer valid: {exc}") from None
     config.run.dir = str(run_dir.resolve())
     return Trainer(config, resume_state=state, out=out, callbacks=callbacks).fit()
+
+
+def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return {prefix: raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value and name.count(".") < 1:  # sections; option dicts compare whole
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint that belongs to another run than ``run_dir/config.yaml`` (e.g. a
+    checkpoint.pt copied over from another run): resuming it would continue that other run — another
+    model or sparsity — and cut this run's metrics log at that run's offset."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        import yaml
+
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # an unreadable config.yaml is not what a resume needs; say so
+        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {exc}); the checkpoint holds the "
+                              "configuration, so move config.yaml away and resume again") from None
+    if not isinstance(saved, dict):
+        return
+    a, b = _flatten(state.get("config", {})), _flatten(saved)
+    ignore = RESUME_OVERRIDABLE | {"run.dir"}
+    differ = sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, config.yaml {b.get(k)!r}" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINT_NAME} is from another run than {path} ({shown}{more}): it holds another model or "
+            "sparsity. Put back this run's own checkpoint, or resume the run the checkpoint came from in its own directory")

@@ -133,10 +133,12 @@ register_model_schema("transformer", TransformerModelConfig)
 
 
 def cached_tokenizer(run_dir: str | os.PathLike[str] | None, subdir: str, meta: dict[str, Any],
-                     build: Callable[[], Any]) -> Any:
+                     build: Callable[[], Any], save: bool = True) -> Any:
     """The tokenizer saved in ``run_dir/subdir`` when its recorded ``meta`` (the settings it was
-    built with) equals ``meta``; else ``build()``, saved there with ``meta``. Without a run
-    directory, just ``build()``. A resumed run therefore reuses the exact vocabulary it started with."""
+    built with) equals ``meta``; else ``build()``, saved there with ``meta`` when ``save`` (only
+    the main process of a ``torchrun`` job writes; the trainer lets it set up first, so the others
+    find its file). Without a run directory, just ``build()``. A resumed run therefore reuses the
+    exact vocabulary it started with."""
     from chtorch.data import load_tokenizer
 
     if run_dir is None:
@@ -151,6 +153,8 @@ def cached_tokenizer(run_dir: str | os.PathLike[str] | None, subdir: str, meta: 
         if saved == meta:
             return load_tokenizer(folder)
     tokenizer = build()
+    if not save:
+        return tokenizer
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(folder)
     tmp = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
@@ -217,6 +221,11 @@ class Translation(Recipe):
     primary_metric = "test_bleu"
     higher_is_better = True
 
+    @property
+    def _main(self) -> bool:
+        """True in the process that writes files (rank 0 under ``torchrun``)."""
+        return bool(getattr(self, "is_main", True))
+
     # -- data -------------------------------------------------------------------------------------
     def _read_split(self, split: str) -> list[tuple[str, str]]:
         cfg = self.config.data
@@ -261,10 +270,12 @@ class Translation(Recipe):
 
         if cfg.joint_vocab:
             texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
-            tok = cached_tokenizer(run_dir, "tokenizer", {**base, "side": "joint"}, bpe(texts))
+            tok = cached_tokenizer(run_dir, "tokenizer", {**base, "side": "joint"}, bpe(texts), save=self._main)
             return tok, tok
-        src = cached_tokenizer(run_dir, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]))
-        tgt = cached_tokenizer(run_dir, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]))
+        src = cached_tokenizer(run_dir, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]),
+                               save=self._main)
+        tgt = cached_tokenizer(run_dir, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]),
+                               save=self._main)
         return src, tgt
 
     def setup(self) -> None:
@@ -405,8 +416,8 @@ class Translation(Recipe):
     def _forget_best(self) -> None:
         self._best = None
         path = self._best_path()
-        if path is not None and path.exists():
-            path.unlink()
+        if path is not None and self._main:
+            path.unlink(missing_ok=True)
 
     def _load_best(self) -> dict[str, Any] | None:
         if self._best is None:
@@ -422,7 +433,7 @@ class Translation(Recipe):
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self._best = {"epoch": self._epoch + 1, "val_loss": val_loss, "model": state}
         path = self._best_path()
-        if path is not None:
+        if path is not None and self._main:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             torch.save(self._best, tmp)
@@ -452,7 +463,7 @@ class Translation(Recipe):
 
     def _write_translations(self, hyps: list[str]) -> None:
         run_dir = _run_dir(self.config)
-        if run_dir is None:
+        if run_dir is None or not self._main:
             return
         path = run_dir / "test_translations.txt"
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

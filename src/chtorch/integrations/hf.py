@@ -1,0 +1,309 @@
+"""Dynamic sparse training inside a Hugging Face ``transformers.Trainer``, in one line.
+
+    from chtorch.integrations.hf import ChtorchCallback
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[ChtorchCallback("chtss", sparsity=0.9)])
+    trainer.train()                          # and trainer.train(resume_from_checkpoint=True) resumes exactly
+
+The callback builds :func:`chtorch.sparsify` at ``on_train_begin`` from the Trainer's model and
+optimizer with ``total_steps = state.max_steps``; calls ``sp.step()`` after every optimizer step
+(``on_optimizer_step``: after ``optimizer.step()``, before the LR scheduler and ``zero_grad``, which
+is where the engine expects it); adds ``chtorch/density``, ``chtorch/itop`` and
+``chtorch/active_neurons`` (the paper's ANP) to the Trainer's logs; and writes ``chtorch_sparsity.pt``
+(the masks and the engine state) into every checkpoint directory, from which a resumed run restores
+the masks, the engine's counters and — untouched — the weights and optimizer moments the Trainer
+loaded. The layers are every ``nn.Linear`` but the output embedding (``lm_head``), selected by
+name patterns, with percolation couplings inferred from the child names (q/k and gate/up rows,
+v→o and gate|up→down chains; Zhang et al., NeurIPS 2025, arXiv:2501.19107, §4.3 / App. F).
+
+``transformers`` is an optional dependency: ``pip install 'chtorch[hf]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+try:
+    from transformers import TrainerCallback
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "chtorch.integrations.hf needs Hugging Face transformers (and accelerate for its Trainer): "
+        "pip install 'chtorch[hf]'"
+    ) from exc
+
+__all__ = ["ChtorchCallback", "STATE_NAME", "default_layers", "head_groups_for"]
+
+log = logging.getLogger("chtorch.integrations.hf")
+
+#: File written into every Trainer checkpoint directory.
+STATE_NAME = "chtorch_sparsity.pt"
+_HAS_OPTIMIZER_STEP = hasattr(TrainerCallback, "on_optimizer_step")
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Every ``nn.Linear`` of ``model`` except its output embedding (``get_output_embeddings()``,
+    the ``lm_head`` of a causal LM, kept dense as in the paper §4.1); without one, every Linear but
+    the last."""
+    from chtorch.sparsity import select_layers
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, nn.Linear):
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+        if not names:
+            raise ValueError("the model has no nn.Linear layer besides its output embedding: nothing to sparsify")
+        return names
+    return select_layers(model)
+
+
+def head_groups_for(model: nn.Module) -> dict[str, int]:
+    """``head_groups`` for per-head removal/regrowth from a HF config: ``q_proj`` rows in
+    ``num_attention_heads`` blocks, ``k_proj``/``v_proj`` rows in ``num_key_value_heads`` blocks."""
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not heads:
+        raise ValueError("per_head=True needs model.config.num_attention_heads; pass head_groups={pattern: heads} instead")
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    return {"*.q_proj": int(heads), "*.k_proj": int(kv), "*.v_proj": int(kv)}
+
+
+def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    # accelerate wraps the optimizer (AcceleratedOptimizer.optimizer): the engine's step post-hook
+    # must sit on the optimizer whose step() really runs.
+    inner = optimizer
+    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError(f"ChtorchCallback needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    return inner
+
+
+class ChtorchCallback(TrainerCallback):
+    """A ``transformers.TrainerCallback`` that runs dynamic sparse training (see the module docs).
+
+    Args:
+        method: a registered method (``chtorch.methods()``): ``set``, ``rigl``, ``chts``, ``chtss``, ...
+        sparsity: final fraction of zeros per sparse layer.
+        layers: names or glob patterns of the Linear layers to sparsify (default :func:`default_layers`).
+        exclude: patterns kept dense.
+        seed: root of every topology choice (default: the Trainer's ``args.seed``).
+        update_interval: optimizer steps between topology updates (default: the method's, 100).
+        per_head: budget, remove and regrow q/k/v rows per attention head (``head_groups`` from the
+            model config, see :func:`head_groups_for`).
+        rewarmup_steps: the paper's iterative LR re-warm-up ``min(1, (t mod ΔT + 1)/w)`` after every
+            topology update, applied on top of the Trainer's ``LambdaLR`` schedule (0 = off; paper: 20).
+        **options: overrides of the method's parts (:class:`chtorch.options.SparsityOptions`), e.g.
+            ``zeta=0.1``.
+
+    Attributes: ``sparsity`` (the :class:`~chtorch.DynamicSparsity`, after train begin) and
+    ``last_report`` (the last :class:`~chtorch.UpdateReport`).
+
+    Note: the Trainer calls reporting integrations (TensorBoard, W&B, ...) before user callbacks,
+    so the ``chtorch/*`` values reach the console logs and ``state.log_history`` (trainer_state.json);
+    the integrations see them from the next log on.
+    """
+
+    def __init__(
+        self,
+        method: str = "chts",
+        sparsity: float = 0.9,
+        *,
+        layers: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        update_interval: int | None = None,
+        per_head: bool = False,
+        rewarmup_steps: int = 0,
+        **options: Any,
+    ) -> None:
+        from chtorch.methods import get_method
+
+        preset = get_method(method)  # unknown names fail now, not at train begin
+        if update_interval is not None:
+            options["update_interval"] = update_interval
+        preset.build_options(**options)  # validate the overrides now
+        if isinstance(rewarmup_steps, bool) or not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
+            raise ValueError(f"rewarmup_steps must be a non-negative integer, got {rewarmup_steps!r}")
+        self.method = preset.name
+        self.target_sparsity = float(sparsity)
+        self.layers = layers
+        self.exclude = exclude
+        self.seed = seed
+        self.per_head = per_head
+        self.rewarmup_steps = rewarmup_steps
+        self.options = options
+        self.sparsity: Any = None
+        self.last_report: Any = None
+        self._pending: dict[str, float] = {}
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _build(self, args: Any, state: Any, model: nn.Module, optimizer: Any) -> None:
+        import chtorch
+
+        if optimizer is None:
+            raise RuntimeError("ChtorchCallback: the Trainer passed no optimizer to on_train_begin")
+        if not state.max_steps or state.max_steps <= 0:
+            raise RuntimeError("ChtorchCallback needs state.max_steps (set max_steps or num_train_epochs with a sized dataset)")
+        options = dict(self.options)
+        if self.per_head and "head_groups" not in options:
+            options["head_groups"] = head_groups_for(model)
+        layers = self.layers if self.layers is not None else default_layers(model)
+        seed = self.seed if self.seed is not None else int(getattr(args, "seed", 0))
+        inner = _unwrap_optimizer(optimizer)
+        resume_dir = self._resume_dir(args, state)
+        saved_weights: dict[str, torch.Tensor] = {}
+        saved_moments: dict[int, dict[str, torch.Tensor]] = {}
+        if resume_dir is not None:
+            # The Trainer has already loaded the checkpoint's weights and optimizer state; building
+            # the engine draws fresh masks and multiplies both by them, so keep copies to put back.
+            from chtorch.sparsity import select_layers
+
+            modules = dict(model.named_modules())
+            for name in select_layers(model, layers, self.exclude):
+                weight = modules[name].weight
+                saved_weights[name] = weight.detach().clone()
+                state_of = inner.state.get(weight, {})
+                saved_moments[id(weight)] = {k: v.clone() for k, v in state_of.items() if torch.is_tensor(v)}
+        self.sparsity = chtorch.sparsify(
+            model, inner, method=self.method, sparsity=self.target_sparsity, total_steps=int(state.max_steps),
+            seed=seed, layers=layers, exclude=self.exclude, **options,
+        )
+        if resume_dir is not None:
+            self._restore(resume_dir, model, inner, saved_weights, saved_moments)
+
+    def _resume_dir(self, args: Any, state: Any) -> Path | None:
+        """The checkpoint the Trainer resumed from (``None`` for a fresh run): the directory named by
+        ``args.resume_from_checkpoint``, else ``output_dir/checkpoint-<global_step>``."""
+        if not state.global_step:
+            return None
+        candidates = []
+        if isinstance(getattr(args, "resume_from_checkpoint", None), str):
+            candidates.append(Path(args.resume_from_checkpoint))
+        candidates.append(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        for path in candidates:
+            if (path / STATE_NAME).is_file():
+                return path
+        raise RuntimeError(
+            f"ChtorchCallback: the Trainer resumed at step {state.global_step}, but no {STATE_NAME} was found in "
+            f"{' or '.join(str(p) for p in candidates)}; the masks cannot be restored. Resume from a checkpoint "
+            "written with ChtorchCallback, or set args.resume_from_checkpoint to its directory"
+        )
+
+    @torch.no_grad()
+    def _restore(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 weights: dict[str, torch.Tensor], moments: dict[int, dict[str, torch.Tensor]]) -> None:
+        payload = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+        sp = self.sparsity
+        if payload.get("method") != self.method:
+            raise RuntimeError(f"ChtorchCallback: {path / STATE_NAME} was written by method {payload.get('method')!r}, "
+                               f"this run uses {self.method!r}")
+        masks = payload["masks"]
+        if sorted(masks) != sorted(sp.layer_names):
+            raise RuntimeError(f"ChtorchCallback: {path / STATE_NAME} holds masks for {sorted(masks)}, "
+                               f"but this run sparsifies {sorted(sp.layer_names)}")
+        sp.load_state_dict(payload["engine"])
+        for name, module, mask in sp.iter_layers():
+            mask.copy_(masks[name].to(mask.device))
+            module.weight.copy_(weights[name] * mask)
+            state_of = optimizer.state.get(module.weight)
+            if state_of:
+                for key, value in moments.get(id(module.weight), {}).items():
+                    state_of[key].copy_(value)
+        log.info("chtorch: restored masks and sparsity state from %s (step %d, %d updates)", path, sp.step_count, sp.update_count)
+
+    def _wrap_schedule(self, lr_scheduler: Any) -> None:
+        if not self.rewarmup_steps:
+            return
+        if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise TypeError(f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
+                            f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0")
+        interval, w, t_end = self.sparsity.options.update_interval, self.rewarmup_steps, self.sparsity.t_end
+
+        def rewarmed(base: Any) -> Any:
+            def factor(step: int) -> float:
+                # Step j after a topology update (j = step mod ΔT + 1) runs at min(1, j/w) of the LR.
+                scale = 1.0 if step >= t_end else min(1.0, (step % interval + 1) / w)
+                return base(step) * scale
+            return factor
+
+        lr_scheduler.lr_lambdas = [rewarmed(f) for f in lr_scheduler.lr_lambdas]
+        step = lr_scheduler.last_epoch
+        for group, base_lr, f in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
+            group["lr"] = base_lr * f(step)
+
+    # -- events -----------------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                       optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
+        if self.sparsity is not None:
+            return  # a second train() call on the same Trainer keeps the engine
+        if model is None:
+            raise RuntimeError("ChtorchCallback: the Trainer passed no model to on_train_begin")
+        self._build(args, state, model, optimizer)
+        self._wrap_schedule(lr_scheduler)
+        log.info("%s", self.sparsity.summary())
+
+    def _after_optimizer_step(self) -> None:
+        if self.sparsity is None:
+            return
+        report = self.sparsity.step()
+        if report is not None:
+            self.last_report = report
+            self._pending.update({"chtorch/removed": float(report.removed), "chtorch/regrown": float(report.regrown),
+                                  "chtorch/update_ms": 1000.0 * report.seconds})
+            log.info("%s", report if report.skipped else str(report).splitlines()[0])
+
+    if _HAS_OPTIMIZER_STEP:
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._after_optimizer_step()
+    else:  # pragma: no cover - transformers < 4.38 has no on_optimizer_step
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._after_optimizer_step()
+
+    def metrics(self) -> dict[str, float]:
+        """``chtorch/density``, ``chtorch/itop`` and ``chtorch/active_neurons`` now."""
+        if self.sparsity is None:
+            return {}
+        from chtorch.percolation import infer_couplings
+        from chtorch.train.metrics import active_neuron_count
+
+        sp = self.sparsity
+        chains = sp.couplings or infer_couplings(sp.model, sp.layer_names)
+        active, total = active_neuron_count(sp.masks, chains)
+        return {"chtorch/density": sp.density(), "chtorch/itop": sp.itop_rate(),
+                "chtorch/active_neurons": active / max(1, total)}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.sparsity is None or logs is None:
+            return
+        values = {**self.metrics(), **self._pending}
+        self._pending = {}
+        logs.update(values)
+        if state.log_history and isinstance(state.log_history[-1], dict):
+            state.log_history[-1].update(values)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.sparsity is None or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            log.warning("chtorch: checkpoint folder %s not found; %s not written", folder, STATE_NAME)
+            return
+        payload = {
+            "format": "chtorch-hf-sparsity", "version": 1, "method": self.method,
+            "masks": {name: mask.detach().cpu().clone() for name, _, mask in self.sparsity.iter_layers()},
+            "engine": self.sparsity.state_dict(),
+        }
+        target = folder / STATE_NAME
+        tmp = folder / f".{STATE_NAME}.tmp-{os.getpid()}"
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.sparsity is not None:
+            log.info("%s", self.sparsity.summary())
+
