@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=8000, help="training images used (the paper: all 60000)")
     parser.add_argument("--hidden", type=int, default=1568, help="hidden width (the paper: 1568)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    parser.add_argument("--backend", default="masked", choices=("masked", "sparse", "auto"),
+                        help="sparse-layer execution (auto: truly sparse where the method and density allow)")
     parser.add_argument("--out", default="runs/bench_mlp_mnist")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
@@ -64,7 +66,7 @@ def main() -> None:
     overrides = [
         f"data.dir={args.data}", f"train.epochs={args.epochs}", f"data.train_limit={args.train_limit}",
         f"model.hidden=[{args.hidden},{args.hidden},{args.hidden}]", "train.plots=false", "train.progress=lines",
-        f"run.threads={args.threads}",
+        f"run.threads={args.threads}", f"sparsity.backend={args.backend}",
     ]
     config = load_config(ROOT / "configs" / "mlp_mnist_paper.yaml", overrides)
     methods = [m.strip() for m in args.methods.split(",")]
@@ -93,7 +95,8 @@ def main() -> None:
     path = Path(args.results) / f"mlp-mnist-compare-cpu-{date}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     cmd = (f"python benchmarks/mlp_mnist_compare.py --data {args.data} --methods {args.methods} --seeds {args.seeds} "
-           f"--epochs {args.epochs} --train-limit {args.train_limit} --hidden {args.hidden} --threads {args.threads}")
+           f"--epochs {args.epochs} --train-limit {args.train_limit} --hidden {args.hidden} --threads {args.threads} "
+           f"--backend {args.backend}")
     path.write_text(
         f"# MLP on MNIST at 99% sparsity: methods side by side (short budget)\n\n"
         f"- date: {date}\n- hardware: {cpu_name()} (shared with other jobs; wall time is indicative only)\n"

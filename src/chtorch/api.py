@@ -44,7 +44,7 @@ def sparsify(
     (selected layers become :class:`chtorch.kernels.SparseLinear`: weights stored as values plus
     indices, sparse forward and backward, optimizer state only for existing links; refused for
     methods that read dense gradients, RigL and GraNet), or ``"auto"`` (sparse where the method allows
-    it and a layer's final density is at most 10%, masked elsewhere; the choice is logged and kept
+    it and a layer's density averaged over the run is at most 10%, masked elsewhere; the choice is logged and kept
     in ``sp.backends``).
     """
     if total_steps is None:

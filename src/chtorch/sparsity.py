@@ -61,7 +61,7 @@ LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 STATE_VERSION = 1
 BACKENDS = ("auto", "masked", "sparse")
 # The truly sparse kernels beat a dense layer up to ~10-15% density on CPU
-# (benchmarks/results/sparse-training-*.md); "auto" uses them at or below this final density.
+# (benchmarks/results/sparse-training-*.md); "auto" uses them at or below this mean density.
 AUTO_SPARSE_MAX_DENSITY = 0.1
 # Below this many positions a layer is too small for sparse kernels to pay off (launch overhead).
 AUTO_SPARSE_MIN_POSITIONS = 128 * 128
@@ -350,19 +350,19 @@ class DynamicSparsity:
 
     def _choose_backends(self, request: str) -> dict[str, str]:
         """Layer name → "masked" or "sparse". ``auto`` runs a layer truly sparse when the method
-        needs no dense gradient and the layer's final density is at most
+        needs no dense gradient and the layer's density, averaged over the run, is at most
         ``AUTO_SPARSE_MAX_DENSITY`` and it is large enough for sparse kernels to pay off; it logs
         what it chose and why. (The kernels are device-agnostic, so the device does not change the
         rule; a GPU's dense GEMMs are faster, which the 10% threshold already reflects.)"""
         if request != "auto":
             return {layer.name: request for layer in self.layers}
-        final = dict(zip((l.name for l in self.layers), self._final_densities()))
+        final = dict(zip((l.name for l in self.layers), self._mean_densities()))
         sizes = {l.name: l.shape[0] * l.shape[1] for l in self.layers}
         if self.options.needs_dense_gradient:
             reason = "the method reads dense gradients"
             choice = {name: "masked" for name in final}
         else:
-            reason = (f"layers with final density <= {AUTO_SPARSE_MAX_DENSITY} and at least "
+            reason = (f"layers with mean density over the run <= {AUTO_SPARSE_MAX_DENSITY} and at least "
                       f"{AUTO_SPARSE_MIN_POSITIONS} positions run sparse")
             choice = {
                 name: "sparse" if d <= AUTO_SPARSE_MAX_DENSITY and sizes[name] >= AUTO_SPARSE_MIN_POSITIONS else "masked"
@@ -373,12 +373,20 @@ class DynamicSparsity:
         self.backend_reason = reason
         return choice
 
-    def _final_densities(self) -> list[float]:
+    def _mean_densities(self) -> list[float]:
+        """Each layer's density averaged over the run (a density decay such as CHTss's spends much
+        of the run far denser than its final density, where sparse kernels lose to dense ones)."""
         from . import topology
 
         shapes = [layer.shape for layer in self.layers]
-        counts = topology.allocate_budgets(shapes, self.sparsity, distribution=self.options.distribution)
-        return [c / (a * b) for c, (a, b) in zip(counts, shapes)]
+        samples = max(1, min(200, self.total_steps))
+        totals = [0.0] * len(shapes)
+        for i in range(samples):
+            step = i * self.total_steps // samples
+            counts = topology.allocate_budgets(shapes, self.scheduled_sparsity(step), distribution=self.options.distribution)
+            for j, (c, (a, b)) in enumerate(zip(counts, shapes)):
+                totals[j] += c / (a * b) / samples
+        return totals
 
     def _convert_sparse_layers(self) -> None:
         names = [layer.name for layer in self.layers if self.backends[layer.name] == "sparse"]
