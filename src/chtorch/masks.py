@@ -52,7 +52,7 @@ def active_inputs(mask: torch.Tensor) -> torch.Tensor:
 
 def density(mask: torch.Tensor) -> float:
     """Fraction of ones."""
-    return float(mask.sum()) / max(1, mask.numel())
+    return int(torch.count_nonzero(mask)) / max(1, mask.numel())
 
 
 def check_mask(mask: torch.Tensor, shape: tuple[int, int], n_links: int | None = None) -> None:
@@ -62,5 +62,5 @@ def check_mask(mask: torch.Tensor, shape: tuple[int, int], n_links: int | None =
         raise ValueError(f"mask must be torch.bool, got {mask.dtype}")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"mask shape {tuple(mask.shape)} != expected {tuple(shape)} (out_features, in_features)")
-    if n_links is not None and int(mask.sum()) != int(n_links):
-        raise ValueError(f"mask holds {int(mask.sum())} links, expected exactly {n_links}")
+    if n_links is not None and int(torch.count_nonzero(mask)) != int(n_links):
+        raise ValueError(f"mask holds {int(torch.count_nonzero(mask))} links, expected exactly {n_links}")

@@ -147,4 +147,5 @@ def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]
 
 def active_neuron_fraction(mask: torch.Tensor) -> tuple[float, float]:
     """(fraction of input neurons with a link, fraction of output neurons with a link)."""
-    return float((in_degree(mask) > 0).float().mean()), float((out_degree(mask) > 0).float().mean())
+    n_out, n_in = mask.shape
+    return (int(torch.count_nonzero(mask.any(dim=0))) / max(1, n_in), int(torch.count_nonzero(mask.any(dim=1))) / max(1, n_out))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from .masks import active_inputs, active_outputs
 from .sampling import select
 
 __all__ = ["regrowth_scores", "grow_links"]
@@ -66,7 +65,7 @@ def grow_links(
     """
     n_new = int(n_new)
     free = ~keep
-    n_free = int(free.sum())
+    n_free = int(torch.count_nonzero(free))
     if not 0 <= n_new <= n_free:
         raise ValueError(f"cannot grow {n_new} links: only {n_free} positions are free")
     new = torch.zeros_like(keep)
@@ -76,15 +75,15 @@ def grow_links(
         scores = regrowth_scores(keep, kind, grad=grad, predictor=predictor, variant=variant)
     candidates = free
     if kind == "ch":
-        live = active_outputs(keep)[:, None] & active_inputs(keep)[None, :]
-        if int((free & live).sum()) >= n_new:
-            candidates = free & live
+        live_free = free & keep.any(dim=1, keepdim=True) & keep.any(dim=0, keepdim=True)
+        if int(torch.count_nonzero(live_free)) >= n_new:
+            candidates = live_free
     flat_scores = scores.flatten()
     # Usually far fewer candidates have a positive score than the layer has positions (CH scores
     # vanish beyond 3 hops); when they suffice, the zero-score ones can never be drawn, so select
     # among the positive ones only: same distribution, a fraction of the work.
     positive = candidates.flatten() & (flat_scores > 0)
-    if kind != "random" and int(positive.sum()) >= n_new:
+    if kind != "random" and int(torch.count_nonzero(positive)) >= n_new:
         index = torch.nonzero(positive).flatten()
     else:
         index = torch.nonzero(candidates.flatten()).flatten()

@@ -88,7 +88,7 @@ def keep_links(
     ``scores`` may be given precomputed (dense, same shape); otherwise they come from
     :func:`removal_scores` with ``criterion``.
     """
-    n_active = int(mask.sum())
+    n_active = int(torch.count_nonzero(mask))
     if not 0 <= n_keep <= n_active:
         raise ValueError(f"n_keep={n_keep} must lie in [0, {n_active}] (the number of active links)")
     if n_keep == n_active:
@@ -97,10 +97,14 @@ def keep_links(
         if selection != "topk":
             raise ValueError("SET removal is deterministic: use selection='topk'")
         return _keep_set_rule(weight, mask, n_keep)
-    if scores is None:
-        scores = removal_scores(weight, mask, criterion, grad=grad, mest_lambda=mest_lambda)
     active = torch.nonzero(mask.flatten()).flatten()
-    active_scores = scores.flatten()[active]
+    if scores is None and criterion == "magnitude":
+        # the common case: read only the active entries instead of scoring the dense layer
+        active_scores = weight.detach().flatten()[active].float().abs()
+    else:
+        if scores is None:
+            scores = removal_scores(weight, mask, criterion, grad=grad, mest_lambda=mest_lambda)
+        active_scores = scores.flatten()[active]
     if selection == "soft":
         active_scores = active_scores.clamp_min(1e-12)
     chosen = select(active_scores, n_keep, selection, generator, temperature=temperature)

@@ -58,7 +58,7 @@ def select_soft(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     weights = scores.to(torch.float64).clamp_min(0.0)
-    if int((weights > 0).sum()) < k and floor > 0:
+    if int(torch.count_nonzero(weights > 0)) < k and floor > 0:
         weights = weights + floor
     positive = weights > 0
     log_w = torch.full_like(weights, float("-inf"))
@@ -66,7 +66,7 @@ def select_soft(
     uniform = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
     keys = log_w + gumbel
-    n_positive = int(positive.sum())
+    n_positive = int(torch.count_nonzero(positive))
     if n_positive < k:
         # Every positive entry is taken; the rest are uniform among the zero-probability entries.
         zero_idx = torch.nonzero(~positive).flatten()

@@ -526,9 +526,9 @@ class DynamicSparsity:
                 key = (index, layer.index) if layer.groups == 1 else (index, layer.index, b)
                 block_grad = None if grad is None else grad[rows]
                 block_keep, block_revived = self._prune_to(layer, rows, block_target, block_grad, key)
-                info.pruned += int(mask[rows].sum()) - int((block_keep & mask[rows]).sum())
+                info.pruned += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep & mask[rows]))
                 if not layer.frozen and opts.zeta > 0:
-                    n_active = int(block_keep.sum())
+                    n_active = int(torch.count_nonzero(block_keep))
                     n_keep = n_active - int(math.floor(zeta * n_active))
                     block_keep = keep_links(weight[rows], block_keep, n_keep, opts.removal, opts.removal_selection,
                                             make_generator(self.seed, "remove", *key), temperature=temperature,
@@ -544,7 +544,7 @@ class DynamicSparsity:
         if self.couplings:
             percolated = percolate(keeps, self.couplings)
             for name, new_keep in percolated.items():
-                infos[name].percolated = int(keeps[name].sum()) - int(new_keep.sum())
+                infos[name].percolated = int(torch.count_nonzero(keeps[name])) - int(torch.count_nonzero(new_keep))
             keeps = percolated
 
         for layer in self.layers:
@@ -555,20 +555,20 @@ class DynamicSparsity:
             for b, (rows, block_target) in enumerate(zip(layer.blocks(), _split(layer.target, layer.groups))):
                 key = (index, layer.index) if layer.groups == 1 else (index, layer.index, b)
                 new[rows] = grow_links(
-                    keep[rows], block_target - int(keep[rows].sum()),
+                    keep[rows], block_target - int(torch.count_nonzero(keep[rows])),
                     opts.regrowth if opts.regrowth != "none" else "random", opts.regrowth_selection,
                     make_generator(self.seed, "regrow", *key), grad=None if grad is None else grad[rows],
                     predictor=opts.ch_predictor, variant=opts.ch_variant, floor=opts.soft_floor,
                 )
-            info.regrown = int(new.sum())
-            info.overlap = int((new & old & ~keep).sum())
+            info.regrown = int(torch.count_nonzero(new))
+            info.overlap = int(torch.count_nonzero(new & old & ~keep))
             self._apply(layer, old, keep, new, history_revived[layer.name])
             if opts.early_stop is not None and not layer.frozen and info.regrown > 0 and info.overlap_rate >= opts.early_stop:
                 layer.frozen = True
             info.frozen = layer.frozen
-            info.n_links = int(layer.mask.sum())
+            info.n_links = int(torch.count_nonzero(layer.mask))
             info.active_in, info.active_out = active_neuron_fraction(layer.mask)
-            info.itop = float(layer.ever_active.float().mean())
+            info.itop = torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel()
             info.seconds += time.perf_counter() - t0
             report.layers[layer.name] = info
 
@@ -586,7 +586,7 @@ class DynamicSparsity:
         opts = self.options
         mask = layer.mask[rows]
         revived = torch.zeros_like(mask)
-        if int(mask.sum()) <= target:
+        if int(torch.count_nonzero(mask)) <= target:
             return mask.clone(), revived
         weight = layer.dense_weight()[rows]
         g = make_generator(self.seed, "prune", *key)
@@ -650,13 +650,13 @@ class DynamicSparsity:
 
     def itop_rate(self) -> float:
         """Fraction of all sparsified positions that have ever been active (ITOP rate)."""
-        ever = sum(int(layer.ever_active.sum()) for layer in self.layers)
+        ever = sum(int(torch.count_nonzero(layer.ever_active)) for layer in self.layers)
         total = sum(layer.mask.numel() for layer in self.layers)
         return ever / max(1, total)
 
     def density(self) -> float:
         """Overall density of the sparsified layers."""
-        return sum(int(layer.mask.sum()) for layer in self.layers) / max(1, sum(layer.mask.numel() for layer in self.layers))
+        return sum(int(torch.count_nonzero(layer.mask)) for layer in self.layers) / max(1, sum(layer.mask.numel() for layer in self.layers))
 
     def active_neurons(self) -> dict[str, tuple[float, float]]:
         """Layer name → (active input fraction, active output fraction)."""
@@ -669,9 +669,9 @@ class DynamicSparsity:
             n = layer.mask.numel()
             a_in, a_out = active_neuron_fraction(layer.mask)
             rows.append([
-                layer.name, f"{layer.shape[0]}x{layer.shape[1]}", layer.target, int(layer.mask.sum()),
-                f"{layer.target / n:.4f}", f"{int(layer.mask.sum()) / n:.4f}", f"{a_in:.1%}", f"{a_out:.1%}",
-                f"{float(layer.ever_active.float().mean()):.1%}", "yes" if layer.frozen else "",
+                layer.name, f"{layer.shape[0]}x{layer.shape[1]}", layer.target, int(torch.count_nonzero(layer.mask)),
+                f"{layer.target / n:.4f}", f"{int(torch.count_nonzero(layer.mask)) / n:.4f}", f"{a_in:.1%}", f"{a_out:.1%}",
+                f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}", "yes" if layer.frozen else "",
                 "sparse" if layer.is_sparse else "masked",
             ])
         head = (
@@ -745,7 +745,7 @@ class DynamicSparsity:
 
     def parameters_count(self) -> tuple[int, int]:
         """(active links, total positions) over the sparsified layers."""
-        return sum(int(l.mask.sum()) for l in self.layers), sum(l.mask.numel() for l in self.layers)
+        return sum(int(torch.count_nonzero(l.mask)) for l in self.layers), sum(l.mask.numel() for l in self.layers)
 
     @property
     def layer_names(self) -> list[str]:
