@@ -286,7 +286,8 @@ def test_report_and_summary_are_readable():
     text = str(reports[-1])
     assert "topology update 2" in text and "overlap" in text
     summary = sp.summary()
-    assert "chts" in summary and "ITOP" in summary and "0" in summary
+    assert "chts" in summary and "ITOP" in summary and "overlap" in summary
+    assert f"{reports[-1].layers['0'].overlap_rate:.1%}" in summary.splitlines()[3]
 
 
 # ------------------------------------------------------------------ layer selection and bad input

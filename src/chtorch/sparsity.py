@@ -154,6 +154,7 @@ class _Layer:
     grad_sum: torch.Tensor | None = None
     grad_count: int = 0
     groups: int = 1
+    last_overlap: float | None = None  # |removed ∩ regrown| / |regrown| at the last update
     _multiplier: torch.Tensor | None = None
     _multiplier_key: tuple | None = None
 
@@ -566,6 +567,7 @@ class DynamicSparsity:
             if opts.early_stop is not None and not layer.frozen and info.regrown > 0 and info.overlap_rate >= opts.early_stop:
                 layer.frozen = True
             info.frozen = layer.frozen
+            layer.last_overlap = info.overlap_rate
             info.n_links = int(torch.count_nonzero(layer.mask))
             info.active_in, info.active_out = active_neuron_fraction(layer.mask)
             info.itop = torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel()
@@ -671,7 +673,8 @@ class DynamicSparsity:
             rows.append([
                 layer.name, f"{layer.shape[0]}x{layer.shape[1]}", layer.target, int(torch.count_nonzero(layer.mask)),
                 f"{layer.target / n:.4f}", f"{int(torch.count_nonzero(layer.mask)) / n:.4f}", f"{a_in:.1%}", f"{a_out:.1%}",
-                f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}", "yes" if layer.frozen else "",
+                f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}",
+                "-" if layer.last_overlap is None else f"{layer.last_overlap:.1%}", "yes" if layer.frozen else "",
                 "sparse" if layer.is_sparse else "masked",
             ])
         head = (
@@ -679,7 +682,7 @@ class DynamicSparsity:
             f"{self.update_count} updates (every {self.options.update_interval} steps until {self.t_end}), "
             f"density {self.density():.4f}, ITOP {self.itop_rate():.1%}"
         )
-        table = format_table(["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "frozen", "backend"], rows)
+        table = format_table(["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "overlap", "frozen", "backend"], rows)
         return head + "\n" + table
 
     def __repr__(self) -> str:
@@ -707,6 +710,7 @@ class DynamicSparsity:
                     "history": None if layer.history is None else layer.history.clone(),
                     "grad_sum": None if layer.grad_sum is None else layer.grad_sum.clone(),
                     "grad_count": layer.grad_count,
+                    "last_overlap": layer.last_overlap,
                 }
                 for layer in self.layers
             },
@@ -736,6 +740,7 @@ class DynamicSparsity:
             layer.history = None if entry["history"] is None else entry["history"].to(device).clone()
             layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
             layer.grad_count = int(entry["grad_count"])
+            layer.last_overlap = entry.get("last_overlap")
 
     def remove(self) -> None:
         """Detach the hooks (masks stay on the model)."""
