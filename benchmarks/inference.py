@@ -22,7 +22,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 
 import torch
@@ -30,20 +29,11 @@ from torch import nn
 
 from chtorch.export import compact, export_report, find_dead_neurons, to_sparse_inference
 from chtorch.masks import link_budget
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SIZES = (784, 1568, 1568, 1568, 10)
 NAMES = ["0", "2", "4", "6"]  # nn.Sequential indices of the four Linear layers (the last is dense)
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def percolated_mask(n_out, n_in, density, active_out, active_in, generator) -> torch.Tensor:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 
 from chtorch.config import load_config
 from chtorch.train import compare
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +36,6 @@ PAPER = {
     "gmp": ("98.62 ± 0.03", "58"),
 }
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-        cores = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("CPU(s)"))
-        return f"{model}, {cores} CPUs"
-    except Exception:
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -99,7 +89,7 @@ def main() -> None:
            f"--backend {args.backend}")
     path.write_text(
         f"# MLP on MNIST at 99% sparsity: methods side by side (short budget)\n\n"
-        f"- date: {date}\n- hardware: {cpu_name()} (shared with other jobs; wall time is indicative only)\n"
+        f"- date: {date}\n- hardware: {cpu_model()} (shared with other jobs; wall time is indicative only)\n"
         f"- torch {torch.__version__}, {args.threads} thread(s) per run\n- command: `{cmd}`\n"
         f"- model: MLP 784 → {args.hidden} → {args.hidden} → {args.hidden} → 10, 99% sparsity in the hidden layers, "
         "SGD momentum 0.9, weight decay 5e-4, LR linear 0.025 → 2.5e-4, batch 32, ζ 0.3, SWI weights for every "

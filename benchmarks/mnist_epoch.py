@@ -16,7 +16,6 @@ import argparse
 import datetime
 import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -24,16 +23,8 @@ from torch import nn
 
 import chtorch
 from chtorch.data import TensorLoader, load_dataset
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def build(variant: str, steps_per_epoch: int, epochs: int):

@@ -25,7 +25,6 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,20 +33,11 @@ from torch import nn
 
 from chtorch.kernels import to_sparse
 from chtorch.masks import link_budget
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SIZES = (784, 1568, 1568, 1568, 10)
 SPARSE_LAYERS = ("0", "2", "4")  # nn.Sequential indices of the three hidden Linear layers
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def random_mask(n_out: int, n_in: int, density: float, generator: torch.Generator) -> torch.Tensor:

@@ -21,13 +21,13 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,16 +62,6 @@ tokens), each cell 95% / 90% sparsity, 3 seeds; density decay from 50%.
 # ------------------------------------------------------------------------------------------------
 # Shared with benchmarks/lm.py
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def hardware_lines(threads: int) -> list[str]:
