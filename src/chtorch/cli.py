@@ -10,12 +10,17 @@
 
 User mistakes (config, data files, checkpoints) print one ``chtorch: error: ...`` line that names the
 problem and the fix, and exit with status 2; an interrupted run exits with 130 after saving.
+
+Several processes: ``torchrun --nproc_per_node N -m chtorch.cli train CONFIG`` (or the ``chtorch``
+script in place of ``-m chtorch.cli``) trains with DistributedDataParallel; only rank 0 prints and
+writes (see :mod:`chtorch.train.distributed`). ``python -m chtorch`` is the same command.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -82,9 +87,36 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise), without touching the process group."""
+    from chtorch.train.distributed import env_rank
+
+    try:
+        return env_rank()
+    except ValueError:
+        return 0
+
+
 def _fail(message: str) -> int:
-    print(f"chtorch: error: {message}", file=sys.stderr, flush=True)
+    rank = _rank()
+    where = f"[rank {rank}] " if rank else ""  # under torchrun every rank reports; rank 0 plainly
+    print(f"chtorch: {where}error: {message}", file=sys.stderr, flush=True)
     return 2
+
+
+def _warning_printer(default):  # noqa: ANN001, ANN202
+    """A ``warnings.showwarning`` for the command: chtorch's warnings (their text starts with
+    ``chtorch:``) print as one ``chtorch: warning: ...`` line, without the source line; others as
+    ``default`` does."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        text = str(message)
+        if text.startswith("chtorch: "):
+            print("chtorch: warning: " + text[len("chtorch: "):], file=file or sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _check_overrides(overrides: Sequence[str]) -> None:
@@ -110,13 +142,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, overrides)
     else:
         config = load_config(args.config, overrides)
-        if args.config is None and not args.quiet:
+        if args.config is None and not args.quiet and _rank() == 0:
             print(f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
                   "         (configs/*.yaml hold the paper's settings; `chtorch train --help` for options)", flush=True)
         result = train(config, args.out)
     if result.interrupted:
         return 130
-    if not args.quiet:
+    if not args.quiet and _rank() == 0:
         run = result.run_dir
         cwd = Path.cwd()
         shown = run.relative_to(cwd) if run.is_relative_to(cwd) else run
@@ -156,6 +188,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from chtorch.config import ConfigError, load_config
     from chtorch.train import compare
 
+    from chtorch.train.distributed import env_world_size
+
+    if env_world_size() > 1:
+        raise ConfigError("`chtorch compare` runs one process; under torchrun train each method with "
+                          "`torchrun ... -m chtorch.cli train CONFIG --set sparsity.method=M --out DIR`, then compare "
+                          "the runs' summary.json")
     _check_overrides(args.overrides)
     methods = _parse_list(args.methods, "--methods")
     try:
@@ -235,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chtorch.train.checkpoint import CheckpointError
     from chtorch.train.trainer import TrainingError
 
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _warning_printer(previous_showwarning)
     errors: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError)
     try:
         from chtorch.data import DataError
@@ -255,6 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    finally:
+        warnings.showwarning = previous_showwarning
+        from chtorch.train.distributed import shutdown
+
+        shutdown()  # leave the torchrun process group (a no-op for one process)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,11 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: the run has not finished an epoch yet, or this is not a run directory")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated (not a complete PyTorch archive); it cannot be resumed — "
+            "start a new run (checkpoints are written atomically, so this file was damaged after it was written)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

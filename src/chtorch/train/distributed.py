@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -185,7 +184,12 @@ def current() -> DistributedContext:
     return _CONTEXT if _CONTEXT is not None else DistributedContext()
 
 
-def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> DistributedContext:
+#: How long a rank waits in a collective. Rank 0 evaluates (BLEU decoding can take minutes) and writes
+#: plots while the others wait at the next collective, so this is longer than nccl's 10-minute default.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def init_distributed(device: str = "auto", timeout: timedelta | None = DEFAULT_TIMEOUT) -> DistributedContext:
     """Join the ``torchrun`` process group if this process was started by it; idempotent.
 
     Args:
@@ -269,9 +273,3 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
     return model.module if isinstance(model, DistributedDataParallel) else model
 
-
-def print_main(*args: Any, **kwargs: Any) -> None:
-    """``print`` on rank 0 only."""
-    if current().is_main:
-        kwargs.setdefault("file", sys.stdout)
-        print(*args, **kwargs)

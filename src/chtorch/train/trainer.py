@@ -24,10 +24,10 @@ arXiv:2501.19107, Table 4): with ``sparsity.update_unit: epoch`` the engine's in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
-import math
 import os
 import random
 import signal
@@ -126,6 +126,23 @@ class _NullLog:
         pass
 
 
+@contextlib.contextmanager
+def _settings_errors(section: str) -> Iterator[None]:
+    """A ValueError from building the data or model is a setting the schema could not check (e.g.
+    ``model.hidden=[32, -4]``): report it as a :class:`ConfigError` of ``section``. Data-file errors
+    keep their own type and message."""
+    from chtorch.data import DataError
+
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"the {section} settings ({section}.* in the config) do not work: {exc}", section) from None
+
+
 def _percent(value: Any) -> str:
     return "-" if value is None else f"{100 * float(value):.2f}%"
 
@@ -195,10 +212,12 @@ class Trainer:
         # no two processes write the same file.
         if not self.is_main:
             self.dist.barrier()
-        self.recipe.setup()
+        with _settings_errors("data"):
+            self.recipe.setup()
         if self.is_main:
             self.dist.barrier()
-        self.model = self.recipe.build_model()  # identical on every rank: same seed (DDP also broadcasts it)
+        with _settings_errors("model"):
+            self.model = self.recipe.build_model()  # identical on every rank: same seed (DDP also broadcasts it)
         if self.dist.enabled:
             # Dropout may differ per rank (it is per-sample noise); the topology never uses this RNG.
             from chtorch.rng import derive_seed
@@ -382,18 +401,23 @@ class Trainer:
     def fit(self) -> RunResult:
         """Train to ``train.epochs`` (or until stopped) and return the :class:`RunResult`."""
         cfg = self.config
+        if self.resume_state is not None:
+            # A checkpoint that does not fit, or loads but belongs to another run (copied over), is
+            # refused before anything in the run directory changes.
+            self.load_state_dict(self.resume_state)
+            _check_same_run(self.run_dir, self.resume_state)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.log: MetricsLog | _NullLog = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
         else:
             self.log = _NullLog()
         if self.resume_state is not None:
-            self.load_state_dict(self.resume_state)
-            # A checkpoint that loads but belongs to another run (copied over) is refused before
-            # anything in the run directory changes.
-            _check_same_run(self.run_dir, self.resume_state)
             if self.is_main:
-                self.log.truncate(int(self.resume_state["metrics_offset"]))
+                try:
+                    self.log.truncate(int(self.resume_state["metrics_offset"]))
+                except ValueError as exc:  # the log was edited or lost: keep training, say what is missing
+                    warnings.warn(f"chtorch: {exc}; the records before the checkpoint are incomplete and new ones "
+                                  "are appended", RuntimeWarning, stacklevel=2)
                 remove_stale_temporaries(self.run_dir / CHECKPOINT_NAME)  # left by a writer that was killed
             self.resume_state = None
         elif self.is_main:
@@ -432,6 +456,8 @@ class Trainer:
             self.save()
             self.log.close()
             resume_cmd = f"chtorch train --resume {self.run_dir}"
+            if self.dist.enabled:
+                resume_cmd = f"torchrun --nproc_per_node {self.world_size} -m chtorch.cli train --resume {self.run_dir}"
             print(f"chtorch: interrupted at epoch {self.epoch + 1}/{cfg.train.epochs}, step {self.step}/{self.total_steps}; "
                   f"checkpoint saved.\nresume with:  {resume_cmd}", file=self.out, flush=True)
             return self._result(record, finished=False, interrupted=True)
