@@ -238,15 +238,16 @@ def verify_file(
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[tuple[object, Path]]:
-    """Open a temporary file next to ``path`` for binary writing; on normal exit it is flushed,
-    fsynced and renamed to ``path`` (atomic on POSIX and Windows), on an exception it is removed.
+def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[tuple[object, Path]]:
+    """Open a temporary file ``.<name>.<random><suffix>`` next to ``path`` for binary writing; on
+    normal exit it is flushed, fsynced and renamed to ``path`` (atomic on POSIX and Windows), and the
+    rename is made durable by fsyncing the directory; on an exception it is removed.
 
     Yields ``(file_object, temporary_path)``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -258,6 +259,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[tuple[object, Path]]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    # POSIX; a no-op where directories cannot be opened
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
