@@ -188,3 +188,35 @@ def test_percolation_cascades_through_the_chain():
     # outgoing link -> x[0,0] goes; hidden-2 neuron 1 has no incoming link -> z[0,1] goes.
     out = percolate({"x": x, "y": y, "z": z}, [chain("x", "y", "z")])
     assert not any(out[n].any() for n in out)
+
+
+def test_soft_regrowth_frequencies_follow_the_scores():
+    # One new link among three candidates with scores 1, 2, 5 (p = 1/8, 2/8, 5/8); 8000 draws give a
+    # standard error <= 0.0054, so a 0.025 tolerance is ~5 standard errors and cannot pass by chance
+    # for a sampler that ignored the scores (uniform would be off by 0.29 on the last candidate).
+    keep = torch.tensor([[True, False, False, False]])
+    scores = torch.tensor([[0.0, 1.0, 2.0, 5.0]])
+    counts = torch.zeros(4)
+    for s in range(8000):
+        counts += grow_links(keep, 1, "ch", "soft", gen(s), scores=scores).flatten().float()
+    assert counts[0] == 0
+    assert torch.allclose(counts[1:] / 8000, torch.tensor([1 / 8, 2 / 8, 5 / 8]), atol=0.025)
+
+
+def test_ch_regrowth_gives_dead_neurons_no_links_and_meets_the_budget():
+    from chtorch.linkpred import ch_l3n
+
+    g = gen(3)
+    keep = torch.rand(12, 10, generator=g) < 0.3
+    keep[4] = False  # output neuron 4 is dead
+    keep[:, 7] = False  # input neuron 7 is dead
+    scores = ch_l3n(keep)
+    assert float(scores[4].abs().sum()) == 0 and float(scores[:, 7].abs().sum()) == 0
+    for selection in ("topk", "soft"):
+        new = grow_links(keep, 15, "ch", selection, gen(1))
+        assert int(new.sum()) == 15 and not (new & keep).any()
+        assert not new[4].any() and not new[:, 7].any()
+    # too few positive-score candidates: the 1e-5 floor still meets the budget, on live neurons only
+    live_free = int((~keep)[[i for i in range(12) if i != 4]][:, [j for j in range(10) if j != 7]].sum())
+    new = grow_links(keep, live_free, "ch", "soft", gen(2))
+    assert int(new.sum()) == live_free and not new[4].any() and not new[:, 7].any()
