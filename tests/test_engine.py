@@ -389,7 +389,7 @@ def test_chts_loss_decreases_on_a_small_mlp():
         opt.step()
         report = sp.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if report is not None:
             assert all(l.n_links == l.target for l in report.layers.values())
     assert sum(losses[-30:]) / 30 < 0.6 * sum(losses[:30]) / 30
