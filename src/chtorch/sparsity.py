@@ -567,7 +567,8 @@ class DynamicSparsity:
             if opts.early_stop is not None and not layer.frozen and info.regrown > 0 and info.overlap_rate >= opts.early_stop:
                 layer.frozen = True
             info.frozen = layer.frozen
-            layer.last_overlap = info.overlap_rate
+            if info.regrown:  # an update that regrew nothing (ζ annealed to 0) has no overlap to report
+                layer.last_overlap = info.overlap_rate
             info.n_links = int(torch.count_nonzero(layer.mask))
             info.active_in, info.active_out = active_neuron_fraction(layer.mask)
             info.itop = torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel()
