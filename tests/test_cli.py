@@ -220,10 +220,17 @@ def test_compare_two_methods_two_seeds(capsys, tmp_path: Path) -> None:
 def test_export_compacts_the_trained_model(trained, capsys, tmp_path: Path) -> None:
     run_dir, _ = trained
     code, out, err = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "small.pt"))
-    if code == 2 and "not available" in err:
-        pytest.skip("chtorch.export is not in this build")
     assert code == 0, err
     model = torch.load(tmp_path / "small.pt", weights_only=False)
     x = torch.randn(5, 64)
     assert model(x).shape == (5, 10)
-    assert "largest output difference" in out
+    assert "max |difference| of outputs" in out and "latency (median)" in out and "FLOPs" in out
+    # --sparse also stores the remaining sparse layers in CSR, with the same outputs
+    code, out, err = cli(capsys, "export", str(run_dir), "--sparse", "--out", str(tmp_path / "csr.pt"))
+    assert code == 0, err
+    from chtorch.kernels import SparseInferenceLinear
+
+    csr = torch.load(tmp_path / "csr.pt", weights_only=False)
+    assert any(isinstance(m, SparseInferenceLinear) for m in csr.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(csr(x), model(x), rtol=1e-4, atol=1e-5)

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compact the model of RUN_DIR: remove inactive neurons and store the sparse layers compactly.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/compact.pt)")
+    p.add_argument("--sparse", action="store_true",
+                   help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference")
     return parser
 
 
@@ -232,22 +234,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("chtorch.export") is None:
-        return _fail("`chtorch export` is not available in this build: the chtorch.export module is missing. "
-                     "Until it lands, load RUN_DIR/checkpoint.pt with chtorch.train.load_checkpoint; the masks are "
-                     "the weight_mask buffers of its model state")
     from chtorch.train.export import export_run
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         return _fail(f"{run_dir} holds no checkpoint.pt: is it a chtorch run directory?")
-    path, summary = export_run(run_dir, args.out)
+    path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse)
     for name, shape in summary["shapes"].items():
         print(f"  {name}: {shape[0]} x {shape[1]}")
-    print(f"stored parameters {summary['params_before']} -> {summary['params_after']}; linear FLOPs per batch "
-          f"{summary['flops_before']} -> {summary['flops_after']}; largest output difference {summary['max_abs_diff']:.2e}")
+    print(summary["table"])
     print(f"wrote {path}  (load with torch.load(path, weights_only=False))")
     return 0
 

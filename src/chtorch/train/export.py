@@ -44,22 +44,32 @@ def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
     return recipe, model.eval(), sparse
 
 
-def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
+def export_run(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, sparse_storage: bool = False
+) -> tuple[Path, dict[str, Any]]:
     """Compact the model of ``run_dir`` and save it (a whole module: load with
     ``torch.load(path, weights_only=False)``) to ``out`` (default ``run_dir/compact.pt``).
-    Returns the path and a summary (parameters, FLOPs, latency, largest output difference)."""
-    from chtorch.export import compact, export_report
+    With ``sparse_storage`` the remaining sparse layers are also stored in CSR for inference
+    (:func:`chtorch.export.to_sparse_inference`). Returns the path and a summary (parameters, FLOPs,
+    measured latency against the original model, largest output difference, and the Markdown table
+    of :class:`chtorch.export.ExportReport`)."""
+    from chtorch.export import compact, export_report, to_sparse_inference
 
     run_dir = Path(run_dir)
     recipe, model, sparse = _model_from_checkpoint(run_dir)
     chains, activation = recipe.export_chains(model, sparse)
     compacted = compact(model, chains, activation)
-    report = export_report(model, compacted, recipe.example_input(), repeats=5, warmup=1)
+    if sparse_storage:
+        compacted = to_sparse_inference(compacted, inplace=True)
+    report = export_report(model, compacted, recipe.example_input(), repeats=20, warmup=2)
     path = Path(out) if out is not None else run_dir / "compact.pt"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(compacted, tmp)
     os.replace(tmp, path)
-    shapes = {name: tuple(compacted.get_submodule(name).weight.shape) for chain in chains for name in chain}
+    shapes = {
+        name: (compacted.get_submodule(name).out_features, compacted.get_submodule(name).in_features)
+        for chain in chains for name in chain
+    }
     summary = {
         "shapes": shapes,
         "params_before": report.original.params_stored,
@@ -67,5 +77,8 @@ def export_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | No
         "flops_before": report.original.flops,
         "flops_after": report.exported.flops,
         "max_abs_diff": report.max_abs_diff,
+        "latency_before": report.original.latency_s,
+        "latency_after": report.exported.latency_s,
+        "table": report.to_markdown(),
     }
     return path, summary
