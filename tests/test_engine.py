@@ -364,6 +364,8 @@ def test_presets_are_listed_with_docs_and_options_override():
     for name, summary in chtorch.method_table():
         preset = chtorch.get_method(name)
         assert summary and preset.reference
+    for name in ("cht", "chts", "chtss"):  # where paper and official code disagree, the preset says what it does
+        assert "notes §5" in chtorch.get_method(name).decisions
     opts = chtorch.get_method("chts").build_options(zeta=0.1, regrowth_selection="topk", init_options={"r": 0.0})
     assert opts.zeta == 0.1 and opts.regrowth_selection == "topk"
     assert opts.init_options == {"r": 0.0, "degree": "uniform"}

@@ -174,6 +174,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             preset = get_method(name)
             print(f"{' ' * width}  paper: {preset.reference}")
             print(f"{' ' * width}  parts: {', '.join(f'{k}={v!r}' for k, v in preset.options.items())}")
+            if preset.decisions:
+                print(f"{' ' * width}  decisions: {preset.decisions}")
     return 0
 
 

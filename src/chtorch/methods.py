@@ -1,7 +1,9 @@
 """Named methods: each is a preset of :class:`~chtorch.options.SparsityOptions` parts.
 
 No code branches on a method's name: a preset is data, and ``chtorch.sparsify(..., **options)``
-overrides any of its parts. Register your own with :func:`register_method`.
+overrides any of its parts. Register your own with :func:`register_method`. Where the paper and its
+official code disagree, each preset's ``decisions`` says what it does (``chtorch methods -v`` prints
+them; "notes §5.x" refers to the project's paper notes, section 5, "ambiguities").
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class MethodPreset:
     summary: str
     reference: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the paper and its official code disagree, what this preset does and why.
+    decisions: str = ""
 
     def build_options(self, **overrides: Any) -> SparsityOptions:
         """The preset's options with ``overrides`` applied (unknown names are errors)."""
@@ -41,10 +45,10 @@ class MethodPreset:
 _REGISTRY: dict[str, MethodPreset] = {}
 
 
-def register_method(name: str, summary: str, reference: str, **options: Any) -> MethodPreset:
+def register_method(name: str, summary: str, reference: str, decisions: str = "", **options: Any) -> MethodPreset:
     """Register (or, with a warning, replace) a method preset; options are validated now."""
     key = name.lower()
-    preset = MethodPreset(key, summary, reference, MappingProxyType(dict(options)))
+    preset = MethodPreset(key, summary, reference, MappingProxyType(dict(options)), decisions)
     preset.build_options()  # fail at registration, not at use
     if key in _REGISTRY:
         warnings.warn(f"chtorch: method {key!r} is registered again; the new preset replaces the old one", stacklevel=2)
@@ -74,6 +78,20 @@ def method_table() -> list[tuple[str, str]]:
 # Built-in presets, with the defaults of Zhang et al., NeurIPS 2025 (arXiv:2501.19107), App. G/H,
 # and of each method's own paper. Update intervals are in optimizer steps (100, as the paper's
 # Transformer and LLaMA runs); the MLP recipes set one epoch.
+
+_SHARED_DECISIONS = (
+    "regrown links start at zero with zero optimizer state (official code; regrown_init='history' gives App. J's "
+    "historical weights); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
+    "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts (notes §5.4); "
+    "percolation pairs only identical row indices of q/k (notes §5.6)"
+)
+_SOFT_DECISIONS = (
+    "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T = δ/(1−δ), δ linear 0.5→0.9 until "
+    "T_end — the code's mapping (T 1→9), not the paper's 1/(1−δ) (notes §5.1); soft regrowth samples new links "
+    "with p ∝ CH score and adds 1e-5 to every live candidate when too few scores are positive, as the paper and "
+    "the MLP/Transformer code do — not the LLM code's top-k (notes §5.3); BRF gives each node of the smaller "
+    "side its degree, as the code does (notes §5.5)"
+)
 
 register_method(
     "static",
@@ -127,6 +145,10 @@ register_method(
     "CHT: BSW (or CSTI) init, SWI, magnitude removal, top-k CH3-L3p regrowth, percolation, early stop at 90% overlap",
     "Zhang et al., 'Epitopological learning and Cannistraci-Hebb network shape intelligence brain-inspired theory "
     "for ultra-sparse advantage in deep learning', ICLR 2024",
+    decisions="path-based CH3-L3p with the local-community bookkeeping of CH_scores_new_v2.cpp, top-k; early stop "
+    "freezes a layer once |removed ∩ regrown| / |regrown| >= 0.9 (Definition 1); BSW by default because CSTI needs "
+    "the input correlation (recipes pass it: init='csti', init_options={'correlation': C}); SWI uses density·fan_in "
+    "(notes §5.12); " + _SHARED_DECISIONS,
     init="bsw", init_options={"beta": 0.25}, weight_init="swi", removal="magnitude", removal_selection="topk",
     regrowth="ch", ch_predictor="l3p", ch_variant="CH3", regrowth_selection="topk", percolation=True,
     early_stop=0.9, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
@@ -137,6 +159,8 @@ register_method(
     "CHTs: BRF init, soft magnitude removal (T=δ/(1−δ), δ 0.5→0.9), percolation, soft CH2-L3n regrowth, cosine ζ",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
+    decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; "
+    + _SHARED_DECISIONS,
     init="brf", init_options={"r": 0.25, "degree": "uniform"}, removal="magnitude", removal_selection="soft",
     delta_start=0.5, delta_end=0.9, regrowth="ch", ch_predictor="l3n", ch_variant="CH2", regrowth_selection="soft",
     percolation=True, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
@@ -147,6 +171,11 @@ register_method(
     "CHTss: CHTs plus sigmoid density decay from 50% sparsity (k=6) with relative-importance pruning",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107), §3.3",
+    decisions="the sigmoid is the code's min-max normalised s(τ) = s_i + (s_f − s_i)[σ(k(2τ/n − 1)) − σ(−k)] / "
+    "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates (notes §1.d); pruning keeps the top relative-importance "
+    "links of each layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth "
+    "restore the scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
+    "(decay_end_fraction sets the decay length); " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
     init="brf", init_options={"r": 0.25, "degree": "uniform"}, removal="magnitude", removal_selection="soft",
     delta_start=0.5, delta_end=0.9, regrowth="ch", ch_predictor="l3n", ch_variant="CH2", regrowth_selection="soft",
     percolation=True, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75, density_schedule="sigmoid",
