@@ -9,7 +9,8 @@ from .api import sparsify
 from .methods import MethodPreset, get_method, method_table, methods, register_method
 from .options import OptionError, SparsityOptions
 from .report import LayerUpdate, UpdateReport
-from .sparsity import DynamicSparsity, select_layers
+from .selection import select_layers
+from .sparsity import DynamicSparsity
 
 __version__ = "0.1.0"
 

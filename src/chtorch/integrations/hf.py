@@ -50,7 +50,7 @@ def default_layers(model: nn.Module) -> list[str]:
     """Every ``nn.Linear`` of ``model`` except its output embedding (``get_output_embeddings()``,
     the ``lm_head`` of a causal LM, kept dense as in the paper §4.1); without one, every Linear but
     the last."""
-    from chtorch.sparsity import select_layers
+    from chtorch.selection import select_layers
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, nn.Linear):
@@ -161,7 +161,7 @@ class ChtorchCallback(TrainerCallback):
         if resume_dir is not None:
             # The Trainer has already loaded the checkpoint's weights and optimizer state; building
             # the engine draws fresh masks and multiplies both by them, so keep copies to put back.
-            from chtorch.sparsity import select_layers
+            from chtorch.selection import select_layers
 
             modules = dict(model.named_modules())
             for name in select_layers(model, layers, self.exclude):

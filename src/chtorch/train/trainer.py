@@ -241,7 +241,8 @@ class Trainer:
         interval = t_end = None
         sp = cfg.sparsity
         if sp.method != DENSE:
-            from chtorch.sparsity import DynamicSparsity, select_layers
+            from chtorch.selection import select_layers
+            from chtorch.sparsity import DynamicSparsity
 
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
             try:
