@@ -18,12 +18,14 @@ i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from chtorch.models._config import DictConfig
 
 __all__ = [
     "LlamaConfig",
@@ -45,7 +47,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(DictConfig):
     """Hyper-parameters of :class:`LlamaLM`; defaults are the paper's LLaMA-60M (Table 6).
 
     ``max_seq_len`` is the longest sequence the RoPE table covers (the paper trains with 256).
@@ -93,16 +95,6 @@ class LlamaConfig:
         embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return body + embeddings
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> LlamaConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown LlamaConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
 
 
 #: Table 6 of the paper (GaLore configs ``llama_{60m,130m,1b}.json``), plus CPU-sized models.

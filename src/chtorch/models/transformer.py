@@ -29,12 +29,14 @@ Randomness: parameters are initialised from the ``generator`` passed to the cons
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from chtorch.models._config import DictConfig
 
 __all__ = [
     "Seq2SeqConfig",
@@ -49,7 +51,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Seq2SeqConfig:
+class Seq2SeqConfig(DictConfig):
     """Hyper-parameters of :class:`Seq2SeqTransformer` (defaults: the paper's Multi30k model, Table 5).
 
     ``n_layers`` is the depth of the encoder and of the decoder (each). ``share_embeddings`` makes the
@@ -105,16 +107,6 @@ class Seq2SeqConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Seq2SeqConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown Seq2SeqConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
 
 
 #: Table 5 of the paper (the architecture part; batch size, steps and LR belong to the recipe), plus
