@@ -19,14 +19,7 @@ from chtorch.linkpred.reference import ch_l3n_loops, ch_l3p_loops
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops; on a shared 2-core machine every parallel region can wait a
-    whole time slice for a descheduled worker (measured: 38 s with 2 threads vs 2 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 L3N = ("CH2", "CH3", "CH3.1")
