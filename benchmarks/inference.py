@@ -7,10 +7,10 @@ such a *percolated* topology synthetically: a fraction ``--active`` of each hidd
 active and the layer's exact link budget (1% of the full layer) is spread at random among them. With
 ``--active 1`` no neuron is dead (compaction removes nothing; only sparse storage helps).
 
-Exports, each measured alternately against the dense original with ``chtorch.export.export_report``:
+Exports, each measured alternately against the dense original with ``chtorch.compaction.export_report``:
 
-* ``compact``         dead neurons removed, smaller dense layers (``chtorch.export.compact``);
-* ``sparse``          every masked layer stored as CSR (``chtorch.export.to_sparse_inference``);
+* ``compact``         dead neurons removed, smaller dense layers (``chtorch.compaction.compact``);
+* ``sparse``          every masked layer stored as CSR (``chtorch.compaction.to_sparse_inference``);
 * ``compact+sparse``  both (CSR only for layers below ``--max-density``).
 
     python benchmarks/inference.py --out benchmarks/results/sparse-inference-cpu.md
@@ -27,7 +27,7 @@ import sys
 import torch
 from torch import nn
 
-from chtorch.export import compact, export_report, find_dead_neurons, to_sparse_inference
+from chtorch.compaction import compact, export_report, find_dead_neurons, to_sparse_inference
 from chtorch.masks import link_budget
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 

@@ -8,7 +8,7 @@ forward + backward + optimizer.step + zero_grad on a random batch. Variants, tim
 * ``dense``          plain nn.Linear layers, no mask;
 * ``masked``         the masked backend as DST libraries do it: dense weight, gradient masked by a
                      tensor hook, weights and optimizer state re-masked after every step;
-* ``sparse-<impl>``  the three hidden layers as chtorch.kernels.SparseLinear (values + indices,
+* ``sparse-<impl>``  the three hidden layers as chtorch.sparse.SparseLinear (values + indices,
                      sparse forward/backward, optimizer state for the links only).
 
 Also timed: one topology update through ``SparseLinear.set_mask`` (30% of links moved, optimizer
@@ -31,7 +31,7 @@ import time
 import torch
 from torch import nn
 
-from chtorch.kernels import to_sparse
+from chtorch.sparse import to_sparse
 from chtorch.masks import link_budget
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -144,7 +144,7 @@ def time_topology_update(variant: Variant, zeta: float, repeats: int, seed: int)
 def time_layer_crossover(densities, batch_sizes, width, repeats, seed) -> list[tuple[float, int, float, float]]:
     """Forward + backward of one width x width layer (input needing grad, as a hidden layer's does):
     SparseLinear (csr) vs nn.Linear at each density. Returns (density, batch, dense s, sparse s)."""
-    from chtorch.kernels import SparseLinear
+    from chtorch.sparse import SparseLinear
 
     g = torch.Generator().manual_seed(seed)
     results = []

@@ -4,13 +4,14 @@ Reference: Y. Zhang et al., "Brain network science modelling of sparse neural ne
 Transformers and LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.19107).
 """
 
-from . import export, kernels, linkpred, percolation, schedules, topology
-from .api import sparsify
-from .methods import MethodPreset, get_method, method_table, methods, register_method
-from .options import OptionError, SparsityOptions
-from .report import LayerUpdate, UpdateReport
-from .selection import select_layers
-from .sparsity import DynamicSparsity
+from chtorch import compaction, linkpred, sparse, topology
+from chtorch.dst import percolation, schedules
+from chtorch.api import sparsify
+from chtorch.dst.methods import MethodPreset, get_method, method_table, methods, register_method
+from chtorch.dst.options import OptionError, SparsityOptions
+from chtorch.dst.report import LayerUpdate, UpdateReport
+from chtorch.dst.scope import select_layers
+from chtorch.dst.engine import DynamicSparsity
 
 __version__ = "0.1.0"
 
@@ -27,8 +28,8 @@ __all__ = [
     "methods",
     "method_table",
     "select_layers",
-    "export",
-    "kernels",
+    "compaction",
+    "sparse",
     "linkpred",
     "percolation",
     "schedules",

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .methods import get_method
-from .sparsity import DynamicSparsity, LayerSelector
+from chtorch.dst.methods import get_method
+from chtorch.dst.engine import DynamicSparsity, LayerSelector
 
 __all__ = ["sparsify"]
 
@@ -37,11 +37,11 @@ def sparsify(
             sp.step()             # topology update when due
             optimizer.zero_grad()
 
-    ``options`` override any part of the preset (see :class:`chtorch.options.SparsityOptions`),
+    ``options`` override any part of the preset (see :class:`chtorch.dst.options.SparsityOptions`),
     e.g. ``zeta=0.1``, ``regrowth_selection="topk"``, ``ch_variant="CH3"``.
 
     ``backend``: ``"masked"`` (dense weights times a mask; works with every method), ``"sparse"``
-    (selected layers become :class:`chtorch.kernels.SparseLinear`: weights stored as values plus
+    (selected layers become :class:`chtorch.sparse.SparseLinear`: weights stored as values plus
     indices, sparse forward and backward, optimizer state only for existing links; refused for
     methods that read dense gradients, RigL and GraNet), or ``"auto"`` (sparse where the method allows
     it and a layer's density averaged over the run is at most 10%, masked elsewhere; the choice is logged and kept

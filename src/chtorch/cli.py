@@ -164,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from chtorch.config import DENSE
-    from chtorch.methods import get_method, method_table
+    from chtorch.dst.methods import get_method, method_table
 
     rows = [(DENSE, "no sparsification: the fully connected baseline (chtorch compare only)")] + method_table()
     width = max(len(name) for name, _ in rows)

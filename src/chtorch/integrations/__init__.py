@@ -14,7 +14,7 @@ __all__ = ["ChtorchCallback"]
 def __getattr__(name: str) -> Any:
     # Lazy: importing chtorch.integrations must not import transformers.
     if name == "ChtorchCallback":
-        from .hf import ChtorchCallback
+        from chtorch.integrations.hf import ChtorchCallback
 
         return ChtorchCallback
     raise AttributeError(f"module 'chtorch.integrations' has no attribute {name!r}")

@@ -50,7 +50,7 @@ def default_layers(model: nn.Module) -> list[str]:
     """Every ``nn.Linear`` of ``model`` except its output embedding (``get_output_embeddings()``,
     the ``lm_head`` of a causal LM, kept dense as in the paper §4.1); without one, every Linear but
     the last."""
-    from chtorch.selection import select_layers
+    from chtorch.dst.scope import select_layers
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, nn.Linear):
@@ -97,7 +97,7 @@ class ChtorchCallback(TrainerCallback):
             model config, see :func:`head_groups_for`).
         rewarmup_steps: the paper's iterative LR re-warm-up ``min(1, (t mod ΔT + 1)/w)`` after every
             topology update, applied on top of the Trainer's ``LambdaLR`` schedule (0 = off; paper: 20).
-        **options: overrides of the method's parts (:class:`chtorch.options.SparsityOptions`), e.g.
+        **options: overrides of the method's parts (:class:`chtorch.dst.options.SparsityOptions`), e.g.
             ``zeta=0.1``.
 
     Attributes: ``sparsity`` (the :class:`~chtorch.DynamicSparsity`, after train begin) and
@@ -121,7 +121,7 @@ class ChtorchCallback(TrainerCallback):
         rewarmup_steps: int = 0,
         **options: Any,
     ) -> None:
-        from chtorch.methods import get_method
+        from chtorch.dst.methods import get_method
 
         preset = get_method(method)  # unknown names fail now, not at train begin
         if update_interval is not None:
@@ -161,7 +161,7 @@ class ChtorchCallback(TrainerCallback):
         if resume_dir is not None:
             # The Trainer has already loaded the checkpoint's weights and optimizer state; building
             # the engine draws fresh masks and multiplies both by them, so keep copies to put back.
-            from chtorch.selection import select_layers
+            from chtorch.dst.scope import select_layers
 
             modules = dict(model.named_modules())
             for name in select_layers(model, layers, self.exclude):
@@ -268,7 +268,7 @@ class ChtorchCallback(TrainerCallback):
         """``chtorch/density``, ``chtorch/itop`` and ``chtorch/active_neurons`` now."""
         if self.sparsity is None:
             return {}
-        from chtorch.percolation import infer_couplings
+        from chtorch.dst.percolation import infer_couplings
         from chtorch.train.metrics import active_neuron_count
 
         sp = self.sparsity

@@ -8,7 +8,7 @@ Both take a ``(n_out, n_in)`` bool mask and return float32 scores of the same sh
 0 at existing links. ``reference`` holds slow loop implementations used by the tests.
 """
 
-from .l3n import ch_l3n, ch_l3n_dense_reference, choose_method
-from .l3p import ch_l3p, l3p_cost
+from chtorch.linkpred.l3n import ch_l3n, ch_l3n_dense_reference, choose_method
+from chtorch.linkpred.l3p import ch_l3p, l3p_cost
 
 __all__ = ["ch_l3n", "ch_l3p", "ch_l3n_dense_reference", "choose_method", "l3p_cost"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import (
+from chtorch.linkpred._common import (
     L3N_VARIANTS,
     bag_sum,
     blocks,

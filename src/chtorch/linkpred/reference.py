@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ._common import L3N_VARIANTS, L3P_VARIANTS, check_mask_input, parse_variant
+from chtorch.linkpred._common import L3N_VARIANTS, L3P_VARIANTS, check_mask_input, parse_variant
 
 __all__ = ["ch_l3n_loops", "ch_l3p_loops"]
 

@@ -5,13 +5,13 @@
     result = train(load_config("configs/mlp_mnist_cpu.yaml", ["data.dir=../shared/data/mnist"]))
 
 The loop is task-agnostic; a :class:`Recipe` supplies the data, model, loss and metrics
-(image classification built in; see :mod:`chtorch.train.recipe` to add one).
+(image classification built in; see :mod:`chtorch.recipes.base` to add one).
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .compare import CompareResult, compare
-from .recipe import Recipe, get_recipe, recipes, register_recipe
-from .trainer import RunResult, Trainer, TrainingError, resume, train
+from chtorch.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from chtorch.train.compare import CompareResult, compare
+from chtorch.recipes.base import Recipe, get_recipe, recipes, register_recipe
+from chtorch.train.trainer import RunResult, Trainer, TrainingError, resume, train
 
 __all__ = [
     "train",

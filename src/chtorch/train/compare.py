@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from chtorch.config import DENSE, Config, ConfigError, build_config, config_to_dict
-from chtorch.options import closest
+from chtorch.dst.options import closest
 
-from .checkpoint import CHECKPOINT_NAME
-from .trainer import SUMMARY_NAME, resume, train
+from chtorch.train.checkpoint import CHECKPOINT_NAME
+from chtorch.train.trainer import SUMMARY_NAME, resume, train
 
 __all__ = ["compare", "CompareResult", "mean_stderr", "format_table"]
 
@@ -89,7 +89,7 @@ def compare(
 ) -> CompareResult:
     """Train every ``method`` with every seed in ``out_dir/<method>-seed<s>`` and write
     ``compare.md``, ``compare.csv`` and ``compare.json`` there."""
-    from chtorch.methods import methods as registered
+    from chtorch.dst.methods import methods as registered
 
     out = out or sys.stdout
     known = [DENSE, *registered()]

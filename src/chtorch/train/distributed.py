@@ -10,7 +10,7 @@ What the trainer does with it (see :class:`~chtorch.train.trainer.Trainer`): the
 ``DistributedDataParallel`` (gradients averaged over ranks every step), each rank trains on its own
 shard of the data, the sparsity engine averages the dense gradients it ranks candidates by and
 broadcasts the masks from rank 0 after each topology update with a checksum check
-(:mod:`chtorch.distributed`; its random choices come from counter-based generators, so ranks agree by
+(:mod:`chtorch.dst.ranks`; its random choices come from counter-based generators, so ranks agree by
 construction), and only rank 0 writes the run directory. Decisions that one rank could take alone —
 stop after Ctrl-C, skip a step whose loss is NaN — are agreed with a one-element all-reduce, so no
 rank waits forever in a collective that another rank skipped.

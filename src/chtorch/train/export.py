@@ -1,7 +1,7 @@
 """``chtorch export RUN_DIR``: cut the dead neurons out of a trained sparse model and save it.
 
 Percolation leaves hidden neurons without links (the paper's ANP; Zhang et al., NeurIPS 2025,
-arXiv:2501.19107, App. F); :func:`chtorch.export.compact` removes them without changing the outputs.
+arXiv:2501.19107, App. F); :func:`chtorch.compaction.compact` removes them without changing the outputs.
 This module only connects that to a run directory: it rebuilds the run's model from its checkpoint,
 compacts it along the recipe's chains, checks the outputs on one evaluation batch, and saves it.
 """
@@ -17,8 +17,8 @@ from torch import nn
 
 from chtorch.config import build_config
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from .recipe import get_recipe
+from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from chtorch.recipes.base import get_recipe
 
 __all__ = ["export_run"]
 
@@ -50,10 +50,10 @@ def export_run(
     """Compact the model of ``run_dir`` and save it (a whole module: load with
     ``torch.load(path, weights_only=False)``) to ``out`` (default ``run_dir/compact.pt``).
     With ``sparse_storage`` the remaining sparse layers are also stored in CSR for inference
-    (:func:`chtorch.export.to_sparse_inference`). Returns the path and a summary (parameters, FLOPs,
+    (:func:`chtorch.compaction.to_sparse_inference`). Returns the path and a summary (parameters, FLOPs,
     measured latency against the original model, largest output difference, and the Markdown table
-    of :class:`chtorch.export.ExportReport`)."""
-    from chtorch.export import compact, export_report, to_sparse_inference
+    of :class:`chtorch.compaction.ExportReport`)."""
+    from chtorch.compaction import compact, export_report, to_sparse_inference
 
     run_dir = Path(run_dir)
     recipe, model, sparse = _model_from_checkpoint(run_dir)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from chtorch.masks import in_degree, out_degree
-from chtorch.percolation import Coupling
+from chtorch.dst.percolation import Coupling
 
 __all__ = [
     "MetricsLog",

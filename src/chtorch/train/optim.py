@@ -6,7 +6,7 @@
   after every topology update ("inoam", w = 20).
 - LLaMA (Table 6 / the R1 code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
 
-Every schedule is a pure function of the optimizer step (:mod:`chtorch.schedules`), wrapped in a
+Every schedule is a pure function of the optimizer step (:mod:`chtorch.dst.schedules`), wrapped in a
 ``LambdaLR`` whose only state is the step counter, so a resumed run reproduces it exactly.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from chtorch import schedules
+from chtorch.dst import schedules
 from chtorch.config import OptimConfig
 
 __all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
@@ -50,8 +50,8 @@ def lr_multiplier(
 
     - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
     - linear: from 1 to ``final_lr/lr`` at ``total_steps`` (after the warm-up);
-    - cosine: :func:`chtorch.schedules.cosine_with_warmup` down to ``final_lr/lr``;
-    - noam: :func:`chtorch.schedules.noam` at step + 1 (OpenNMT counts steps from 1).
+    - cosine: :func:`chtorch.dst.schedules.cosine_with_warmup` down to ``final_lr/lr``;
+    - noam: :func:`chtorch.dst.schedules.noam` at step + 1 (OpenNMT counts steps from 1).
     """
     lr, warmup = config.lr, config.warmup_steps
     end_ratio = config.final_lr / lr

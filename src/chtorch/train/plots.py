@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import load_topology, read_metrics
+from chtorch.train.metrics import load_topology, read_metrics
 
 __all__ = ["make_plots", "adjacency_image", "MAX_LAYERS"]
 

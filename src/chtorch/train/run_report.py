@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .metrics import read_metrics
-from .plots import MAX_LAYERS, _safe
+from chtorch.train.metrics import read_metrics
+from chtorch.train.plots import MAX_LAYERS, _safe
 
 __all__ = ["write_report", "rebuild"]
 
@@ -107,8 +107,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 def rebuild(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path, str | None]:
     """Re-create the plots (when matplotlib is available) and ``report.md`` of ``run_dir``:
     ``(plots, report path, why plots were skipped or None)``."""
-    from .metrics import write_csv
-    from .plots import make_plots
+    from chtorch.train.metrics import write_csv
+    from chtorch.train.plots import make_plots
 
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)

@@ -12,7 +12,7 @@ order and RNG states as an uninterrupted run).
 
 Under ``torchrun`` (see :mod:`chtorch.train.distributed`) the model is wrapped in
 ``DistributedDataParallel``, each rank trains on its own shard of every epoch (recipes that set
-:attr:`~chtorch.train.recipe.Recipe.shards_data` shard themselves; for the others the trainer deals
+:attr:`~chtorch.recipes.base.Recipe.shards_data` shard themselves; for the others the trainer deals
 the batches out round-robin), the training metrics are summed over ranks, and only rank 0 evaluates
 and writes the run directory. Checkpoints hold the unwrapped model and every rank's RNG state and
 running sums, so a resume with the same number of processes continues exactly.
@@ -46,16 +46,16 @@ import torch
 from chtorch.config import (
     DENSE, Config, ConfigError, build_config, config_to_dict, method_options_for, resolve_sparsity_options, save_config,
 )
-from chtorch.percolation import infer_couplings
+from chtorch.dst.percolation import infer_couplings
 
-from . import distributed as ddp
-from .checkpoint import (
+from chtorch.train import distributed as ddp
+from chtorch.train.checkpoint import (
     CHECKPOINT_NAME, CheckpointError, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
 )
-from .metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
-from .optim import build_optimizer, build_scheduler
-from .progress import Progress, format_duration
-from .recipe import Recipe, get_recipe
+from chtorch.train.metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
+from chtorch.train.optim import build_optimizer, build_scheduler
+from chtorch.train.progress import Progress, format_duration
+from chtorch.recipes.base import Recipe, get_recipe
 
 __all__ = ["Trainer", "RunResult", "TrainingError", "train", "resume", "new_run_dir", "RESUME_OVERRIDABLE"]
 
@@ -241,8 +241,8 @@ class Trainer:
         interval = t_end = None
         sp = cfg.sparsity
         if sp.method != DENSE:
-            from chtorch.selection import select_layers
-            from chtorch.sparsity import DynamicSparsity
+            from chtorch.dst.scope import select_layers
+            from chtorch.dst.engine import DynamicSparsity
 
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
             try:
@@ -613,14 +613,14 @@ class Trainer:
         tmp.write_text(json.dumps(result.summary, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, path)
         if cfg.train.plots:
-            from .plots import make_plots
+            from chtorch.train.plots import make_plots
 
             try:
                 make_plots(self.run_dir)
             except ImportError as exc:
                 print(f"chtorch: no plots ({exc})", file=self.out)
         if cfg.train.report:
-            from .run_report import write_report
+            from chtorch.train.run_report import write_report
 
             write_report(self.run_dir)
         if cfg.train.progress != "off":

@@ -1,0 +1,183 @@
+"""Named methods: each is a preset of :class:`~chtorch.dst.options.SparsityOptions` parts.
+
+No code branches on a method's name: a preset is data, and ``chtorch.sparsify(..., **options)``
+overrides any of its parts. Register your own with :func:`register_method`. Where the paper and its
+official code disagree, each preset's ``decisions`` says what it does (``chtorch methods -v`` prints
+them; "notes §5.x" refers to the project's paper notes, section 5, "ambiguities").
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from chtorch.dst.options import OptionError, SparsityOptions, closest
+
+__all__ = ["MethodPreset", "register_method", "get_method", "methods", "method_table"]
+
+
+@dataclass(frozen=True)
+class MethodPreset:
+    """A method: its name, a one-line summary, the paper it comes from, and its option overrides."""
+
+    name: str
+    summary: str
+    reference: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the paper and its official code disagree, what this preset does and why.
+    decisions: str = ""
+
+    def build_options(self, **overrides: Any) -> SparsityOptions:
+        """The preset's options with ``overrides`` applied (unknown names are errors)."""
+        merged = dict(self.options)
+        init_options = dict(merged.pop("init_options", {}))
+        if "init" in overrides and overrides["init"] != merged.get("init"):
+            # the preset's initializer options (BRF's r, BSW's beta) do not apply to another initializer
+            init_options = {}
+        if "init_options" in overrides:
+            init_options.update(overrides.pop("init_options") or {})
+        merged.update(overrides)
+        return SparsityOptions().replace(**merged, init_options=init_options)
+
+
+_REGISTRY: dict[str, MethodPreset] = {}
+
+
+def register_method(name: str, summary: str, reference: str, decisions: str = "", **options: Any) -> MethodPreset:
+    """Register (or, with a warning, replace) a method preset; options are validated now."""
+    key = name.lower()
+    preset = MethodPreset(key, summary, reference, MappingProxyType(dict(options)), decisions)
+    preset.build_options()  # fail at registration, not at use
+    if key in _REGISTRY:
+        warnings.warn(f"chtorch: method {key!r} is registered again; the new preset replaces the old one", stacklevel=2)
+    _REGISTRY[key] = preset
+    return preset
+
+
+def get_method(name: str) -> MethodPreset:
+    """The preset called ``name`` (case-insensitive); an unknown name lists the known ones."""
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise OptionError(f"unknown method {name!r}{closest(key, _REGISTRY)}; known methods: {', '.join(methods())}")
+    return _REGISTRY[key]
+
+
+def methods() -> list[str]:
+    """Names of the registered methods."""
+    return sorted(_REGISTRY)
+
+
+def method_table() -> list[tuple[str, str]]:
+    """(name, one-line summary) of every registered method."""
+    return [(name, _REGISTRY[name].summary) for name in methods()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in presets, with the defaults of Zhang et al., NeurIPS 2025 (arXiv:2501.19107), App. G/H,
+# and of each method's own paper. Update intervals are in optimizer steps (100, as the paper's
+# Transformer and LLaMA runs); the MLP recipes set one epoch.
+
+_SHARED_DECISIONS = (
+    "regrown links start at zero with zero optimizer state (official code; regrown_init='history' gives App. J's "
+    "historical weights); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
+    "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts (notes §5.4); "
+    "percolation pairs only identical row indices of q/k (notes §5.6)"
+)
+_SOFT_DECISIONS = (
+    "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T = δ/(1−δ), δ linear 0.5→0.9 until "
+    "T_end — the code's mapping (T 1→9), not the paper's 1/(1−δ) (notes §5.1); soft regrowth samples new links "
+    "with p ∝ CH score and adds 1e-5 to every live candidate when too few scores are positive, as the paper and "
+    "the MLP/Transformer code do — not the LLM code's top-k (notes §5.3); BRF gives each node of the smaller "
+    "side its degree, as the code does (notes §5.5)"
+)
+
+register_method(
+    "static",
+    "static sparse training: a fixed random (Erdős–Rényi) topology, never updated",
+    "Mocanu et al., Nat. Commun. 9, 2383 (2018) — the fixed-topology baseline",
+    zeta=0.0, t_end_fraction=0.0, regrowth="random",
+)
+
+register_method(
+    "set",
+    "SET: remove the smallest positive and largest negative weights (ζ=0.3), regrow at random, whole run",
+    "Mocanu et al., 'Scalable training of artificial neural networks with adaptive sparse connectivity "
+    "inspired by network science', Nat. Commun. 9, 2383 (2018)",
+    init="erdos_renyi", removal="set", regrowth="random", zeta=0.3, zeta_anneal="constant", t_end_fraction=1.0,
+)
+
+register_method(
+    "rigl",
+    "RigL: drop by magnitude, grow by dense-gradient magnitude, ζ cosine-annealed until 75% of training",
+    "Evci et al., 'Rigging the Lottery: Making All Tickets Winners', ICML 2020",
+    init="erdos_renyi", removal="magnitude", regrowth="gradient", zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+)
+
+register_method(
+    "mest",
+    "MEST with EM&S: remove by |W|+0.01|∇W|, regrow at random, extra density 5%→2.5%→0 (soft memory bound)",
+    "Yuan et al., 'MEST: Accurate and Fast Memory-Economic Sparse Training Framework on the Edge', NeurIPS 2021",
+    init="erdos_renyi", removal="mest", mest_lambda=0.01, regrowth="random", zeta=0.3, zeta_anneal="constant",
+    t_end_fraction=0.75, ems=True,
+)
+
+register_method(
+    "gmp",
+    "GMP: gradual magnitude pruning from 50% sparsity on the cubic schedule; pruned weights may return",
+    "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
+    init="erdos_renyi", density_schedule="cubic", initial_sparsity=0.5, prune_score="magnitude",
+    prune_with_history=True, zeta=0.0, regrowth="none", t_end_fraction=0.75, decay_end_fraction=0.75,
+)
+
+register_method(
+    "granet",
+    "GraNet: cubic gradual pruning from 50% plus magnitude drop / gradient regrowth (cosine ζ)",
+    "Liu et al., 'Sparse Training via Boosting Pruning Plasticity with Neuroregeneration', NeurIPS 2021",
+    init="erdos_renyi", density_schedule="cubic", initial_sparsity=0.5, prune_score="magnitude",
+    removal="magnitude", regrowth="gradient", zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+    decay_end_fraction=0.75,
+)
+
+register_method(
+    "cht",
+    "CHT: BSW (or CSTI) init, SWI, magnitude removal, top-k CH3-L3p regrowth, percolation, early stop at 90% overlap",
+    "Zhang et al., 'Epitopological learning and Cannistraci-Hebb network shape intelligence brain-inspired theory "
+    "for ultra-sparse advantage in deep learning', ICLR 2024",
+    decisions="path-based CH3-L3p with the local-community bookkeeping of CH_scores_new_v2.cpp, top-k; early stop "
+    "freezes a layer once |removed ∩ regrown| / |regrown| >= 0.9 (Definition 1); BSW by default because CSTI needs "
+    "the input correlation (recipes pass it: init='csti', init_options={'correlation': C}); SWI uses density·fan_in "
+    "(notes §5.12); " + _SHARED_DECISIONS,
+    init="bsw", init_options={"beta": 0.25}, weight_init="swi", removal="magnitude", removal_selection="topk",
+    regrowth="ch", ch_predictor="l3p", ch_variant="CH3", regrowth_selection="topk", percolation=True,
+    early_stop=0.9, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+)
+
+register_method(
+    "chts",
+    "CHTs: BRF init, soft magnitude removal (T=δ/(1−δ), δ 0.5→0.9), percolation, soft CH2-L3n regrowth, cosine ζ",
+    "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
+    "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
+    decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; "
+    + _SHARED_DECISIONS,
+    init="brf", init_options={"r": 0.25, "degree": "uniform"}, removal="magnitude", removal_selection="soft",
+    delta_start=0.5, delta_end=0.9, regrowth="ch", ch_predictor="l3n", ch_variant="CH2", regrowth_selection="soft",
+    percolation=True, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+)
+
+register_method(
+    "chtss",
+    "CHTss: CHTs plus sigmoid density decay from 50% sparsity (k=6) with relative-importance pruning",
+    "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
+    "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107), §3.3",
+    decisions="the sigmoid is the code's min-max normalised s(τ) = s_i + (s_f − s_i)[σ(k(2τ/n − 1)) − σ(−k)] / "
+    "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates (notes §1.d); pruning keeps the top relative-importance "
+    "links of each layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth "
+    "restore the scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
+    "(decay_end_fraction sets the decay length); " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
+    init="brf", init_options={"r": 0.25, "degree": "uniform"}, removal="magnitude", removal_selection="soft",
+    delta_start=0.5, delta_end=0.9, regrowth="ch", ch_predictor="l3n", ch_variant="CH2", regrowth_selection="soft",
+    percolation=True, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75, density_schedule="sigmoid",
+    initial_sparsity=0.5, sigmoid_k=6.0, prune_score="ri", decay_end_fraction=0.75,
+)

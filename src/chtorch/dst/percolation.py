@@ -1,0 +1,151 @@
+"""Network percolation: remove the links of neurons that lost all their links on one side.
+
+Zhang et al., NeurIPS 2025 (arXiv:2501.19107), Fig. 1 (c1)–(c2) and App. F. A hidden neuron whose
+incoming links are all gone cannot send a signal, and one whose outgoing links are all gone cannot
+influence the output: their remaining links are dead weight. Removing them can strand further
+neurons, so the rule is applied until nothing changes (a fixpoint). The budget freed here is regrown
+on live neurons by the regrowth step, so active-neuron counts shrink over training (the paper's ANP).
+
+Couplings say which neurons are shared between layers:
+
+- ``chain(a, b, c, ...)``: the outputs of ``a`` are the inputs of ``b`` (and so on), through an
+  elementwise function — consecutive layers of an MLP, ``v_proj → o_proj``, ``up_proj → down_proj``.
+  Hidden neuron ``h`` is alive iff row ``h`` of ``a`` and column ``h`` of ``b`` both hold links.
+- ``rows(a, b, ...)``: the layers' output neurons are used together (a dot product of ``q`` and ``k``
+  rows, the SwiGLU product of ``gate`` and ``up``): row ``h`` is alive iff it has links in every one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from chtorch.masks import in_degree, out_degree
+
+__all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction"]
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """A set of layers that share neurons; ``kind`` is "chain" or "rows" (see the module docs)."""
+
+    kind: str
+    layers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("chain", "rows"):
+            raise ValueError(f"coupling kind must be 'chain' or 'rows', got {self.kind!r}")
+        if len(self.layers) < 2:
+            raise ValueError(f"a coupling needs at least two layers, got {self.layers}")
+
+
+def chain(*layers: str) -> Coupling:
+    """Consecutive layers: outputs of each feed the inputs of the next."""
+    return Coupling("chain", tuple(layers))
+
+
+def rows(*layers: str) -> Coupling:
+    """Layers whose output rows are only useful together (q/k, gate/up)."""
+    return Coupling("rows", tuple(layers))
+
+
+def _check(couplings: Sequence[Coupling], masks: Mapping[str, torch.Tensor]) -> None:
+    for c in couplings:
+        for name in c.layers:
+            if name not in masks:
+                raise ValueError(f"percolation coupling {c} names {name!r}, which is not a sparsified layer; sparse layers: {sorted(masks)}")
+        if c.kind == "chain":
+            for a, b in zip(c.layers, c.layers[1:]):
+                if masks[a].shape[0] != masks[b].shape[1]:
+                    raise ValueError(f"chain {a} -> {b}: {a} has {masks[a].shape[0]} outputs but {b} has {masks[b].shape[1]} inputs")
+        else:
+            sizes = {masks[n].shape[0] for n in c.layers}
+            if len(sizes) != 1:
+                raise ValueError(f"rows coupling {c.layers}: output sizes differ {sorted(sizes)}")
+
+
+def percolate(masks: Mapping[str, torch.Tensor], couplings: Sequence[Coupling]) -> dict[str, torch.Tensor]:
+    """Masks with every link of a dead neuron removed, iterated to a fixpoint.
+
+    ``masks``: name → bool ``(n_out, n_in)``. Returns new tensors for every name (inputs untouched).
+    Layers named in no coupling come back unchanged.
+    """
+    _check(couplings, masks)
+    out = {name: m.clone() for name, m in masks.items()}
+    changed = True
+    while changed:
+        changed = False
+        for c in couplings:
+            if c.kind == "chain":
+                for a, b in zip(c.layers, c.layers[1:]):
+                    alive = (out_degree(out[a]) > 0) & (in_degree(out[b]) > 0)
+                    dead = ~alive
+                    if bool((out[a][dead].any()) or (out[b][:, dead].any())):
+                        out[a][dead] = False
+                        out[b][:, dead] = False
+                        changed = True
+            else:
+                alive = torch.ones(out[c.layers[0]].shape[0], dtype=torch.bool, device=out[c.layers[0]].device)
+                for name in c.layers:
+                    alive &= out_degree(out[name]) > 0
+                dead = ~alive
+                for name in c.layers:
+                    if bool(out[name][dead].any()):
+                        out[name][dead] = False
+                        changed = True
+    return out
+
+
+# Child-name groups that identify attention and gated feed-forward blocks (LLaMA / Hugging Face
+# naming and chtorch's own seq2seq Transformer); anything else falls back to an MLP chain.
+_ROW_PAIRS = (("q_proj", "k_proj"), ("gate_proj", "up_proj"))
+_CHAIN_PAIRS = (("v_proj", "o_proj"), ("gate_proj", "down_proj"), ("up_proj", "down_proj"), ("w_1", "w_2"), ("fc1", "fc2"))
+
+
+def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]:
+    """Couplings for the selected Linear layers of ``model``, found by name.
+
+    Attention blocks (``q_proj``/``k_proj`` rows, ``v_proj → o_proj``) and feed-forward blocks
+    (``gate_proj``/``up_proj`` rows, ``gate_proj|up_proj → down_proj``, ``w_1 → w_2``) are recognised
+    by their child names, and coupled only when their shapes agree (grouped-query attention with
+    fewer key heads is left uncoupled). When no such block is found, the selected layers form one
+    MLP chain, split wherever a layer's outputs do not match the next one's inputs.
+    """
+    selected = list(selected)
+    chosen = set(selected)
+    modules = dict(model.named_modules())
+    found: list[Coupling] = []
+    parents = sorted({name.rpartition(".")[0] for name in selected})
+    for parent in parents:
+        prefix = f"{parent}." if parent else ""
+        for group, make in ((_ROW_PAIRS, rows), (_CHAIN_PAIRS, chain)):
+            for a, b in group:
+                na, nb = prefix + a, prefix + b
+                if na in chosen and nb in chosen:
+                    ma, mb = modules[na], modules[nb]
+                    ok = ma.out_features == mb.out_features if make is rows else ma.out_features == mb.in_features
+                    if ok:
+                        found.append(make(na, nb))
+    if found:
+        return found
+    chains: list[Coupling] = []
+    current = [selected[0]] if selected else []
+    for prev, name in zip(selected, selected[1:]):
+        if modules[prev].out_features == modules[name].in_features:
+            current.append(name)
+        else:
+            if len(current) > 1:
+                chains.append(chain(*current))
+            current = [name]
+    if len(current) > 1:
+        chains.append(chain(*current))
+    return chains
+
+
+def active_neuron_fraction(mask: torch.Tensor) -> tuple[float, float]:
+    """(fraction of input neurons with a link, fraction of output neurons with a link)."""
+    n_out, n_in = mask.shape
+    return (int(torch.count_nonzero(mask.any(dim=0))) / max(1, n_in), int(torch.count_nonzero(mask.any(dim=1))) / max(1, n_out))

@@ -1,0 +1,92 @@
+"""Link regrowth: which non-links a layer gains at a topology update.
+
+Scores for a candidate (non-link) (i, j):
+
+- ``random``: uniform (SET, Mocanu et al. 2018).
+- ``gradient``: |∂L/∂W_ij| of the dense gradient accumulated over the last steps before the update
+  (RigL, Evci et al., ICML 2020; GraNet).
+- ``ch``: Cannistraci-Hebb link prediction on the layer's bipartite graph after removal, either the
+  matrix CH2-L3n / CH3-L3n or the path-based CH3-L3p (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
+  §3.1 and App. K; CHT, ICLR 2024). Neurons left without links on one side get no new links.
+
+Selection: ``topk``, or ``soft`` (sample without replacement with p ∝ score; when fewer candidates
+have a positive score than links are needed, ``floor`` = 1e-5 is added to every candidate's score,
+so the budget is always met).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chtorch.dst.sampling import select
+
+__all__ = ["regrowth_scores", "grow_links"]
+
+
+def regrowth_scores(
+    keep: torch.Tensor,
+    kind: str,
+    grad: torch.Tensor | None = None,
+    predictor: str = "l3n",
+    variant: str = "CH2",
+) -> torch.Tensor:
+    """Dense ``(n_out, n_in)`` float32 scores for every position (only non-links matter)."""
+    if kind == "random":
+        return torch.ones(keep.shape, dtype=torch.float32, device=keep.device)
+    if kind == "gradient":
+        if grad is None:
+            raise ValueError("gradient regrowth needs the dense gradient; none was recorded before this update")
+        return grad.float().abs()
+    if kind == "ch":
+        from chtorch import linkpred
+
+        predict = linkpred.ch_l3n if predictor == "l3n" else linkpred.ch_l3p
+        return predict(keep, variant=variant)
+    raise ValueError(f"unknown regrowth {kind!r}; choose random, gradient, ch or none")
+
+
+def grow_links(
+    keep: torch.Tensor,
+    n_new: int,
+    kind: str,
+    selection: str,
+    generator: torch.Generator,
+    grad: torch.Tensor | None = None,
+    predictor: str = "l3n",
+    variant: str = "CH2",
+    floor: float = 1e-5,
+    scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool mask of exactly ``n_new`` new links, disjoint from ``keep``.
+
+    For CH regrowth the candidates are the non-links between live neurons (at least one link on
+    each side); only if there are fewer of those than ``n_new`` does the search widen to every
+    non-link, so the budget is always met.
+    """
+    n_new = int(n_new)
+    free = ~keep
+    n_free = int(torch.count_nonzero(free))
+    if not 0 <= n_new <= n_free:
+        raise ValueError(f"cannot grow {n_new} links: only {n_free} positions are free")
+    new = torch.zeros_like(keep)
+    if n_new == 0:
+        return new
+    if scores is None:
+        scores = regrowth_scores(keep, kind, grad=grad, predictor=predictor, variant=variant)
+    candidates = free
+    if kind == "ch":
+        live_free = free & keep.any(dim=1, keepdim=True) & keep.any(dim=0, keepdim=True)
+        if int(torch.count_nonzero(live_free)) >= n_new:
+            candidates = live_free
+    flat_scores = scores.flatten()
+    # Usually far fewer candidates have a positive score than the layer has positions (CH scores
+    # vanish beyond 3 hops); when they suffice, the zero-score ones can never be drawn, so select
+    # among the positive ones only: same distribution, a fraction of the work.
+    positive = candidates.flatten() & (flat_scores > 0)
+    if kind != "random" and int(torch.count_nonzero(positive)) >= n_new:
+        index = torch.nonzero(positive).flatten()
+    else:
+        index = torch.nonzero(candidates.flatten()).flatten()
+    chosen = select(flat_scores[index], n_new, selection, generator, floor=floor)
+    new.view(-1)[index[chosen]] = True
+    return new

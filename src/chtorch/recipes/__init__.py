@@ -1,0 +1,1 @@
+"""Recipes: what a ``chtorch train`` job trains (data, model, loss, evaluation) for each task."""

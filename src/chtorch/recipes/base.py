@@ -1,0 +1,176 @@
+"""The recipe interface: everything task-specific a training run needs, behind one small class.
+
+The :class:`~chtorch.train.trainer.Trainer` is task-agnostic: it owns the optimizer, LR schedule,
+sparsity engine, loop, checkpoints, logs, plots and report. A recipe owns the task: it loads the
+data, builds the model, computes the loss of a batch and the task's metrics, and says which layers
+share neurons (percolation couplings) and which data-dependent sparsity options exist (the input
+correlation of CSTI). Image classification is implemented in :mod:`chtorch.recipes.image`;
+translation and language modelling plug in the same way:
+
+1. declare the ``data`` (and, for a new model family, ``model``) config schema with
+   :func:`chtorch.config.register_recipe_schema` / :func:`~chtorch.config.register_model_schema`;
+2. subclass :class:`Recipe` and register it with :func:`register_recipe` under the same name.
+
+A training *epoch* is ``steps_per_epoch`` optimizer steps: a pass over the training set for
+classification, or a fixed number of steps between evaluations for a stream of text.
+
+Under ``torchrun`` the trainer tells the recipe its :attr:`Recipe.rank` and :attr:`Recipe.world_size`
+(before :meth:`Recipe.setup`). A recipe that sets ``shards_data = True`` yields only its rank's shard
+from :meth:`Recipe.train_batches` and reports that shard's ``steps_per_epoch`` (the image recipe does,
+with :meth:`chtorch.data.TensorLoader.shard`); for any other recipe the trainer deals the batches out
+round-robin — batch ``i`` to rank ``i mod world_size`` — which is correct but makes every rank build
+every batch. Only rank 0 evaluates and writes files: a recipe that writes (a best-model copy, a
+cache) should do so when :attr:`Recipe.is_main`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from chtorch.config import Config
+from chtorch.dst.options import closest
+from chtorch.dst.percolation import Coupling
+
+__all__ = ["Recipe", "register_recipe", "get_recipe", "recipes"]
+
+
+class Recipe(abc.ABC):
+    """A task: data, model, loss, metrics and percolation couplings built from a :class:`Config`.
+
+    Lifecycle: ``recipe = cls(config, device)``, ``recipe.setup()`` (load data once), then
+    ``model = recipe.build_model()``; per epoch ``for batch in recipe.train_batches(epoch, start)``
+    → ``loss, stats = recipe.train_step(model, batch)``; ``recipe.evaluate(model)`` → metrics.
+
+    Determinism contract (needed for exact resume): ``train_batches(epoch, start)`` depends only
+    on the config (seed) and its arguments — batch ``start`` of epoch ``e`` is the same batch in a
+    fresh process — and any randomness inside a batch (augmentation) comes from generators derived
+    with :func:`chtorch.rng.make_generator` from ``(seed, epoch, batch index)``.
+    """
+
+    #: Registry name (equal to ``config.run.recipe``).
+    name: ClassVar[str] = ""
+    #: The metric that ``chtorch compare`` tabulates, a key of :meth:`evaluate`'s result.
+    primary_metric: ClassVar[str] = "test_accuracy"
+    #: True when a larger primary metric is better (accuracy, BLEU); False for perplexity.
+    higher_is_better: ClassVar[bool] = True
+    #: True when :meth:`train_batches` yields only this rank's shard under ``torchrun`` (and
+    #: :attr:`steps_per_epoch` counts that shard's batches, the same number on every rank).
+    shards_data: ClassVar[bool] = False
+
+    #: This process's rank and the number of processes (0 and 1 without ``torchrun``).
+    rank: int = 0
+    world_size: int = 1
+
+    def __init__(self, config: Config, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+
+    def set_distributed(self, rank: int, world_size: int) -> None:
+        """Called by the trainer before :meth:`setup` with this process's place under ``torchrun``."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (or without ``torchrun``): the process that evaluates and writes files."""
+        return self.rank == 0
+
+    @abc.abstractmethod
+    def setup(self) -> None:
+        """Load or prepare the data (once, before :meth:`build_model`)."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model on :attr:`device`, initialised from the global RNG (seeded by the trainer)."""
+
+    @property
+    @abc.abstractmethod
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch."""
+
+    @abc.abstractmethod
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` (0-based) from batch index ``start`` on (a resumed epoch)."""
+
+    @abc.abstractmethod
+    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward one batch in training mode: ``(loss, stats)``. ``loss`` is the scalar to
+        back-propagate; ``stats`` are additive sums (e.g. ``loss_sum``, ``correct``, ``count``) that
+        :meth:`summarize` turns into the epoch's training metrics."""
+
+    @abc.abstractmethod
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Epoch training metrics (e.g. ``train_loss``, ``train_accuracy``) from summed ``stats``."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Evaluation metrics, keys prefixed by the split (``test_loss``, ``test_accuracy``)."""
+
+    # -- optional hooks ---------------------------------------------------------------------------
+    def couplings(self, model: nn.Module, layer_names: list[str]) -> list[Coupling] | None:
+        """Percolation couplings of the sparse layers, or None to let the engine infer them from the
+        layer names and shapes (consecutive MLP layers form one chain)."""
+        return None
+
+    def sparsity_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Add data-dependent sparsity options to ``options`` (a copy is returned), e.g. the input
+        correlation that CSTI needs. Called only when a sparse method runs."""
+        return dict(options)
+
+    def model_dim(self) -> int | None:
+        """The model width that the noam schedule scales by (None when the model has none)."""
+        return None
+
+    def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
+        """For ``chtorch export``: the chains of consecutive Linear layers (joined by an elementwise
+        activation) whose dead neurons may be cut out, and that activation (see
+        :func:`chtorch.compaction.compact`). Recipes whose models have no such chains keep this default."""
+        raise NotImplementedError(f"`chtorch export` does not support recipe {self.name!r} yet")
+
+    def example_input(self) -> Any:
+        """One evaluation batch of model inputs (for export measurements)."""
+        raise NotImplementedError(f"recipe {self.name!r} gives no example input")
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the data for the run report (sizes, classes, ...)."""
+        return {}
+
+
+_RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}.name must be set to register it")
+    _RECIPES[cls.name] = cls
+    return cls
+
+
+def get_recipe(name: str) -> type[Recipe]:
+    """The recipe class registered as ``name``."""
+    from chtorch.config import load_builtin_schemas
+
+    load_builtin_schemas()  # built-in recipes register on import
+    if name not in _RECIPES:
+        raise ValueError(f"unknown recipe {name!r}{closest(name, _RECIPES)}; known recipes: {', '.join(sorted(_RECIPES))}")
+    return _RECIPES[name]
+
+
+def recipes() -> list[str]:
+    from chtorch.config import load_builtin_schemas
+
+    load_builtin_schemas()
+    return sorted(_RECIPES)
+
+
+# The translation and language-model recipes register their config schemas (``data``/``model``
+# sections) on import, which must happen before a config naming them is loaded: import them with
+# the package rather than lazily in get_recipe.
+from chtorch.recipes import translation, lm  # noqa: E402,F401

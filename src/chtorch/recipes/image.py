@@ -1,0 +1,158 @@
+"""Image classification with the paper's MLP (MNIST, Fashion-MNIST, EMNIST, CIFAR-10, digits).
+
+Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §4 / Table 4: flattened images, hidden Linear layers
+with ReLU, a dense classifier, cross-entropy, batch 32. Whole splits are held in memory (on the
+training device) and batched by :class:`chtorch.data.TensorLoader`, whose permutation depends only on
+``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is computed here from the training images, because it
+is data and the library core takes only tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chtorch.rng import derive_seed, make_generator
+
+from chtorch.recipes.base import Recipe, register_recipe
+
+__all__ = ["ImageClassification"]
+
+
+@register_recipe
+class ImageClassification(Recipe):
+    """MLP image classification; metrics ``train_loss``, ``train_accuracy``, ``test_loss``,
+    ``test_accuracy`` (accuracy in [0, 1])."""
+
+    name = "image_classification"
+    primary_metric = "test_accuracy"
+    higher_is_better = True
+    shards_data = True  # under torchrun each rank gets its slice of every epoch's permutation
+
+    def setup(self) -> None:
+        from chtorch.data import TensorLoader, load_dataset
+
+        cfg = self.config.data
+        root = cfg.dir
+        kwargs = dict(root=root, normalize=cfg.normalize, download=cfg.download, verify=cfg.verify)
+        train = load_dataset(cfg.name, split="train", **kwargs)
+        test = load_dataset(cfg.name, split="test", **kwargs)
+        x_train, y_train = train.images, train.labels
+        x_test, y_test = test.images, test.labels
+        if cfg.train_limit is not None:
+            x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
+        if cfg.test_limit is not None:
+            x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
+        self.info = train
+        self.n_classes = train.n_classes
+        self.in_features = train.in_features
+        # Augmentation works on (B, C, H, W); the MLP flattens itself, so keep images 4-D.
+        self.x_train = x_train.to(self.device)
+        self.y_train = y_train.to(self.device)
+        self.x_test = x_test.to(self.device)
+        self.y_test = y_test.to(self.device)
+        self.loader = TensorLoader(
+            self.x_train, self.y_train, batch_size=cfg.batch_size, shuffle=True,
+            seed=derive_seed(self.config.run.seed, "image-data"), rank=self.rank, world_size=self.world_size,
+        )
+        # Padding value of a black pixel after normalisation, for random crops.
+        if train.normalized:
+            self.fill = [(0.0 - m) / s for m, s in zip(train.mean, train.std)]
+        else:
+            self.fill = [0.0] * len(train.mean)
+
+    def build_model(self) -> nn.Module:
+        from chtorch.models import MLP, MLPConfig
+
+        m = self.config.model
+        config = MLPConfig(
+            in_features=self.in_features, n_classes=self.n_classes, hidden=tuple(m.hidden),
+            activation=m.activation, dropout=m.dropout, bias=m.bias,
+        )
+        return MLP(config).to(self.device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        self.loader.set_epoch(epoch)
+        batches = iter(self.loader)
+        augment = self.config.data.augment
+        for index, (x, y) in enumerate(itertools.islice(batches, start, None), start=start):
+            if augment:
+                from chtorch.data import random_crop_flip
+
+                # Under torchrun each rank crops its own images differently (rank in the key).
+                keys = (epoch, index) if self.world_size == 1 else (epoch, index, self.rank)
+                g = make_generator(self.config.run.seed, "augment", *keys)
+                x = random_crop_flip(x.cpu(), g, fill=self.fill).to(self.device)
+            yield x, y
+
+    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        with torch.no_grad():
+            correct = (logits.argmax(dim=1) == y).sum()
+        n = y.shape[0]
+        return loss, {"loss_sum": loss.detach() * n, "correct": correct, "count": n}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(1.0, float(sums.get("count", 0)))
+        return {"train_loss": float(sums.get("loss_sum", 0.0)) / n, "train_accuracy": float(sums.get("correct", 0)) / n}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        bs = self.config.data.eval_batch_size
+        loss_sum, correct = 0.0, 0
+        for start in range(0, self.x_test.shape[0], bs):
+            x, y = self.x_test[start : start + bs], self.y_test[start : start + bs]
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+        model.train(was_training)
+        n = max(1, self.x_test.shape[0])
+        return {"test_loss": loss_sum / n, "test_accuracy": correct / n}
+
+    def sparsity_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """CSTI needs the Pearson correlation of the input pixels (Zhang et al., ICLR 2024, App. D):
+        computed from the first ``data.csti_samples`` training images, flattened ``(N, C*H*W)``."""
+        options = dict(options)
+        if str(options.get("init", "")).lower() == "csti":
+            init_options = dict(options.get("init_options", {}))
+            if "correlation" not in init_options:
+                from chtorch.topology import pearson_correlation
+
+                n = min(self.config.data.csti_samples, self.x_train.shape[0])
+                x = self.x_train[:n].reshape(n, -1).cpu()
+                init_options["correlation"] = pearson_correlation(x).to(self.device)
+            options["init_options"] = init_options
+        return options
+
+    def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
+        """The MLP is one chain: its hidden layers in order, then the dense classifier."""
+        from chtorch.models.mlp import ACTIVATIONS
+
+        names = [f"layers.{i}" for i in range(len(self.config.model.hidden))] + ["classifier"]
+        activation = ACTIVATIONS[self.config.model.activation]()
+        return [names], activation
+
+    def example_input(self) -> Any:
+        return self.x_test[: self.config.data.eval_batch_size]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": self.config.data.name,
+            "train_samples": int(self.x_train.shape[0]),
+            "test_samples": int(self.x_test.shape[0]),
+            "in_features": int(self.in_features),
+            "classes": int(self.n_classes),
+        }

@@ -1,0 +1,481 @@
+"""Machine translation recipe (``run.recipe: translation``): the paper's Transformer experiments.
+
+Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §4.1 and Table 5 train OpenNMT-py's encoder-decoder
+Transformer on Multi30k en→de (6 layers, d_model 512, 8 heads, FFN 1024, dropout 0.1, label
+smoothing 0.1, batches of 1024 tokens, 5000 steps, noam with 1000 warm-up steps and scale 0.25,
+the iterative re-warm-up of w = 20 steps after every topology update, ΔT = 100), and report BLEU of
+beam search (beam 2) on the test set from the best validation checkpoint. This recipe does the same:
+
+* **data**: Multi30k task-1 raw files (``data.dir`` or ``$CHTORCH_DATA``), any directory of
+  ``{split}.{src}`` / ``{split}.{tgt}`` files (``data.name: parallel``), or IWSLT14 / WMT17 from
+  Hugging Face ``datasets`` when it is installed and the network allows;
+* **tokenizer**: a BPE trained with ``tokenizers`` on the training sentences (joint source+target
+  vocabulary by default), saved in the run directory (``tokenizer/``) and reloaded on resume, or a
+  tokenizer file the user gives (``data.tokenizer``);
+* **batches**: token-count batches (``data.batch_tokens`` padded tokens, similar lengths together),
+  reshuffled every pass with a generator derived from ``(seed, pass)``; an epoch is one pass, or
+  ``data.steps_per_epoch`` steps of the endless stream of passes;
+* **model**: :class:`chtorch.models.Seq2SeqTransformer`, loss
+  :func:`~chtorch.models.label_smoothed_cross_entropy` (0.1 by default);
+* **evaluation** every epoch: validation NLL per target token and perplexity ``exp(NLL)``; the
+  weights of the best validation NLL are kept in ``best_model.pt``; after the last epoch the test
+  set is translated with beam search from those weights and scored with ``sacrebleu``
+  (``test_bleu``, the primary metric);
+* **percolation couplings** (paper §4.3): ``q_proj``/``k_proj`` rows and ``v_proj → o_proj``
+  chains of every attention block, ``w_1 → w_2`` of every feed-forward block, found by
+  :func:`chtorch.dst.percolation.infer_couplings`; ``model.per_head_sparsity`` budgets, removes and
+  regrows the q/k/v rows per attention head.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from chtorch.config import ConfigError, _field, register_model_schema, register_recipe_schema
+from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.rng import make_generator
+
+from chtorch.recipes.base import Recipe, register_recipe
+
+__all__ = [
+    "TranslationDataConfig",
+    "TransformerModelConfig",
+    "Translation",
+    "corpus_bleu",
+    "translate",
+    "cached_tokenizer",
+    "BEST_MODEL_NAME",
+]
+
+#: File in the run directory holding the weights (and masks) of the best validation loss.
+BEST_MODEL_NAME = "best_model.pt"
+_CORPORA = ("multi30k", "parallel", "iwslt14", "wmt17")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config schemas
+
+
+@dataclass
+class TranslationDataConfig:
+    """A parallel corpus, its tokenizer, batching and evaluation (paper Table 5)."""
+
+    name: str = _field("multi30k", "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), "
+                                   "iwslt14 or wmt17 (Hugging Face datasets)", choices=_CORPORA)
+    dir: str | None = _field(None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
+    verify: bool = _field(True, "verify the Multi30k files' checksums before reading")
+    src_lang: str = _field("en", "source language (file suffix / dataset key)")
+    tgt_lang: str = _field("de", "target language")
+    train_split: str = _field("train", "training split (file stem for data.name=parallel)")
+    val_split: str = _field("val", "validation split: selects the best checkpoint")
+    test_split: str = _field("test", "test split: BLEU (Multi30k: test = test_2016_flickr)")
+    tokenizer: str | None = _field(None, "a tokenizer file/directory to use instead of training a BPE "
+                                         "(one joint vocabulary for both languages)")
+    vocab_size: int = _field(8000, "BPE vocabulary size (special tokens included)", min=8)
+    tokenizer_kind: str = _field("whitespace", "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel",
+                                 choices=("whitespace", "bytelevel"))
+    joint_vocab: bool = _field(True, "one BPE for both languages (else one per language)")
+    min_frequency: int = _field(2, "BPE: minimum pair frequency of a merge", min=1)
+    batch_tokens: int = _field(1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1)
+    eval_batch_tokens: int = _field(4096, "padded tokens per validation-loss batch", min=1)
+    eval_batch_size: int = _field(64, "sentences per beam-search batch", min=1)
+    max_len: int = _field(100, "drop training pairs with more tokens than this on either side", min=1)
+    steps_per_epoch: int | None = _field(None, "optimizer steps per epoch (default: one pass over the training set); "
+                                               "passes continue across epochs", min=1)
+    label_smoothing: float = _field(0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    beam_size: int = _field(2, "beam size for the test translations (the paper: 2)", min=1)
+    length_penalty: float = _field(0.0, "GNMT length-penalty exponent alpha of beam search (0 = none)", min=0.0)
+    max_decode_len: int = _field(100, "longest translation generated, in tokens", min=1)
+    bleu_tokenize: str = _field("13a", "sacrebleu tokenizer for BLEU (13a = sacrebleu's default, intl, none, ...)")
+    bleu_last: bool = _field(False, "also report test_bleu_last: BLEU of the final weights (doubles decoding time)")
+    train_limit: int | None = _field(None, "use only the first N training pairs (CPU-sized runs)", min=1)
+    val_limit: int | None = _field(None, "use only the first N validation pairs", min=1)
+    test_limit: int | None = _field(None, "translate only the first N test sentences", min=1)
+
+
+@dataclass
+class TransformerModelConfig:
+    """The encoder-decoder Transformer (defaults: the paper's Multi30k model, Table 5)."""
+
+    name: str = _field("transformer", "model family")
+    d_model: int = _field(512, "model width (the paper: 512)", min=1)
+    n_heads: int = _field(8, "attention heads (the paper: 8)", min=1)
+    n_layers: int = _field(6, "encoder layers and decoder layers, each (the paper: 6)", min=1)
+    d_ff: int = _field(1024, "feed-forward width (the paper: 1024 for Multi30k, 2048 for IWSLT14/WMT17)", min=1)
+    dropout: float = _field(0.1, "dropout (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    attn_dropout: float = _field(0.1, "attention dropout (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    max_len: int = _field(256, "longest sequence the position table covers", min=2)
+    share_embeddings: bool = _field(True, "one embedding matrix for both languages (needs data.joint_vocab)")
+    tie_generator: bool = _field(False, "the output layer reuses the target embedding matrix")
+    pre_norm: bool = _field(True, "LayerNorm before each sub-layer (OpenNMT) instead of after")
+    per_head_sparsity: bool = _field(
+        False, "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
+               "the official code's --attn_qkv_per_head_dst)",
+    )
+
+
+register_recipe_schema("translation", TranslationDataConfig, ["transformer"])
+register_model_schema("transformer", TransformerModelConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared with the language-model recipe
+
+
+def cached_tokenizer(run_dir: str | os.PathLike[str] | None, subdir: str, meta: dict[str, Any],
+                     build: Callable[[], Any], save: bool = True) -> Any:
+    """The tokenizer saved in ``run_dir/subdir`` when its recorded ``meta`` (the settings it was
+    built with) equals ``meta``; else ``build()``, saved there with ``meta`` when ``save`` (only
+    the main process of a ``torchrun`` job writes; the trainer lets it set up first, so the others
+    find its file). Without a run directory, just ``build()``. A resumed run therefore reuses the
+    exact vocabulary it started with."""
+    from chtorch.data import load_tokenizer
+
+    if run_dir is None:
+        return build()
+    folder = Path(run_dir) / subdir
+    meta_path = folder / "chtorch_tokenizer.json"
+    if meta_path.is_file():
+        try:
+            saved = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = None
+        if saved == meta:
+            return load_tokenizer(folder)
+    tokenizer = build()
+    if not save:
+        return tokenizer
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder)
+    tmp = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, meta_path)
+    return tokenizer
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], tokenize: str = "13a") -> float:
+    """Corpus BLEU (0-100) of detokenized ``hypotheses`` against one reference each, computed by
+    ``sacrebleu`` (Post, 2018) with its ``tokenize`` scheme. Needs the ``chtorch[nlp]`` extra."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    try:
+        import sacrebleu
+    except ImportError as exc:
+        raise ImportError("BLEU needs sacrebleu, part of the chtorch[nlp] extra: pip install 'chtorch[nlp]'") from exc
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score)
+
+
+@torch.no_grad()
+def translate(model: nn.Module, sources: Sequence[Sequence[int]], *, bos_id: int, eos_id: int, pad_id: int,
+              beam_size: int = 2, batch_size: int = 64, max_len: int = 100, alpha: float = 0.0,
+              device: torch.device | str = "cpu") -> list[list[int]]:
+    """Beam-search translations (token ids, ``<eos>`` and padding removed) of encoded ``sources``,
+    in input order. Sentences are decoded ``batch_size`` at a time, sorted by length so a batch
+    holds little padding; an empty source yields an empty translation."""
+    from chtorch.models import beam_search
+
+    out: list[list[int]] = [[] for _ in sources]
+    order = sorted((i for i, s in enumerate(sources) if len(s) > 0), key=lambda i: len(sources[i]))
+    limit = getattr(getattr(model, "config", None), "max_len", None)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(sources[i]) for i in chunk)
+        src = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            src[row, : len(sources[i])] = torch.as_tensor(list(sources[i]), dtype=torch.long)
+        steps = max_len if limit is None else min(max_len, limit - 1)
+        decoded = beam_search(model, src.to(device), beam_size=beam_size, bos_id=bos_id, eos_id=eos_id,
+                              pad_id=pad_id, max_len=steps, alpha=alpha)
+        for row, i in enumerate(chunk):
+            ids = decoded.tokens[row].tolist()
+            cut = [t for t in itertools.takewhile(lambda t: t != eos_id, ids) if t != pad_id]
+            out[i] = cut
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def _run_dir(config: Any) -> Path | None:
+    return Path(config.run.dir) if config.run.dir else None
+
+
+@register_recipe
+class Translation(Recipe):
+    """Encoder-decoder translation; metrics ``train_loss`` (label-smoothed, per target token),
+    ``val_loss`` (NLL per target token), ``val_ppl`` = exp(val_loss), and after the last epoch
+    ``test_bleu`` from the best-validation weights (``best_epoch`` says which)."""
+
+    name = "translation"
+    primary_metric = "test_bleu"
+    higher_is_better = True
+
+    @property
+    def _main(self) -> bool:
+        """True in the process that writes files (rank 0 under ``torchrun``)."""
+        return bool(getattr(self, "is_main", True))
+
+    # -- data -------------------------------------------------------------------------------------
+    def _read_split(self, split: str) -> list[tuple[str, str]]:
+        cfg = self.config.data
+        if cfg.name == "multi30k":
+            from chtorch.data import read_multi30k
+
+            return read_multi30k(split, cfg.dir, src=cfg.src_lang, tgt=cfg.tgt_lang, verify=cfg.verify)
+        if cfg.name == "parallel":
+            from chtorch.data import read_parallel
+
+            if cfg.dir is None:
+                raise ConfigError("data.name=parallel reads {split}.{lang} files from data.dir: set data.dir", "data.dir")
+            return read_parallel(cfg.dir, split, src=cfg.src_lang, tgt=cfg.tgt_lang)
+        from chtorch.data.translation import load_hf_translation
+
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"data.name={cfg.name} comes from Hugging Face datasets, which is not installed: "
+                              "pip install datasets (or use data.name=parallel with local text files)", "data.name") from None
+        # Read from the Hugging Face cache, or downloaded when the network allows.
+        return load_hf_translation(cfg.name, split, src=cfg.src_lang, tgt=cfg.tgt_lang)
+
+    @staticmethod
+    def _limit(pairs: list[tuple[str, str]], n: int | None) -> list[tuple[str, str]]:
+        return pairs if n is None else pairs[:n]
+
+    def _tokenizers(self, train_pairs: list[tuple[str, str]]) -> tuple[Any, Any]:
+        from chtorch.data import load_tokenizer, train_bpe
+
+        cfg = self.config.data
+        if cfg.tokenizer is not None:
+            tok = load_tokenizer(cfg.tokenizer)
+            return tok, tok
+        run_dir = _run_dir(self.config)
+        base = {"kind": cfg.tokenizer_kind, "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
+                "corpus": cfg.name, "train_split": cfg.train_split, "train_limit": cfg.train_limit,
+                "src": cfg.src_lang, "tgt": cfg.tgt_lang}
+
+        def bpe(texts: list[str]) -> Callable[[], Any]:
+            return lambda: train_bpe(texts, cfg.vocab_size, kind=cfg.tokenizer_kind, min_frequency=cfg.min_frequency)
+
+        if cfg.joint_vocab:
+            texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
+            tok = cached_tokenizer(run_dir, "tokenizer", {**base, "side": "joint"}, bpe(texts), save=self._main)
+            return tok, tok
+        src = cached_tokenizer(run_dir, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]),
+                               save=self._main)
+        tgt = cached_tokenizer(run_dir, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]),
+                               save=self._main)
+        return src, tgt
+
+    def setup(self) -> None:
+        from chtorch.data import encode_pairs, filter_pairs
+        from chtorch.data.translation import token_batch_indices
+
+        cfg = self.config.data
+        if self.config.model.share_embeddings and not cfg.joint_vocab and cfg.tokenizer is None:
+            raise ConfigError("model.share_embeddings needs one joint vocabulary: set data.joint_vocab=true "
+                              "or model.share_embeddings=false", "model.share_embeddings")
+        train = self._limit(self._read_split(cfg.train_split), cfg.train_limit)
+        val = self._limit(self._read_split(cfg.val_split), cfg.val_limit)
+        test = self._limit(self._read_split(cfg.test_split), cfg.test_limit)
+        self.src_tok, self.tgt_tok = self._tokenizers(train)
+        for attr in ("pad_id", "bos_id", "eos_id"):
+            if getattr(self.src_tok, attr) != getattr(self.tgt_tok, attr):
+                raise ConfigError(f"the source and target tokenizers disagree on {attr}", "data.tokenizer")
+        self.pad_id, self.bos_id, self.eos_id = self.tgt_tok.pad_id, self.tgt_tok.bos_id, self.tgt_tok.eos_id
+        self.n_raw_train = len(train)
+        self.train_ids = filter_pairs(encode_pairs(train, self.src_tok, self.tgt_tok), cfg.max_len)
+        if not self.train_ids:
+            raise ConfigError(f"no training pair has 1..{cfg.max_len} tokens on both sides: raise data.max_len", "data.max_len")
+        # Validation loss needs non-empty sources; cap lengths at the model's position table.
+        limit = self.config.model.max_len - 1
+        self.val_ids = [(s[:limit], t[: limit - 1]) for s, t in encode_pairs(val, self.src_tok, self.tgt_tok) if len(s) > 0]
+        self.test_sources = [ids[:limit] for ids in (self.src_tok.encode_batch([s for s, _ in test])
+                                                     if hasattr(self.src_tok, "encode_batch")
+                                                     else [self.src_tok.encode(s) for s, _ in test])]
+        self.test_references = [t for _, t in test]
+        self.batches_per_pass = len(token_batch_indices(self.train_ids, cfg.batch_tokens))
+        self._pass_cache: tuple[int, list[list[int]]] | None = None
+        self._epoch = -1
+        self._best: dict[str, Any] | None = None
+
+    # -- model ------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from chtorch.models import Seq2SeqConfig, Seq2SeqTransformer
+
+        m = self.config.model
+        try:
+            config = Seq2SeqConfig(
+                src_vocab=self.src_tok.vocab_size, tgt_vocab=self.tgt_tok.vocab_size, d_model=m.d_model,
+                n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, dropout=m.dropout, attn_dropout=m.attn_dropout,
+                max_len=m.max_len, share_embeddings=m.share_embeddings, tie_generator=m.tie_generator,
+                pad_id=self.pad_id, pre_norm=m.pre_norm,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}", "model") from None
+        return Seq2SeqTransformer(config).to(self.device)
+
+    def model_dim(self) -> int | None:
+        return self.config.model.d_model
+
+    def couplings(self, model: nn.Module, layer_names: list[str]) -> list[Coupling] | None:
+        """q/k rows and v→o of every attention block, w_1→w_2 of every feed-forward block (paper
+        §4.3, the OpenNMT pairs ``(linear_keys, linear_query)``, ``(linear_values, final_linear)``,
+        ``(w_1, w_2)``), restricted to the selected layers."""
+        return infer_couplings(model, layer_names)
+
+    def sparsity_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        options = dict(options)
+        if self.config.model.per_head_sparsity and not options.get("head_groups"):
+            heads = self.config.model.n_heads
+            options["head_groups"] = {"*.q_proj": heads, "*.k_proj": heads, "*.v_proj": heads}
+        return options
+
+    # -- training ---------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.config.data.steps_per_epoch or self.batches_per_pass
+
+    def _pass(self, index: int) -> list[list[int]]:
+        """The batches (pair indices) of pass ``index`` over the training set."""
+        from chtorch.data.translation import token_batch_indices
+
+        if self._pass_cache is None or self._pass_cache[0] != index:
+            g = make_generator(self.config.run.seed, "translation-batches", index)
+            self._pass_cache = (index, token_batch_indices(self.train_ids, self.config.data.batch_tokens, g))
+        return self._pass_cache[1]
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        from chtorch.data.translation import collate_pairs
+
+        self._epoch = epoch
+        if epoch == 0 and start == 0:
+            self._forget_best()  # a fresh run: a best_model.pt left by an aborted attempt is stale
+        per_epoch = self.steps_per_epoch
+        for position in range(epoch * per_epoch + start, (epoch + 1) * per_epoch):
+            pass_index, within = divmod(position, self.batches_per_pass)
+            indices = self._pass(pass_index)[within]
+            batch = collate_pairs(self.train_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id)
+            yield batch.to(self.device)
+
+    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        from chtorch.models import label_smoothed_cross_entropy
+
+        logits = model(batch.src, batch.tgt_in)
+        loss = label_smoothed_cross_entropy(logits, batch.tgt_out, self.config.data.label_smoothing, pad_id=self.pad_id)
+        n = batch.n_tokens
+        return loss, {"loss_sum": loss.detach() * n, "tokens": n}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(1.0, float(sums.get("tokens", 0)))
+        return {"train_loss": float(sums.get("loss_sum", 0.0)) / n}
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean NLL per target token (``<eos>`` included) of the validation pairs, no smoothing."""
+        from chtorch.data.translation import collate_pairs, token_batch_indices
+        from chtorch.models import label_smoothed_cross_entropy
+
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0
+        for indices in token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens):
+            batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id,
+                                  eos_id=self.eos_id).to(self.device)
+            logits = model(batch.src, batch.tgt_in)
+            total += float(label_smoothed_cross_entropy(logits, batch.tgt_out, 0.0, pad_id=self.pad_id, reduction="sum"))
+            tokens += batch.n_tokens
+        model.train(was_training)
+        return total / max(1, tokens)
+
+    def test_bleu(self, model: nn.Module) -> tuple[float, list[str]]:
+        """(BLEU, detokenized hypotheses) of ``model`` on the test split."""
+        cfg = self.config.data
+        ids = translate(model, self.test_sources, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
+                        beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size, max_len=cfg.max_decode_len,
+                        alpha=cfg.length_penalty, device=self.device)
+        hyps = [self.tgt_tok.decode(h) for h in ids]
+        return corpus_bleu(hyps, self.test_references, cfg.bleu_tokenize), hyps
+
+    def _best_path(self) -> Path | None:
+        run_dir = _run_dir(self.config)
+        return None if run_dir is None else run_dir / BEST_MODEL_NAME
+
+    def _forget_best(self) -> None:
+        self._best = None
+        path = self._best_path()
+        if path is not None and self._main:
+            path.unlink(missing_ok=True)
+
+    def _load_best(self) -> dict[str, Any] | None:
+        if self._best is None:
+            path = self._best_path()
+            if path is not None and path.is_file():
+                self._best = torch.load(path, map_location="cpu", weights_only=True)
+        # Only evaluations of earlier epochs count (a file from a crashed attempt may be ahead).
+        if self._best is not None and int(self._best["epoch"]) > self._epoch:
+            self._best = None
+        return self._best
+
+    def _save_best(self, model: nn.Module, val_loss: float) -> None:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self._best = {"epoch": self._epoch + 1, "val_loss": val_loss, "model": state}
+        path = self._best_path()
+        if path is not None and self._main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            torch.save(self._best, tmp)
+            os.replace(tmp, path)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        val_loss = self.validation_loss(model)
+        out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        best = self._load_best()
+        if best is None or val_loss < float(best["val_loss"]) or int(best["epoch"]) == self._epoch + 1:
+            self._save_best(model, val_loss)
+            best = self._best
+        assert best is not None
+        out["best_val_loss"] = float(best["val_loss"])
+        if self._epoch + 1 >= self.config.train.epochs:
+            import copy
+
+            best_model = copy.deepcopy(model)
+            best_model.load_state_dict({k: v.to(self.device) for k, v in best["model"].items()})
+            bleu, hyps = self.test_bleu(best_model)
+            out["test_bleu"] = bleu
+            out["best_epoch"] = int(best["epoch"])
+            self._write_translations(hyps)
+            if self.config.data.bleu_last:
+                out["test_bleu_last"] = self.test_bleu(model)[0]
+        return out
+
+    def _write_translations(self, hyps: list[str]) -> None:
+        run_dir = _run_dir(self.config)
+        if run_dir is None or not self._main:
+            return
+        path = run_dir / "test_translations.txt"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config.data
+        return {
+            "corpus": cfg.name, "languages": f"{cfg.src_lang}-{cfg.tgt_lang}",
+            "train_pairs": len(self.train_ids), "train_pairs_read": self.n_raw_train,
+            "val_pairs": len(self.val_ids), "test_sentences": len(self.test_sources),
+            "src_vocab": self.src_tok.vocab_size, "tgt_vocab": self.tgt_tok.vocab_size,
+            "batches_per_pass": self.batches_per_pass, "batch_tokens": cfg.batch_tokens,
+        }

@@ -1,0 +1,204 @@
+"""Sparse x dense products of a linear layer whose weight exists only at its links.
+
+``sparse_linear(x, values, bias, layout)`` computes ``x @ W^T + bias`` for the sparse weight ``W``
+described by ``layout`` (see :mod:`chtorch.sparse.layout`) and ``values`` ``(nnz,)``, with a custom
+autograd function whose backward is truly sparse as well:
+
+* input gradient  ``dx = dy @ W``, computed as the sparse x dense product ``W^T dy^T``;
+* weight gradient only at the links: ``dvalues[k] = sum_n dy[n, rows[k]] * x[n, cols[k]]`` (a sampled
+  dense-dense product, SDDMM); the dense ``dy^T x`` is never formed;
+* bias gradient ``dy.sum(0)``.
+
+Two implementations give the same numbers (tests check both):
+
+``"csr"``    ``torch.sparse`` CSR kernels (MKL on CPU, cuSPARSE on CUDA): ``torch.sparse.mm`` for both
+             products and ``torch.sparse.sampled_addmm`` for the weight gradient. Fastest where available
+             (float32/float64 on CPU and CUDA); measured in ``benchmarks/sparse_training.py``.
+``"gather"`` plain dense tensor ops (row gathers, ``index_add_``, chunked multiply-and-sum): any dtype
+             and device, memory ``O(chunk)``; the fallback for half precision and other backends.
+
+Under ``torch.autocast`` the product runs in the weight's dtype (float32) and returns it.
+
+Reference: the CHT family regrows links from the topology alone, so no dense gradient is ever needed
+(Zhang et al., NeurIPS 2025, arXiv:2501.19107, §3); this module is what makes that a real speed-up.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from chtorch.sparse.layout import SparseLayout
+
+__all__ = ["sparse_linear", "resolve_impl", "IMPLEMENTATIONS"]
+
+IMPLEMENTATIONS = ("auto", "csr", "gather")
+
+# Elements of the (chunk, batch) temporaries of the gather implementation: 2**22 floats = 16 MiB.
+_GATHER_CHUNK_ELEMENTS = 1 << 22
+
+
+def resolve_impl(impl: str, dtype: torch.dtype, device: torch.device) -> str:
+    """The implementation ``impl`` stands for: ``"auto"`` picks ``"csr"`` for float32/float64 on CPU
+    and CUDA (torch.sparse CSR kernels exist there) and ``"gather"`` otherwise."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if dtype in (torch.float32, torch.float64) and device.type in ("cpu", "cuda"):
+        return "csr"
+    return "gather"
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # torch < 2.4 has no device argument
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # The layout is built by chtorch itself, so torch's O(nnz) invariant check is skipped (it would
+    # cost as much as a small product).
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _consume_beta_warning() -> None:
+    """torch warns once per process that CSR support is "in beta"; trigger that warning here with
+    it filtered, so that users of SparseLinear never see it (the filter itself is not kept)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _csr(torch.zeros(2, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), torch.zeros(1), (1, 1))
+
+
+_consume_beta_warning()
+
+
+# --- implementation "csr": torch.sparse kernels -------------------------------------------------
+
+
+def _csr_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+    weight = _csr(layout.crow, layout.cols, values, layout.shape)
+    if bias is None:
+        out_t = torch.sparse.mm(weight, x.t())
+    else:
+        out_t = torch.addmm(bias.unsqueeze(1), weight, x.t())
+    return out_t.t()  # (batch, out): a transposed view; the next layer's x.t() is then contiguous
+
+
+def _csr_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    weight_t = _csr(layout.crow_t, layout.col_t, values[layout.perm], (layout.in_features, layout.out_features))
+    return torch.sparse.mm(weight_t, grad_out.t()).t()
+
+
+def _csr_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    pattern = _csr(layout.crow, layout.cols, torch.zeros_like(values), layout.shape)
+    return torch.sparse.sampled_addmm(pattern, grad_out.t(), x, beta=0.0).values()
+
+
+# --- implementation "gather": dense tensor ops only ----------------------------------------------
+
+
+def _chunks(nnz: int, batch: int):
+    step = max(1, _GATHER_CHUNK_ELEMENTS // max(1, batch))
+    for start in range(0, nnz, step):
+        yield start, min(nnz, start + step)
+
+
+def _gather_spmm(
+    src_t: torch.Tensor, values: torch.Tensor, gather_index: torch.Tensor, scatter_index: torch.Tensor, n_rows: int
+) -> torch.Tensor:
+    """``out_t[scatter[k]] += values[k] * src_t[gather[k]]`` for all links ``k``; ``src_t`` is
+    ``(features, batch)`` contiguous so that every gathered row is one contiguous block."""
+    out_t = torch.zeros(n_rows, src_t.shape[1], dtype=src_t.dtype, device=src_t.device)
+    for start, stop in _chunks(values.numel(), src_t.shape[1]):
+        contrib = src_t[gather_index[start:stop]] * values[start:stop].unsqueeze(1)
+        out_t.index_add_(0, scatter_index[start:stop], contrib)
+    return out_t
+
+
+def _gather_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+    out_t = _gather_spmm(x.t().contiguous(), values, layout.cols, layout.rows, layout.out_features)
+    out = out_t.t()
+    return out if bias is None else out + bias
+
+
+def _gather_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    return _gather_spmm(grad_out.t().contiguous(), values, layout.rows, layout.cols, layout.in_features).t()
+
+
+def _gather_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    grad_t, x_t = grad_out.t().contiguous(), x.t().contiguous()
+    grad_values = torch.empty_like(values)
+    for start, stop in _chunks(values.numel(), x_t.shape[1]):
+        picked = grad_t[layout.rows[start:stop]] * x_t[layout.cols[start:stop]]
+        torch.sum(picked, dim=1, out=grad_values[start:stop])
+    return grad_values
+
+
+_KERNELS = {
+    "csr": (_csr_forward, _csr_grad_input, _csr_grad_values),
+    "gather": (_gather_forward, _gather_grad_input, _gather_grad_values),
+}
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    """``y = x @ W^T + b`` with ``W`` given by ``(values, layout)``; ``x`` is 2-D ``(batch, in)``."""
+
+    @staticmethod
+    def forward(ctx, x, values, bias, layout, impl):  # type: ignore[override]
+        forward, _, _ = _KERNELS[impl]
+        ctx.layout, ctx.impl, ctx.has_bias = layout, impl, bias is not None
+        ctx.save_for_backward(x, values)
+        # The kernels run in the weight's dtype: autocast must not recast their operands.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return forward(x, values, bias, layout)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, values = ctx.saved_tensors
+        _, grad_input_fn, grad_values_fn = _KERNELS[ctx.impl]
+        grad_x = grad_values = grad_bias = None
+        grad_out = grad_out.to(values.dtype)
+        with torch.autocast(device_type=grad_out.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_x = grad_input_fn(grad_out, values, ctx.layout)
+            if ctx.needs_input_grad[1]:
+                grad_values = grad_values_fn(grad_out, x, values, ctx.layout)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                grad_bias = grad_out.sum(0)
+        return grad_x, grad_values, grad_bias, None, None
+
+
+def sparse_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: SparseLayout,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """``x @ W^T + bias`` with the sparse weight ``W`` ``(out, in)`` given by ``values`` ``(nnz,)`` in
+    the CSR order of ``layout``.
+
+    ``x``: ``(..., in_features)`` (any leading dims, or 1-D); returns ``(..., out_features)``.
+    Differentiable in ``x``, ``values`` and ``bias``; gradients are computed only where needed.
+    """
+    if x.shape[-1] != layout.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features in its last dim, the layer expects {layout.in_features}")
+    if values.shape != (layout.nnz,):
+        raise ValueError(f"values must have shape ({layout.nnz},) to match the layout, got {tuple(values.shape)}")
+    if x.dtype != values.dtype:
+        if not _autocast_enabled(x.device.type):
+            raise TypeError(f"input dtype {x.dtype} differs from the weight dtype {values.dtype}; cast one of them")
+        # Under autocast the sparse product runs in the weight's precision (sparse kernels for
+        # float16/bfloat16 are not available everywhere) and returns that dtype, as autocast's
+        # float32-list ops do; the gradient flows back to x in x's dtype.
+        x = x.to(values.dtype)
+    impl = resolve_impl(impl, values.dtype, values.device)
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, layout.in_features)
+    out = _SparseLinearFunction.apply(x2d, values, bias, layout, impl)
+    return out.reshape(*lead, layout.out_features)

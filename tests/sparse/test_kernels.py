@@ -1,0 +1,579 @@
+"""SparseLinear (truly sparse backend) against the masked dense Linear it replaces."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from chtorch.sparse import (
+    SparseInferenceLinear,
+    SparseLinear,
+    TopologyChange,
+    align_optimizer_state,
+    build_layout,
+    sparse_linear,
+    to_dense,
+    to_sparse,
+)
+
+IMPLS = ["csr", "gather"]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _random_mask(n_out: int, n_in: int, density: float, seed: int) -> torch.Tensor:
+    return torch.rand(n_out, n_in, generator=_gen(seed)) < density
+
+
+def _masked_linear(n_in: int, n_out: int, mask: torch.Tensor, seed: int = 0, bias: bool = True) -> nn.Linear:
+    """The masked backend's layer: dense weight, zero off the mask, bool `weight_mask` buffer."""
+    torch.manual_seed(seed)  # nn.Linear's init draws from the global RNG; tests own it
+    linear = nn.Linear(n_in, n_out, bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    linear.register_buffer("weight_mask", mask.clone())
+    return linear
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+def test_layout_hand_worked():
+    mask = torch.tensor([[0, 1, 1], [0, 0, 0], [1, 0, 1]], dtype=torch.bool)
+    layout = build_layout(mask)
+    assert layout.rows.tolist() == [0, 0, 2, 2]
+    assert layout.cols.tolist() == [1, 2, 0, 2]
+    assert layout.crow.tolist() == [0, 2, 2, 4]
+    # W^T in CSR: column 0 -> row 2; column 1 -> row 0; column 2 -> rows 0, 2
+    assert layout.crow_t.tolist() == [0, 1, 2, 4]
+    assert layout.col_t.tolist() == [2, 0, 0, 2]
+    assert layout.perm.tolist() == [2, 0, 1, 3]
+
+
+def test_layout_rejects_non_bool():
+    with pytest.raises(ValueError, match="bool"):
+        build_layout(torch.ones(2, 3))
+
+
+# --- forward / backward equivalence ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(7, 13), (4, 5, 13), (13,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_backward_match_masked_linear(impl, shape, bias):
+    mask = _random_mask(11, 13, 0.3, seed=1)
+    dense = _masked_linear(13, 11, mask, bias=bias)
+    sparse = SparseLinear.from_linear(dense, impl=impl)
+    x = torch.randn(*shape, generator=_gen(2), requires_grad=True)
+    y_ref, y = dense(x), sparse(x)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+
+    grad_out = torch.randn(y.shape, generator=_gen(3))
+    inputs_ref = [x, dense.weight] + ([dense.bias] if bias else [])
+    inputs = [x, sparse.values] + ([sparse.bias] if bias else [])
+    grads_ref = torch.autograd.grad(y_ref, inputs_ref, grad_out)
+    grads = torch.autograd.grad(y, inputs, grad_out)
+    torch.testing.assert_close(grads[0], grads_ref[0], rtol=1e-5, atol=1e-6)  # input
+    torch.testing.assert_close(grads[1], grads_ref[1][mask], rtol=1e-5, atol=1e-6)  # weight at links
+    if bias:
+        torch.testing.assert_close(grads[2], grads_ref[2], rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_out=st.integers(1, 9),
+    n_in=st.integers(1, 9),
+    batch=st.integers(1, 6),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+    impl=st.sampled_from(IMPLS),
+)
+def test_property_matches_dense_product(n_out, n_in, batch, density, seed, impl):
+    mask = _random_mask(n_out, n_in, density, seed)
+    weight = torch.randn(n_out, n_in, generator=_gen(seed + 1)) * mask
+    layout = build_layout(mask)
+    values = weight[mask].requires_grad_(True)
+    x = torch.randn(batch, n_in, generator=_gen(seed + 2), requires_grad=True)
+    y = sparse_linear(x, values, None, layout, impl)
+    torch.testing.assert_close(y, x @ weight.t(), rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(batch, n_out, generator=_gen(seed + 3))
+    gx, gv = torch.autograd.grad(y, (x, values), grad_out)
+    torch.testing.assert_close(gx, grad_out @ weight, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gv, (grad_out.t() @ x.detach())[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_gather_chunks_give_the_same_result(monkeypatch):
+    import chtorch.sparse.functional as functional
+
+    mask = _random_mask(9, 11, 0.5, seed=30)
+    dense = _masked_linear(11, 9, mask)
+    sparse = SparseLinear.from_linear(dense, impl="gather")
+    x = torch.randn(6, 11, generator=_gen(31), requires_grad=True)
+    monkeypatch.setattr(functional, "_GATHER_CHUNK_ELEMENTS", 13)  # 2 links of 6 samples per chunk
+    y = sparse(x)
+    torch.testing.assert_close(y, dense(x), rtol=1e-5, atol=1e-6)
+    gx, gv = torch.autograd.grad(y.square().sum(), (x, sparse.values))
+    gx_ref, gw_ref = torch.autograd.grad(dense(x).square().sum(), (x, dense.weight))
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gv, gw_ref[mask], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck_float64(impl):
+    mask = _random_mask(4, 5, 0.5, seed=4)
+    layout = build_layout(mask)
+    values = torch.randn(layout.nnz, dtype=torch.float64, generator=_gen(5), requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, generator=_gen(6), requires_grad=True)
+    x = torch.randn(3, 5, dtype=torch.float64, generator=_gen(7), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, v, b: sparse_linear(a, v, b, layout, impl), (x, values, bias))
+
+
+def test_input_without_grad_gets_no_input_gradient_work():
+    mask = _random_mask(6, 8, 0.4, seed=8)
+    sparse = SparseLinear.from_linear(_masked_linear(8, 6, mask))
+    x = torch.randn(5, 8)  # data: needs no gradient, as the first layer's input
+    sparse(x).sum().backward()
+    assert sparse.values.grad.shape == (sparse.nnz,)
+    assert x.grad is None
+
+
+def test_output_supports_head_views():
+    """Transformer code splits projections with .view(B, T, H, D); the (transposed) output allows it."""
+    sparse = SparseLinear(8, 12, _random_mask(12, 8, 0.5, seed=9), impl="csr")
+    y = sparse(torch.randn(2, 3, 8))
+    assert y.view(2, 3, 4, 3).shape == (2, 3, 4, 3)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_runs_in_weight_precision(impl):
+    mask = _random_mask(6, 8, 0.5, seed=27)
+    dense = _masked_linear(8, 6, mask)
+    sparse = SparseLinear.from_linear(dense, impl=impl)
+    x = torch.randn(3, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sparse(x.to(torch.bfloat16))
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert x.grad is not None and sparse.values.grad is not None
+    torch.testing.assert_close(y, dense(x.to(torch.bfloat16).float()), rtol=1e-5, atol=1e-5)
+
+
+def test_zero_batch():
+    sparse = SparseLinear(5, 4, _random_mask(4, 5, 0.5, seed=28))
+    for impl in IMPLS:
+        sparse.impl = impl
+        y = sparse(torch.randn(0, 5))
+        assert y.shape == (0, 4)
+        y.sum().backward()
+        assert torch.equal(sparse.values.grad, torch.zeros(sparse.nnz))
+        sparse.values.grad = None
+
+
+def test_empty_mask_gives_bias():
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    for impl in IMPLS:
+        sparse = SparseLinear(4, 3, mask, impl=impl)
+        x = torch.randn(2, 4, requires_grad=True)
+        y = sparse(x)
+        torch.testing.assert_close(y, sparse.bias.expand(2, 3))
+        y.sum().backward()
+        assert torch.equal(x.grad, torch.zeros(2, 4))
+        assert sparse.values.grad.shape == (0,)
+
+
+def test_double_and_deepcopy():
+    mask = _random_mask(5, 6, 0.5, seed=10)
+    dense = _masked_linear(6, 5, mask).double()
+    sparse = copy.deepcopy(SparseLinear.from_linear(dense)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(sparse(x), dense(x))
+    assert sparse.rows.dtype == torch.int64 and sparse.weight_mask.dtype == torch.bool
+
+
+def test_errors_are_clear():
+    with pytest.raises(ValueError, match="bool"):
+        SparseLinear(4, 3, torch.ones(3, 4))
+    with pytest.raises(ValueError, match="shape"):
+        SparseLinear(4, 3, torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="impl"):
+        SparseLinear(4, 3, impl="fast")
+    with pytest.raises(ValueError, match="weight_mask"):
+        SparseLinear.from_linear(nn.Linear(4, 3))
+    sparse = SparseLinear(4, 3)
+    with pytest.raises(ValueError, match="features"):
+        sparse(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="dtype"):
+        sparse(torch.randn(2, 4, dtype=torch.float64))
+
+
+def test_from_linear_shares_bias_and_reads_weight():
+    mask = _random_mask(5, 7, 0.4, seed=11)
+    dense = _masked_linear(7, 5, mask)
+    sparse = SparseLinear.from_linear(dense)
+    assert sparse.bias is dense.bias
+    assert torch.equal(sparse.dense_weight(), dense.weight.detach())
+    assert sparse.nnz == int(mask.sum())
+    assert torch.equal(sparse.weight_mask, mask)
+
+
+# --- set_mask --------------------------------------------------------------------------------
+
+
+def test_set_mask_hand_worked_with_adam_state():
+    mask = torch.tensor([[1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    sparse = SparseLinear(3, 2, mask, bias=False)
+    with torch.no_grad():
+        sparse.values.copy_(torch.tensor([1.0, 2.0, 3.0]))  # links (0,0) (0,1) (1,1)
+    opt = torch.optim.Adam(sparse.parameters(), lr=0.1)
+    param = sparse.values
+    opt.state[param]["exp_avg"] = torch.tensor([10.0, 20.0, 30.0])
+    opt.state[param]["exp_avg_sq"] = torch.tensor([100.0, 200.0, 300.0])
+    opt.state[param]["step"] = torch.tensor(7.0)
+    param.grad = torch.tensor([0.1, 0.2, 0.3])
+
+    new_mask = torch.tensor([[0, 1, 1], [1, 1, 0]], dtype=torch.bool)  # drop (0,0); add (0,2), (1,0)
+    change = sparse.set_mask(new_mask, opt)
+    assert change == TopologyChange(kept=2, added=2, removed=1)
+    assert sparse.values is param  # same Parameter object, resized in place
+    assert param.tolist() == [2.0, 0.0, 0.0, 3.0]  # links (0,1) (0,2) (1,0) (1,1)
+    assert opt.state[param]["exp_avg"].tolist() == [20.0, 0.0, 0.0, 30.0]
+    assert opt.state[param]["exp_avg_sq"].tolist() == [200.0, 0.0, 0.0, 300.0]
+    assert opt.state[param]["step"].item() == 7.0
+    assert torch.allclose(param.grad, torch.tensor([0.2, 0.0, 0.0, 0.3]))
+    assert torch.equal(sparse.weight_mask, new_mask)
+    assert torch.equal(sparse.dense_weight(), torch.tensor([[0.0, 2.0, 0.0], [0.0, 3.0, 0.0]]))
+
+
+@pytest.mark.parametrize(
+    "new_values, expected",
+    [
+        (0.5, [2.0, 0.5, 0.5, 3.0]),
+        (torch.tensor([7.0, 8.0]), [2.0, 7.0, 8.0, 3.0]),
+        (torch.arange(6.0).reshape(2, 3), [2.0, 2.0, 3.0, 3.0]),
+    ],
+)
+def test_set_mask_new_values(new_values, expected):
+    sparse = SparseLinear(3, 2, torch.tensor([[1, 1, 0], [0, 1, 0]], dtype=torch.bool), bias=False)
+    with torch.no_grad():
+        sparse.values.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    sparse.set_mask(torch.tensor([[0, 1, 1], [1, 1, 0]], dtype=torch.bool), new_values=new_values)
+    assert sparse.values.tolist() == expected
+
+
+def test_set_mask_reset_treats_existing_links_as_new():
+    """A link removed and regrown in one update restarts at 0 with zero state (masked `fresh`)."""
+    sparse = SparseLinear(3, 2, torch.tensor([[1, 1, 0], [0, 1, 0]], dtype=torch.bool), bias=False)
+    with torch.no_grad():
+        sparse.values.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    opt = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9)
+    opt.state[sparse.values]["momentum_buffer"] = torch.tensor([4.0, 5.0, 6.0])
+    reset = torch.zeros(2, 3, dtype=torch.bool)
+    reset[0, 1] = True
+    change = sparse.set_mask(sparse.weight_mask.clone(), opt, reset=reset)
+    assert change == TopologyChange(kept=2, added=1, removed=1)
+    assert sparse.values.tolist() == [1.0, 0.0, 3.0]
+    assert opt.state[sparse.values]["momentum_buffer"].tolist() == [4.0, 0.0, 6.0]
+
+
+def test_set_mask_rejects_bad_new_values():
+    sparse = SparseLinear(3, 2, torch.tensor([[1, 0, 0], [0, 0, 0]], dtype=torch.bool))
+    with pytest.raises(ValueError, match="new_values"):
+        sparse.set_mask(torch.ones(2, 3, dtype=torch.bool), new_values=torch.ones(4))
+
+
+def test_set_mask_accepts_edited_buffer_and_shrinks():
+    """The engine may edit weight_mask in place and then call set_mask(module.weight_mask)."""
+    mask = _random_mask(8, 9, 0.5, seed=12)
+    sparse = SparseLinear(9, 8, mask)
+    before = sparse.dense_weight().detach().clone()
+    drop = mask & (torch.rand(8, 9, generator=_gen(13)) < 0.5)
+    sparse.weight_mask[drop] = False
+    change = sparse.set_mask(sparse.weight_mask)
+    assert change.added == 0 and change.removed == int(drop.sum())
+    assert sparse.nnz == int((mask & ~drop).sum())
+    torch.testing.assert_close(sparse.dense_weight(), before * (mask & ~drop))
+
+
+def test_set_mask_sgd_momentum_and_identity_in_optimizer():
+    mask = _random_mask(6, 7, 0.4, seed=14)
+    sparse = SparseLinear(7, 6, mask)
+    opt = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9)
+    sparse(torch.randn(4, 7)).sum().backward()
+    opt.step()
+    momentum = opt.state[sparse.values]["momentum_buffer"].clone()
+    new_mask = mask.clone()
+    new_mask[0] = ~new_mask[0]
+    sparse.set_mask(new_mask, opt)
+    buf = opt.state[sparse.values]["momentum_buffer"]
+    assert buf.shape == sparse.values.shape
+    old_dense = torch.zeros(6, 7).index_put_(mask.nonzero(as_tuple=True), momentum)
+    torch.testing.assert_close(torch.zeros(6, 7).index_put_(new_mask.nonzero(as_tuple=True), buf), old_dense * new_mask)
+    assert opt.param_groups[0]["params"][0] is sparse.values
+    opt.zero_grad()
+    sparse(torch.randn(4, 7)).sum().backward()  # shapes agree after the resize
+    opt.step()
+
+
+# --- a short training run: sparse backend == masked backend -----------------------------------
+
+
+def _mask_state(opt: torch.optim.Optimizer, param: torch.Tensor, mask: torch.Tensor) -> None:
+    for value in opt.state.get(param, {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value.mul_(mask)
+
+
+def _train_both(make_opt, impl: str, masks_over_time, steps_per_mask: int = 3):
+    """Train a masked 2-layer MLP and its sparse twin side by side; return both models."""
+    sizes = (10, 12, 9, 4)
+    first = masks_over_time[0]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.ReLU(), nn.Linear(sizes[1], sizes[2]), nn.ReLU(), nn.Linear(sizes[2], sizes[3]))
+    names = ["0", "2"]
+    for name, mask in zip(names, first):
+        layer = model.get_submodule(name)
+        with torch.no_grad():
+            layer.weight.mul_(mask)
+        layer.register_buffer("weight_mask", mask.clone())
+    twin = copy.deepcopy(model)
+    opt_masked = make_opt(model.parameters())
+    opt_sparse = make_opt(twin.parameters())
+    to_sparse(twin, names, optimizer=opt_sparse, impl=impl)
+    current = [m.clone() for m in first]
+    hooks = [model.get_submodule(n).weight.register_hook(lambda g, i=i: g * current[i]) for i, n in enumerate(names)]
+    data = torch.Generator().manual_seed(99)
+    for phase, masks in enumerate(masks_over_time):
+        if phase > 0:  # topology update: masked backend zeroes weights and state off the new mask
+            for i, (name, mask) in enumerate(zip(names, masks)):
+                current[i] = mask.clone()
+                layer = model.get_submodule(name)
+                with torch.no_grad():
+                    layer.weight.mul_(mask)
+                    layer.weight_mask.copy_(mask)
+                _mask_state(opt_masked, layer.weight, mask)
+                twin.get_submodule(name).set_mask(mask, opt_sparse)
+        for _ in range(steps_per_mask):
+            x = torch.randn(8, sizes[0], generator=data)
+            y = torch.randint(0, sizes[3], (8,), generator=data)
+            for net, opt in ((model, opt_masked), (twin, opt_sparse)):
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+            for i, name in enumerate(names):  # masked backend hygiene after the step
+                layer = model.get_submodule(name)
+                with torch.no_grad():
+                    layer.weight.mul_(current[i])
+                _mask_state(opt_masked, layer.weight, current[i])
+    for h in hooks:
+        h.remove()
+    return model, twin
+
+
+def _mask_sequence(shrink: bool):
+    shapes = [(12, 10), (9, 12)]
+    seqs = []
+    for phase in range(3):
+        density = 0.5 - (0.15 * phase if shrink else 0.0)
+        seqs.append([_random_mask(o, i, density, seed=100 + 10 * phase + k) for k, (o, i) in enumerate(shapes)])
+    return seqs
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.01),
+    ],
+    ids=["sgd-momentum", "adamw"],
+)
+@pytest.mark.parametrize("shrink", [False, True], ids=["fixed-nnz", "shrinking-nnz"])
+def test_training_run_matches_masked_backend(impl, make_opt, shrink):
+    model, twin = _train_both(make_opt, impl, _mask_sequence(shrink))
+    ref, got = model.state_dict(), twin.state_dict()
+    assert set(ref) == set(got)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5, msg=f"{key} differs")
+    # the run really trained: weights moved away from their initial values
+    untrained, _ = _train_both(make_opt, impl, _mask_sequence(shrink)[:1], steps_per_mask=0)
+    assert not torch.allclose(ref["4.weight"], untrained.state_dict()["4.weight"])
+
+
+# --- state_dict across backends ---------------------------------------------------------------
+
+
+def test_state_dict_keys_and_values_match_masked_backend():
+    mask = _random_mask(5, 6, 0.5, seed=15)
+    dense = _masked_linear(6, 5, mask)
+    sparse = SparseLinear.from_linear(dense)
+    ref, got = dense.state_dict(), sparse.state_dict()
+    assert list(got) == list(ref) == ["weight", "bias", "weight_mask"]
+    for key in ref:
+        assert torch.equal(got[key], ref[key])
+
+
+def test_checkpoint_loads_masked_into_sparse_with_other_topology():
+    src = _masked_linear(6, 5, _random_mask(5, 6, 0.6, seed=16), seed=1)
+    dst = SparseLinear(6, 5, _random_mask(5, 6, 0.2, seed=17))
+    param = dst.values
+    result = dst.load_state_dict(src.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert dst.values is param and dst.nnz == int(src.weight_mask.sum())
+    assert torch.equal(dst.dense_weight(), src.weight.detach())
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(dst(x), src(x))
+
+
+def test_checkpoint_loads_sparse_into_masked():
+    src = SparseLinear(6, 5, _random_mask(5, 6, 0.4, seed=18), generator=_gen(19))
+    dst = _masked_linear(6, 5, _random_mask(5, 6, 0.4, seed=20))
+    dst.load_state_dict(src.state_dict(), strict=True)
+    assert torch.equal(dst.weight_mask, src.weight_mask)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(dst(x), src(x))
+
+
+def test_model_checkpoint_round_trip_across_backends():
+    masks = {"0": _random_mask(12, 10, 0.3, seed=21), "2": _random_mask(4, 12, 0.3, seed=22)}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 4))
+    for name, mask in masks.items():
+        with torch.no_grad():
+            model.get_submodule(name).weight.mul_(mask)
+        model.get_submodule(name).register_buffer("weight_mask", mask.clone())
+    sparse_model = copy.deepcopy(model)
+    to_sparse(sparse_model)
+    back = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in back.parameters():
+            p.zero_()
+    back.load_state_dict(sparse_model.state_dict(), strict=True)
+    x = torch.randn(5, 10)
+    torch.testing.assert_close(back(x), model(x))
+    torch.testing.assert_close(sparse_model(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_load_reports_missing_weight_and_size_mismatch():
+    sparse = SparseLinear(6, 5, _random_mask(5, 6, 0.4, seed=23))
+    result = sparse.load_state_dict({"weight_mask": sparse.weight_mask.clone()}, strict=False)
+    assert "weight" in result.missing_keys and "values" not in result.missing_keys
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        sparse.load_state_dict({"weight": torch.zeros(4, 4), "bias": torch.zeros(5), "weight_mask": sparse.weight_mask})
+
+
+def test_load_dense_checkpoint_without_mask_keeps_topology():
+    mask = _random_mask(5, 6, 0.4, seed=24)
+    sparse = SparseLinear(6, 5, mask)
+    plain = nn.Linear(6, 5)
+    result = sparse.load_state_dict(plain.state_dict(), strict=False)
+    assert result.missing_keys == ["weight_mask"]
+    assert torch.equal(sparse.weight_mask, mask)
+    assert torch.equal(sparse.dense_weight(), plain.weight.detach() * mask)
+
+
+# --- to_sparse / to_dense ----------------------------------------------------------------------
+
+
+def test_to_sparse_moves_optimizer_entry_and_state_and_back():
+    mask = _random_mask(6, 5, 0.5, seed=25)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(mask)
+    opt = torch.optim.Adam([{"params": [model[0].weight, model[0].bias], "lr": 0.1}, {"params": model[2].parameters()}])
+    model(torch.randn(3, 5)).sum().backward()
+    opt.step()
+    dense_weight = model[0].weight
+    exp_avg = opt.state[dense_weight]["exp_avg"].clone()
+    replaced = to_sparse(model, ["0"], {"0": mask}, opt)
+    sparse = replaced["0"]
+    assert model[0] is sparse and isinstance(sparse, SparseLinear)
+    assert opt.param_groups[0]["params"][0] is sparse.values
+    assert opt.param_groups[0]["params"][1] is sparse.bias
+    assert dense_weight not in opt.state
+    assert torch.equal(opt.state[sparse.values]["exp_avg"], exp_avg[mask])
+    assert opt.state[sparse.values]["step"] == opt.state[sparse.bias]["step"]
+
+    back = to_dense(model, optimizer=opt)["0"]
+    assert type(back) is nn.Linear and torch.equal(back.weight_mask, mask)
+    assert opt.param_groups[0]["params"][0] is back.weight
+    assert torch.equal(opt.state[back.weight]["exp_avg"], exp_avg * mask)
+    assert torch.equal(back.weight.detach(), dense_weight.detach() * mask)  # off-link entries are dropped
+
+
+@pytest.mark.parametrize("direction", ["masked->sparse", "sparse->masked"])
+def test_resume_across_backends_with_optimizer_state(direction):
+    """Checkpoint (model + optimizer) from one backend resumes the other; training then agrees."""
+    masks = {"0": _random_mask(12, 10, 0.4, seed=29)}
+    make_opt = lambda params: torch.optim.Adam(params, lr=0.01)
+
+    def build(sparse: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 3))
+        _ = model[0].register_buffer("weight_mask", masks["0"].clone())
+        with torch.no_grad():
+            model[0].weight.mul_(masks["0"])
+        opt = make_opt(model.parameters())
+        if sparse:
+            to_sparse(model, optimizer=opt)
+        return model, opt
+
+    def train(model, opt, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        hook = None
+        if not isinstance(model[0], SparseLinear):
+            hook = model[0].weight.register_hook(lambda grad: grad * model[0].weight_mask)
+        for _ in range(steps):
+            opt.zero_grad()
+            model(torch.randn(6, 10, generator=g)).square().mean().backward()
+            opt.step()
+        if hook is not None:
+            hook.remove()
+
+    src_sparse = direction == "sparse->masked"
+    src, src_opt = build(src_sparse)
+    train(src, src_opt, 3, seed=1)
+    dst, dst_opt = build(not src_sparse)
+    # deep copies, as a checkpoint file gives: torch shares Adam's `step` tensors on an in-memory load
+    dst.load_state_dict(copy.deepcopy(src.state_dict()))
+    dst_opt.load_state_dict(copy.deepcopy(src_opt.state_dict()))
+    assert align_optimizer_state(dst_opt, dst) == 2  # exp_avg and exp_avg_sq of the sparse layer
+    train(src, src_opt, 3, seed=2)
+    train(dst, dst_opt, 3, seed=2)
+    for key, value in src.state_dict().items():
+        torch.testing.assert_close(dst.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_to_sparse_errors():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="weight_mask"):
+        to_sparse(model)
+    with pytest.raises(TypeError, match="not an nn.Linear"):
+        to_sparse(model, ["1"], {"1": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="not in names"):
+        to_sparse(model, ["0"], {"x": torch.ones(3, 3, dtype=torch.bool)})
+
+
+# --- inference layer --------------------------------------------------------------------------
+
+
+def test_sparse_inference_linear_matches_and_round_trips():
+    mask = _random_mask(7, 9, 0.3, seed=26)
+    dense = _masked_linear(9, 7, mask)
+    layer = SparseInferenceLinear(dense.weight, dense.bias, mask)
+    x = torch.randn(2, 3, 9)
+    torch.testing.assert_close(layer(x), dense(x).detach(), rtol=1e-5, atol=1e-6)
+    assert layer.nnz == int(mask.sum()) and not list(layer.parameters())
+    other = SparseInferenceLinear(torch.randn(7, 9), torch.zeros(7))
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x), layer(x))
+    assert torch.equal(other.dense_weight(), dense.weight.detach())
