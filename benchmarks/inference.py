@@ -27,13 +27,12 @@ import sys
 import torch
 from torch import nn
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from chtorch.compaction import compact, export_report, find_dead_neurons, to_sparse_inference
 from chtorch.masks import link_budget
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SIZES = (784, 1568, 1568, 1568, 10)
 NAMES = ["0", "2", "4", "6"]  # nn.Sequential indices of the four Linear layers (the last is dense)
-
 
 
 def percolated_mask(n_out, n_in, density, active_out, active_in, generator) -> torch.Tensor:
@@ -77,8 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--density", type=float, default=0.01)
-    parser.add_argument("--active", type=float, nargs="+", default=[0.27, 1.0],
-                        help="fraction of active hidden neurons (0.27 = CHTsn's ANP on MNIST, Table 7)")
+    parser.add_argument(
+        "--active",
+        type=float,
+        nargs="+",
+        default=[0.27, 1.0],
+        help="fraction of active hidden neurons (0.27 = CHTsn's ANP on MNIST, Table 7)",
+    )
     parser.add_argument("--max-density", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=50)

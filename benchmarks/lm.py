@@ -25,9 +25,19 @@ from translation import ROOT, hardware_lines, overhead_cell, sparsity_cell, swee
 
 #: The CPU-sized budget (on top of configs/lm_shakespeare_cpu.yaml).
 LM_OVERRIDES = [
-    "model.size=tiny", "model.d_model=128", "model.n_layers=4", "model.n_heads=4", "model.d_ff=344",
-    "data.seq_len=128", "data.batch_size=16", "data.steps_per_epoch=100", "train.epochs=8",
-    "optim.lr=3e-3", "optim.final_lr=3e-4", "optim.warmup_steps=80", "optim.rewarmup_steps=10",
+    "model.size=tiny",
+    "model.d_model=128",
+    "model.n_layers=4",
+    "model.n_heads=4",
+    "model.d_ff=344",
+    "data.seq_len=128",
+    "data.batch_size=16",
+    "data.steps_per_epoch=100",
+    "train.epochs=8",
+    "optim.lr=3e-3",
+    "optim.final_lr=3e-4",
+    "optim.warmup_steps=80",
+    "optim.rewarmup_steps=10",
     "sparsity.update_interval=50",
 ]
 
@@ -73,17 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Tiny LLaMA on tiny-shakespeare (characters): validation perplexity of dense vs CHTs vs CHTss", ""]
     lines += hardware_lines(args.threads)
     config = Path(args.config)
-    lines += [f"- command: `python benchmarks/lm.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-              f"- config: `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}` "
-              f"with `{' '.join(LM_OVERRIDES + args.overrides)}`", "- seed 0, one run per cell", ""]
+    lines += [
+        f"- command: `python benchmarks/lm.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- config: `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}` "
+        f"with `{' '.join(LM_OVERRIDES + args.overrides)}`",
+        "- seed 0, one run per cell",
+        "",
+    ]
     done = [r for r in results if "error" not in r]
     if done:
         d = done[0].get("data", {})
-        lines += [f"Data: {d.get('train_tokens')} training / {d.get('val_tokens')} validation characters "
-                  f"(vocabulary {d.get('vocab_size')}); {done[0].get('parameters')} parameters (dense); "
-                  f"{done[0].get('steps')} steps of {d.get('batch_size')} × {d.get('seq_len')} tokens.", ""]
-    lines += ["| method | sparsity | val ppl | best val ppl (epoch) | ANP | density | wall | topology updates |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Data: {d.get('train_tokens')} training / {d.get('val_tokens')} validation characters "
+            f"(vocabulary {d.get('vocab_size')}); {done[0].get('parameters')} parameters (dense); "
+            f"{done[0].get('steps')} steps of {d.get('batch_size')} × {d.get('seq_len')} tokens.",
+            "",
+        ]
+    lines += [
+        "| method | sparsity | val ppl | best val ppl (epoch) | ANP | density | wall | topology updates |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['sparsity']:g} | failed: {r['error']} | | | | | |")
@@ -95,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * f.get('active_neurons', 1.0):.1f}% | {f.get('density', 1.0):.4f} | "
             f"{r.get('wall') or r['seconds']:.0f}s | {overhead_cell(r)} |"
         )
-    lines += ["", "ANP = active neurons (percent of neurons of the sparse layers that keep links). Topology updates = "
-              "share of the training-step wall time (evaluation excluded) spent in topology updates (count × mean time).",
-              "", PAPER_TABLE_3]
+    lines += [
+        "",
+        "ANP = active neurons (percent of neurons of the sparse layers that keep links). Topology updates = "
+        "share of the training-step wall time (evaluation excluded) spent in topology updates (count × mean time).",
+        "",
+        PAPER_TABLE_3,
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from chtorch.config import load_config
 from chtorch.train import compare
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,6 @@ PAPER = {
 }
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="directory holding the MNIST .gz files")
@@ -47,16 +46,25 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=8000, help="training images used (the paper: all 60000)")
     parser.add_argument("--hidden", type=int, default=1568, help="hidden width (the paper: 1568)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
-    parser.add_argument("--backend", default="masked", choices=("masked", "sparse", "auto"),
-                        help="sparse-layer execution (auto: truly sparse where the method and density allow)")
+    parser.add_argument(
+        "--backend",
+        default="masked",
+        choices=("masked", "sparse", "auto"),
+        help="sparse-layer execution (auto: truly sparse where the method and density allow)",
+    )
     parser.add_argument("--out", default="runs/bench_mlp_mnist")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
     overrides = [
-        f"data.dir={args.data}", f"train.epochs={args.epochs}", f"data.train_limit={args.train_limit}",
-        f"model.hidden=[{args.hidden},{args.hidden},{args.hidden}]", "train.plots=false", "train.progress=lines",
-        f"run.threads={args.threads}", f"sparsity.backend={args.backend}",
+        f"data.dir={args.data}",
+        f"train.epochs={args.epochs}",
+        f"data.train_limit={args.train_limit}",
+        f"model.hidden=[{args.hidden},{args.hidden},{args.hidden}]",
+        "train.plots=false",
+        "train.progress=lines",
+        f"run.threads={args.threads}",
+        f"sparsity.backend={args.backend}",
     ]
     config = load_config(ROOT / "configs" / "mlp_mnist_paper.yaml", overrides)
     methods = [m.strip() for m in args.methods.split(",")]
@@ -65,18 +73,24 @@ def main() -> None:
     result = compare(config, methods, seeds, args.out)
     minutes = (time.perf_counter() - start) / 60
 
-    lines = ["| method | measured accuracy (%) | measured ANP (%) | density | paper accuracy (%) | paper ANP (%) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | measured accuracy (%) | measured ANP (%) | density | paper accuracy (%) | paper ANP (%) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for row in result.rows:
         err = f" ± {100 * row['stderr']:.2f}" if row["stderr"] is not None else ""
         paper_acc, paper_anp = PAPER.get(row["method"], ("-", "-"))
-        lines.append(f"| {row['method']} | {100 * row['mean']:.2f}{err} | {100 * row['active_neurons']:.1f} | "
-                     f"{row['density']:.4f} | {paper_acc} | {paper_anp} |")
+        lines.append(
+            f"| {row['method']} | {100 * row['mean']:.2f}{err} | {100 * row['active_neurons']:.1f} | "
+            f"{row['density']:.4f} | {paper_acc} | {paper_anp} |"
+        )
     table = "\n".join(lines)
     steps = result.runs[0]["steps"]
-    budget = (f"{args.epochs} epochs over the first {args.train_limit} training images ({steps} optimizer steps, "
-              f"one topology update per epoch) for every method, seeds {args.seeds}; the paper: 100 epochs over "
-              "60000 images, 3 seeds")
+    budget = (
+        f"{args.epochs} epochs over the first {args.train_limit} training images ({steps} optimizer steps, "
+        f"one topology update per epoch) for every method, seeds {args.seeds}; the paper: 100 epochs over "
+        "60000 images, 3 seeds"
+    )
     print()
     print(f"Budget: {budget}")
     print(table)
@@ -84,9 +98,11 @@ def main() -> None:
     date = datetime.date.today().isoformat()
     path = Path(args.results) / f"mlp-mnist-compare-cpu-{date}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = (f"python benchmarks/mlp_mnist_compare.py --data {args.data} --methods {args.methods} --seeds {args.seeds} "
-           f"--epochs {args.epochs} --train-limit {args.train_limit} --hidden {args.hidden} --threads {args.threads} "
-           f"--backend {args.backend}")
+    cmd = (
+        f"python benchmarks/mlp_mnist_compare.py --data {args.data} --methods {args.methods} --seeds {args.seeds} "
+        f"--epochs {args.epochs} --train-limit {args.train_limit} --hidden {args.hidden} --threads {args.threads} "
+        f"--backend {args.backend}"
+    )
     path.write_text(
         f"# MLP on MNIST at 99% sparsity: methods side by side (short budget)\n\n"
         f"- date: {date}\n- hardware: {cpu_model()} (shared with other jobs; wall time is indicative only)\n"

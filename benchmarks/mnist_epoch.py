@@ -22,21 +22,36 @@ import torch
 from torch import nn
 
 import chtorch
-from chtorch.data import TensorLoader, load_dataset
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
+from chtorch.data import TensorLoader, load_dataset
 
 
 def build(variant: str, steps_per_epoch: int, epochs: int):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 1568), nn.ReLU(), nn.Linear(1568, 1568), nn.ReLU(),
-                          nn.Linear(1568, 1568), nn.ReLU(), nn.Linear(1568, 10))
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 1568),
+        nn.ReLU(),
+        nn.Linear(1568, 1568),
+        nn.ReLU(),
+        nn.Linear(1568, 1568),
+        nn.ReLU(),
+        nn.Linear(1568, 10),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=5e-4)
     sp = None
     if variant != "dense":
-        sp = chtorch.sparsify(model, opt, method="chts", sparsity=0.99, total_steps=steps_per_epoch * epochs,
-                              update_interval=steps_per_epoch, backend=variant.split("-")[1], weight_init="swi",
-                              t_end_fraction=1.0)  # an update at the end of every epoch
+        sp = chtorch.sparsify(
+            model,
+            opt,
+            method="chts",
+            sparsity=0.99,
+            total_steps=steps_per_epoch * epochs,
+            update_interval=steps_per_epoch,
+            backend=variant.split("-")[1],
+            weight_init="swi",
+            t_end_fraction=1.0,
+        )  # an update at the end of every epoch
     return model, opt, sp
 
 
@@ -77,7 +92,10 @@ def main() -> None:
         for v in variants:
             loader.set_epoch(epoch)
             results[v].append(run_epoch(*runs[v], loader))
-            print(f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (update {results[v][-1][1]:.2f} s), loss {results[v][-1][2]:.3f}", flush=True)
+            print(
+                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (update {results[v][-1][1]:.2f} s), loss {results[v][-1][2]:.3f}",
+                flush=True,
+            )
 
     med = {v: statistics.median(r[0] for r in results[v]) for v in variants}
     upd = {v: statistics.median(r[1] for r in results[v]) for v in variants}

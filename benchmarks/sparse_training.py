@@ -31,13 +31,12 @@ import time
 import torch
 from torch import nn
 
-from chtorch.sparse import to_sparse
-from chtorch.masks import link_budget
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from chtorch.masks import link_budget
+from chtorch.sparse import to_sparse
 
 SIZES = (784, 1568, 1568, 1568, 10)
 SPARSE_LAYERS = ("0", "2", "4")  # nn.Sequential indices of the three hidden Linear layers
-
 
 
 def random_mask(n_out: int, n_in: int, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -164,8 +163,11 @@ def time_layer_crossover(densities, batch_sizes, width, repeats, seed) -> list[t
                     samples[key].append(time.perf_counter() - start)
             med = {k: statistics.median(v[2:]) for k, v in samples.items()}
             results.append((density, batch, med["dense"], med["sparse"]))
-            print(f"layer {width}x{width} density {density:.2f} batch {batch:4d}: dense {med['dense'] * 1e3:.3f} ms, "
-                  f"sparse {med['sparse'] * 1e3:.3f} ms (x{med['dense'] / med['sparse']:.2f})", flush=True)
+            print(
+                f"layer {width}x{width} density {density:.2f} batch {batch:4d}: dense {med['dense'] * 1e3:.3f} ms, "
+                f"sparse {med['sparse'] * 1e3:.3f} ms (x{med['dense'] / med['sparse']:.2f})",
+                flush=True,
+            )
     return results
 
 
@@ -179,16 +181,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed sample")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crossover-densities", type=float, nargs="*", default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
-                        help="also time one 1568x1568 layer (forward + backward) at these densities")
+    parser.add_argument(
+        "--crossover-densities",
+        type=float,
+        nargs="*",
+        default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
+        help="also time one 1568x1568 layer (forward + backward) at these densities",
+    )
     parser.add_argument("--out", help="write the results as Markdown to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(args.seed)
-    masks = {
-        name: random_mask(SIZES[i + 1], SIZES[i], args.density, g) for i, name in enumerate(SPARSE_LAYERS)
-    }
+    masks = {name: random_mask(SIZES[i + 1], SIZES[i], args.density, g) for i, name in enumerate(SPARSE_LAYERS)}
     load_before = os.getloadavg()
     kinds = ["dense", "masked"] + [f"sparse-{impl}" for impl in args.impls]
     rows = []
@@ -237,8 +242,11 @@ def main(argv: list[str] | None = None) -> None:
                 + " |"
             )
         for kind, seconds in update_s.items():
-            lines += ["", f"Topology update through `set_mask` ({kind}, 3 layers, 30% of links moved, optimizer "
-                      f"state carried): {seconds * 1e3:.2f} ms (median)."]
+            lines += [
+                "",
+                f"Topology update through `set_mask` ({kind}, 3 layers, 30% of links moved, optimizer "
+                f"state carried): {seconds * 1e3:.2f} ms (median).",
+            ]
         if crossover:
             lines += [
                 "",

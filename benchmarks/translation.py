@@ -23,20 +23,30 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The CPU-sized budget (applied on top of configs/translation_multi30k_cpu.yaml).
 TRANSLATION_OVERRIDES = [
-    "model.d_model=128", "model.n_heads=4", "model.n_layers=2", "model.d_ff=256",
-    "data.vocab_size=2000", "data.batch_tokens=1024", "data.steps_per_epoch=200", "train.epochs=6",
+    "model.d_model=128",
+    "model.n_heads=4",
+    "model.n_layers=2",
+    "model.d_ff=256",
+    "data.vocab_size=2000",
+    "data.batch_tokens=1024",
+    "data.steps_per_epoch=200",
+    "train.epochs=6",
     "data.max_decode_len=60",
-    "optim.lr=0.25", "optim.warmup_steps=240", "optim.rewarmup_steps=10",
+    "optim.lr=0.25",
+    "optim.warmup_steps=240",
+    "optim.rewarmup_steps=10",
     "sparsity.update_interval=50",
 ]
 
@@ -61,7 +71,6 @@ tokens), each cell 95% / 90% sparsity, 3 seeds; density decay from 50%.
 
 # ------------------------------------------------------------------------------------------------
 # Shared with benchmarks/lm.py
-
 
 
 def hardware_lines(threads: int) -> list[str]:
@@ -113,8 +122,9 @@ def run_one(config_path: Path, overrides: list[str], run_dir: Path) -> dict[str,
     return summary
 
 
-def sweep(config_path: Path, base: list[str], runs: list[tuple[str, float]], out_dir: Path,
-          log: Callable[[str], None]) -> list[dict[str, Any]]:
+def sweep(
+    config_path: Path, base: list[str], runs: list[tuple[str, float]], out_dir: Path, log: Callable[[str], None]
+) -> list[dict[str, Any]]:
     results = []
     for method, sparsity in runs:
         name = "dense" if method == "dense" else f"{method}-{sparsity:g}"
@@ -130,8 +140,10 @@ def sweep(config_path: Path, base: list[str], runs: list[tuple[str, float]], out
             continue
         summary.update(name=name, target_sparsity=sparsity)
         final = summary.get("final", {})
-        log(f"[{datetime.datetime.now():%H:%M:%S}] {name}: done in {summary.get('wall') or summary['seconds']:.0f}s "
-            f"{summary['primary_metric']}={final.get(summary['primary_metric'])}")
+        log(
+            f"[{datetime.datetime.now():%H:%M:%S}] {name}: done in {summary.get('wall') or summary['seconds']:.0f}s "
+            f"{summary['primary_metric']}={final.get(summary['primary_metric'])}"
+        )
         results.append(summary)
     return results
 
@@ -173,17 +185,26 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = ["# Multi30k en→de, CPU-sized Transformer: BLEU of dense vs SET vs RigL vs CHTs vs CHTss", ""]
     lines += hardware_lines(args.threads)
-    lines += [f"- command: `python benchmarks/translation.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-              f"- config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}` "
-              f"with `{' '.join(TRANSLATION_OVERRIDES + args.overrides)}`", "- seed 0, one run per cell", ""]
+    lines += [
+        f"- command: `python benchmarks/translation.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}` "
+        f"with `{' '.join(TRANSLATION_OVERRIDES + args.overrides)}`",
+        "- seed 0, one run per cell",
+        "",
+    ]
     done = [r for r in results if "error" not in r]
     if done:
         d = done[0].get("data", {})
-        lines += [f"Data: {d.get('train_pairs')} training pairs, {d.get('val_pairs')} validation pairs, "
-                  f"{d.get('test_sentences')} test sentences (test_2016_flickr), joint BPE vocabulary {d.get('src_vocab')}; "
-                  f"{done[0].get('parameters')} parameters (dense); {done[0].get('steps')} steps of ≤1024 padded tokens.", ""]
-    lines += ["| method | sparsity | BLEU (best val ckpt) | best epoch | val ppl (last) | ANP | density | wall | topology updates |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Data: {d.get('train_pairs')} training pairs, {d.get('val_pairs')} validation pairs, "
+            f"{d.get('test_sentences')} test sentences (test_2016_flickr), joint BPE vocabulary {d.get('src_vocab')}; "
+            f"{done[0].get('parameters')} parameters (dense); {done[0].get('steps')} steps of ≤1024 padded tokens.",
+            "",
+        ]
+    lines += [
+        "| method | sparsity | BLEU (best val ckpt) | best epoch | val ppl (last) | ANP | density | wall | topology updates |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['sparsity']:g} | failed: {r['error']} | | | | | | |")
@@ -194,9 +215,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{f.get('best_epoch', '-')} | {f.get('val_ppl', float('nan')):.2f} | {100 * f.get('active_neurons', 1.0):.1f}% | "
             f"{f.get('density', 1.0):.4f} | {r.get('wall') or r['seconds']:.0f}s | {overhead_cell(r)} |"
         )
-    lines += ["", "ANP = active neurons (percent of neurons of the sparse layers that keep links, paper's ANP). "
-              "Topology updates = share of the training-step wall time (evaluation excluded) spent in "
-              "`DynamicSparsity` topology updates (count × mean time).", "", PAPER_TABLE_2]
+    lines += [
+        "",
+        "ANP = active neurons (percent of neurons of the sparse layers that keep links, paper's ANP). "
+        "Topology updates = share of the training-step wall time (evaluation excluded) spent in "
+        "`DynamicSparsity` topology updates (count × mean time).",
+        "",
+        PAPER_TABLE_2,
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -5,13 +5,13 @@ Transformers and LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.1
 """
 
 from chtorch import compaction, linkpred, sparse, topology
-from chtorch.dst import percolation, schedules
 from chtorch.api import sparsify
+from chtorch.dst import percolation, schedules
+from chtorch.dst.engine import DynamicSparsity
 from chtorch.dst.methods import MethodPreset, get_method, method_table, methods, register_method
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.report import LayerUpdate, UpdateReport
 from chtorch.dst.scope import select_layers
-from chtorch.dst.engine import DynamicSparsity
 
 __version__ = "0.1.0"
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from chtorch.dst.methods import get_method
 from chtorch.dst.engine import DynamicSparsity, LayerSelector
+from chtorch.dst.methods import get_method
 
 __all__ = ["sparsify"]
 
@@ -54,6 +55,14 @@ def sparsify(
         options["update_interval"] = update_interval
     opts = preset.build_options(**options)
     return DynamicSparsity(
-        model, optimizer, sparsity=sparsity, total_steps=total_steps, options=opts, seed=seed,
-        layers=layers, exclude=exclude, method=preset.name, backend=backend,
+        model,
+        optimizer,
+        sparsity=sparsity,
+        total_steps=total_steps,
+        options=opts,
+        seed=seed,
+        layers=layers,
+        exclude=exclude,
+        method=preset.name,
+        backend=backend,
     )

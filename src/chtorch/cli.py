@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -31,9 +31,14 @@ DEMO_HINT = "a CHTs-sparsified MLP on scikit-learn's handwritten digits (offline
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=0.01 model.hidden=[512,512] sparsity.options.zeta=0.2 "
-             "(types are checked; `chtorch config --reference` lists every key)",
+        "(types are checked; `chtorch config --reference` lists every key)",
     )
 
 
@@ -41,14 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chtorch",
         description="Brain-inspired dynamic sparse training for PyTorch: Cannistraci-Hebb training (CHT, CHTs, CHTss) "
-                    "and the SET, RigL, MEST, GMP, GraNet baselines.",
+        "and the SET, RigL, MEST, GMP, GraNet baselines.",
         epilog="Start with `chtorch train` (no arguments): " + DEMO_HINT + ". Data files are looked for in "
-               "--set data.dir=... or $CHTORCH_DATA.",
+        "--set data.dir=... or $CHTORCH_DATA.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (no config: the offline demo)",
-                       description="Train a model with dynamic sparse training. Without CONFIG: " + DEMO_HINT + ".")
+    p = sub.add_parser(
+        "train",
+        help="train a model (no config: the offline demo)",
+        description="Train a model with dynamic sparse training. Without CONFIG: " + DEMO_HINT + ".",
+    )
     p.add_argument("config", nargs="?", help="YAML config (see configs/); default: the built-in digits demo")
     _add_set(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, exactly")
@@ -58,31 +66,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods", description="List the dynamic sparse training methods.")
     p.add_argument("-v", "--verbose", action="store_true", help="also show each method's paper and preset options")
 
-    p = sub.add_parser("compare", help="train several methods on the same budget and tabulate",
-                       description="Train each method (and seed) with the same config and budget, then print and save "
-                                   "a table: accuracy ± standard error, active neurons, density.")
+    p = sub.add_parser(
+        "compare",
+        help="train several methods on the same budget and tabulate",
+        description="Train each method (and seed) with the same config and budget, then print and save "
+        "a table: accuracy ± standard error, active neurons, density.",
+    )
     p.add_argument("config", help="YAML config shared by every run")
     p.add_argument("--methods", required=True, help="comma-separated, e.g. dense,set,rigl,chts,chtss (dense = no sparsification)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>-<date>-<time>)")
     _add_set(p)
 
-    p = sub.add_parser("report", help="re-create a run's plots and report.md from its saved metrics",
-                       description="Re-create the plots and report.md of RUN_DIR from its metrics.jsonl and topology snapshots.")
+    p = sub.add_parser(
+        "report",
+        help="re-create a run's plots and report.md from its saved metrics",
+        description="Re-create the plots and report.md of RUN_DIR from its metrics.jsonl and topology snapshots.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
 
-    p = sub.add_parser("config", help="print the resolved config, or the reference of every key",
-                       description="Print the configuration that `chtorch train CONFIG --set ...` would use.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config, or the reference of every key",
+        description="Print the configuration that `chtorch train CONFIG --set ...` would use.",
+    )
     p.add_argument("config", nargs="?")
     _add_set(p)
     p.add_argument("--reference", action="store_true", help="print every config key with its type, default and meaning (Markdown)")
 
-    p = sub.add_parser("export", help="compact a trained sparse model (drops dead neurons)",
-                       description="Compact the model of RUN_DIR: remove inactive neurons and store the sparse layers compactly.")
+    p = sub.add_parser(
+        "export",
+        help="compact a trained sparse model (drops dead neurons)",
+        description="Compact the model of RUN_DIR: remove inactive neurons and store the sparse layers compactly.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/compact.pt)")
-    p.add_argument("--sparse", action="store_true",
-                   help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference")
+    p.add_argument(
+        "--sparse", action="store_true", help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference"
+    )
     return parser
 
 
@@ -114,7 +135,7 @@ def _warning_printer(default):  # noqa: ANN001, ANN202
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         text = str(message)
         if text.startswith("chtorch: "):
-            print("chtorch: warning: " + text[len("chtorch: "):], file=file or sys.stderr, flush=True)
+            print("chtorch: warning: " + text[len("chtorch: ") :], file=file or sys.stderr, flush=True)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -145,8 +166,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, overrides)
         if args.config is None and not args.quiet and _rank() == 0:
-            print(f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
-                  "         (configs/*.yaml hold the paper's settings; `chtorch train --help` for options)", flush=True)
+            print(
+                f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
+                "         (configs/*.yaml hold the paper's settings; `chtorch train --help` for options)",
+                flush=True,
+            )
         result = train(config, args.out)
     if result.interrupted:
         return 130
@@ -191,13 +215,14 @@ def _parse_list(text: str, what: str) -> list[str]:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from chtorch.config import ConfigError, load_config
     from chtorch.train import compare
-
     from chtorch.train.distributed import env_world_size
 
     if env_world_size() > 1:
-        raise ConfigError("`chtorch compare` runs one process; under torchrun train each method with "
-                          "`torchrun ... -m chtorch.cli train CONFIG --set sparsity.method=M --out DIR`, then compare "
-                          "the runs' summary.json")
+        raise ConfigError(
+            "`chtorch compare` runs one process; under torchrun train each method with "
+            "`torchrun ... -m chtorch.cli train CONFIG --set sparsity.method=M --out DIR`, then compare "
+            "the runs' summary.json"
+        )
     _check_overrides(args.overrides)
     methods = _parse_list(args.methods, "--methods")
     try:

@@ -176,9 +176,7 @@ def _empty_linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype) -> nn.L
         return nn.Linear(n_in, n_out, bias=bias, device="meta", dtype=dtype)
 
 
-def find_dead_neurons(
-    model: nn.Module, chains: Sequence[Sequence[str]], activation: Activation | None = None
-) -> dict[str, torch.Tensor]:
+def find_dead_neurons(model: nn.Module, chains: Sequence[Sequence[str]], activation: Activation | None = None) -> dict[str, torch.Tensor]:
     """``{layer name: bool (out_features,)}`` - which output neurons of each non-final chain layer
     stay alive after dead-neuron removal to a fixed point. ``activation`` is only needed when a
     neuron with outgoing but no incoming links must be folded (see :func:`compact`)."""

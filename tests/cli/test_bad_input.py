@@ -29,8 +29,15 @@ from chtorch.train.metrics import read_metrics
 from chtorch.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["model.hidden=[32,32]", "train.epochs=2", "data.batch_size=64", "sparsity.method=set", "train.plots=false",
-        "train.report=false", "train.tensorboard=false"]
+FAST = [
+    "model.hidden=[32,32]",
+    "train.epochs=2",
+    "data.batch_size=64",
+    "sparsity.method=set",
+    "train.plots=false",
+    "train.report=false",
+    "train.tensorboard=false",
+]
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -54,19 +61,33 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- config files
 
 
-@pytest.mark.parametrize("text,words", [
-    ("optim:\n  lrr: 0.1\n", ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
-    ("train:\n  epochs: two\n", ["train.epochs must be an integer", "'two'"]),
-    ("sparsity:\n  sparsity: 1.5\n", ["sparsity.sparsity=1.5 is out of range", "[0.0, 1.0)"]),
-    ("sparsity:\n  method: chtz\n", ["unknown method 'chtz'", "did you mean 'cht'", "known methods"]),
-    ("data:\n  name: imagenet\n", ["unknown dataset 'imagenet'", "known datasets", "mnist"]),
-    ("model:\n  name: resnet\n", ["unknown model 'resnet'", "known models", "mlp"]),
-    ("run:\n  recipe: detection\n", ["unknown recipe 'detection'", "known recipes", "image_classification"]),
-    ("optim: [1, 2\n", ["not valid YAML"]),
-    ("- a\n- b\n", ["a config must be a mapping of sections"]),
-    ("model:\n  hidden: [32, -4]\n", ["the model settings (model.* in the config) do not work", "positive ints"]),
-], ids=["unknown-key", "wrong-type", "out-of-range", "unknown-method", "unknown-dataset", "unknown-model",
-        "unknown-recipe", "not-yaml", "not-a-mapping", "invalid-model-value"])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("optim:\n  lrr: 0.1\n", ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
+        ("train:\n  epochs: two\n", ["train.epochs must be an integer", "'two'"]),
+        ("sparsity:\n  sparsity: 1.5\n", ["sparsity.sparsity=1.5 is out of range", "[0.0, 1.0)"]),
+        ("sparsity:\n  method: chtz\n", ["unknown method 'chtz'", "did you mean 'cht'", "known methods"]),
+        ("data:\n  name: imagenet\n", ["unknown dataset 'imagenet'", "known datasets", "mnist"]),
+        ("model:\n  name: resnet\n", ["unknown model 'resnet'", "known models", "mlp"]),
+        ("run:\n  recipe: detection\n", ["unknown recipe 'detection'", "known recipes", "image_classification"]),
+        ("optim: [1, 2\n", ["not valid YAML"]),
+        ("- a\n- b\n", ["a config must be a mapping of sections"]),
+        ("model:\n  hidden: [32, -4]\n", ["the model settings (model.* in the config) do not work", "positive ints"]),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "out-of-range",
+        "unknown-method",
+        "unknown-dataset",
+        "unknown-model",
+        "unknown-recipe",
+        "not-yaml",
+        "not-a-mapping",
+        "invalid-model-value",
+    ],
+)
 def test_config_file_errors(capsys, monkeypatch, tmp_path: Path, text: str, words: list[str]) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(text, encoding="utf-8")
@@ -108,10 +129,24 @@ def fake_mnist(folder: Path, n_train: int = 256, n_test: int = 64) -> Path:
 
 
 def train_mnist(capsys, data: Path, out: Path, *extra: str) -> tuple[int, str, str]:
-    return cli(capsys, "train", str(ROOT / "configs" / "mlp_mnist_cpu.yaml"), "--set", f"data.dir={data}",
-               "model.hidden=[16]", "train.epochs=1", "train.plots=false", "train.report=false",
-               "train.tensorboard=false", "sparsity.sparsity=0.9", "sparsity.method=set", *extra,
-               "--out", str(out), "--quiet")
+    return cli(
+        capsys,
+        "train",
+        str(ROOT / "configs" / "mlp_mnist_cpu.yaml"),
+        "--set",
+        f"data.dir={data}",
+        "model.hidden=[16]",
+        "train.epochs=1",
+        "train.plots=false",
+        "train.report=false",
+        "train.tensorboard=false",
+        "sparsity.sparsity=0.9",
+        "sparsity.method=set",
+        *extra,
+        "--out",
+        str(out),
+        "--quiet",
+    )
 
 
 def test_synthetic_mnist_files_train(capsys, tmp_path: Path) -> None:
@@ -143,15 +178,19 @@ def _damage(folder: Path, how: str) -> None:
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how,verify,words", [
-    ("missing", "false", ["missing train-images-idx3-ubyte.gz", "Put train-images-idx3-ubyte.gz", "Expected checksums"]),
-    ("truncated-gzip", "false", ["train-images-idx3-ubyte.gz", "damaged gzip data", "truncated or corrupt", "download it again"]),
-    ("truncated-idx", "false", ["train-images-idx3-ubyte.gz", "truncated", "the header says dims"]),
-    ("wrong-magic", "false", ["IDX magic number 0x00000801", "expected 0x00000803", "right file"]),
-    ("garbage-magic", "false", ["not an IDX file: magic number 0x12345678"]),
-    ("count-mismatch", "false", ["holds 251 images but", "holds 256 labels", "same split"]),
-    ("checksum", "true", ["checksum mismatch for", "train-images-idx3-ubyte.gz", "expected", "download it again"]),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "how,verify,words",
+    [
+        ("missing", "false", ["missing train-images-idx3-ubyte.gz", "Put train-images-idx3-ubyte.gz", "Expected checksums"]),
+        ("truncated-gzip", "false", ["train-images-idx3-ubyte.gz", "damaged gzip data", "truncated or corrupt", "download it again"]),
+        ("truncated-idx", "false", ["train-images-idx3-ubyte.gz", "truncated", "the header says dims"]),
+        ("wrong-magic", "false", ["IDX magic number 0x00000801", "expected 0x00000803", "right file"]),
+        ("garbage-magic", "false", ["not an IDX file: magic number 0x12345678"]),
+        ("count-mismatch", "false", ["holds 251 images but", "holds 256 labels", "same split"]),
+        ("checksum", "true", ["checksum mismatch for", "train-images-idx3-ubyte.gz", "expected", "download it again"]),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_data_file_errors(capsys, tmp_path: Path, how: str, verify: str, words: list[str]) -> None:
     data = fake_mnist(tmp_path / "data")
     if how != "checksum":  # the undamaged synthetic files fail the real MNIST checksums by themselves
@@ -170,8 +209,16 @@ def test_translation_line_count_mismatch(capsys, tmp_path: Path) -> None:
         (data / f"{split}.de").write_text("eine katze\nder hund\nein mann lauft\n", encoding="utf-8")
     with (data / "train.en").open("a", encoding="utf-8") as handle:
         handle.write("one line too many\n")
-    code, _, err = cli(capsys, "train", str(ROOT / "configs" / "translation_multi30k_cpu.yaml"), "--set",
-                       "data.name=parallel", f"data.dir={data}", "--out", str(tmp_path / "run"))
+    code, _, err = cli(
+        capsys,
+        "train",
+        str(ROOT / "configs" / "translation_multi30k_cpu.yaml"),
+        "--set",
+        "data.name=parallel",
+        f"data.dir={data}",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert_error(code, err, "different line counts", "train.en has 4 lines", "train.de has 3", "line i of one")
     assert not (tmp_path / "run").exists()
 
@@ -182,6 +229,7 @@ def test_translation_line_count_mismatch(capsys, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory) -> Path:
     """A run stopped in epoch 2 (a checkpoint, records after it) that the checkpoint tests damage."""
+
     def stop(trainer: Trainer) -> None:
         if trainer.epoch == 1 and trainer.batch == 5:
             trainer.request_stop()
@@ -203,16 +251,21 @@ def _other_run_checkpoint(tmp_path: Path, *overrides: str) -> bytes:
     return (other.run_dir / "checkpoint.pt").read_bytes()
 
 
-@pytest.mark.parametrize("damage,words", [
-    ("truncated", ["is corrupt or truncated", "cannot be resumed"]),
-    ("garbage", ["is corrupt or truncated"]),
-    ("foreign", ["is not a chtorch training checkpoint"]),
-    ("pickled-code", ["holds Python objects other than tensors", "not written by chtorch"]),
-    ("other-model", ["is from another run than", "model.hidden: checkpoint [16, 16], config.yaml [32, 32]",
-                     "another model or sparsity"]),
-    ("other-sparsity", ["is from another run than", "sparsity.sparsity: checkpoint 0.8, config.yaml 0.9"]),
-    ("other-method", ["is from another run than", "sparsity.method: checkpoint 'dense', config.yaml 'set'"]),
-])
+@pytest.mark.parametrize(
+    "damage,words",
+    [
+        ("truncated", ["is corrupt or truncated", "cannot be resumed"]),
+        ("garbage", ["is corrupt or truncated"]),
+        ("foreign", ["is not a chtorch training checkpoint"]),
+        ("pickled-code", ["holds Python objects other than tensors", "not written by chtorch"]),
+        (
+            "other-model",
+            ["is from another run than", "model.hidden: checkpoint [16, 16], config.yaml [32, 32]", "another model or sparsity"],
+        ),
+        ("other-sparsity", ["is from another run than", "sparsity.sparsity: checkpoint 0.8, config.yaml 0.9"]),
+        ("other-method", ["is from another run than", "sparsity.method: checkpoint 'dense', config.yaml 'set'"]),
+    ],
+)
 def test_checkpoint_errors_leave_the_run_intact(capsys, stopped_run: Path, tmp_path: Path, damage: str, words: list[str]) -> None:
     run_dir = _copy(stopped_run, tmp_path)
     path = run_dir / "checkpoint.pt"
@@ -226,8 +279,11 @@ def test_checkpoint_errors_leave_the_run_intact(capsys, stopped_run: Path, tmp_p
     elif damage == "pickled-code":
         torch.save({"format": "chtorch-checkpoint", "path": Path("x")}, path)
     else:
-        overrides = {"other-model": ["model.hidden=[16,16]"], "other-sparsity": ["sparsity.sparsity=0.8"],
-                     "other-method": ["sparsity.method=dense"]}[damage]
+        overrides = {
+            "other-model": ["model.hidden=[16,16]"],
+            "other-sparsity": ["sparsity.sparsity=0.8"],
+            "other-method": ["sparsity.method=dense"],
+        }[damage]
         path.write_bytes(_other_run_checkpoint(tmp_path, *overrides))  # copied over from another run
     before = snapshot(run_dir)
     code, _, err = cli(capsys, "train", "--resume", str(run_dir))
@@ -272,13 +328,11 @@ def test_lost_metrics_log_warns_and_the_run_goes_on(capsys, stopped_run: Path, t
 
 def test_nan_loss_stops_after_max_nonfinite_and_the_directory_stays_usable(capsys, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    code, _, err = cli(capsys, "train", "--set", *FAST, "optim.lr=1e6", "train.max_nonfinite=2", "--out", str(run_dir),
-                       "--quiet")
+    code, _, err = cli(capsys, "train", "--set", *FAST, "optim.lr=1e6", "train.max_nonfinite=2", "--out", str(run_dir), "--quiet")
     lines = err.strip().splitlines()
     warned = [line for line in lines if line.startswith("chtorch: warning: non-finite loss")]
     assert len(warned) == 3 and "the step and any topology update due are skipped" in warned[0]
-    assert_error(code, lines[-1] + "\n", "NaN/inf in 3 steps", "train.max_nonfinite=2", "no epoch finished",
-                 "Lower optim.lr")
+    assert_error(code, lines[-1] + "\n", "NaN/inf in 3 steps", "train.max_nonfinite=2", "no epoch finished", "Lower optim.lr")
     assert not (run_dir / "checkpoint.pt").exists()
     code, _, err = cli(capsys, "train", "--resume", str(run_dir))
     assert_error(code, err, "no checkpoint")
@@ -309,8 +363,9 @@ def test_nan_batch_skips_the_step_and_the_topology_update(tmp_path: Path) -> Non
     seen = []
 
     def record(t: Trainer) -> None:
-        seen.append((t.step, t.sparsity.update_count, [m.clone() for m in t.sparsity.masks.values()],
-                     t.model.layers[0].weight.detach().clone()))
+        seen.append(
+            (t.step, t.sparsity.update_count, [m.clone() for m in t.sparsity.masks.values()], t.model.layers[0].weight.detach().clone())
+        )
 
     trainer.callbacks.append(record)
     with warnings.catch_warnings(record=True) as caught:
@@ -339,8 +394,14 @@ def test_nan_batch_skips_the_step_and_the_topology_update(tmp_path: Path) -> Non
 )
 def test_fuzz_settings_give_a_trainer_or_a_config_error(tmp_path: Path, hidden, dropout, sparsity, batch) -> None:
     """Any values of these keys either build a run or raise ConfigError (never another exception)."""
-    overrides = [f"model.hidden={hidden}", f"model.dropout={dropout}", f"sparsity.sparsity={sparsity}",
-                 f"data.batch_size={batch}", "sparsity.method=set", "train.progress=off"]
+    overrides = [
+        f"model.hidden={hidden}",
+        f"model.dropout={dropout}",
+        f"sparsity.sparsity={sparsity}",
+        f"data.batch_size={batch}",
+        "sparsity.method=set",
+        "train.progress=off",
+    ]
     try:
         config = load_config(None, overrides)
         config.run.dir = str(tmp_path / "never-written")
@@ -394,9 +455,11 @@ def test_fuzz_text_readers_return_text_or_a_data_error(tmp_path: Path, spec) -> 
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(src=st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=12), max_size=6),
-       tgt=st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=12), max_size=6),
-       compress=st.booleans())
+@given(
+    src=st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=12), max_size=6),
+    tgt=st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=12), max_size=6),
+    compress=st.booleans(),
+)
 def test_fuzz_parallel_files_pair_up_or_name_both_line_counts(tmp_path: Path, src, tgt, compress) -> None:
     from chtorch.data import DataError
     from chtorch.data.translation import read_parallel

@@ -42,11 +42,14 @@ def test_help_through_the_installed_entry_points() -> None:
         assert result.returncode == 0 and "--resume" in result.stdout
 
 
-@pytest.mark.parametrize("command,words", [
-    ("train", ["--set", "--resume", "--out", "digits"]),
-    ("compare", ["--methods", "--seeds"]),
-    ("report", ["RUN_DIR"]),
-])
+@pytest.mark.parametrize(
+    "command,words",
+    [
+        ("train", ["--set", "--resume", "--out", "digits"]),
+        ("compare", ["--methods", "--seeds"]),
+        ("report", ["RUN_DIR"]),
+    ],
+)
 def test_subcommand_help(capsys, command: str, words: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -75,21 +78,26 @@ def test_config_command(capsys) -> None:
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("args,words", [
-    (["train", "--set", "optim.lrr=1"], ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
-    (["train", "--set", "sparsity.method=chtz"], ["unknown method 'chtz'", "known methods"]),
-    (["train", "--set", "data.name=imagenet"], ["unknown dataset 'imagenet'", "mnist"]),
-    (["train", "--set", "train.epochs=-1"], ["train.epochs", "range"]),
-    (["train", "--set", "{cfg}"], ["key=value", "before --set"]),
-    (["train", "{cfg}", "--resume", "somewhere"], ["not both"]),
-    (["train", "no_such.yaml"], ["not found"]),
-    (["train", "--set", "sparsity.options.init=csti", "model.hidden=[100,100]", "train.epochs=1"],
-     ["sparsity settings do not fit this model", "CSTI"]),
-    (["train", "--resume", "no_such_run"], ["no checkpoint"]),
-    (["report", "no_such_run"], ["not a chtorch run directory"]),
-    (["compare", "{cfg}", "--methods", "set,foo"], ["unknown method 'foo'"]),
-    (["compare", "{cfg}", "--methods", "set", "--seeds", "a"], ["--seeds"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["train", "--set", "optim.lrr=1"], ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
+        (["train", "--set", "sparsity.method=chtz"], ["unknown method 'chtz'", "known methods"]),
+        (["train", "--set", "data.name=imagenet"], ["unknown dataset 'imagenet'", "mnist"]),
+        (["train", "--set", "train.epochs=-1"], ["train.epochs", "range"]),
+        (["train", "--set", "{cfg}"], ["key=value", "before --set"]),
+        (["train", "{cfg}", "--resume", "somewhere"], ["not both"]),
+        (["train", "no_such.yaml"], ["not found"]),
+        (
+            ["train", "--set", "sparsity.options.init=csti", "model.hidden=[100,100]", "train.epochs=1"],
+            ["sparsity settings do not fit this model", "CSTI"],
+        ),
+        (["train", "--resume", "no_such_run"], ["no checkpoint"]),
+        (["report", "no_such_run"], ["not a chtorch run directory"]),
+        (["compare", "{cfg}", "--methods", "set,foo"], ["unknown method 'foo'"]),
+        (["compare", "{cfg}", "--methods", "set", "--seeds", "a"], ["--seeds"]),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path: Path, args: list[str], words: list[str]) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may be written; if something is, it lands here
     args = [a.replace("{cfg}", str(ROOT / "configs" / "digits_chts.yaml")) for a in args]
@@ -102,8 +110,9 @@ def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path: Path
 
 
 def test_missing_data_files_name_the_fix(capsys, tmp_path: Path) -> None:
-    code, _, err = cli(capsys, "train", str(ROOT / "configs" / "mlp_mnist_cpu.yaml"),
-                       "--set", f"data.dir={tmp_path}", "--out", str(tmp_path / "run"))
+    code, _, err = cli(
+        capsys, "train", str(ROOT / "configs" / "mlp_mnist_cpu.yaml"), "--set", f"data.dir={tmp_path}", "--out", str(tmp_path / "run")
+    )
     assert code == 2 and "train-images-idx3-ubyte.gz" in err and str(tmp_path) in err
 
 
@@ -151,8 +160,9 @@ def test_report_recreates_plots_and_report(trained, capsys) -> None:
 
 def test_default_train_is_the_offline_demo(capsys, tmp_path: Path) -> None:
     # The README's command, cut to one tiny epoch: no config, no data files, no network.
-    code, out, _ = cli(capsys, "train", "--set", "train.epochs=1", "model.hidden=[32,32,32]", "train.plots=false",
-                       "--out", str(tmp_path / "demo"))
+    code, out, _ = cli(
+        capsys, "train", "--set", "train.epochs=1", "model.hidden=[32,32,32]", "train.plots=false", "--out", str(tmp_path / "demo")
+    )
     assert code == 0 and "built-in demo config" in out and "finished digits_chts (chts)" in out
 
 
@@ -160,14 +170,27 @@ def test_default_train_is_the_offline_demo(capsys, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_then_resume_matches_an_uninterrupted_run(capsys, tmp_path: Path) -> None:
-    overrides = ["model.hidden=[32,32]", "train.epochs=12", "data.batch_size=64", "sparsity.method=rigl",
-                 "model.dropout=0.1", "train.plots=false", "train.report=false", "train.progress=lines"]
+    overrides = [
+        "model.hidden=[32,32]",
+        "train.epochs=12",
+        "data.batch_size=64",
+        "sparsity.method=rigl",
+        "model.dropout=0.1",
+        "train.plots=false",
+        "train.report=false",
+        "train.progress=lines",
+    ]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", "--set", *overrides, "train.progress=off", "--out", str(full)]) == 0
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "chtorch.cli", "train", "--set", *overrides, "--out", str(part)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chtorch.cli", "train", "--set", *overrides, "--out", str(part)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (part / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -194,9 +217,22 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(capsys, tmp_path: Path)
 
 def test_compare_two_methods_two_seeds(capsys, tmp_path: Path) -> None:
     out_dir = tmp_path / "cmp"
-    args = ["compare", str(ROOT / "configs" / "digits_chts.yaml"), "--methods", "set,rigl", "--seeds", "0,1",
-            "--out", str(out_dir), "--set", "model.hidden=[32,32]", "train.epochs=2", "data.batch_size=64",
-            "train.plots=false", "train.progress=off"]
+    args = [
+        "compare",
+        str(ROOT / "configs" / "digits_chts.yaml"),
+        "--methods",
+        "set,rigl",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out_dir),
+        "--set",
+        "model.hidden=[32,32]",
+        "train.epochs=2",
+        "data.batch_size=64",
+        "train.plots=false",
+        "train.progress=off",
+    ]
     code, out, _ = cli(capsys, *args)
     assert code == 0
     table = (out_dir / "compare.md").read_text()

@@ -42,8 +42,9 @@ def _unshare_reason() -> str | None:
 
 def _offline(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}  # no offline flags:
-    return subprocess.run(["unshare", "-n", sys.executable, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)  # a download attempt must fail loudly, not be skipped politely
+    return subprocess.run(
+        ["unshare", "-n", sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )  # a download attempt must fail loudly, not be skipped politely
 
 
 @pytest.mark.skipif(_unshare_reason() is not None, reason=str(_unshare_reason()))
@@ -63,22 +64,56 @@ def test_training_without_network(tmp_path: Path) -> None:
 def test_recipes_on_local_files_without_network(tmp_path: Path, data_dir: Path) -> None:
     data = data_dir  # the fixture skips when ../shared/data is absent
     runs = {
-        "mnist": [str(ROOT / "configs" / "mlp_mnist_cpu.yaml"), "--set", f"data.dir={data}", "data.train_limit=512",
-                  "data.test_limit=256", "model.hidden=[32]", "train.epochs=1", "sparsity.sparsity=0.9", *QUIET],
-        "lm": [str(ROOT / "configs" / "lm_shakespeare_cpu.yaml"), "--set", f"data.dir={data}", "model.d_model=32",
-               "model.n_layers=1", "model.d_ff=64", "data.seq_len=32", "data.batch_size=4", "data.steps_per_epoch=4",
-               "data.eval_tokens=2000", "train.epochs=1", *QUIET],
-        "translation": [str(ROOT / "configs" / "translation_multi30k_cpu.yaml"), "--set", f"data.dir={data}",
-                        "model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.d_ff=64", "data.vocab_size=300",
-                        "data.train_limit=300", "data.val_limit=20", "data.test_limit=10", "data.steps_per_epoch=3",
-                        "train.epochs=1", *QUIET],
+        "mnist": [
+            str(ROOT / "configs" / "mlp_mnist_cpu.yaml"),
+            "--set",
+            f"data.dir={data}",
+            "data.train_limit=512",
+            "data.test_limit=256",
+            "model.hidden=[32]",
+            "train.epochs=1",
+            "sparsity.sparsity=0.9",
+            *QUIET,
+        ],
+        "lm": [
+            str(ROOT / "configs" / "lm_shakespeare_cpu.yaml"),
+            "--set",
+            f"data.dir={data}",
+            "model.d_model=32",
+            "model.n_layers=1",
+            "model.d_ff=64",
+            "data.seq_len=32",
+            "data.batch_size=4",
+            "data.steps_per_epoch=4",
+            "data.eval_tokens=2000",
+            "train.epochs=1",
+            *QUIET,
+        ],
+        "translation": [
+            str(ROOT / "configs" / "translation_multi30k_cpu.yaml"),
+            "--set",
+            f"data.dir={data}",
+            "model.d_model=32",
+            "model.n_heads=2",
+            "model.n_layers=1",
+            "model.d_ff=64",
+            "data.vocab_size=300",
+            "data.train_limit=300",
+            "data.val_limit=20",
+            "data.test_limit=10",
+            "data.steps_per_epoch=3",
+            "train.epochs=1",
+            *QUIET,
+        ],
     }
     # One offline process runs the three recipes (one Python start-up instead of three).
-    script = "\n".join([
-        "import sys",
-        "from chtorch.cli import main",
-        *(f"assert main({['train', *args, '--out', str(tmp_path / name), '--quiet']!r}) == 0, {name!r}" for name, args in runs.items()),
-    ])
+    script = "\n".join(
+        [
+            "import sys",
+            "from chtorch.cli import main",
+            *(f"assert main({['train', *args, '--out', str(tmp_path / name), '--quiet']!r}) == 0, {name!r}" for name, args in runs.items()),
+        ]
+    )
     result = _offline("-c", script)
     assert result.returncode == 0, result.stderr[-4000:]
     for name in runs:
@@ -92,13 +127,13 @@ def test_no_socket_is_opened_while_training(tmp_path: Path, monkeypatch) -> None
         def refuse(*args, **kwargs):
             attempts.append(f"{what}{args[1:] if what.startswith('socket.') else args}")
             raise OSError(f"test_offline: network access attempted ({what})")
+
         return refuse
 
     monkeypatch.setattr(socket.socket, "connect", trap("socket.connect"))
     monkeypatch.setattr(socket.socket, "connect_ex", trap("socket.connect_ex"))
     monkeypatch.setattr(socket, "create_connection", trap("create_connection"))
     monkeypatch.setattr(socket, "getaddrinfo", trap("getaddrinfo"))
-    result = train(load_config(None, [*DIGITS, "train.progress=off", "sparsity.method=chts"]), tmp_path / "run",
-                   out=io.StringIO())
+    result = train(load_config(None, [*DIGITS, "train.progress=off", "sparsity.method=chts"]), tmp_path / "run", out=io.StringIO())
     assert result.finished
     assert attempts == []  # recorded even if some library swallowed the OSError

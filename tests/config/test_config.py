@@ -52,10 +52,15 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert isinstance(config, Config)
 
 
-@pytest.mark.parametrize("name,dataset,hidden", [
-    ("mlp_mnist_paper", "mnist", 1568), ("mlp_fmnist_paper", "fashion_mnist", 1568),
-    ("mlp_emnist_paper", "emnist_balanced", 1568), ("mlp_cifar10_paper", "cifar10", 3072),
-])
+@pytest.mark.parametrize(
+    "name,dataset,hidden",
+    [
+        ("mlp_mnist_paper", "mnist", 1568),
+        ("mlp_fmnist_paper", "fashion_mnist", 1568),
+        ("mlp_emnist_paper", "emnist_balanced", 1568),
+        ("mlp_cifar10_paper", "cifar10", 3072),
+    ],
+)
 def test_paper_configs_hold_table_4_settings(name: str, dataset: str, hidden: int) -> None:
     c = load_config(CONFIGS / f"{name}.yaml")
     assert c.data.name == dataset and c.model.hidden == [hidden] * 3
@@ -136,14 +141,17 @@ def test_override_without_equals() -> None:
 # ----------------------------------------------------------------------------- types and ranges
 
 
-@pytest.mark.parametrize("override,key,words", [
-    ("optim.lr=abc", "optim.lr", "must be a number"),
-    ("train.epochs=2.5", "train.epochs", "must be an integer"),
-    ("train.plots=maybe", "train.plots", "must be true/false"),
-    ("model.hidden=[64,x]", "model.hidden[1]", "must be an integer"),
-    ("data.train_limit=many", "data.train_limit", "must be an integer"),
-    ("optim.lr=nan", "optim.lr", "must be a number"),
-])
+@pytest.mark.parametrize(
+    "override,key,words",
+    [
+        ("optim.lr=abc", "optim.lr", "must be a number"),
+        ("train.epochs=2.5", "train.epochs", "must be an integer"),
+        ("train.plots=maybe", "train.plots", "must be true/false"),
+        ("model.hidden=[64,x]", "model.hidden[1]", "must be an integer"),
+        ("data.train_limit=many", "data.train_limit", "must be an integer"),
+        ("optim.lr=nan", "optim.lr", "must be a number"),
+    ],
+)
 def test_wrong_types_name_the_key(override: str, key: str, words: str) -> None:
     e = error([override])
     assert words in str(e) and e.key == key
@@ -158,16 +166,19 @@ def test_wrong_type_in_a_file(tmp_path: Path) -> None:
     assert "run.name must be a string" in str(error([], str(path)))
 
 
-@pytest.mark.parametrize("override,key", [
-    ("sparsity.sparsity=1.0", "sparsity.sparsity"),
-    ("sparsity.sparsity=-0.1", "sparsity.sparsity"),
-    ("optim.lr=0", "optim.lr"),
-    ("data.batch_size=0", "data.batch_size"),
-    ("train.epochs=0", "train.epochs"),
-    ("optim.momentum=1", "optim.momentum"),
-    ("model.dropout=1.0", "model.dropout"),
-    ("optim.betas=[0.9,1.5]", "optim.betas"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("sparsity.sparsity=1.0", "sparsity.sparsity"),
+        ("sparsity.sparsity=-0.1", "sparsity.sparsity"),
+        ("optim.lr=0", "optim.lr"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("train.epochs=0", "train.epochs"),
+        ("optim.momentum=1", "optim.momentum"),
+        ("model.dropout=1.0", "model.dropout"),
+        ("optim.betas=[0.9,1.5]", "optim.betas"),
+    ],
+)
 def test_out_of_range(override: str, key: str) -> None:
     e = error([override])
     assert e.key == key and "range" in str(e)
@@ -224,12 +235,25 @@ def test_method_options_for_unknown_method() -> None:
 
 
 def test_set_coercion() -> None:
-    c = load_config(None, [
-        "optim.lr=5e-3", "optim.warmup_steps=+10", "train.plots=no", "train.checkpoint=On",
-        "data.train_limit=null", "data.test_limit=100", "model.hidden=64,32", "sparsity.layers=[layers.0, layers.1]",
-        "optim.betas=[0.8, 0.9]", "sparsity.options.zeta=0.25", "sparsity.options.early_stop=null",
-        "sparsity.options.init_options={beta: 0.5}", "sparsity.options.init=bsw", "run.name=123",
-    ])
+    c = load_config(
+        None,
+        [
+            "optim.lr=5e-3",
+            "optim.warmup_steps=+10",
+            "train.plots=no",
+            "train.checkpoint=On",
+            "data.train_limit=null",
+            "data.test_limit=100",
+            "model.hidden=64,32",
+            "sparsity.layers=[layers.0, layers.1]",
+            "optim.betas=[0.8, 0.9]",
+            "sparsity.options.zeta=0.25",
+            "sparsity.options.early_stop=null",
+            "sparsity.options.init_options={beta: 0.5}",
+            "sparsity.options.init=bsw",
+            "run.name=123",
+        ],
+    )
     assert c.optim.lr == 0.005 and isinstance(c.optim.lr, float)
     assert c.optim.warmup_steps == 10
     assert c.train.plots is False and c.train.checkpoint is True
@@ -263,8 +287,7 @@ def test_overriding_init_drops_the_presets_init_options() -> None:
 
 
 def test_method_options_apply_only_to_their_method() -> None:
-    c = load_config(None, ["sparsity.options.zeta=0.2", "sparsity.method_options.chts.zeta=0.1",
-                           "sparsity.method_options.chts.init=csti"])
+    c = load_config(None, ["sparsity.options.zeta=0.2", "sparsity.method_options.chts.zeta=0.1", "sparsity.method_options.chts.init=csti"])
     assert method_options_for(c, "chts")["zeta"] == 0.1 and method_options_for(c, "set")["zeta"] == 0.2
     assert "init" not in method_options_for(c, "set")
 
@@ -277,8 +300,20 @@ def test_reserved_option_keys() -> None:
 # ----------------------------------------------------------------------------- fuzzing
 
 
-_KEYS = ["optim.lr", "train.epochs", "train.plots", "model.hidden", "sparsity.sparsity", "data.train_limit",
-         "sparsity.options.zeta", "run.name", "optim.betas", "sparsity.method", "nope.key", "optim"]
+_KEYS = [
+    "optim.lr",
+    "train.epochs",
+    "train.plots",
+    "model.hidden",
+    "sparsity.sparsity",
+    "data.train_limit",
+    "sparsity.options.zeta",
+    "run.name",
+    "optim.betas",
+    "sparsity.method",
+    "nope.key",
+    "optim",
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -300,10 +335,16 @@ def test_fuzz_numbers_round_trip(epochs: int, lr: float) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.sampled_from(["run", "optim", "train", "bogus"]),
-                       st.dictionaries(st.sampled_from(["seed", "lr", "epochs", "name", "x"]),
-                                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5))),
-                       max_size=3))
+@given(
+    st.dictionaries(
+        st.sampled_from(["run", "optim", "train", "bogus"]),
+        st.dictionaries(
+            st.sampled_from(["seed", "lr", "epochs", "name", "x"]),
+            st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+        ),
+        max_size=3,
+    )
+)
 def test_fuzz_raw_mappings(raw: dict) -> None:
     try:
         build_config(raw)
@@ -316,8 +357,14 @@ def test_fuzz_raw_mappings(raw: dict) -> None:
 
 def test_reference_documents_every_key() -> None:
     text = config_reference()
-    for section, cls in [("run", RunConfig), ("model", MLPModelConfig), ("data", ImageDataConfig),
-                         ("optim", OptimConfig), ("sparsity", SparsityConfig), ("train", TrainConfig)]:
+    for section, cls in [
+        ("run", RunConfig),
+        ("model", MLPModelConfig),
+        ("data", ImageDataConfig),
+        ("optim", OptimConfig),
+        ("sparsity", SparsityConfig),
+        ("train", TrainConfig),
+    ]:
         for f in dataclasses.fields(cls):
             assert f"`{section}.{f.name}`" in text
 
@@ -325,7 +372,13 @@ def test_reference_documents_every_key() -> None:
 def test_docs_config_reference_is_current() -> None:
     doc = ROOT / "docs" / "config.md"
     text = doc.read_text(encoding="utf-8")
-    for section, cls in [("run", RunConfig), ("model", MLPModelConfig), ("data", ImageDataConfig),
-                         ("optim", OptimConfig), ("sparsity", SparsityConfig), ("train", TrainConfig)]:
+    for section, cls in [
+        ("run", RunConfig),
+        ("model", MLPModelConfig),
+        ("data", ImageDataConfig),
+        ("optim", OptimConfig),
+        ("sparsity", SparsityConfig),
+        ("train", TrainConfig),
+    ]:
         for f in dataclasses.fields(cls):
             assert f"`{section}.{f.name}`" in text, f"docs/config.md lacks {section}.{f.name}: regenerate it (see its header)"

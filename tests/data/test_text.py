@@ -303,10 +303,10 @@ def test_token_batches_cover_every_pair_exactly_once(pairs, max_tokens, seed):
         assert b.n_tokens == int((b.tgt_out != 0).sum())
         for row, i in enumerate(b.indices.tolist()):
             src, tgt = pairs[i]
-            assert b.src[row, : len(src)].tolist() == src and (b.src[row, len(src):] == 0).all()
+            assert b.src[row, : len(src)].tolist() == src and (b.src[row, len(src) :] == 0).all()
             assert b.tgt_in[row, : len(tgt) + 1].tolist() == [1, *tgt]
             assert b.tgt_out[row, : len(tgt) + 1].tolist() == [*tgt, 2]
-            assert (b.tgt_in[row, len(tgt) + 1:] == 0).all() and (b.tgt_out[row, len(tgt) + 1:] == 0).all()
+            assert (b.tgt_in[row, len(tgt) + 1 :] == 0).all() and (b.tgt_out[row, len(tgt) + 1 :] == 0).all()
 
 
 def test_token_batching_is_deterministic_and_shuffles_with_a_generator():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import shutil
@@ -31,9 +30,9 @@ from chtorch.data import (
     random_crop_flip,
     read_cifar_batch,
     read_idx,
+    vision,
 )
 from chtorch.data import files as data_files
-from chtorch.data import vision
 
 # ------------------------------------------------------------------------------------------------
 # fixtures

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ from torch import nn
 
 import chtorch
 from chtorch.dst import schedules
-from chtorch.masks import link_budget
 from chtorch.dst.options import OptionError
+from chtorch.masks import link_budget
 
 METHODS = chtorch.methods()
 
@@ -125,8 +124,7 @@ def test_resume_equivalence(method, opt_kind):
     def build():
         model = make_model(sizes, 0)
         opt = make_optimizer(model, opt_kind)
-        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=5, seed=3,
-                              grad_accumulation=3)
+        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=5, seed=3, grad_accumulation=3)
         return model, opt, sp
 
     model, opt, sp = build()
@@ -208,8 +206,7 @@ def test_gradient_regrowth_uses_dense_gradient_of_last_steps():
 
     model[0].weight.register_hook(hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights only change by the engine
-    sp = chtorch.sparsify(model, opt, method="rigl", sparsity=0.6, total_steps=10, update_interval=2,
-                          zeta=0.3, zeta_anneal="constant")
+    sp = chtorch.sparsify(model, opt, method="rigl", sparsity=0.6, total_steps=10, update_interval=2, zeta=0.3, zeta_anneal="constant")
     holder["target"] = tuple(torch.nonzero(~sp.masks["0"])[0].tolist())
     x = torch.randn(4, 6)
     for expected_update in (False, True):
@@ -225,8 +222,7 @@ def test_gradient_regrowth_uses_dense_gradient_of_last_steps():
 def test_history_regrown_init_restores_last_value():
     model = make_model([8, 12, 12, 2])
     opt = make_optimizer(model, "sgd")
-    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.5, total_steps=40, update_interval=5,
-                          regrown_init="history")
+    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.5, total_steps=40, update_interval=5, regrown_init="history")
     seen = {}
     for t in range(40):
         x, y = batch(t, 8, 2)
@@ -254,8 +250,9 @@ def test_early_stop_freezes_a_layer():
     for i in (0, 2):
         model[i].weight.register_hook(lambda g, i=i: holder[i].float() * 1e3 if i in holder else g)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    sp = chtorch.sparsify(model, opt, method="rigl", sparsity=0.5, total_steps=100, update_interval=2,
-                          early_stop=0.9, zeta_anneal="constant")
+    sp = chtorch.sparsify(
+        model, opt, method="rigl", sparsity=0.5, total_steps=100, update_interval=2, early_stop=0.9, zeta_anneal="constant"
+    )
     holder.update({0: sp.masks["0"].clone(), 2: sp.masks["2"].clone()})
     reports = train(sp, model, opt, 2, 8, 2, check=False)
     assert all(info.overlap_rate == 1.0 and info.frozen for info in reports[0].layers.values())
@@ -307,8 +304,9 @@ def test_selection_by_pattern_callable_and_exclude():
     assert sp.layer_names == ["0", "4"]
     model = make_model([4, 8, 8, 2])
     opt = make_optimizer(model, "sgd")
-    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.5, total_steps=10,
-                          layers=lambda name, m: isinstance(m, nn.Linear) and m.out_features == 8)
+    sp = chtorch.sparsify(
+        model, opt, method="set", sparsity=0.5, total_steps=10, layers=lambda name, m: isinstance(m, nn.Linear) and m.out_features == 8
+    )
     assert sp.layer_names == ["0", "2"]
 
 
@@ -385,7 +383,7 @@ def test_chts_loss_decreases_on_a_small_mlp():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = chtorch.sparsify(model, opt, method="chts", sparsity=0.9, total_steps=300, update_interval=30)
     losses = []
-    for t in range(300):
+    for _t in range(300):
         idx = torch.randint(0, 512, (32,), generator=g)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
@@ -411,8 +409,9 @@ def test_head_groups_give_every_head_its_exact_budget():
     model = Attn()
     opt = make_optimizer(model, "adamw")
     heads = 4
-    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.7, total_steps=30, update_interval=5,
-                          layers="*_proj", head_groups={"[qkv]_proj": heads})
+    sp = chtorch.sparsify(
+        model, opt, method="set", sparsity=0.7, total_steps=30, update_interval=5, layers="*_proj", head_groups={"[qkv]_proj": heads}
+    )
     target = link_budget(16, 16, 0.7)
     per_head = [target // heads + (1 if i < target % heads else 0) for i in range(heads)]
     for t in range(30):
@@ -427,8 +426,9 @@ def test_head_groups_give_every_head_its_exact_budget():
         assert int(sp.masks["o_proj"].sum()) == target
     with pytest.raises(OptionError, match="divisible"):
         other = Attn()
-        chtorch.sparsify(other, make_optimizer(other, "sgd"), method="set", sparsity=0.5, total_steps=5,
-                         layers="*_proj", head_groups={"q_proj": 3})
+        chtorch.sparsify(
+            other, make_optimizer(other, "sgd"), method="set", sparsity=0.5, total_steps=5, layers="*_proj", head_groups={"q_proj": 3}
+        )
 
 
 def test_masks_loaded_through_the_model_state_dict_take_effect_at_once():

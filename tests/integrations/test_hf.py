@@ -23,8 +23,14 @@ PROJECTIONS = ["*.q_proj", "*.k_proj", "*.v_proj", "*.o_proj", "*.gate_proj", "*
 
 def tiny_llama(seed: int = 0, kv_heads: int = 4) -> torch.nn.Module:
     config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=kv_heads, max_position_embeddings=32, tie_word_embeddings=False,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(config)
@@ -48,8 +54,13 @@ def test_sparsify_hf_llama_by_name_patterns_infers_attention_and_swiglu_coupling
     expected = []
     for i in range(2):
         a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        expected += [rows(a + "q_proj", a + "k_proj"), rows(m + "gate_proj", m + "up_proj"), chain(a + "v_proj", a + "o_proj"),
-                     chain(m + "gate_proj", m + "down_proj"), chain(m + "up_proj", m + "down_proj")]
+        expected += [
+            rows(a + "q_proj", a + "k_proj"),
+            rows(m + "gate_proj", m + "up_proj"),
+            chain(a + "v_proj", a + "o_proj"),
+            chain(m + "gate_proj", m + "down_proj"),
+            chain(m + "up_proj", m + "down_proj"),
+        ]
     assert set(sp.couplings) == set(expected)
     for step in range(4):
         lm_loss(model, step).backward()
@@ -80,11 +91,12 @@ def test_per_head_groups_give_every_head_its_own_exact_budget() -> None:
     groups = head_groups_for(model)
     assert groups == {"*.q_proj": 4, "*.k_proj": 2, "*.v_proj": 2}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sp = chtorch.sparsify(model, opt, method="chts", sparsity=0.75, total_steps=6, update_interval=2,
-                          layers=PROJECTIONS, head_groups=groups)
+    sp = chtorch.sparsify(
+        model, opt, method="chts", sparsity=0.75, total_steps=6, update_interval=2, layers=PROJECTIONS, head_groups=groups
+    )
 
     def check() -> None:
-        for name, module, mask in sp.iter_layers():
+        for name, _module, mask in sp.iter_layers():
             kind = name.rsplit(".", 1)[1]
             heads = {"q_proj": 4, "k_proj": 2, "v_proj": 2}.get(kind)
             if heads is None:
@@ -127,9 +139,21 @@ class TinyDataset(torch.utils.data.Dataset):
 
 def make_trainer(out, callback, max_steps: int = 6, seed: int = 0):
     args = transformers.TrainingArguments(
-        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=3e-3,
-        lr_scheduler_type="linear", warmup_steps=0, save_steps=3, save_strategy="steps", logging_steps=1,
-        report_to=[], use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        save_steps=3,
+        save_strategy="steps",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     return transformers.Trainer(model=tiny_llama(seed), args=args, train_dataset=TinyDataset(), callbacks=[callback])
 

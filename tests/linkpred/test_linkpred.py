@@ -17,8 +17,6 @@ from hypothesis import strategies as st
 from chtorch.linkpred import _common, ch_l3n, ch_l3n_dense_reference, ch_l3p, choose_method, l3p, l3p_cost
 from chtorch.linkpred.reference import ch_l3n_loops, ch_l3p_loops
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -178,9 +176,7 @@ def test_permutation_equivariance(mask: torch.Tensor, seed: int) -> None:
     cols = torch.randperm(mask.shape[1], generator=g)
     permuted = mask[rows][:, cols]
     for method in ("dense", "sparse"):
-        torch.testing.assert_close(
-            ch_l3n(permuted, "CH2", method=method), ch_l3n(mask, "CH2", method=method)[rows][:, cols]
-        )
+        torch.testing.assert_close(ch_l3n(permuted, "CH2", method=method), ch_l3n(mask, "CH2", method=method)[rows][:, cols])
     torch.testing.assert_close(ch_l3p(permuted, "CH3"), ch_l3p(mask, "CH3")[rows][:, cols])
 
 

@@ -20,7 +20,6 @@ from chtorch.models.llama import (
     to_hf_config,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -55,8 +54,12 @@ def test_paper_configs_follow_table_6():
 
 @pytest.mark.parametrize(
     "changes, message",
-    [(dict(d_model=60, n_heads=8), "not divisible"), (dict(d_model=12, n_heads=4), "even head_dim"),
-     (dict(vocab_size=0), "vocab_size"), (dict(rms_norm_eps=0.0), "rms_norm_eps")],
+    [
+        (dict(d_model=60, n_heads=8), "not divisible"),
+        (dict(d_model=12, n_heads=4), "even head_dim"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(rms_norm_eps=0.0), "rms_norm_eps"),
+    ],
 )
 def test_config_validation(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -49,9 +49,7 @@ def test_layer_names_are_a_consecutive_linear_chain():
     shapes = [tuple(modules[n].weight.shape) for n in names]
     # (out_features, in_features) per layer; each layer's input is the previous layer's output.
     assert shapes == [(7, 12), (6, 7), (9, 6), (5, 9)]
-    assert sorted(model.state_dict()) == sorted(
-        [f"{n}.{p}" for n in names for p in ("weight", "bias")]
-    )
+    assert sorted(model.state_dict()) == sorted([f"{n}.{p}" for n in names for p in ("weight", "bias")])
 
 
 def test_no_hidden_layers_is_logistic_regression():

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import chtorch
 from chtorch.config import ConfigError, build_config
 from chtorch.dst.percolation import chain, rows
-from chtorch.train import Trainer, resume, train
 from chtorch.recipes.lm import LanguageModeling, split_text
+from chtorch.train import Trainer, resume, train
 
 METHODS = ["dense", "static", "set", "rigl", "mest", "gmp", "granet", "cht", "chts", "chtss"]
 
@@ -38,10 +38,24 @@ def tiny_raw(text_file: Path, **sections) -> dict:
     raw = {
         "run": {"name": "toy-lm", "recipe": "lm", "seed": 0, "device": "cpu", "threads": 1},
         "model": {"name": "llama", "size": "tiny", "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 24},
-        "data": {"name": str(text_file), "tokenizer": "char", "val_fraction": 0.2, "seq_len": 16, "batch_size": 4,
-                 "steps_per_epoch": 4, "eval_batch_size": 8},
-        "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.0, "schedule": "cosine", "final_lr": 3e-4,
-                  "warmup_steps": 2, "rewarmup_steps": 2},
+        "data": {
+            "name": str(text_file),
+            "tokenizer": "char",
+            "val_fraction": 0.2,
+            "seq_len": 16,
+            "batch_size": 4,
+            "steps_per_epoch": 4,
+            "eval_batch_size": 8,
+        },
+        "optim": {
+            "name": "adamw",
+            "lr": 3e-3,
+            "weight_decay": 0.0,
+            "schedule": "cosine",
+            "final_lr": 3e-4,
+            "warmup_steps": 2,
+            "rewarmup_steps": 2,
+        },
         "sparsity": {"method": "chts", "sparsity": 0.7, "update_interval": 2, "update_unit": "step"},
         "train": {"epochs": 2, "plots": False, "report": False, "progress": "off", "tensorboard": False},
     }
@@ -141,8 +155,13 @@ def test_llama_couplings_pair_qk_and_gate_up_rows_and_chain_v_o_and_down(text_fi
     expected = set()
     for i in range(2):
         a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        expected |= {rows(a + "q_proj", a + "k_proj"), rows(m + "gate_proj", m + "up_proj"), chain(a + "v_proj", a + "o_proj"),
-                     chain(m + "gate_proj", m + "down_proj"), chain(m + "up_proj", m + "down_proj")}
+        expected |= {
+            rows(a + "q_proj", a + "k_proj"),
+            rows(m + "gate_proj", m + "up_proj"),
+            chain(a + "v_proj", a + "o_proj"),
+            chain(m + "gate_proj", m + "down_proj"),
+            chain(m + "up_proj", m + "down_proj"),
+        }
     assert set(recipe.couplings(model, names)) == expected
 
 

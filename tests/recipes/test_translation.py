@@ -19,15 +19,30 @@ pytest.importorskip("sacrebleu")
 import chtorch  # noqa: E402
 from chtorch.config import ConfigError, build_config  # noqa: E402
 from chtorch.dst.percolation import chain, rows  # noqa: E402
-from chtorch.train import Trainer, resume, train  # noqa: E402
 from chtorch.recipes.translation import BEST_MODEL_NAME, Translation, cached_tokenizer, corpus_bleu  # noqa: E402
+from chtorch.train import Trainer, resume, train  # noqa: E402
 
 METHODS = ["dense", "static", "set", "rigl", "mest", "gmp", "granet", "cht", "chts", "chtss"]
 
 # A toy language pair: every English word has one "German" word; sentences keep the word order.
-LEXICON = {"a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "sleeps": "schläft", "big": "groß",
-           "small": "klein", "red": "rot", "man": "mann", "woman": "frau", "sees": "sieht", "the": "der",
-           "ball": "ball", "park": "park", "in": "im", "and": "und"}
+LEXICON = {
+    "a": "ein",
+    "dog": "hund",
+    "cat": "katze",
+    "runs": "rennt",
+    "sleeps": "schläft",
+    "big": "groß",
+    "small": "klein",
+    "red": "rot",
+    "man": "mann",
+    "woman": "frau",
+    "sees": "sieht",
+    "the": "der",
+    "ball": "ball",
+    "park": "park",
+    "in": "im",
+    "and": "und",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +63,34 @@ def corpus(tmp_path_factory) -> Path:
 
 def tiny_raw(corpus: Path, run_dir: Path | None = None, **sections) -> dict:
     raw = {
-        "run": {"name": "toy", "recipe": "translation", "seed": 0, "device": "cpu", "threads": 1,
-                **({"dir": str(run_dir)} if run_dir else {})},
+        "run": {
+            "name": "toy",
+            "recipe": "translation",
+            "seed": 0,
+            "device": "cpu",
+            "threads": 1,
+            **({"dir": str(run_dir)} if run_dir else {}),
+        },
         "model": {"name": "transformer", "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "max_len": 32},
-        "data": {"name": "parallel", "dir": str(corpus), "vocab_size": 60, "min_frequency": 1, "batch_tokens": 96,
-                 "steps_per_epoch": 4, "max_decode_len": 10, "eval_batch_size": 8},
-        "optim": {"name": "adam", "lr": 1.0, "betas": [0.9, 0.98], "weight_decay": 0.0, "schedule": "noam",
-                  "warmup_steps": 4, "rewarmup_steps": 2},
+        "data": {
+            "name": "parallel",
+            "dir": str(corpus),
+            "vocab_size": 60,
+            "min_frequency": 1,
+            "batch_tokens": 96,
+            "steps_per_epoch": 4,
+            "max_decode_len": 10,
+            "eval_batch_size": 8,
+        },
+        "optim": {
+            "name": "adam",
+            "lr": 1.0,
+            "betas": [0.9, 0.98],
+            "weight_decay": 0.0,
+            "schedule": "noam",
+            "warmup_steps": 4,
+            "rewarmup_steps": 2,
+        },
         "sparsity": {"method": "chts", "sparsity": 0.8, "update_interval": 2, "update_unit": "step"},
         "train": {"epochs": 2, "plots": False, "report": False, "progress": "off", "tensorboard": False},
     }
@@ -72,8 +108,9 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 
 
 def test_cli_trains_end_to_end_and_leaves_tokenizer_best_model_and_bleu(corpus, tmp_path) -> None:
-    from chtorch.cli import main
     import yaml
+
+    from chtorch.cli import main
 
     config = tmp_path / "toy.yaml"
     raw = tiny_raw(corpus)
@@ -239,8 +276,7 @@ def test_hugging_face_corpora_without_datasets_say_what_to_install(corpus, monke
 
 
 def test_multi30k_files_are_read_and_tokenized(data_dir) -> None:
-    raw = tiny_raw(Path("."), data={"name": "multi30k", "dir": str(data_dir), "train_limit": 500, "val_limit": 20,
-                                    "vocab_size": 300})
+    raw = tiny_raw(Path("."), data={"name": "multi30k", "dir": str(data_dir), "train_limit": 500, "val_limit": 20, "vocab_size": 300})
     recipe = Translation(build_config(raw), torch.device("cpu"))
     recipe.setup()
     info = recipe.describe()

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import chtorch
-from chtorch.sparse import SparseLinear
 from chtorch.dst.options import OptionError
+from chtorch.sparse import SparseLinear
 
 
 def make(seed: int = 0) -> nn.Sequential:
@@ -21,10 +21,12 @@ def make(seed: int = 0) -> nn.Sequential:
 
 def run(backend: str, method: str, opt_kind: str, steps: int = 24, **kw):
     model = make()
-    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) if opt_kind == "sgd"
-           else torch.optim.AdamW(model.parameters(), lr=1e-2))
-    sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=steps, update_interval=4, seed=5,
-                          backend=backend, **kw)
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        if opt_kind == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=1e-2)
+    )
+    sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=steps, update_interval=4, seed=5, backend=backend, **kw)
     outputs = []
     for t in range(steps):
         g = torch.Generator().manual_seed(t)
@@ -89,8 +91,7 @@ def test_sparse_backend_resumes_exactly(method):
     def build():
         model = make()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=4,
-                              seed=5, backend="sparse")
+        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=4, seed=5, backend="sparse")
         return model, opt, sp
 
     def train(model, opt, sp, start, stop):

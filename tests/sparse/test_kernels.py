@@ -514,7 +514,9 @@ def test_to_sparse_moves_optimizer_entry_and_state_and_back():
 def test_resume_across_backends_with_optimizer_state(direction):
     """Checkpoint (model + optimizer) from one backend resumes the other; training then agrees."""
     masks = {"0": _random_mask(12, 10, 0.4, seed=29)}
-    make_opt = lambda params: torch.optim.Adam(params, lr=0.01)
+
+    def make_opt(params):
+        return torch.optim.Adam(params, lr=0.01)
 
     def build(sparse: bool):
         torch.manual_seed(0)

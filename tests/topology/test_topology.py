@@ -186,27 +186,16 @@ def test_brf_degree_side_follows_the_code():
 
 def test_brf_r0_hand_worked_square_band():
     # 4x4, 8 links: every output neuron takes its centre (i) and the left neighbour (i-1, wrapping).
-    expected = torch.tensor(
-        [[1, 0, 0, 1],
-         [1, 1, 0, 0],
-         [0, 1, 1, 0],
-         [0, 0, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(brf(4, 4, n_links=8, r=0.0), expected)
     # 5x5, 15 links (k=3): the symmetric band i-1, i, i+1.
-    expected = torch.tensor(
-        [[1, 1, 0, 0, 1],
-         [1, 1, 1, 0, 0],
-         [0, 1, 1, 1, 0],
-         [0, 0, 1, 1, 1],
-         [1, 0, 0, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor([[1, 1, 0, 0, 1], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [1, 0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(brf(5, 5, n_links=15, r=0.0), expected)
 
 
 def test_brf_r0_hand_worked_rectangular():
     # (2, 6): the 2 output neurons get degree 3, centres (i * floor(6/2)) = 0 and 3.
-    expected = torch.tensor(
-        [[1, 1, 0, 0, 0, 1],
-         [0, 0, 1, 1, 1, 0]], dtype=torch.bool)
+    expected = torch.tensor([[1, 1, 0, 0, 0, 1], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)
     assert torch.equal(brf(2, 6, n_links=6, r=0.0), expected)
     # (6, 2) is the same picture seen from the input side ("auto" picks the smaller side).
     assert torch.equal(brf(6, 2, n_links=6, r=0.0), expected.t())
@@ -318,9 +307,7 @@ def test_brf_r1_column_degree_spread_matches_erdos_renyi():
 def test_brf_r1_is_not_local_and_small_r_is():
     # Mean ring distance to the row's centre: uniform over a ring of 400 gives 40000/400 = 100.
     distance = ring_distance_to_centre(400, 400).double()
-    mean_distance = {
-        r: float(distance[brf(400, 400, 0.95, r=r, generator=gen(5))].mean()) for r in (1.0, 0.25, 0.0)
-    }
+    mean_distance = {r: float(distance[brf(400, 400, 0.95, r=r, generator=gen(5))].mean()) for r in (1.0, 0.25, 0.0)}
     er_distance = float(distance[erdos_renyi(400, 400, 0.95, generator=gen(5))].mean())
     assert abs(mean_distance[1.0] - 100.0) < 4.0  # SE ~0.65
     assert abs(er_distance - 100.0) < 4.0
@@ -341,13 +328,7 @@ def test_brf_small_r_approaches_the_band():
 def test_bsw_beta0_hand_worked():
     # (6, 4): the 6 output neurons (larger side) take windows of the 4 inputs, degree 2 each,
     # centred at j*4/6: start = floor(j*2/3 + 1/2 - 1).
-    expected = torch.tensor(
-        [[1, 0, 0, 1],
-         [1, 1, 0, 0],
-         [1, 1, 0, 0],
-         [0, 1, 1, 0],
-         [0, 0, 1, 1],
-         [0, 0, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(bsw(6, 4, n_links=12, beta=0.0), expected)
     assert torch.equal(bsw(4, 6, n_links=12, beta=0.0), expected.t())
 
@@ -504,7 +485,7 @@ def test_erk_gives_thin_layers_higher_density():
     densities = erk_densities(shapes, 0.95)
     assert densities[0] < densities[1] < densities[2]
     # Not clipped: the ratio follows (n_in + n_out) / (n_in * n_out).
-    ratio = ((1100 / 100000) / (2000 / 1000000))
+    ratio = (1100 / 100000) / (2000 / 1000000)
     assert densities[1] / densities[0] == pytest.approx(ratio)
 
 

@@ -29,7 +29,7 @@ from chtorch.train.checkpoint import load_checkpoint, remove_stale_temporaries
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
-WRITER = r'''
+WRITER = r"""
 import sys
 import torch
 from chtorch.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -46,7 +46,7 @@ while True:
         print(f"resumed at {step}", flush=True)
         first = False
     step += 1
-'''
+"""
 
 
 def test_sigkill_while_writing_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
@@ -85,8 +85,16 @@ def test_sigkill_while_writing_keeps_the_previous_checkpoint(tmp_path: Path) -> 
     assert load_checkpoint(path)["step"] == previous  # the checkpoint itself is untouched
 
 
-TINY = ["model.hidden=[32,32]", "data.batch_size=64", "sparsity.method=chts", "model.dropout=0.1",
-        "train.plots=false", "train.report=false", "train.tensorboard=false", "train.progress=off"]
+TINY = [
+    "model.hidden=[32,32]",
+    "data.batch_size=64",
+    "sparsity.method=chts",
+    "model.dropout=0.1",
+    "train.plots=false",
+    "train.report=false",
+    "train.tensorboard=false",
+    "train.progress=off",
+]
 EPOCHS = 25
 
 
@@ -102,8 +110,11 @@ def _records(run_dir: Path) -> list[dict]:
 def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys) -> None:
     overrides = [*TINY, f"train.epochs={EPOCHS}"]
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "chtorch.cli", "train", "--set", *overrides, "--out", str(killed_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chtorch.cli", "train", "--set", *overrides, "--out", str(killed_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (killed_dir / "checkpoint.pt").exists():  # the first epoch finished

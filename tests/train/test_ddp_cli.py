@@ -29,9 +29,17 @@ pytestmark = [
 ]
 
 TINY = [
-    "model.hidden=[32,32]", "model.dropout=0.1", "train.epochs=3", "data.batch_size=64", "run.device=cpu",
-    "sparsity.update_unit=step", "sparsity.update_interval=4", "train.plots=false", "train.report=false",
-    "train.progress=lines", "train.tensorboard=false",
+    "model.hidden=[32,32]",
+    "model.dropout=0.1",
+    "train.epochs=3",
+    "data.batch_size=64",
+    "run.device=cpu",
+    "sparsity.update_unit=step",
+    "sparsity.update_interval=4",
+    "train.plots=false",
+    "train.report=false",
+    "train.progress=lines",
+    "train.tensorboard=false",
 ]
 
 LAUNCHER = r'''
@@ -72,8 +80,9 @@ except SystemExit as exit:
 '''
 
 
-def torchrun(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: int = 180) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 180
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("RANK", None)
@@ -160,8 +169,18 @@ def test_ddp_resume_continues_exactly(chts_run, tmp_path: Path) -> None:
     the result equals the uninterrupted run (weights, masks, optimizer moments)."""
     _, full_dump, full_dir = chts_run
     part_dir = tmp_path / "run"
-    _, dump = launch(tmp_path, "part", "train", "--set", *TINY, "sparsity.method=chts", "--out", str(part_dir),
-                     CHT_TEST_STOP_AT="15", CHT_TEST_STOP_RANK="1")
+    _, dump = launch(
+        tmp_path,
+        "part",
+        "train",
+        "--set",
+        *TINY,
+        "sparsity.method=chts",
+        "--out",
+        str(part_dir),
+        CHT_TEST_STOP_AT="15",
+        CHT_TEST_STOP_RANK="1",
+    )
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
     assert r0["interrupted"] and r1["interrupted"] and r0["step"] == r1["step"] == 15  # both stopped together
     saved = load_checkpoint(part_dir)
@@ -262,10 +281,22 @@ def test_round_robin_sharding_for_recipes_that_do_not_shard(rank: int) -> None:
 @pytest.mark.slow
 def test_ddp_language_model_recipe(tmp_path: Path, data_dir: Path) -> None:
     """A recipe without its own sharding (the LM recipe) under torchrun: ranks agree, steps are halved."""
-    lm = [str(Path(__file__).resolve().parents[2] / "configs" / "lm_shakespeare_cpu.yaml"), "--set", f"data.dir={data_dir}",
-          "model.d_model=32", "model.n_layers=1", "model.d_ff=64", "data.seq_len=32", "data.batch_size=4",
-          "data.steps_per_epoch=8", "data.eval_tokens=2000", "train.epochs=2", "sparsity.update_interval=3",
-          "train.plots=false", "train.report=false"]
+    lm = [
+        str(Path(__file__).resolve().parents[2] / "configs" / "lm_shakespeare_cpu.yaml"),
+        "--set",
+        f"data.dir={data_dir}",
+        "model.d_model=32",
+        "model.n_layers=1",
+        "model.d_ff=64",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "data.steps_per_epoch=8",
+        "data.eval_tokens=2000",
+        "train.epochs=2",
+        "sparsity.update_interval=3",
+        "train.plots=false",
+        "train.report=false",
+    ]
     _, dump = launch(tmp_path, "lm", "train", *lm, "--out", str(tmp_path / "run"))
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
     assert r0["step"] == 8 and r0["updates"] == r1["updates"] >= 2

@@ -24,8 +24,15 @@ from chtorch.train.optim import build_optimizer, build_scheduler, lr_multiplier
 from chtorch.train.plots import adjacency_image
 from chtorch.train.trainer import Trainer
 
-TINY = ["model.hidden=[32,32]", "train.epochs=3", "data.batch_size=64", "train.plots=false",
-        "train.report=false", "train.progress=off", "sparsity.method=set"]
+TINY = [
+    "model.hidden=[32,32]",
+    "train.epochs=3",
+    "data.batch_size=64",
+    "train.plots=false",
+    "train.report=false",
+    "train.progress=off",
+    "sparsity.method=set",
+]
 
 
 def tiny(*overrides: str):
@@ -96,8 +103,16 @@ def test_epoch_update_unit_converts_to_steps(tmp_path: Path) -> None:
 def test_records_and_files(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.log_every=5")
     d = result.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "updates.csv", "checkpoint.pt", "summary.json",
-                 "topology/init.npz", "topology/final.npz"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "updates.csv",
+        "checkpoint.pt",
+        "summary.json",
+        "topology/init.npz",
+        "topology/final.npz",
+    ):
         assert (d / name).is_file(), name
     records = read_metrics(d)
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -283,11 +298,14 @@ def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("key,value,words", [
-    ("model", {"hidden": [16, 16]}, "does not fit this model"),
-    ("sparsity", {"sparsity": 0.8}, "sparsity"),
-    ("sparsity", {"method": "dense"}, "dense vs sparse"),
-])
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("model", {"hidden": [16, 16]}, "does not fit this model"),
+        ("sparsity", {"sparsity": 0.8}, "sparsity"),
+        ("sparsity", {"method": "dense"}, "dense vs sparse"),
+    ],
+)
 def test_checkpoint_from_another_model_or_sparsity(tmp_path: Path, key: str, value: dict, words: str) -> None:
     def stop(trainer: Trainer) -> None:
         if trainer.step == 5:
@@ -376,10 +394,17 @@ def _mnist_dir() -> Path | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST files not found (set CHTORCH_DATA or add ../shared/data/mnist)")
 def test_mnist_cpu_config_trains(tmp_path: Path) -> None:
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mlp_mnist_cpu.yaml", [
-        f"data.dir={_mnist_dir()}", "train.epochs=1", "data.train_limit=6000", "data.test_limit=2000",
-        "train.progress=off", "train.plots=false",
-    ])
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "mlp_mnist_cpu.yaml",
+        [
+            f"data.dir={_mnist_dir()}",
+            "train.epochs=1",
+            "data.train_limit=6000",
+            "data.test_limit=2000",
+            "train.progress=off",
+            "train.plots=false",
+        ],
+    )
     result = train(cfg, tmp_path / "mnist", out=io.StringIO())
     assert result.record["test_accuracy"] > 0.8
     assert result.record["density"] == pytest.approx(0.01, abs=1e-3)

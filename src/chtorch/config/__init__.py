@@ -25,9 +25,10 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 from chtorch.dst.options import SparsityOptions, closest
 
@@ -104,8 +105,12 @@ class RunConfig:
     dir: str | None = _field(None, "run directory (checkpoints, metrics, plots, report); `--out` sets it")
     seed: int = _field(0, "seed of the model initialisation, data order and every topology choice", min=0)
     device: str = _field("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
-    threads: int = _field(1, "CPU threads for PyTorch: 1 suits small models and shared machines (more threads "
-                             "contend badly when other jobs run); 0 = PyTorch's default (all cores)", min=0)
+    threads: int = _field(
+        1,
+        "CPU threads for PyTorch: 1 suits small models and shared machines (more threads "
+        "contend badly when other jobs run); 0 = PyTorch's default (all cores)",
+        min=0,
+    )
     recipe: str = _field("image_classification", "the task: which data, model, loss and metrics to build")
 
 
@@ -118,8 +123,9 @@ class MLPModelConfig:
         factory=lambda: [256, 256, 256],
         help="hidden widths; the paper uses three of 1568 (3072 for CIFAR-10), i.e. 2x the input size",
     )
-    activation: str = _field("relu", "activation after each hidden layer",
-                             choices=("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu"))
+    activation: str = _field(
+        "relu", "activation after each hidden layer", choices=("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu")
+    )
     dropout: float = _field(0.0, "dropout after each hidden activation", min=0.0, max=1.0, max_open=True)
     bias: bool = _field(True, "biases in every Linear layer")
 
@@ -152,13 +158,18 @@ class OptimConfig:
     weight_decay: float = _field(5e-4, "weight decay (SGD: L2; AdamW: decoupled)", min=0.0)
     betas: list[float] = _field(factory=lambda: [0.9, 0.999], help="Adam/AdamW betas")
     eps: float = _field(1e-8, "Adam/AdamW epsilon", min=0.0, min_open=True)
-    schedule: str = _field("linear", "LR schedule: constant, linear (lr -> final_lr), cosine (-> final_lr), noam",
-                           choices=("constant", "linear", "cosine", "noam"))
+    schedule: str = _field(
+        "linear",
+        "LR schedule: constant, linear (lr -> final_lr), cosine (-> final_lr), noam",
+        choices=("constant", "linear", "cosine", "noam"),
+    )
     final_lr: float = _field(2.5e-4, "LR at the end of a linear or cosine schedule (the paper: 0.025 -> 2.5e-4)", min=0.0)
     warmup_steps: int = _field(0, "global warm-up steps (noam: its warm-up, required)", min=0)
     d_model: int | None = _field(None, "model width for noam (default: the model's)", min=1)
     rewarmup_steps: int = _field(
-        0, "iterative re-warm-up: after each topology update the LR ramps up again over this many steps (paper: 20)", min=0,
+        0,
+        "iterative re-warm-up: after each topology update the LR ramps up again over this many steps (paper: 20)",
+        min=0,
     )
     grad_clip: float = _field(0.0, "clip the gradient norm to this value (0 = off)", min=0.0)
 
@@ -168,19 +179,21 @@ class SparsityConfig:
     """Which dynamic sparse training method, at which sparsity, with which parts."""
 
     method: str = _field("chts", "a registered method (`chtorch methods`) or 'dense' for no sparsification")
-    sparsity: float = _field(0.9, "final fraction of zeros in each sparse layer (0.99 keeps 1% of links)",
-                             min=0.0, max=1.0, max_open=True)
+    sparsity: float = _field(0.9, "final fraction of zeros in each sparse layer (0.99 keeps 1% of links)", min=0.0, max=1.0, max_open=True)
     update_interval: int = _field(1, "topology update interval, in update_unit (the paper's MLPs: 1 epoch)", min=1)
     update_unit: str = _field("epoch", "unit of update_interval", choices=("epoch", "step"))
     layers: list[str] | None = _field(None, "layer names or glob patterns to sparsify (default: every Linear but the last)")
     exclude: list[str] | None = _field(None, "layer names or glob patterns to keep dense")
-    backend: str = _field("masked", "execution of the sparse layers: masked (dense weight x mask, every method), "
-                          "sparse (truly sparse kernels; not for rigl/granet) or auto (sparse where it pays off)",
-                          choices=("masked", "sparse", "auto"))
+    backend: str = _field(
+        "masked",
+        "execution of the sparse layers: masked (dense weight x mask, every method), "
+        "sparse (truly sparse kernels; not for rigl/granet) or auto (sparse where it pays off)",
+        choices=("masked", "sparse", "auto"),
+    )
     options: dict[str, Any] = _field(
         factory=dict,
         help="overrides of the method's parts for every method (see SparsityOptions), merged over the recipe's "
-             "defaults (image classification: {weight_init: swi}, the paper's sparse weight init for MLPs)",
+        "defaults (image classification: {weight_init: swi}, the paper's sparse weight init for MLPs)",
     )
     method_options: dict[str, dict[str, Any]] = _field(
         factory=dict,
@@ -197,8 +210,9 @@ class TrainConfig:
     checkpoint: bool = _field(True, "write a checkpoint (atomically) after every epoch")
     plots: bool = _field(True, "write PNG plots at the end (needs matplotlib)")
     report: bool = _field(True, "write report.md at the end")
-    progress: str = _field("auto", "auto (bar on a terminal, else one line per epoch), bar, lines or off",
-                           choices=("auto", "bar", "lines", "off"))
+    progress: str = _field(
+        "auto", "auto (bar on a terminal, else one line per epoch), bar, lines or off", choices=("auto", "bar", "lines", "off")
+    )
     log_every: int = _field(0, "also log the training loss every N steps (0 = per epoch only)", min=0)
     snapshot_every: int = _field(0, "save the masks every N epochs for plots (0 = start and end only)", min=0)
     tensorboard: bool = _field(True, "also log to TensorBoard when it is installed")
@@ -243,7 +257,10 @@ _builtins_loaded = False
 
 
 def register_recipe_schema(
-    name: str, data_schema: type, models: Sequence[str], sparsity_defaults: Mapping[str, Any] | None = None,
+    name: str,
+    data_schema: type,
+    models: Sequence[str],
+    sparsity_defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Declare a recipe's ``data`` section dataclass and the model families it can train.
 
@@ -500,7 +517,9 @@ def _schema_for(section: str, raw: Mapping[str, Any], recipe: str) -> type:
         if recipe not in _RECIPE_SCHEMAS:
             import chtorch.recipes.base  # noqa: F401  (registers the built-in recipes and their schemas)
         if recipe not in _RECIPE_SCHEMAS:
-            raise ConfigError(f"unknown recipe {recipe!r}{closest(recipe, _RECIPE_SCHEMAS)}; known recipes: {', '.join(recipe_names())}", "run.recipe")
+            raise ConfigError(
+                f"unknown recipe {recipe!r}{closest(recipe, _RECIPE_SCHEMAS)}; known recipes: {', '.join(recipe_names())}", "run.recipe"
+            )
         return _RECIPE_SCHEMAS[recipe][0]
     name = raw.get("name", "mlp") if isinstance(raw, Mapping) else "mlp"
     name = str(name).strip()
@@ -542,7 +561,7 @@ def method_options_for(config: Config, method: str | None = None) -> dict[str, A
     return merged
 
 
-def resolve_sparsity_options(method: str, overrides: Mapping[str, Any]) -> "SparsityOptions":
+def resolve_sparsity_options(method: str, overrides: Mapping[str, Any]) -> SparsityOptions:
     """The :class:`SparsityOptions` of ``method``'s preset with ``overrides`` applied (overriding
     ``init`` drops the preset's initializer options, see ``MethodPreset.build_options``)."""
     from chtorch.dst.methods import get_method
@@ -556,7 +575,9 @@ def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
     out = {}
     for name, value in options.items():
         if name not in names:
-            raise ConfigError(f"unknown sparsity option {key}.{name}{closest(name, names)}; valid options: {', '.join(names)}", f"{key}.{name}")
+            raise ConfigError(
+                f"unknown sparsity option {key}.{name}{closest(name, names)}; valid options: {', '.join(names)}", f"{key}.{name}"
+            )
         if name == "update_interval":
             raise ConfigError(f"{key}.update_interval: set sparsity.update_interval (with sparsity.update_unit) instead", f"{key}.{name}")
         if name == "couplings":
@@ -574,7 +595,9 @@ def _validate(config: Config) -> None:
     recipe = config.run.recipe
     allowed_models = _RECIPE_SCHEMAS[recipe][1]
     if config.model.name not in allowed_models:
-        raise ConfigError(f"model {config.model.name!r} cannot be trained by recipe {recipe!r}; it trains: {', '.join(allowed_models)}", "model.name")
+        raise ConfigError(
+            f"model {config.model.name!r} cannot be trained by recipe {recipe!r}; it trains: {', '.join(allowed_models)}", "model.name"
+        )
 
     sp = config.sparsity
     sp.method = sp.method.lower()
@@ -586,7 +609,10 @@ def _validate(config: Config) -> None:
     for name, opts in sp.method_options.items():
         key = name.lower()
         if key not in known:
-            raise ConfigError(f"sparsity.method_options names unknown method {name!r}{closest(key, known)}; known methods: {', '.join(known)}", f"sparsity.method_options.{name}")
+            raise ConfigError(
+                f"sparsity.method_options names unknown method {name!r}{closest(key, known)}; known methods: {', '.join(known)}",
+                f"sparsity.method_options.{name}",
+            )
         method_options[key] = _coerce_options(opts, f"sparsity.method_options.{key}")
     sp.method_options = method_options
     # Validate the options against every method they will be used with.
@@ -612,7 +638,9 @@ def _validate(config: Config) -> None:
             config.data.name = dataset_info(config.data.name).name
         except ValueError:
             names = dataset_names()
-            raise ConfigError(f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; known datasets: {', '.join(names)}", "data.name") from None
+            raise ConfigError(
+                f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; known datasets: {', '.join(names)}", "data.name"
+            ) from None
     if config.optim.name in ("adam", "adamw") and len(config.optim.betas) != 2:
         raise ConfigError(f"optim.betas must hold two numbers, got {config.optim.betas}", "optim.betas")
     for i, b in enumerate(config.optim.betas):
@@ -621,7 +649,9 @@ def _validate(config: Config) -> None:
     if config.optim.schedule == "noam" and config.optim.warmup_steps == 0:
         raise ConfigError("optim.schedule=noam needs optim.warmup_steps > 0 (e.g. 4000)", "optim.warmup_steps")
     if config.optim.final_lr > config.optim.lr and config.optim.schedule in ("linear", "cosine"):
-        raise ConfigError(f"optim.final_lr={config.optim.final_lr} is above optim.lr={config.optim.lr}: the schedule decays", "optim.final_lr")
+        raise ConfigError(
+            f"optim.final_lr={config.optim.final_lr} is above optim.lr={config.optim.lr}: the schedule decays", "optim.final_lr"
+        )
     device = config.run.device
     if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", device):
         raise ConfigError(f"run.device={device!r} is not one of auto, cpu, cuda, cuda:N, mps", "run.device")
@@ -650,8 +680,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     for text in overrides:
         parts, value = parse_override(text)
         if len(parts) < 2:
-            raise ConfigError(f"--set {text!r}: name a key inside a section, e.g. {parts[0]}.<key>=value" if parts[0] in SECTIONS
-                              else f"--set {text!r}: unknown section {parts[0]!r}{closest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}", parts[0])
+            raise ConfigError(
+                f"--set {text!r}: name a key inside a section, e.g. {parts[0]}.<key>=value"
+                if parts[0] in SECTIONS
+                else f"--set {text!r}: unknown section {parts[0]!r}{closest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}",
+                parts[0],
+            )
         node = out
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -685,7 +719,9 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: a config must be a mapping of sections (run, model, data, optim, sparsity, train), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: a config must be a mapping of sections (run, model, data, optim, sparsity, train), got {type(raw).__name__}"
+        )
     return dict(raw)
 
 
@@ -702,6 +738,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain nested dict (lists, no tuples) of ``config``; :func:`build_config` reads it back."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
@@ -743,9 +780,10 @@ def save_config(config: Config, path: str | os.PathLike[str]) -> Path:
 
 def config_reference() -> str:
     """Markdown tables of every config key: type, default, allowed values, meaning."""
+
     def describe(cls: type, section: str) -> list[str]:
         hints = typing.get_type_hints(cls)
-        rows = [f"| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
         instance = cls()
         for f in dataclasses.fields(cls):
             meta = f.metadata

@@ -147,8 +147,7 @@ def maybe_decompress(data: bytes, source: str | os.PathLike[str]) -> bytes:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataFormatError(
-            f"{source}: damaged gzip data ({exc}). The file is truncated or corrupt: delete it and "
-            "download it again."
+            f"{source}: damaged gzip data ({exc}). The file is truncated or corrupt: delete it and download it again."
         ) from exc
 
 
@@ -176,8 +175,7 @@ def verify_bytes(
     actual = digest(raw, "sha256")
     lines = [
         f"checksum mismatch for {source}:",
-        f"  found    {actual} (file)"
-        + (f", {digest(content, 'sha256')} (decompressed content)" if content is not raw else ""),
+        f"  found    {actual} (file)" + (f", {digest(content, 'sha256')} (decompressed content)" if content is not raw else ""),
         f"  expected {checksums.describe()}",
     ]
     if known:
@@ -187,8 +185,7 @@ def verify_bytes(
                 lines.append(f"  this file is {what}")
                 break
     lines.append(
-        "  The file is corrupt, truncated or from another dataset: delete it and download it "
-        "again, or pass verify=False to skip the check."
+        "  The file is corrupt, truncated or from another dataset: delete it and download it again, or pass verify=False to skip the check."
     )
     if hint:
         lines.append("  " + hint)
@@ -216,9 +213,7 @@ def read_verified(
     return content
 
 
-def verify_file(
-    path: str | os.PathLike[str], checksums: Checksums, *, hint: str = "", known: Mapping[str, str] | None = None
-) -> None:
+def verify_file(path: str | os.PathLike[str], checksums: Checksums, *, hint: str = "", known: Mapping[str, str] | None = None) -> None:
     """Verify a possibly large file against ``checksums``, streaming it for the ``file`` digests;
     only when none matches is it read whole (and gunzipped) to check the ``content`` digests."""
     if not checksums:

@@ -77,9 +77,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
     return _decode(read_verified(Path(path).expanduser()), path)
 
 
-def load_corpus(
-    name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *, verify: bool = True
-) -> str:
+def load_corpus(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *, verify: bool = True) -> str:
     """The text of a named corpus (:data:`TEXT_CORPORA`: ``tinyshakespeare``, ``shakespeare-plays``),
     found under ``root``, ``$CHTORCH_DATA`` or the user cache and checksum-verified unless
     ``verify=False``; or of a ``.txt`` / ``.txt.gz`` file path."""
@@ -97,9 +95,7 @@ def load_corpus(
         return _decode(read_verified(path, checksums, verify=verify), path)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise DataNotFoundError(
-            f"{path}: no such file, and {key!r} is not a known corpus name ({sorted(TEXT_CORPORA)})"
-        )
+        raise DataNotFoundError(f"{path}: no such file, and {key!r} is not a known corpus name ({sorted(TEXT_CORPORA)})")
     return read_text(path)
 
 
@@ -124,8 +120,7 @@ def load_hf_text(
         import datasets
     except ImportError as exc:
         raise ImportError(
-            "load_hf_text needs Hugging Face `datasets`: pip install datasets "
-            "(or use load_corpus on a local .txt/.txt.gz file)"
+            "load_hf_text needs Hugging Face `datasets`: pip install datasets (or use load_corpus on a local .txt/.txt.gz file)"
         ) from exc
     if path is None:
         if name not in HF_TEXT_DATASETS:
@@ -139,9 +134,7 @@ def load_hf_text(
         yield row[text_field]
 
 
-def tokenize_corpus(
-    texts: str | Iterable[str], tokenizer: Any, *, eos_between: bool = True, chunk_size: int = 1024
-) -> torch.Tensor:
+def tokenize_corpus(texts: str | Iterable[str], tokenizer: Any, *, eos_between: bool = True, chunk_size: int = 1024) -> torch.Tensor:
     """A 1-D int64 tensor of token ids. ``texts``: one string (a single document, encoded whole), or
     an iterable of documents, each followed by ``<eos>`` when ``eos_between`` (so the model sees
     document boundaries, as in GPT-style packing). ``tokenizer`` has ``encode(text) -> list[int]``
@@ -169,15 +162,11 @@ def split_tokens(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n_val = max(1, int(round(len(tokens) * val_fraction)))
     if n_val >= len(tokens):
-        raise ValueError(
-            f"a stream of {len(tokens)} tokens is too short to split with val_fraction={val_fraction}"
-        )
+        raise ValueError(f"a stream of {len(tokens)} tokens is too short to split with val_fraction={val_fraction}")
     return tokens[:-n_val], tokens[-n_val:]
 
 
-def split_documents(
-    documents: Sequence[str], val_fraction: float = 0.05, seed: int = 0
-) -> tuple[list[str], list[str]]:
+def split_documents(documents: Sequence[str], val_fraction: float = 0.05, seed: int = 0) -> tuple[list[str], list[str]]:
     """Hold out ``round(val_fraction * n)`` (at least 1) documents chosen by a seeded permutation
     (``chtorch.rng.make_generator(seed, "split_documents")``); both parts keep the original order.
     The paper's LLaMA runs hold out 5% of OpenWebText."""
@@ -203,14 +192,11 @@ def _check_stream(tokens: torch.Tensor, seq_len: int, batch_size: int) -> None:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
     if len(tokens) < seq_len + 1:
         raise ValueError(
-            f"the token stream ({len(tokens)} tokens) is shorter than seq_len + 1 = {seq_len + 1}; "
-            "use a shorter seq_len or more text"
+            f"the token stream ({len(tokens)} tokens) is shorter than seq_len + 1 = {seq_len + 1}; use a shorter seq_len or more text"
         )
 
 
-def random_windows(
-    tokens: torch.Tensor, seq_len: int, batch_size: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def random_windows(tokens: torch.Tensor, seq_len: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch: ``batch_size`` windows at offsets uniform in ``[0, N - seq_len - 1]``
     drawn from ``generator``. Returns ``(x, y)`` (B, seq_len) each, ``y`` shifted by one token."""
     _check_stream(tokens, seq_len, batch_size)

@@ -65,18 +65,30 @@ MULTI30K_LINES: dict[str, int] = {"train": 29000, "val": 1014, "test_2016_flickr
 # sha256 of each file as distributed (multi30k/dataset data/task1/raw, commit a3d2e0d) and of its
 # decompressed text, so a re-compressed copy of the same text is accepted too.
 _MULTI30K_SHA256: dict[str, tuple[str, str]] = {
-    "train.en": ("d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
-                 "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6"),
-    "train.de": ("726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
-                 "2c2b73fd2b548fbcde3a875e0a78d6ee94d498bfdee6bd3eae3945779e9ddf72"),
-    "val.en": ("14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
-               "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227"),
-    "val.de": ("f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
-               "660e09eb7e1da2f856ea13ee5ad3cf6d36b3d5b0b733c857e94c5747a3dfc660"),
-    "test_2016_flickr.en": ("611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
-                            "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182"),
-    "test_2016_flickr.de": ("9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
-                            "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16"),
+    "train.en": (
+        "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+        "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6",
+    ),
+    "train.de": (
+        "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+        "2c2b73fd2b548fbcde3a875e0a78d6ee94d498bfdee6bd3eae3945779e9ddf72",
+    ),
+    "val.en": (
+        "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+        "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227",
+    ),
+    "val.de": (
+        "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+        "660e09eb7e1da2f856ea13ee5ad3cf6d36b3d5b0b733c857e94c5747a3dfc660",
+    ),
+    "test_2016_flickr.en": (
+        "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+        "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
+    ),
+    "test_2016_flickr.de": (
+        "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+        "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16",
+    ),
 }
 MULTI30K_CHECKSUMS: dict[str, Checksums] = {
     stem: Checksums(file=(f"sha256:{f}",), content=(f"sha256:{c}",)) for stem, (f, c) in _MULTI30K_SHA256.items()
@@ -151,9 +163,7 @@ def _pair_up(src_path: Path, src_lines: list[str], tgt_path: Path, tgt_lines: li
     return list(zip(src_lines, tgt_lines))
 
 
-def read_parallel(
-    root: str | os.PathLike[str], split: str, src: str = "en", tgt: str = "de"
-) -> list[tuple[str, str]]:
+def read_parallel(root: str | os.PathLike[str], split: str, src: str = "en", tgt: str = "de") -> list[tuple[str, str]]:
     """Sentence pairs ``(src_sentence, tgt_sentence)`` from ``root/{split}.{src}[.gz]`` and
     ``root/{split}.{tgt}[.gz]``.
 
@@ -218,14 +228,11 @@ def load_hf_translation(
         import datasets
     except ImportError as exc:
         raise ImportError(
-            "load_hf_translation needs Hugging Face `datasets`: pip install datasets "
-            "(or use read_parallel on local text files)"
+            "load_hf_translation needs Hugging Face `datasets`: pip install datasets (or use read_parallel on local text files)"
         ) from exc
     if path is None:
         if name not in HF_TRANSLATION_DATASETS:
-            raise ValueError(
-                f"unknown corpus {name!r}; choose one of {sorted(HF_TRANSLATION_DATASETS)} or pass path="
-            )
+            raise ValueError(f"unknown corpus {name!r}; choose one of {sorted(HF_TRANSLATION_DATASETS)} or pass path=")
         path, default_config = HF_TRANSLATION_DATASETS[name]
         config = config if config is not None else default_config
     hf_split = {"val": "validation", "valid": "validation"}.get(split, split)
@@ -363,4 +370,3 @@ def token_batches(
     the tensors. Pairs hold token ids without special tokens (:func:`encode_pairs`)."""
     for indices in token_batch_indices(pairs_ids, max_tokens, generator):
         yield collate_pairs(pairs_ids, indices, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-

@@ -41,7 +41,6 @@ from chtorch.data.files import (
     cache_dir,
     download,
     find_file,
-    maybe_decompress,
     read_verified,
     search_dirs,
     verify_bytes,
@@ -91,9 +90,7 @@ def _magic_name(magic: int) -> str:
     )
 
 
-def parse_idx(
-    data: bytes, source: str | os.PathLike[str] = "<bytes>", *, expected_magic: int | None = None
-) -> torch.Tensor:
+def parse_idx(data: bytes, source: str | os.PathLike[str] = "<bytes>", *, expected_magic: int | None = None) -> torch.Tensor:
     """Decode uncompressed IDX bytes into a tensor of shape ``dims`` (uint8 stays uint8).
 
     Validation is strict: a bad or unexpected magic number, a truncated header or body, or extra
@@ -102,9 +99,7 @@ def parse_idx(
     """
     n = len(data)
     if n < 4:
-        raise DataFormatError(
-            f"{source}: {n} bytes is too short for an IDX file (it needs a 4-byte magic number; {_IDX_HELP})"
-        )
+        raise DataFormatError(f"{source}: {n} bytes is too short for an IDX file (it needs a 4-byte magic number; {_IDX_HELP})")
     magic = int.from_bytes(data[:4], "big")
     type_code, ndim = data[2], data[3]
     if data[:2] != b"\x00\x00" or type_code not in _IDX_TYPES or ndim == 0:
@@ -120,10 +115,7 @@ def parse_idx(
         )
     header = 4 + 4 * ndim
     if n < header:
-        raise DataFormatError(
-            f"{source}: truncated IDX header: {ndim} dimensions need a {header}-byte header, "
-            f"the file has {n} bytes"
-        )
+        raise DataFormatError(f"{source}: truncated IDX header: {ndim} dimensions need a {header}-byte header, the file has {n} bytes")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[type_code])
     count = math.prod(dims)
@@ -173,9 +165,7 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
-def read_cifar_batch(
-    source: str | os.PathLike[str] | bytes, name: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def read_cifar_batch(source: str | os.PathLike[str] | bytes, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one CIFAR-10 python batch (``data_batch_1`` ... ``test_batch``).
 
     ``source`` is a path or the file's bytes. Returns ``(images, labels)``: uint8 ``(N, 3, 32, 32)``
@@ -198,13 +188,9 @@ def read_cifar_batch(
     images = np.asarray(obj[b"data"])
     labels = np.asarray(obj[b"labels"])
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
-        raise DataFormatError(
-            f"{label}: b'data' must be uint8 of shape (N, 3072), found {images.dtype} {images.shape}"
-        )
+        raise DataFormatError(f"{label}: b'data' must be uint8 of shape (N, 3072), found {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataFormatError(
-            f"{label}: b'labels' must be {len(images)} integers (one per image), found {labels.dtype} {labels.shape}"
-        )
+        raise DataFormatError(f"{label}: b'labels' must be {len(images)} integers (one per image), found {labels.dtype} {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataFormatError(f"{label}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
     return (
@@ -270,16 +256,28 @@ _MNIST = {
     # md5 of the original .gz (torchvision's table); sha256 of the decompressed IDX bytes (the same
     # for any re-compression, e.g. the project's shared data, see shared/data/README.md).
     "train": (
-        _idx_file("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                  "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-        _idx_file("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432",
-                  "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        _idx_file(
+            "train-images-idx3-ubyte.gz",
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        ),
+        _idx_file(
+            "train-labels-idx1-ubyte.gz",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        ),
     ),
     "test": (
-        _idx_file("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3",
-                  "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-        _idx_file("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c",
-                  "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        _idx_file(
+            "t10k-images-idx3-ubyte.gz",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        ),
+        _idx_file(
+            "t10k-labels-idx1-ubyte.gz",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
     ),
 }
 _FASHION = {
@@ -324,27 +322,59 @@ _CIFAR_ARCHIVE = _File("cifar-10-python.tar.gz", Checksums(file=("md5:c58f30108f
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
-        "mnist", "MNIST", 10, (1, 28, 28), (0.1307,), (0.3081,), ("mnist", "MNIST", "MNIST/raw"), _MNIST,
+        "mnist",
+        "MNIST",
+        10,
+        (1, 28, 28),
+        (0.1307,),
+        (0.3081,),
+        ("mnist", "MNIST", "MNIST/raw"),
+        _MNIST,
         "LeCun, Cortes & Burges; files as on https://ossci-datasets.s3.amazonaws.com/mnist/",
     ),
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", "Fashion-MNIST", 10, (1, 28, 28), (0.2860,), (0.3530,),
-        ("fashion_mnist", "fashion-mnist", "FashionMNIST", "FashionMNIST/raw"), _FASHION,
+        "fashion_mnist",
+        "Fashion-MNIST",
+        10,
+        (1, 28, 28),
+        (0.2860,),
+        (0.3530,),
+        ("fashion_mnist", "fashion-mnist", "FashionMNIST", "FashionMNIST/raw"),
+        _FASHION,
         "Xiao, Rasul & Vollgraf 2017 (zalandoresearch/fashion-mnist)",
     ),
     "emnist_balanced": DatasetInfo(
-        "emnist_balanced", "EMNIST balanced", 47, (1, 28, 28), (0.1736,), (0.3317,),
-        ("emnist_balanced", "emnist", "EMNIST", "EMNIST/raw", "gzip"), _EMNIST,
+        "emnist_balanced",
+        "EMNIST balanced",
+        47,
+        (1, 28, 28),
+        (0.1736,),
+        (0.3317,),
+        ("emnist_balanced", "emnist", "EMNIST", "EMNIST/raw", "gzip"),
+        _EMNIST,
         "Cohen et al. 2017; gzip.zip from https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip",
     ),
     "cifar10": DatasetInfo(
-        "cifar10", "CIFAR-10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        ("cifar10", "cifar-10", "CIFAR10"), _CIFAR,
+        "cifar10",
+        "CIFAR-10",
+        10,
+        (3, 32, 32),
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        ("cifar10", "cifar-10", "CIFAR10"),
+        _CIFAR,
         "Krizhevsky 2009; https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     ),
     # Mean/std over all 1797 images scaled by 1/16 (computed once; checked by the tests).
     "digits": DatasetInfo(
-        "digits", "scikit-learn digits", 10, (1, 8, 8), (0.3053,), (0.3760,), (), {},
+        "digits",
+        "scikit-learn digits",
+        10,
+        (1, 8, 8),
+        (0.3053,),
+        (0.3760,),
+        (),
+        {},
         "UCI optical recognition of handwritten digits, bundled with scikit-learn",
     ),
 }
@@ -496,14 +526,12 @@ def _load_idx_split(
     dirs = search_dirs(info.name, root, subdirs=info.subdirs)
     known = _known_digests()
     images = parse_idx(
-        read_verified(image_path, image_file.checksums, verify=verify,
-                      hint=_hint(info, dirs, [image_file.name]), known=known),
+        read_verified(image_path, image_file.checksums, verify=verify, hint=_hint(info, dirs, [image_file.name]), known=known),
         image_path,
         expected_magic=IDX_IMAGES,
     )
     labels = parse_idx(
-        read_verified(label_path, label_file.checksums, verify=verify,
-                      hint=_hint(info, dirs, [label_file.name]), known=known),
+        read_verified(label_path, label_file.checksums, verify=verify, hint=_hint(info, dirs, [label_file.name]), known=known),
         label_path,
         expected_magic=IDX_LABELS,
     )
@@ -523,9 +551,7 @@ def _load_idx_split(
     return images.unsqueeze(1), labels.long()
 
 
-def _extract_emnist_if_needed(
-    info: DatasetInfo, root: str | os.PathLike[str] | None, download_ok: bool, verify: bool
-) -> None:
+def _extract_emnist_if_needed(info: DatasetInfo, root: str | os.PathLike[str] | None, download_ok: bool, verify: bool) -> None:
     """NIST distributes EMNIST only as one ``gzip.zip`` (all six splits). If the balanced files are
     missing but the zip is present (or may be downloaded), extract the four balanced members."""
     dirs = search_dirs(info.name, root, subdirs=info.subdirs)
@@ -538,8 +564,7 @@ def _extract_emnist_if_needed(
     if zip_path is None:
         if not download_ok:
             return  # _locate raises the "missing file" error with instructions
-        zip_path = download([m + _EMNIST_ZIP.name for m in MIRRORS[info.name]], target / _EMNIST_ZIP.name,
-                            _EMNIST_ZIP.checksums)
+        zip_path = download([m + _EMNIST_ZIP.name for m in MIRRORS[info.name]], target / _EMNIST_ZIP.name, _EMNIST_ZIP.checksums)
         downloaded = True
     else:
         downloaded = False
@@ -577,8 +602,7 @@ def _load_cifar_split(
     archive = find_file(dirs, _CIFAR_ARCHIVE.names)
     if archive is None and download_ok:
         target = _download_target(info, root)
-        archive = download([m + _CIFAR_ARCHIVE.name for m in MIRRORS[info.name]], target / _CIFAR_ARCHIVE.name,
-                           _CIFAR_ARCHIVE.checksums)
+        archive = download([m + _CIFAR_ARCHIVE.name for m in MIRRORS[info.name]], target / _CIFAR_ARCHIVE.name, _CIFAR_ARCHIVE.checksums)
     if archive is None:
         names = [f"{_CIFAR_DIR}/{f.name}" for f in files]
         raise DataNotFoundError(
@@ -617,9 +641,7 @@ def _load_digits_split(split: str, seed: int = 0, test_fraction: float = 0.2) ->
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the 'digits' dataset needs scikit-learn: pip install scikit-learn (or chtorch[cli])"
-        ) from exc
+        raise ImportError("the 'digits' dataset needs scikit-learn: pip install scikit-learn (or chtorch[cli])") from exc
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)  # (1797, 8, 8), 0..16
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)

@@ -33,21 +33,22 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from chtorch.dst import schedules
-from chtorch.masks import check_mask, link_budget
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings, percolate
 from chtorch.dst.regrowth import grow_links
 from chtorch.dst.removal import keep_links, removal_scores
 from chtorch.dst.report import LayerUpdate, UpdateReport, format_table
-from chtorch.rng import make_generator
 from chtorch.dst.scope import LayerSelector, select_layers
+from chtorch.masks import check_mask
+from chtorch.rng import make_generator
 
 __all__ = ["DynamicSparsity", "select_layers", "LayerSelector"]
 
@@ -249,7 +250,9 @@ class DynamicSparsity:
         for pattern, heads in self.options.head_groups.items():
             hits = [layer for layer in self.layers if layer.name == pattern or fnmatch.fnmatchcase(layer.name, pattern)]
             if not hits:
-                raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {[l.name for l in self.layers]}")
+                raise OptionError(
+                    f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {[l.name for l in self.layers]}"
+                )
             for layer in hits:
                 if layer.module.out_features % heads:
                     raise OptionError(f"layer {layer.name!r} has {layer.module.out_features} outputs, not divisible into {heads} heads")
@@ -279,10 +282,9 @@ class DynamicSparsity:
             generator = make_generator(self.seed, "init", layer.index)
             kwargs = dict(opts.init_options)
             blocks = layer.blocks()
-            mask = torch.cat([
-                init(n_out // layer.groups, n_in, n_links=n, generator=generator, **kwargs)
-                for n in _split(target, len(blocks))
-            ]).to(device=weight.device, dtype=torch.bool)
+            mask = torch.cat(
+                [init(n_out // layer.groups, n_in, n_links=n, generator=generator, **kwargs) for n in _split(target, len(blocks))]
+            ).to(device=weight.device, dtype=torch.bool)
             check_mask(mask, layer.shape, target)
             layer.target = target
             layer.module.register_buffer("weight_mask", mask, persistent=True)
@@ -313,8 +315,10 @@ class DynamicSparsity:
             reason = "the method reads dense gradients"
             choice = {name: "masked" for name in final}
         else:
-            reason = (f"layers with mean density over the run <= {AUTO_SPARSE_MAX_DENSITY} and at least "
-                      f"{AUTO_SPARSE_MIN_POSITIONS} positions run sparse")
+            reason = (
+                f"layers with mean density over the run <= {AUTO_SPARSE_MAX_DENSITY} and at least "
+                f"{AUTO_SPARSE_MIN_POSITIONS} positions run sparse"
+            )
             choice = {
                 name: "sparse" if d <= AUTO_SPARSE_MAX_DENSITY and sizes[name] >= AUTO_SPARSE_MIN_POSITIONS else "masked"
                 for name, d in final.items()
@@ -481,9 +485,17 @@ class DynamicSparsity:
                 if not layer.frozen and opts.zeta > 0:
                     n_active = int(torch.count_nonzero(block_keep))
                     n_keep = n_active - int(math.floor(zeta * n_active))
-                    block_keep = keep_links(weight[rows], block_keep, n_keep, opts.removal, opts.removal_selection,
-                                            make_generator(self.seed, "remove", *key), temperature=temperature,
-                                            grad=block_grad, mest_lambda=opts.mest_lambda)
+                    block_keep = keep_links(
+                        weight[rows],
+                        block_keep,
+                        n_keep,
+                        opts.removal,
+                        opts.removal_selection,
+                        make_generator(self.seed, "remove", *key),
+                        temperature=temperature,
+                        grad=block_grad,
+                        mest_lambda=opts.mest_lambda,
+                    )
                     info.removed += n_active - n_keep
                 keep[rows], revived[rows] = block_keep, block_revived
             history_revived[layer.name] = revived
@@ -506,10 +518,15 @@ class DynamicSparsity:
             for b, (rows, block_target) in enumerate(zip(layer.blocks(), _split(layer.target, layer.groups))):
                 key = (index, layer.index) if layer.groups == 1 else (index, layer.index, b)
                 new[rows] = grow_links(
-                    keep[rows], block_target - int(torch.count_nonzero(keep[rows])),
-                    opts.regrowth if opts.regrowth != "none" else "random", opts.regrowth_selection,
-                    make_generator(self.seed, "regrow", *key), grad=None if grad is None else grad[rows],
-                    predictor=opts.ch_predictor, variant=opts.ch_variant, floor=opts.soft_floor,
+                    keep[rows],
+                    block_target - int(torch.count_nonzero(keep[rows])),
+                    opts.regrowth if opts.regrowth != "none" else "random",
+                    opts.regrowth_selection,
+                    make_generator(self.seed, "regrow", *key),
+                    grad=None if grad is None else grad[rows],
+                    predictor=opts.ch_predictor,
+                    variant=opts.ch_variant,
+                    floor=opts.soft_floor,
                 )
             info.regrown = int(torch.count_nonzero(new))
             info.overlap = int(torch.count_nonzero(new & old & ~keep))
@@ -621,19 +638,30 @@ class DynamicSparsity:
         for layer in self.layers:
             n = layer.mask.numel()
             a_in, a_out = active_neuron_fraction(layer.mask)
-            rows.append([
-                layer.name, f"{layer.shape[0]}x{layer.shape[1]}", layer.target, int(torch.count_nonzero(layer.mask)),
-                f"{layer.target / n:.4f}", f"{int(torch.count_nonzero(layer.mask)) / n:.4f}", f"{a_in:.1%}", f"{a_out:.1%}",
-                f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}",
-                "-" if layer.last_overlap is None else f"{layer.last_overlap:.1%}", "yes" if layer.frozen else "",
-                "sparse" if layer.is_sparse else "masked",
-            ])
+            rows.append(
+                [
+                    layer.name,
+                    f"{layer.shape[0]}x{layer.shape[1]}",
+                    layer.target,
+                    int(torch.count_nonzero(layer.mask)),
+                    f"{layer.target / n:.4f}",
+                    f"{int(torch.count_nonzero(layer.mask)) / n:.4f}",
+                    f"{a_in:.1%}",
+                    f"{a_out:.1%}",
+                    f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}",
+                    "-" if layer.last_overlap is None else f"{layer.last_overlap:.1%}",
+                    "yes" if layer.frozen else "",
+                    "sparse" if layer.is_sparse else "masked",
+                ]
+            )
         head = (
             f"chtorch {self.method or 'custom'}: sparsity {self.sparsity}, step {self.step_count}/{self.total_steps}, "
             f"{self.update_count} updates (every {self.options.update_interval} steps until {self.t_end}), "
             f"density {self.density():.4f}, ITOP {self.itop_rate():.1%}"
         )
-        table = format_table(["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "overlap", "frozen", "backend"], rows)
+        table = format_table(
+            ["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "overlap", "frozen", "backend"], rows
+        )
         return head + "\n" + table
 
     def __repr__(self) -> str:
@@ -670,9 +698,13 @@ class DynamicSparsity:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`. Validates first and changes nothing on a mismatch."""
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a chtorch DynamicSparsity state (version {state.get('version') if isinstance(state, dict) else None!r}, expected {STATE_VERSION})")
+            raise ValueError(
+                f"not a chtorch DynamicSparsity state (version {state.get('version') if isinstance(state, dict) else None!r}, expected {STATE_VERSION})"
+            )
         if abs(float(state["sparsity"]) - self.sparsity) > 1e-12:
-            raise ValueError(f"sparsity state is for sparsity {state['sparsity']}, but this run uses {self.sparsity}: resume with the same sparsity")
+            raise ValueError(
+                f"sparsity state is for sparsity {state['sparsity']}, but this run uses {self.sparsity}: resume with the same sparsity"
+            )
         saved, mine = list(state["layers"]), [layer.name for layer in self.layers]
         if saved != mine:
             raise ValueError(f"sparsity state is for layers {saved}, but this model's sparse layers are {mine}")

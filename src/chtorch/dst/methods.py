@@ -9,9 +9,10 @@ them; "notes §5.x" refers to the project's paper notes, section 5, "ambiguities
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from chtorch.dst.options import OptionError, SparsityOptions, closest
 
@@ -97,7 +98,9 @@ register_method(
     "static",
     "static sparse training: a fixed random (Erdős–Rényi) topology, never updated",
     "Mocanu et al., Nat. Commun. 9, 2383 (2018) — the fixed-topology baseline",
-    zeta=0.0, t_end_fraction=0.0, regrowth="random",
+    zeta=0.0,
+    t_end_fraction=0.0,
+    regrowth="random",
 )
 
 register_method(
@@ -105,38 +108,68 @@ register_method(
     "SET: remove the smallest positive and largest negative weights (ζ=0.3), regrow at random, whole run",
     "Mocanu et al., 'Scalable training of artificial neural networks with adaptive sparse connectivity "
     "inspired by network science', Nat. Commun. 9, 2383 (2018)",
-    init="erdos_renyi", removal="set", regrowth="random", zeta=0.3, zeta_anneal="constant", t_end_fraction=1.0,
+    init="erdos_renyi",
+    removal="set",
+    regrowth="random",
+    zeta=0.3,
+    zeta_anneal="constant",
+    t_end_fraction=1.0,
 )
 
 register_method(
     "rigl",
     "RigL: drop by magnitude, grow by dense-gradient magnitude, ζ cosine-annealed until 75% of training",
     "Evci et al., 'Rigging the Lottery: Making All Tickets Winners', ICML 2020",
-    init="erdos_renyi", removal="magnitude", regrowth="gradient", zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+    init="erdos_renyi",
+    removal="magnitude",
+    regrowth="gradient",
+    zeta=0.3,
+    zeta_anneal="cosine",
+    t_end_fraction=0.75,
 )
 
 register_method(
     "mest",
     "MEST with EM&S: remove by |W|+0.01|∇W|, regrow at random, extra density 5%→2.5%→0 (soft memory bound)",
     "Yuan et al., 'MEST: Accurate and Fast Memory-Economic Sparse Training Framework on the Edge', NeurIPS 2021",
-    init="erdos_renyi", removal="mest", mest_lambda=0.01, regrowth="random", zeta=0.3, zeta_anneal="constant",
-    t_end_fraction=0.75, ems=True,
+    init="erdos_renyi",
+    removal="mest",
+    mest_lambda=0.01,
+    regrowth="random",
+    zeta=0.3,
+    zeta_anneal="constant",
+    t_end_fraction=0.75,
+    ems=True,
 )
 
 register_method(
     "gmp",
     "GMP: gradual magnitude pruning from 50% sparsity on the cubic schedule; pruned weights may return",
     "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
-    init="erdos_renyi", density_schedule="cubic", initial_sparsity=0.5, prune_score="magnitude",
-    prune_with_history=True, zeta=0.0, regrowth="none", t_end_fraction=0.75, decay_end_fraction=0.75,
+    init="erdos_renyi",
+    density_schedule="cubic",
+    initial_sparsity=0.5,
+    prune_score="magnitude",
+    prune_with_history=True,
+    zeta=0.0,
+    regrowth="none",
+    t_end_fraction=0.75,
+    decay_end_fraction=0.75,
 )
 
 register_method(
     "granet",
     "GraNet: cubic gradual pruning from 50% plus magnitude drop / gradient regrowth (cosine ζ)",
     "Liu et al., 'Sparse Training via Boosting Pruning Plasticity with Neuroregeneration', NeurIPS 2021",
-    init="erdos_renyi", density_schedule="cubic", initial_sparsity=0.5, prune_score="magnitude",
-    removal="magnitude", regrowth="gradient", zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+    init="erdos_renyi",
+    density_schedule="cubic",
+    initial_sparsity=0.5,
+    prune_score="magnitude",
+    removal="magnitude",
+    regrowth="gradient",
+    zeta=0.3,
+    zeta_anneal="cosine",
+    t_end_fraction=0.75,
     decay_end_fraction=0.75,
 )
 
@@ -149,9 +182,20 @@ register_method(
     "freezes a layer once |removed ∩ regrown| / |regrown| >= 0.9 (Definition 1); BSW by default because CSTI needs "
     "the input correlation (recipes pass it: init='csti', init_options={'correlation': C}); SWI uses density·fan_in "
     "(notes §5.12); " + _SHARED_DECISIONS,
-    init="bsw", init_options={"beta": 0.25}, weight_init="swi", removal="magnitude", removal_selection="topk",
-    regrowth="ch", ch_predictor="l3p", ch_variant="CH3", regrowth_selection="topk", percolation=True,
-    early_stop=0.9, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+    init="bsw",
+    init_options={"beta": 0.25},
+    weight_init="swi",
+    removal="magnitude",
+    removal_selection="topk",
+    regrowth="ch",
+    ch_predictor="l3p",
+    ch_variant="CH3",
+    regrowth_selection="topk",
+    percolation=True,
+    early_stop=0.9,
+    zeta=0.3,
+    zeta_anneal="cosine",
+    t_end_fraction=0.75,
 )
 
 register_method(
@@ -159,11 +203,21 @@ register_method(
     "CHTs: BRF init, soft magnitude removal (T=δ/(1−δ), δ 0.5→0.9), percolation, soft CH2-L3n regrowth, cosine ζ",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
-    decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; "
-    + _SHARED_DECISIONS,
-    init="brf", init_options={"r": 0.25, "degree": "uniform"}, removal="magnitude", removal_selection="soft",
-    delta_start=0.5, delta_end=0.9, regrowth="ch", ch_predictor="l3n", ch_variant="CH2", regrowth_selection="soft",
-    percolation=True, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75,
+    decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; " + _SHARED_DECISIONS,
+    init="brf",
+    init_options={"r": 0.25, "degree": "uniform"},
+    removal="magnitude",
+    removal_selection="soft",
+    delta_start=0.5,
+    delta_end=0.9,
+    regrowth="ch",
+    ch_predictor="l3n",
+    ch_variant="CH2",
+    regrowth_selection="soft",
+    percolation=True,
+    zeta=0.3,
+    zeta_anneal="cosine",
+    t_end_fraction=0.75,
 )
 
 register_method(
@@ -176,8 +230,23 @@ register_method(
     "links of each layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth "
     "restore the scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
     "(decay_end_fraction sets the decay length); " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
-    init="brf", init_options={"r": 0.25, "degree": "uniform"}, removal="magnitude", removal_selection="soft",
-    delta_start=0.5, delta_end=0.9, regrowth="ch", ch_predictor="l3n", ch_variant="CH2", regrowth_selection="soft",
-    percolation=True, zeta=0.3, zeta_anneal="cosine", t_end_fraction=0.75, density_schedule="sigmoid",
-    initial_sparsity=0.5, sigmoid_k=6.0, prune_score="ri", decay_end_fraction=0.75,
+    init="brf",
+    init_options={"r": 0.25, "degree": "uniform"},
+    removal="magnitude",
+    removal_selection="soft",
+    delta_start=0.5,
+    delta_end=0.9,
+    regrowth="ch",
+    ch_predictor="l3n",
+    ch_variant="CH2",
+    regrowth_selection="soft",
+    percolation=True,
+    zeta=0.3,
+    zeta_anneal="cosine",
+    t_end_fraction=0.75,
+    density_schedule="sigmoid",
+    initial_sparsity=0.5,
+    sigmoid_k=6.0,
+    prune_score="ri",
+    decay_end_fraction=0.75,
 )

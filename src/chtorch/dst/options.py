@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["SparsityOptions", "OptionError", "closest"]
 
@@ -127,7 +128,7 @@ class SparsityOptions:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
-    def replace(self, **overrides: Any) -> "SparsityOptions":
+    def replace(self, **overrides: Any) -> SparsityOptions:
         """A copy with ``overrides`` applied; an unknown name raises :class:`OptionError` naming the
         closest valid one."""
         names = self.field_names()
@@ -191,7 +192,9 @@ class SparsityOptions:
         if self.ch_variant.upper() == "RA" and self.ch_predictor != "l3p":
             raise OptionError("ch_variant='RA' exists only for the path-based predictor: set ch_predictor='l3p'")
         if self.removal == "set" and self.removal_selection != "topk":
-            raise OptionError("removal='set' removes the smallest positive and largest negative weights deterministically; use removal_selection='topk'")
+            raise OptionError(
+                "removal='set' removes the smallest positive and largest negative weights deterministically; use removal_selection='topk'"
+            )
         if self.early_stop is not None:
             number("early_stop", 0.0, 1.0)
         if not isinstance(self.head_groups, Mapping) or not all(

@@ -17,8 +17,8 @@ Couplings say which neurons are shared between layers:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -56,7 +56,9 @@ def _check(couplings: Sequence[Coupling], masks: Mapping[str, torch.Tensor]) -> 
     for c in couplings:
         for name in c.layers:
             if name not in masks:
-                raise ValueError(f"percolation coupling {c} names {name!r}, which is not a sparsified layer; sparse layers: {sorted(masks)}")
+                raise ValueError(
+                    f"percolation coupling {c} names {name!r}, which is not a sparsified layer; sparse layers: {sorted(masks)}"
+                )
         if c.kind == "chain":
             for a, b in zip(c.layers, c.layers[1:]):
                 if masks[a].shape[0] != masks[b].shape[1]:

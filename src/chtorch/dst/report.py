@@ -74,13 +74,22 @@ class UpdateReport:
             f"overlap {self.overlap_rate:.1%}, ITOP {self.itop_rate:.1%}, {self.seconds * 1000:.1f} ms"
         )
         rows = [
-            [l.name, l.n_links, l.pruned, l.removed, l.percolated, l.regrown, f"{l.overlap_rate:.1%}",
-             f"{l.active_in:.1%}", f"{l.active_out:.1%}", "yes" if l.frozen else "", f"{l.seconds * 1000:.1f}"]
+            [
+                l.name,
+                l.n_links,
+                l.pruned,
+                l.removed,
+                l.percolated,
+                l.regrown,
+                f"{l.overlap_rate:.1%}",
+                f"{l.active_in:.1%}",
+                f"{l.active_out:.1%}",
+                "yes" if l.frozen else "",
+                f"{l.seconds * 1000:.1f}",
+            ]
             for l in self.layers.values()
         ]
-        table = format_table(
-            ["layer", "links", "pruned", "removed", "percolated", "regrown", "overlap", "in", "out", "frozen", "ms"], rows
-        )
+        table = format_table(["layer", "links", "pruned", "removed", "percolated", "regrown", "overlap", "in", "out", "frozen", "ms"], rows)
         return head + "\n" + table
 
 

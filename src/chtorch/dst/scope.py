@@ -7,7 +7,7 @@ norms and biases dense (Zhang et al., NeurIPS 2025, arXiv:2501.19107, §4.1).
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 

@@ -33,8 +33,7 @@ try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "chtorch.integrations.hf needs Hugging Face transformers (and accelerate for its Trainer): "
-        "pip install 'chtorch[hf]'"
+        "chtorch.integrations.hf needs Hugging Face transformers (and accelerate for its Trainer): pip install 'chtorch[hf]'"
     ) from exc
 
 __all__ = ["ChtorchCallback", "STATE_NAME", "default_layers", "head_groups_for"]
@@ -170,8 +169,15 @@ class ChtorchCallback(TrainerCallback):
                 state_of = inner.state.get(weight, {})
                 saved_moments[id(weight)] = {k: v.clone() for k, v in state_of.items() if torch.is_tensor(v)}
         self.sparsity = chtorch.sparsify(
-            model, inner, method=self.method, sparsity=self.target_sparsity, total_steps=int(state.max_steps),
-            seed=seed, layers=layers, exclude=self.exclude, **options,
+            model,
+            inner,
+            method=self.method,
+            sparsity=self.target_sparsity,
+            total_steps=int(state.max_steps),
+            seed=seed,
+            layers=layers,
+            exclude=self.exclude,
+            **options,
         )
         if resume_dir is not None:
             self._restore(resume_dir, model, inner, saved_weights, saved_moments)
@@ -195,17 +201,25 @@ class ChtorchCallback(TrainerCallback):
         )
 
     @torch.no_grad()
-    def _restore(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 weights: dict[str, torch.Tensor], moments: dict[int, dict[str, torch.Tensor]]) -> None:
+    def _restore(
+        self,
+        path: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        weights: dict[str, torch.Tensor],
+        moments: dict[int, dict[str, torch.Tensor]],
+    ) -> None:
         payload = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
         sp = self.sparsity
         if payload.get("method") != self.method:
-            raise RuntimeError(f"ChtorchCallback: {path / STATE_NAME} was written by method {payload.get('method')!r}, "
-                               f"this run uses {self.method!r}")
+            raise RuntimeError(
+                f"ChtorchCallback: {path / STATE_NAME} was written by method {payload.get('method')!r}, this run uses {self.method!r}"
+            )
         masks = payload["masks"]
         if sorted(masks) != sorted(sp.layer_names):
-            raise RuntimeError(f"ChtorchCallback: {path / STATE_NAME} holds masks for {sorted(masks)}, "
-                               f"but this run sparsifies {sorted(sp.layer_names)}")
+            raise RuntimeError(
+                f"ChtorchCallback: {path / STATE_NAME} holds masks for {sorted(masks)}, but this run sparsifies {sorted(sp.layer_names)}"
+            )
         sp.load_state_dict(payload["engine"])
         for name, module, mask in sp.iter_layers():
             mask.copy_(masks[name].to(mask.device))
@@ -220,8 +234,10 @@ class ChtorchCallback(TrainerCallback):
         if not self.rewarmup_steps:
             return
         if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
-            raise TypeError(f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
-                            f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0")
+            raise TypeError(
+                f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
+                f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0"
+            )
         interval, w, t_end = self.sparsity.options.update_interval, self.rewarmup_steps, self.sparsity.t_end
 
         def rewarmed(base: Any) -> Any:
@@ -229,6 +245,7 @@ class ChtorchCallback(TrainerCallback):
                 # Step j after a topology update (j = step mod ΔT + 1) runs at min(1, j/w) of the LR.
                 scale = 1.0 if step >= t_end else min(1.0, (step % interval + 1) / w)
                 return base(step) * scale
+
             return factor
 
         lr_scheduler.lr_lambdas = [rewarmed(f) for f in lr_scheduler.lr_lambdas]
@@ -237,8 +254,16 @@ class ChtorchCallback(TrainerCallback):
             group["lr"] = base_lr * f(step)
 
     # -- events -----------------------------------------------------------------------------------
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
-                       optimizer: Any = None, lr_scheduler: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: nn.Module | None = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if self.sparsity is not None:
             return  # a second train() call on the same Trainer keeps the engine
         if model is None:
@@ -253,14 +278,21 @@ class ChtorchCallback(TrainerCallback):
         report = self.sparsity.step()
         if report is not None:
             self.last_report = report
-            self._pending.update({"chtorch/removed": float(report.removed), "chtorch/regrown": float(report.regrown),
-                                  "chtorch/update_ms": 1000.0 * report.seconds})
+            self._pending.update(
+                {
+                    "chtorch/removed": float(report.removed),
+                    "chtorch/regrown": float(report.regrown),
+                    "chtorch/update_ms": 1000.0 * report.seconds,
+                }
+            )
             log.info("%s", report if report.skipped else str(report).splitlines()[0])
 
     if _HAS_OPTIMIZER_STEP:
+
         def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self._after_optimizer_step()
     else:  # pragma: no cover - transformers < 4.38 has no on_optimizer_step
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self._after_optimizer_step()
 
@@ -274,8 +306,7 @@ class ChtorchCallback(TrainerCallback):
         sp = self.sparsity
         chains = sp.couplings or infer_couplings(sp.model, sp.layer_names)
         active, total = active_neuron_count(sp.masks, chains)
-        return {"chtorch/density": sp.density(), "chtorch/itop": sp.itop_rate(),
-                "chtorch/active_neurons": active / max(1, total)}
+        return {"chtorch/density": sp.density(), "chtorch/itop": sp.itop_rate(), "chtorch/active_neurons": active / max(1, total)}
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if self.sparsity is None or logs is None:
@@ -294,7 +325,9 @@ class ChtorchCallback(TrainerCallback):
             log.warning("chtorch: checkpoint folder %s not found; %s not written", folder, STATE_NAME)
             return
         payload = {
-            "format": "chtorch-hf-sparsity", "version": 1, "method": self.method,
+            "format": "chtorch-hf-sparsity",
+            "version": 1,
+            "method": self.method,
             "masks": {name: mask.detach().cpu().clone() for name, _, mask in self.sparsity.iter_layers()},
             "engine": self.sparsity.state_dict(),
         }
@@ -306,4 +339,3 @@ class ChtorchCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.sparsity is not None:
             log.info("%s", self.sparsity.summary())
-

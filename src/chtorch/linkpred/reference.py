@@ -90,12 +90,7 @@ def ch_l3p_loops(mask: torch.Tensor, variant: str = "CH3") -> torch.Tensor:
             if c in out_nb[p]:
                 continue
             u, v = ("o", p), ("i", c)
-            paths = [
-                (z1, z2)
-                for z1 in nb(u)
-                for z2 in nb(z1)
-                if z2 not in (u, v) and z1 != v and v in nb(z2)
-            ]
+            paths = [(z1, z2) for z1 in nb(u) for z2 in nb(z1) if z2 not in (u, v) and z1 != v and v in nb(z2)]
             if not paths:
                 continue
             di: dict[tuple[str, int], int] = {}

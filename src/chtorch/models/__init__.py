@@ -13,10 +13,22 @@ from chtorch.models.transformer import (
 )
 
 __all__ = [
-    "MLP", "MLPConfig", "paper_mlp_config", "linear_layer_names",
-    "Seq2SeqConfig", "Seq2SeqTransformer", "label_smoothed_cross_entropy", "paper_transformer_config",
-    "LlamaConfig", "LlamaLM", "causal_lm_loss", "count_parameters", "paper_llama_config",
-    "beam_search", "greedy_decode", "Decoded",
+    "MLP",
+    "MLPConfig",
+    "paper_mlp_config",
+    "linear_layer_names",
+    "Seq2SeqConfig",
+    "Seq2SeqTransformer",
+    "label_smoothed_cross_entropy",
+    "paper_transformer_config",
+    "LlamaConfig",
+    "LlamaLM",
+    "causal_lm_loss",
+    "count_parameters",
+    "paper_llama_config",
+    "beam_search",
+    "greedy_decode",
+    "Decoded",
 ]
 
 

@@ -71,9 +71,7 @@ class LlamaConfig(DictConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LlamaConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
-            raise ValueError(
-                f"LlamaConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}"
-            )
+            raise ValueError(f"LlamaConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig: RoPE needs an even head_dim, got {self.head_dim}")
         for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
@@ -94,7 +92,6 @@ class LlamaConfig(DictConfig):
             return body
         embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return body + embeddings
-
 
 
 #: Table 6 of the paper (GaLore configs ``llama_{60m,130m,1b}.json``), plus CPU-sized models.
@@ -301,9 +298,7 @@ def to_hf_config(config: LlamaConfig, **extra: Any) -> Any:
     try:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "to_hf_config needs Hugging Face transformers: pip install 'chtorch[hf]'"
-        ) from exc
+        raise ImportError("to_hf_config needs Hugging Face transformers: pip install 'chtorch[hf]'") from exc
     return transformers.LlamaConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
@@ -321,4 +316,3 @@ def to_hf_config(config: LlamaConfig, **extra: Any) -> Any:
         mlp_bias=False,
         **extra,
     )
-

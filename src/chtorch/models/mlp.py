@@ -78,9 +78,7 @@ class MLP(nn.Module):
         super().__init__()
         self.config = config
         widths = (config.in_features, *config.hidden)
-        self.layers = nn.ModuleList(
-            nn.Linear(n_in, n_out, bias=config.bias) for n_in, n_out in zip(widths[:-1], widths[1:])
-        )
+        self.layers = nn.ModuleList(nn.Linear(n_in, n_out, bias=config.bias) for n_in, n_out in zip(widths[:-1], widths[1:]))
         # One stateless activation/dropout module shared by all hidden layers keeps the Linear
         # layers' names consecutive (layers.0, layers.1, ...).
         self.act = ACTIVATIONS[config.activation]()
@@ -91,8 +89,7 @@ class MLP(nn.Module):
         x = x.flatten(1) if x.dim() > 2 else x
         if x.dim() != 2 or x.shape[1] != self.config.in_features:
             raise ValueError(
-                f"MLP expects inputs of shape (B, {self.config.in_features}) or (B, ...) flattening to it, "
-                f"got {tuple(x.shape)}"
+                f"MLP expects inputs of shape (B, {self.config.in_features}) or (B, ...) flattening to it, got {tuple(x.shape)}"
             )
         for layer in self.layers:
             x = self.drop(self.act(layer(x)))
@@ -106,8 +103,13 @@ _PAPER_SETUPS: dict[str, tuple[int, int, int]] = {
     "emnist_balanced": (784, 47, 1568),
     "cifar10": (3072, 10, 3072),
 }
-_ALIASES = {"fmnist": "fashion_mnist", "fashion-mnist": "fashion_mnist", "emnist": "emnist_balanced",
-            "cifar-10": "cifar10", "cifar_10": "cifar10"}
+_ALIASES = {
+    "fmnist": "fashion_mnist",
+    "fashion-mnist": "fashion_mnist",
+    "emnist": "emnist_balanced",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+}
 
 
 def paper_mlp_config(dataset: str, **overrides: object) -> MLPConfig:

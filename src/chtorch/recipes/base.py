@@ -173,4 +173,4 @@ def recipes() -> list[str]:
 # The translation and language-model recipes register their config schemas (``data``/``model``
 # sections) on import, which must happen before a config naming them is loaded: import them with
 # the package rather than lazily in get_recipe.
-from chtorch.recipes import translation, lm  # noqa: E402,F401
+from chtorch.recipes import lm, translation  # noqa: E402,F401

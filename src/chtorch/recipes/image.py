@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.rng import derive_seed, make_generator
-
 from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.rng import derive_seed, make_generator
 
 __all__ = ["ImageClassification"]
 
@@ -57,8 +56,13 @@ class ImageClassification(Recipe):
         self.x_test = x_test.to(self.device)
         self.y_test = y_test.to(self.device)
         self.loader = TensorLoader(
-            self.x_train, self.y_train, batch_size=cfg.batch_size, shuffle=True,
-            seed=derive_seed(self.config.run.seed, "image-data"), rank=self.rank, world_size=self.world_size,
+            self.x_train,
+            self.y_train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            seed=derive_seed(self.config.run.seed, "image-data"),
+            rank=self.rank,
+            world_size=self.world_size,
         )
         # Padding value of a black pixel after normalisation, for random crops.
         if train.normalized:
@@ -71,8 +75,12 @@ class ImageClassification(Recipe):
 
         m = self.config.model
         config = MLPConfig(
-            in_features=self.in_features, n_classes=self.n_classes, hidden=tuple(m.hidden),
-            activation=m.activation, dropout=m.dropout, bias=m.bias,
+            in_features=self.in_features,
+            n_classes=self.n_classes,
+            hidden=tuple(m.hidden),
+            activation=m.activation,
+            dropout=m.dropout,
+            bias=m.bias,
         )
         return MLP(config).to(self.device)
 

@@ -37,10 +37,9 @@ from torch import nn
 
 from chtorch.config import ConfigError, _field, register_model_schema, register_recipe_schema
 from chtorch.dst.percolation import Coupling, infer_couplings
-from chtorch.rng import make_generator
-
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.recipes.translation import _run_dir, cached_tokenizer
+from chtorch.rng import make_generator
 
 __all__ = ["LMDataConfig", "LlamaModelConfig", "LanguageModeling", "split_text"]
 
@@ -51,16 +50,19 @@ _HF_CORPORA = ("openwebtext", "c4")
 class LMDataConfig:
     """A text corpus, its tokenizer and the batching of a token stream (paper Table 6)."""
 
-    name: str = _field("tinyshakespeare", "corpus: tinyshakespeare, shakespeare-plays, a .txt/.txt.gz path, "
-                                          "or openwebtext / c4 (Hugging Face datasets)")
+    name: str = _field(
+        "tinyshakespeare", "corpus: tinyshakespeare, shakespeare-plays, a .txt/.txt.gz path, or openwebtext / c4 (Hugging Face datasets)"
+    )
     dir: str | None = _field(None, "data root holding the corpus (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
     verify: bool = _field(True, "verify the corpus checksum before reading (named corpora)")
     max_documents: int = _field(100000, "Hugging Face corpora: documents read (streamed)", min=2)
-    tokenizer: str = _field("bpe", "bpe (trained on the training text), char (one token per character), "
-                                   "or a path to a tokenizer file/directory")
+    tokenizer: str = _field(
+        "bpe", "bpe (trained on the training text), char (one token per character), or a path to a tokenizer file/directory"
+    )
     vocab_size: int = _field(8192, "BPE vocabulary size (special tokens included; the paper: 32000 t5-base)", min=8)
-    val_fraction: float = _field(0.1, "fraction of the text held out for validation (the paper: 5% of OpenWebText)",
-                                 min=0.0, max=1.0, min_open=True, max_open=True)
+    val_fraction: float = _field(
+        0.1, "fraction of the text held out for validation (the paper: 5% of OpenWebText)", min=0.0, max=1.0, min_open=True, max_open=True
+    )
     seq_len: int = _field(256, "tokens per training window (the paper: 256)", min=1)
     batch_size: int = _field(32, "windows per optimizer step (the paper: 512)", min=1)
     steps_per_epoch: int = _field(100, "optimizer steps between evaluations", min=1)
@@ -73,16 +75,16 @@ class LlamaModelConfig:
     """A LLaMA-style decoder (RMSNorm, RoPE, SwiGLU); ``size`` picks the paper's config (Table 6)."""
 
     name: str = _field("llama", "model family")
-    size: str = _field("60m", "60m, 130m, 1b (the paper), tiny or small (CPU-sized)",
-                       choices=("60m", "130m", "1b", "tiny", "small"))
+    size: str = _field("60m", "60m, 130m, 1b (the paper), tiny or small (CPU-sized)", choices=("60m", "130m", "1b", "tiny", "small"))
     d_model: int | None = _field(None, "override the size's width", min=1)
     n_layers: int | None = _field(None, "override the size's depth", min=1)
     n_heads: int | None = _field(None, "override the size's attention heads", min=1)
     d_ff: int | None = _field(None, "override the size's SwiGLU width", min=1)
     tie_embeddings: bool = _field(False, "lm_head reuses the token embedding matrix (the paper: untied)")
     per_head_sparsity: bool = _field(
-        False, "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
-               "the official code's --attn_qkv_per_head_dst)",
+        False,
+        "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
+        "the official code's --attn_qkv_per_head_dst)",
     )
 
 
@@ -133,8 +135,11 @@ class LanguageModeling(Recipe):
             try:
                 import datasets  # noqa: F401
             except ImportError:
-                raise ConfigError(f"data.name={cfg.name} comes from Hugging Face datasets, which is not installed: "
-                                  "pip install datasets (or give a local .txt file)", "data.name") from None
+                raise ConfigError(
+                    f"data.name={cfg.name} comes from Hugging Face datasets, which is not installed: "
+                    "pip install datasets (or give a local .txt file)",
+                    "data.name",
+                ) from None
             # Streamed from the Hugging Face cache, or downloaded when the network allows.
             docs = list(load_hf_text(cfg.name, "train", max_documents=cfg.max_documents))
             return split_documents(docs, cfg.val_fraction, seed=self.config.run.seed)
@@ -151,15 +156,15 @@ class LanguageModeling(Recipe):
         kind = cfg.tokenizer
         if kind not in ("bpe", "char"):
             return load_tokenizer(kind)
-        meta = {"kind": kind, "corpus": cfg.name, "val_fraction": cfg.val_fraction,
-                "vocab_size": cfg.vocab_size if kind == "bpe" else None}
+        meta = {"kind": kind, "corpus": cfg.name, "val_fraction": cfg.val_fraction, "vocab_size": cfg.vocab_size if kind == "bpe" else None}
         save = bool(getattr(self, "is_main", True))  # under torchrun only rank 0 writes the run directory
         if kind == "char":
             # The alphabet of the whole corpus, so that validation text has no <unk>.
             return cached_tokenizer(_run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs), save=save)
         texts = [piece for doc in train_docs for piece in _chunks(doc)]
-        return cached_tokenizer(_run_dir(self.config), "tokenizer", meta,
-                                lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"), save=save)
+        return cached_tokenizer(
+            _run_dir(self.config), "tokenizer", meta, lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"), save=save
+        )
 
     def _encode(self, docs: list[str]) -> torch.Tensor:
         from chtorch.data import tokenize_corpus
@@ -178,8 +183,11 @@ class LanguageModeling(Recipe):
             self.val_tokens = self.val_tokens[: cfg.eval_tokens]
         for split, tokens in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(tokens) < cfg.seq_len + 1:
-                raise ConfigError(f"the {split} text has {len(tokens)} tokens, fewer than data.seq_len + 1 = "
-                                  f"{cfg.seq_len + 1}: lower data.seq_len or use more text", "data.seq_len")
+                raise ConfigError(
+                    f"the {split} text has {len(tokens)} tokens, fewer than data.seq_len + 1 = "
+                    f"{cfg.seq_len + 1}: lower data.seq_len or use more text",
+                    "data.seq_len",
+                )
 
     # -- model ------------------------------------------------------------------------------------
     def llama_config(self) -> Any:
@@ -188,8 +196,13 @@ class LanguageModeling(Recipe):
         m = self.config.model
         overrides = {k: getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff") if getattr(m, k) is not None}
         try:
-            return paper_llama_config(m.size, vocab_size=self.tokenizer.vocab_size, max_seq_len=self.config.data.seq_len,
-                                      tie_embeddings=m.tie_embeddings, **overrides)
+            return paper_llama_config(
+                m.size,
+                vocab_size=self.tokenizer.vocab_size,
+                max_seq_len=self.config.data.seq_len,
+                tie_embeddings=m.tie_embeddings,
+                **overrides,
+            )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}", "model") from None
 
@@ -264,7 +277,11 @@ class LanguageModeling(Recipe):
     def describe(self) -> dict[str, Any]:
         cfg = self.config.data
         return {
-            "corpus": cfg.name, "tokenizer": cfg.tokenizer, "vocab_size": self.tokenizer.vocab_size,
-            "train_tokens": int(len(self.train_tokens)), "val_tokens": int(len(self.val_tokens)),
-            "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+            "corpus": cfg.name,
+            "tokenizer": cfg.tokenizer,
+            "vocab_size": self.tokenizer.vocab_size,
+            "train_tokens": int(len(self.train_tokens)),
+            "val_tokens": int(len(self.val_tokens)),
+            "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size,
         }

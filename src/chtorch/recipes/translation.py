@@ -43,9 +43,8 @@ from torch import nn
 
 from chtorch.config import ConfigError, _field, register_model_schema, register_recipe_schema
 from chtorch.dst.percolation import Coupling, infer_couplings
-from chtorch.rng import make_generator
-
 from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.rng import make_generator
 
 __all__ = [
     "TranslationDataConfig",
@@ -70,8 +69,11 @@ _CORPORA = ("multi30k", "parallel", "iwslt14", "wmt17")
 class TranslationDataConfig:
     """A parallel corpus, its tokenizer, batching and evaluation (paper Table 5)."""
 
-    name: str = _field("multi30k", "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), "
-                                   "iwslt14 or wmt17 (Hugging Face datasets)", choices=_CORPORA)
+    name: str = _field(
+        "multi30k",
+        "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
+        choices=_CORPORA,
+    )
     dir: str | None = _field(None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
     verify: bool = _field(True, "verify the Multi30k files' checksums before reading")
     src_lang: str = _field("en", "source language (file suffix / dataset key)")
@@ -79,19 +81,22 @@ class TranslationDataConfig:
     train_split: str = _field("train", "training split (file stem for data.name=parallel)")
     val_split: str = _field("val", "validation split: selects the best checkpoint")
     test_split: str = _field("test", "test split: BLEU (Multi30k: test = test_2016_flickr)")
-    tokenizer: str | None = _field(None, "a tokenizer file/directory to use instead of training a BPE "
-                                         "(one joint vocabulary for both languages)")
+    tokenizer: str | None = _field(
+        None, "a tokenizer file/directory to use instead of training a BPE (one joint vocabulary for both languages)"
+    )
     vocab_size: int = _field(8000, "BPE vocabulary size (special tokens included)", min=8)
-    tokenizer_kind: str = _field("whitespace", "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel",
-                                 choices=("whitespace", "bytelevel"))
+    tokenizer_kind: str = _field(
+        "whitespace", "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel", choices=("whitespace", "bytelevel")
+    )
     joint_vocab: bool = _field(True, "one BPE for both languages (else one per language)")
     min_frequency: int = _field(2, "BPE: minimum pair frequency of a merge", min=1)
     batch_tokens: int = _field(1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1)
     eval_batch_tokens: int = _field(4096, "padded tokens per validation-loss batch", min=1)
     eval_batch_size: int = _field(64, "sentences per beam-search batch", min=1)
     max_len: int = _field(100, "drop training pairs with more tokens than this on either side", min=1)
-    steps_per_epoch: int | None = _field(None, "optimizer steps per epoch (default: one pass over the training set); "
-                                               "passes continue across epochs", min=1)
+    steps_per_epoch: int | None = _field(
+        None, "optimizer steps per epoch (default: one pass over the training set); passes continue across epochs", min=1
+    )
     label_smoothing: float = _field(0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
     beam_size: int = _field(2, "beam size for the test translations (the paper: 2)", min=1)
     length_penalty: float = _field(0.0, "GNMT length-penalty exponent alpha of beam search (0 = none)", min=0.0)
@@ -119,8 +124,9 @@ class TransformerModelConfig:
     tie_generator: bool = _field(False, "the output layer reuses the target embedding matrix")
     pre_norm: bool = _field(True, "LayerNorm before each sub-layer (OpenNMT) instead of after")
     per_head_sparsity: bool = _field(
-        False, "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
-               "the official code's --attn_qkv_per_head_dst)",
+        False,
+        "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
+        "the official code's --attn_qkv_per_head_dst)",
     )
 
 
@@ -132,8 +138,9 @@ register_model_schema("transformer", TransformerModelConfig)
 # Helpers shared with the language-model recipe
 
 
-def cached_tokenizer(run_dir: str | os.PathLike[str] | None, subdir: str, meta: dict[str, Any],
-                     build: Callable[[], Any], save: bool = True) -> Any:
+def cached_tokenizer(
+    run_dir: str | os.PathLike[str] | None, subdir: str, meta: dict[str, Any], build: Callable[[], Any], save: bool = True
+) -> Any:
     """The tokenizer saved in ``run_dir/subdir`` when its recorded ``meta`` (the settings it was
     built with) equals ``meta``; else ``build()``, saved there with ``meta`` when ``save`` (only
     the main process of a ``torchrun`` job writes; the trainer lets it set up first, so the others
@@ -176,9 +183,19 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], tokenize: 
 
 
 @torch.no_grad()
-def translate(model: nn.Module, sources: Sequence[Sequence[int]], *, bos_id: int, eos_id: int, pad_id: int,
-              beam_size: int = 2, batch_size: int = 64, max_len: int = 100, alpha: float = 0.0,
-              device: torch.device | str = "cpu") -> list[list[int]]:
+def translate(
+    model: nn.Module,
+    sources: Sequence[Sequence[int]],
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    beam_size: int = 2,
+    batch_size: int = 64,
+    max_len: int = 100,
+    alpha: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> list[list[int]]:
     """Beam-search translations (token ids, ``<eos>`` and padding removed) of encoded ``sources``,
     in input order. Sentences are decoded ``batch_size`` at a time, sorted by length so a batch
     holds little padding; an empty source yields an empty translation."""
@@ -194,8 +211,9 @@ def translate(model: nn.Module, sources: Sequence[Sequence[int]], *, bos_id: int
         for row, i in enumerate(chunk):
             src[row, : len(sources[i])] = torch.as_tensor(list(sources[i]), dtype=torch.long)
         steps = max_len if limit is None else min(max_len, limit - 1)
-        decoded = beam_search(model, src.to(device), beam_size=beam_size, bos_id=bos_id, eos_id=eos_id,
-                              pad_id=pad_id, max_len=steps, alpha=alpha)
+        decoded = beam_search(
+            model, src.to(device), beam_size=beam_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=steps, alpha=alpha
+        )
         for row, i in enumerate(chunk):
             ids = decoded.tokens[row].tolist()
             cut = [t for t in itertools.takewhile(lambda t: t != eos_id, ids) if t != pad_id]
@@ -244,8 +262,11 @@ class Translation(Recipe):
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise ConfigError(f"data.name={cfg.name} comes from Hugging Face datasets, which is not installed: "
-                              "pip install datasets (or use data.name=parallel with local text files)", "data.name") from None
+            raise ConfigError(
+                f"data.name={cfg.name} comes from Hugging Face datasets, which is not installed: "
+                "pip install datasets (or use data.name=parallel with local text files)",
+                "data.name",
+            ) from None
         # Read from the Hugging Face cache, or downloaded when the network allows.
         return load_hf_translation(cfg.name, split, src=cfg.src_lang, tgt=cfg.tgt_lang)
 
@@ -261,9 +282,16 @@ class Translation(Recipe):
             tok = load_tokenizer(cfg.tokenizer)
             return tok, tok
         run_dir = _run_dir(self.config)
-        base = {"kind": cfg.tokenizer_kind, "vocab_size": cfg.vocab_size, "min_frequency": cfg.min_frequency,
-                "corpus": cfg.name, "train_split": cfg.train_split, "train_limit": cfg.train_limit,
-                "src": cfg.src_lang, "tgt": cfg.tgt_lang}
+        base = {
+            "kind": cfg.tokenizer_kind,
+            "vocab_size": cfg.vocab_size,
+            "min_frequency": cfg.min_frequency,
+            "corpus": cfg.name,
+            "train_split": cfg.train_split,
+            "train_limit": cfg.train_limit,
+            "src": cfg.src_lang,
+            "tgt": cfg.tgt_lang,
+        }
 
         def bpe(texts: list[str]) -> Callable[[], Any]:
             return lambda: train_bpe(texts, cfg.vocab_size, kind=cfg.tokenizer_kind, min_frequency=cfg.min_frequency)
@@ -272,10 +300,8 @@ class Translation(Recipe):
             texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
             tok = cached_tokenizer(run_dir, "tokenizer", {**base, "side": "joint"}, bpe(texts), save=self._main)
             return tok, tok
-        src = cached_tokenizer(run_dir, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]),
-                               save=self._main)
-        tgt = cached_tokenizer(run_dir, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]),
-                               save=self._main)
+        src = cached_tokenizer(run_dir, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]), save=self._main)
+        tgt = cached_tokenizer(run_dir, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]), save=self._main)
         return src, tgt
 
     def setup(self) -> None:
@@ -284,8 +310,10 @@ class Translation(Recipe):
 
         cfg = self.config.data
         if self.config.model.share_embeddings and not cfg.joint_vocab and cfg.tokenizer is None:
-            raise ConfigError("model.share_embeddings needs one joint vocabulary: set data.joint_vocab=true "
-                              "or model.share_embeddings=false", "model.share_embeddings")
+            raise ConfigError(
+                "model.share_embeddings needs one joint vocabulary: set data.joint_vocab=true or model.share_embeddings=false",
+                "model.share_embeddings",
+            )
         train = self._limit(self._read_split(cfg.train_split), cfg.train_limit)
         val = self._limit(self._read_split(cfg.val_split), cfg.val_limit)
         test = self._limit(self._read_split(cfg.test_split), cfg.test_limit)
@@ -301,9 +329,14 @@ class Translation(Recipe):
         # Validation loss needs non-empty sources; cap lengths at the model's position table.
         limit = self.config.model.max_len - 1
         self.val_ids = [(s[:limit], t[: limit - 1]) for s, t in encode_pairs(val, self.src_tok, self.tgt_tok) if len(s) > 0]
-        self.test_sources = [ids[:limit] for ids in (self.src_tok.encode_batch([s for s, _ in test])
-                                                     if hasattr(self.src_tok, "encode_batch")
-                                                     else [self.src_tok.encode(s) for s, _ in test])]
+        self.test_sources = [
+            ids[:limit]
+            for ids in (
+                self.src_tok.encode_batch([s for s, _ in test])
+                if hasattr(self.src_tok, "encode_batch")
+                else [self.src_tok.encode(s) for s, _ in test]
+            )
+        ]
         self.test_references = [t for _, t in test]
         self.batches_per_pass = len(token_batch_indices(self.train_ids, cfg.batch_tokens))
         self._pass_cache: tuple[int, list[list[int]]] | None = None
@@ -317,10 +350,19 @@ class Translation(Recipe):
         m = self.config.model
         try:
             config = Seq2SeqConfig(
-                src_vocab=self.src_tok.vocab_size, tgt_vocab=self.tgt_tok.vocab_size, d_model=m.d_model,
-                n_heads=m.n_heads, n_layers=m.n_layers, d_ff=m.d_ff, dropout=m.dropout, attn_dropout=m.attn_dropout,
-                max_len=m.max_len, share_embeddings=m.share_embeddings, tie_generator=m.tie_generator,
-                pad_id=self.pad_id, pre_norm=m.pre_norm,
+                src_vocab=self.src_tok.vocab_size,
+                tgt_vocab=self.tgt_tok.vocab_size,
+                d_model=m.d_model,
+                n_heads=m.n_heads,
+                n_layers=m.n_layers,
+                d_ff=m.d_ff,
+                dropout=m.dropout,
+                attn_dropout=m.attn_dropout,
+                max_len=m.max_len,
+                share_embeddings=m.share_embeddings,
+                tie_generator=m.tie_generator,
+                pad_id=self.pad_id,
+                pre_norm=m.pre_norm,
             )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}", "model") from None
@@ -392,8 +434,7 @@ class Translation(Recipe):
         model.eval()
         total, tokens = 0.0, 0
         for indices in token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens):
-            batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id,
-                                  eos_id=self.eos_id).to(self.device)
+            batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(self.device)
             logits = model(batch.src, batch.tgt_in)
             total += float(label_smoothed_cross_entropy(logits, batch.tgt_out, 0.0, pad_id=self.pad_id, reduction="sum"))
             tokens += batch.n_tokens
@@ -403,9 +444,18 @@ class Translation(Recipe):
     def test_bleu(self, model: nn.Module) -> tuple[float, list[str]]:
         """(BLEU, detokenized hypotheses) of ``model`` on the test split."""
         cfg = self.config.data
-        ids = translate(model, self.test_sources, bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
-                        beam_size=cfg.beam_size, batch_size=cfg.eval_batch_size, max_len=cfg.max_decode_len,
-                        alpha=cfg.length_penalty, device=self.device)
+        ids = translate(
+            model,
+            self.test_sources,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            beam_size=cfg.beam_size,
+            batch_size=cfg.eval_batch_size,
+            max_len=cfg.max_decode_len,
+            alpha=cfg.length_penalty,
+            device=self.device,
+        )
         hyps = [self.tgt_tok.decode(h) for h in ids]
         return corpus_bleu(hyps, self.test_references, cfg.bleu_tokenize), hyps
 
@@ -473,9 +523,14 @@ class Translation(Recipe):
     def describe(self) -> dict[str, Any]:
         cfg = self.config.data
         return {
-            "corpus": cfg.name, "languages": f"{cfg.src_lang}-{cfg.tgt_lang}",
-            "train_pairs": len(self.train_ids), "train_pairs_read": self.n_raw_train,
-            "val_pairs": len(self.val_ids), "test_sentences": len(self.test_sources),
-            "src_vocab": self.src_tok.vocab_size, "tgt_vocab": self.tgt_tok.vocab_size,
-            "batches_per_pass": self.batches_per_pass, "batch_tokens": cfg.batch_tokens,
+            "corpus": cfg.name,
+            "languages": f"{cfg.src_lang}-{cfg.tgt_lang}",
+            "train_pairs": len(self.train_ids),
+            "train_pairs_read": self.n_raw_train,
+            "val_pairs": len(self.val_ids),
+            "test_sentences": len(self.test_sources),
+            "src_vocab": self.src_tok.vocab_size,
+            "tgt_vocab": self.tgt_tok.vocab_size,
+            "batches_per_pass": self.batches_per_pass,
+            "batch_tokens": cfg.batch_tokens,
         }

@@ -58,8 +58,7 @@ def replace_parameter(
     state = optimizer.state.pop(old, None)
     if state:
         optimizer.state[new] = {
-            key: convert(value) if isinstance(value, torch.Tensor) and value.shape == old.shape else value
-            for key, value in state.items()
+            key: convert(value) if isinstance(value, torch.Tensor) and value.shape == old.shape else value for key, value in state.items()
         }
     return True
 
@@ -136,9 +135,7 @@ def to_dense(
         if not isinstance(sparse, SparseLinear):
             raise TypeError(f"layer {name!r} is a {type(sparse).__name__}, not a SparseLinear")
         values = sparse.values
-        linear = nn.Linear(
-            sparse.in_features, sparse.out_features, bias=False, device="meta", dtype=values.dtype
-        )
+        linear = nn.Linear(sparse.in_features, sparse.out_features, bias=False, device="meta", dtype=values.dtype)
         linear.weight = nn.Parameter(sparse.dense_weight().detach(), requires_grad=values.requires_grad)
         linear.bias = sparse.bias  # the same Parameter: it stays in the optimizer
         if keep_mask:

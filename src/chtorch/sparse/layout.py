@@ -47,7 +47,7 @@ class SparseLayout:
     def shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
 
-    def to(self, device: torch.device | str) -> "SparseLayout":
+    def to(self, device: torch.device | str) -> SparseLayout:
         move = {name: getattr(self, name).to(device) for name in ("rows", "cols", "crow", "crow_t", "col_t", "perm")}
         return SparseLayout(self.out_features, self.in_features, **move)
 

@@ -44,9 +44,7 @@ def _check_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(shape):
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} != weight shape {tuple(shape)} (out_features, in_features)"
-        )
+        raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(shape)} (out_features, in_features)")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be torch.bool, got {mask.dtype}; pass e.g. `mask != 0`")
     return mask
@@ -107,7 +105,7 @@ class SparseLinear(nn.Module):
     # --- construction -----------------------------------------------------------------------
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, *, impl: str = "auto") -> "SparseLinear":
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor | None = None, *, impl: str = "auto") -> SparseLinear:
         """A ``SparseLinear`` holding ``linear.weight`` at the links of ``mask`` (default: the layer's
         ``weight_mask`` buffer, as the masked backend registers it).
 
@@ -122,8 +120,7 @@ class SparseLinear(nn.Module):
             mask = getattr(linear, "weight_mask", None)
             if mask is None:
                 raise ValueError(
-                    "no mask given and the layer has no `weight_mask` buffer; pass mask=... "
-                    "(bool, shape (out_features, in_features))"
+                    "no mask given and the layer has no `weight_mask` buffer; pass mask=... (bool, shape (out_features, in_features))"
                 )
         weight = linear.weight
         mask = _check_mask(mask, tuple(weight.shape)).to(weight.device)
@@ -259,9 +256,7 @@ class SparseLinear(nn.Module):
         self.weight_mask.copy_(new_mask)
         return change
 
-    def _new_link_values(
-        self, new_values: float | torch.Tensor, layout: SparseLayout, added: torch.Tensor, n_added: int
-    ) -> torch.Tensor:
+    def _new_link_values(self, new_values: float | torch.Tensor, layout: SparseLayout, added: torch.Tensor, n_added: int) -> torch.Tensor:
         if not isinstance(new_values, torch.Tensor):
             return torch.full((n_added,), float(new_values))
         new_values = new_values.detach().to(self.values.device)
@@ -322,9 +317,7 @@ class SparseLinear(nn.Module):
                 padded[: layout.nnz] = weight[layout.rows, layout.cols]
                 translated[values_key] = padded
         n_missing = len(missing_keys)
-        super()._load_from_state_dict(
-            translated, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(translated, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         # Report the key the checkpoint format uses, not the internal parameter name.
         for i in range(n_missing, len(missing_keys)):
             if missing_keys[i] == values_key:

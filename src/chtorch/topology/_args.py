@@ -36,10 +36,7 @@ def resolve_n_links(n_out: int, n_in: int, sparsity: float | None, n_links: int 
         if not _is_int(n_links):
             raise ValueError(f"n_links must be an integer, got {n_links!r}")
         if not 0 <= int(n_links) <= total:
-            raise ValueError(
-                f"n_links={n_links} is outside [0, {total}] for a ({n_out}, {n_in}) layer; "
-                "pass at most n_out * n_in links"
-            )
+            raise ValueError(f"n_links={n_links} is outside [0, {total}] for a ({n_out}, {n_in}) layer; pass at most n_out * n_in links")
         return int(n_links)
     if sparsity is None:
         raise ValueError("give the layer's sparsity (fraction of zeros, e.g. 0.99) or an exact n_links")

@@ -23,9 +23,7 @@ def even_degrees(total: int, n_nodes: int, device: torch.device | str = "cpu") -
     return cumulative[1:] - cumulative[:-1]
 
 
-def uniform_degrees(
-    total: int, n_nodes: int, cap: int, generator: torch.Generator
-) -> torch.Tensor:
+def uniform_degrees(total: int, n_nodes: int, cap: int, generator: torch.Generator) -> torch.Tensor:
     """BRFu degrees: every node starts at 1, the other ``total − n_nodes`` links go to uniformly random
     nodes (a multinomial), as the official BRF code does (Zhang et al., NeurIPS 2025, App. D; paper-notes
     §1.a). Two cases the code does not handle are made exact here:

@@ -131,9 +131,7 @@ def brf(
             generator = require_generator(generator, f"brf with r={r}")
         degrees = _explicit_degrees(degree, n_nodes, n_partners, chosen_side, mask_device(generator))
         links = int(degrees.sum())
-        expected = n_links if n_links is not None else (
-            link_budget(n_out, n_in, sparsity) if sparsity is not None else None
-        )
+        expected = n_links if n_links is not None else (link_budget(n_out, n_in, sparsity) if sparsity is not None else None)
         if expected is not None and int(expected) != links:
             raise ValueError(
                 f"the degree sequence sums to {links} links but n_links/sparsity asks for {expected}; "
@@ -145,14 +143,11 @@ def brf(
     return mask if chosen_side == "out" else mask.t().contiguous()
 
 
-def _explicit_degrees(
-    degree: Sequence[int] | torch.Tensor, n_nodes: int, n_partners: int, side: str, device: torch.device
-) -> torch.Tensor:
+def _explicit_degrees(degree: Sequence[int] | torch.Tensor, n_nodes: int, n_partners: int, side: str, device: torch.device) -> torch.Tensor:
     degrees = torch.as_tensor(degree, device=device)
     if degrees.dim() != 1 or degrees.numel() != n_nodes:
         raise ValueError(
-            f"an explicit degree sequence for side={side!r} needs {n_nodes} entries (one per node), "
-            f"got shape {tuple(degrees.shape)}"
+            f"an explicit degree sequence for side={side!r} needs {n_nodes} entries (one per node), got shape {tuple(degrees.shape)}"
         )
     if degrees.is_floating_point() or degrees.dtype == torch.bool or degrees.is_complex():
         raise ValueError(f"degrees must be integers, got dtype {degrees.dtype}")

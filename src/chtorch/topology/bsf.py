@@ -64,9 +64,7 @@ def bsf(
     degree_in = torch.zeros(n_in, dtype=torch.float64, device=device)
     out_arrivals = order[is_out]  # output ids in arrival order
     in_arrivals = order[~is_out] - n_out
-    quota_list, cap_list, is_out_list, order_list = (
-        quota.tolist(), capacity.tolist(), is_out.tolist(), order.tolist()
-    )
+    quota_list, cap_list, is_out_list, order_list = (quota.tolist(), capacity.tolist(), is_out.tolist(), order.tolist())
     for t in range(n_nodes):
         m = quota_list[t]
         if m == 0:

@@ -29,9 +29,7 @@ def _check_shapes(shapes: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return checked
 
 
-def erk_densities(
-    shapes: Sequence[tuple[int, int]], sparsity: float, erk_power_scale: float = 1.0
-) -> list[float]:
+def erk_densities(shapes: Sequence[tuple[int, int]], sparsity: float, erk_power_scale: float = 1.0) -> list[float]:
     """Real-valued ERK densities, one per layer, each in ``[0, 1]``.
 
     density_l = ε · ((n_in + n_out) / (n_in · n_out)) ** power, with ε chosen so the kept parameters

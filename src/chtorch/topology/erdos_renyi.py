@@ -32,4 +32,3 @@ def erdos_renyi(
     flat = torch.zeros(total, dtype=torch.bool, device=generator.device)
     flat[torch.randperm(total, generator=generator, device=generator.device)[:links]] = True
     return flat.view(n_out, n_in)
-

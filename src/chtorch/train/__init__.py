@@ -8,9 +8,9 @@ The loop is task-agnostic; a :class:`Recipe` supplies the data, model, loss and 
 (image classification built in; see :mod:`chtorch.recipes.base` to add one).
 """
 
+from chtorch.recipes.base import Recipe, get_recipe, recipes, register_recipe
 from chtorch.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from chtorch.train.compare import CompareResult, compare
-from chtorch.recipes.base import Recipe, get_recipe, recipes, register_recipe
 from chtorch.train.trainer import RunResult, Trainer, TrainingError, resume, train
 
 __all__ = [

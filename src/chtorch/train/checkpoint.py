@@ -132,9 +132,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
     np_state = state["numpy"]
-    np.random.set_state((
-        np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-        np_state["has_gauss"], np_state["cached_gaussian"],
-    ))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))

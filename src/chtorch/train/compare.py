@@ -16,14 +16,14 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from chtorch.config import DENSE, Config, ConfigError, build_config, config_to_dict
 from chtorch.dst.options import closest
-
 from chtorch.train.checkpoint import CHECKPOINT_NAME
 from chtorch.train.trainer import SUMMARY_NAME, resume, train
 
@@ -130,33 +130,47 @@ def compare(
     for method in methods:
         runs = [r for r in result.runs if r["method"] == method]
         mean, err = mean_stderr([float(r["final"][metric]) for r in runs])
-        result.rows.append({
-            "method": method,
-            "metric": metric,
-            "mean": mean,
-            "stderr": err,
-            "active_neurons": sum(float(r["final"].get("active_neurons", 1.0)) for r in runs) / len(runs),
-            "density": sum(float(r["final"].get("density", 1.0)) for r in runs) / len(runs),
-            "runs": len(runs),
-            "seeds": [r["seed"] for r in runs],
-            "values": [float(r["final"][metric]) for r in runs],
-        })
+        result.rows.append(
+            {
+                "method": method,
+                "metric": metric,
+                "mean": mean,
+                "stderr": err,
+                "active_neurons": sum(float(r["final"].get("active_neurons", 1.0)) for r in runs) / len(runs),
+                "density": sum(float(r["final"].get("density", 1.0)) for r in runs) / len(runs),
+                "runs": len(runs),
+                "seeds": [r["seed"] for r in runs],
+                "values": [float(r["final"][metric]) for r in runs],
+            }
+        )
     first = result.runs[0]
-    budget = (f"Budget for every method: {first['epochs']} epochs = {first['steps']} optimizer steps, "
-              f"sparsity {config.sparsity.sparsity} for the sparse methods, seeds {', '.join(map(str, seeds))}; "
-              f"dataset `{first['data'].get('dataset', config.data.name if hasattr(config.data, 'name') else '?')}`. "
-              "± is the standard error over seeds.")
+    budget = (
+        f"Budget for every method: {first['epochs']} epochs = {first['steps']} optimizer steps, "
+        f"sparsity {config.sparsity.sparsity} for the sparse methods, seeds {', '.join(map(str, seeds))}; "
+        f"dataset `{first['data'].get('dataset', config.data.name if hasattr(config.data, 'name') else '?')}`. "
+        "± is the standard error over seeds."
+    )
     result.table = format_table(result.rows, metric)
     (out_dir / "compare.md").write_text(f"# chtorch compare: {config.run.name}\n\n{budget}\n\n{result.table}\n", encoding="utf-8")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["method", metric, "stderr", "active_neurons", "density", "runs", "values"])
     for row in result.rows:
-        writer.writerow([row["method"], row["mean"], "" if row["stderr"] is None else row["stderr"],
-                         row["active_neurons"], row["density"], row["runs"], " ".join(f"{v:.6g}" for v in row["values"])])
+        writer.writerow(
+            [
+                row["method"],
+                row["mean"],
+                "" if row["stderr"] is None else row["stderr"],
+                row["active_neurons"],
+                row["density"],
+                row["runs"],
+                " ".join(f"{v:.6g}" for v in row["values"]),
+            ]
+        )
     (out_dir / "compare.csv").write_text(buffer.getvalue(), encoding="utf-8")
-    (out_dir / "compare.json").write_text(json.dumps({"metric": metric, "rows": result.rows, "runs": result.runs}, indent=2, default=str),
-                                          encoding="utf-8")
+    (out_dir / "compare.json").write_text(
+        json.dumps({"metric": metric, "rows": result.rows, "runs": result.runs}, indent=2, default=str), encoding="utf-8"
+    )
     print("", file=out)
     print(budget, file=out)
     print(result.table, file=out)

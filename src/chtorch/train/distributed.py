@@ -56,8 +56,10 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise DistributedError(f"environment variable {name}={text!r} is not an integer; start the run with torchrun "
-                               "(which sets RANK, LOCAL_RANK and WORLD_SIZE) or unset it") from None
+        raise DistributedError(
+            f"environment variable {name}={text!r} is not an integer; start the run with torchrun "
+            "(which sets RANK, LOCAL_RANK and WORLD_SIZE) or unset it"
+        ) from None
 
 
 def env_world_size() -> int:
@@ -92,11 +94,14 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
         if device.index is not None:
             raise ConfigError(
                 f"run.device={name!r} names one GPU, but torchrun started {world_size} processes: use run.device=cuda "
-                "(or auto), and each process takes the GPU of its LOCAL_RANK", "run.device")
+                "(or auto), and each process takes the GPU of its LOCAL_RANK",
+                "run.device",
+            )
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(
                 f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s): start at most that many "
-                "processes per node (torchrun --nproc_per_node), or train on CPU with run.device=cpu")
+                "processes per node (torchrun --nproc_per_node), or train on CPU with run.device=cpu"
+            )
         device = torch.device("cuda", local_rank)
     return device
 
@@ -219,8 +224,10 @@ def init_distributed(device: str = "auto", timeout: timedelta | None = DEFAULT_T
         raise DistributedError(f"RANK={rank} is outside 0..WORLD_SIZE-1={world - 1}; start the run with torchrun")
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
-            raise DistributedError(f"WORLD_SIZE={world} but {name} is not set: start the run with torchrun "
-                                   "(e.g. torchrun --standalone --nproc_per_node 2 -m chtorch.cli train CONFIG)")
+            raise DistributedError(
+                f"WORLD_SIZE={world} but {name} is not set: start the run with torchrun "
+                "(e.g. torchrun --standalone --nproc_per_node 2 -m chtorch.cli train CONFIG)"
+            )
     dev = resolve_device(device, local, world)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://", "rank": rank, "world_size": world}
@@ -272,4 +279,3 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
-

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from chtorch.config import build_config
-
-from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from chtorch.recipes.base import get_recipe
+from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
 __all__ = ["export_run"]
 
@@ -67,8 +66,7 @@ def export_run(
     torch.save(compacted, tmp)
     os.replace(tmp, path)
     shapes = {
-        name: (compacted.get_submodule(name).out_features, compacted.get_submodule(name).in_features)
-        for chain in chains for name in chain
+        name: (compacted.get_submodule(name).out_features, compacted.get_submodule(name).in_features) for chain in chains for name in chain
     }
     summary = {
         "shapes": shapes,

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from chtorch.masks import in_degree, out_degree
 from chtorch.dst.percolation import Coupling
+from chtorch.masks import in_degree, out_degree
 
 __all__ = [
     "MetricsLog",

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from chtorch.dst import schedules
 from chtorch.config import OptimConfig
+from chtorch.dst import schedules
 
 __all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
 
@@ -27,8 +27,13 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     """SGD (momentum, Nesterov), Adam or AdamW over all of ``model``'s parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
     betas = (float(config.betas[0]), float(config.betas[1]))
     if config.name == "adam":
         return torch.optim.Adam(params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay)
@@ -64,9 +69,11 @@ def lr_multiplier(
         def base(step: int) -> float:
             return schedules.noam(step + 1, width, warmup)
     elif kind == "cosine":
+
         def base(step: int) -> float:
             return schedules.cosine_with_warmup(step, total_steps, warmup, min_ratio=end_ratio)
     elif kind in ("linear", "constant"):
+
         def base(step: int) -> float:
             if warmup and step < warmup:
                 return (step + 1) / warmup
@@ -101,6 +108,4 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` over :func:`lr_multiplier`; call ``scheduler.step()`` after every optimizer
     step. Its state (the step counter) is all a checkpoint needs."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(config, total_steps, update_interval, t_end, d_model)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, total_steps, update_interval, t_end, d_model))

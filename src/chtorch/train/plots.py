@@ -61,8 +61,7 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
 
 
 def _curves(records: list[dict[str, Any]], path: Path) -> Path | None:
-    keys = sorted({k for r in records for k, v in r.items()
-                   if k.startswith(("train_", "test_", "val_")) and isinstance(v, (int, float))})
+    keys = sorted({k for r in records for k, v in r.items() if k.startswith(("train_", "test_", "val_")) and isinstance(v, (int, float))})
     if not keys:
         return None
     losses = [k for k in keys if k.endswith("loss")]
@@ -90,10 +89,16 @@ def _topology(records: list[dict[str, Any]], path: Path) -> Path | None:
     for name in names:
         epochs = [r["epoch"] for r in layered if name in r["layers"]]
         ax_density.plot(epochs, [r["layers"][name]["density"] for r in layered if name in r["layers"]], label=name)
-        line = ax_active.plot(epochs, [100 * r["layers"][name]["active_out"] for r in layered if name in r["layers"]],
-                              label=f"{name} out")[0]
-        ax_active.plot(epochs, [100 * r["layers"][name]["active_in"] for r in layered if name in r["layers"]],
-                       linestyle="--", color=line.get_color(), label=f"{name} in")
+        line = ax_active.plot(epochs, [100 * r["layers"][name]["active_out"] for r in layered if name in r["layers"]], label=f"{name} out")[
+            0
+        ]
+        ax_active.plot(
+            epochs,
+            [100 * r["layers"][name]["active_in"] for r in layered if name in r["layers"]],
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name} in",
+        )
     for key, label in (("active_neurons", "active neurons (ANP)"), ("itop", "ITOP rate")):
         xs, ys = _series(layered, key)
         if xs:
@@ -179,8 +184,14 @@ def _adjacency(name: str, start: dict[str, Any], end: dict[str, Any] | None, pat
     for ax, (tag, snapshot) in zip(axes[0], panels):
         rows, cols, shape = snapshot[name]
         image = adjacency_image(rows, cols, shape)
-        ax.imshow(image, cmap="Greys" if image.max() <= 1 and image.shape == shape else "magma_r",
-                  interpolation="nearest", aspect="auto", vmin=0.0, extent=(0, shape[1], shape[0], 0))
+        ax.imshow(
+            image,
+            cmap="Greys" if image.max() <= 1 and image.shape == shape else "magma_r",
+            interpolation="nearest",
+            aspect="auto",
+            vmin=0.0,
+            extent=(0, shape[1], shape[0], 0),
+        )
         ax.set_title(f"{name} {tag}: {len(rows) / (shape[0] * shape[1]):.2%} links", fontsize="small")
         ax.set_xlabel(f"input neuron (of {shape[1]})")
         ax.set_ylabel(f"output neuron (of {shape[0]})")

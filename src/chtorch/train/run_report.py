@@ -54,33 +54,52 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         f"batch {data.get('batch_size', '?')}, {train.get('epochs', '?')} epochs, seed {run.get('seed', '?')}",
     ]
     if summary:
-        lines.append(f"- **time**: {summary.get('seconds', 0):.1f} s on {summary.get('device', '?')}; "
-                     f"torch {summary.get('versions', {}).get('torch', '?')}, chtorch {summary.get('versions', {}).get('chtorch', '?')}")
+        lines.append(
+            f"- **time**: {summary.get('seconds', 0):.1f} s on {summary.get('device', '?')}; "
+            f"torch {summary.get('versions', {}).get('torch', '?')}, chtorch {summary.get('versions', {}).get('chtorch', '?')}"
+        )
     lines.append("")
 
     lines += ["## Result", "", "| metric | value |", "|---|---|"]
     for key, value in last.items():
         if key in ("kind", "layers", "lr", "seconds") or isinstance(value, (dict, list)):
             continue
-        shown = f"{100 * value:.2f}%" if isinstance(value, float) and (key.endswith("accuracy") or key in ("active_neurons", "itop")) else _fmt(value)
+        shown = (
+            f"{100 * value:.2f}%"
+            if isinstance(value, float) and (key.endswith("accuracy") or key in ("active_neurons", "itop"))
+            else _fmt(value)
+        )
         lines.append(f"| {key} | {shown} |")
     lines.append("")
     if updates:
-        lines += [f"{len(updates)} topology updates; the last at step {updates[-1]['step']} "
-                  f"(overlap of removed and regrown links {100 * (updates[-1].get('overlap') or 0):.1f}%).", ""]
+        lines += [
+            f"{len(updates)} topology updates; the last at step {updates[-1]['step']} "
+            f"(overlap of removed and regrown links {100 * (updates[-1].get('overlap') or 0):.1f}%).",
+            "",
+        ]
 
     layers = last.get("layers") or {}
     if layers:
-        lines += ["## Sparse layers at the end", "", "| layer | shape (out × in) | links | density | active inputs | active outputs |",
-                  "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "## Sparse layers at the end",
+            "",
+            "| layer | shape (out × in) | links | density | active inputs | active outputs |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for layer, info in layers.items():
             shape = info.get("shape", ["?", "?"])
-            lines.append(f"| `{layer}` | {shape[0]} × {shape[1]} | {info['links']} | {info['density']:.4f} | "
-                         f"{100 * info['active_in']:.1f}% | {100 * info['active_out']:.1f}% |")
+            lines.append(
+                f"| `{layer}` | {shape[0]} × {shape[1]} | {info['links']} | {info['density']:.4f} | "
+                f"{100 * info['active_in']:.1f}% | {100 * info['active_out']:.1f}% |"
+            )
         lines.append("")
 
-    figures = [("curves.png", "Loss and metrics"), ("topology.png", "Density and active neurons"),
-               ("updates.png", "Topology updates"), ("degrees.png", "Degree distributions (start vs end)")]
+    figures = [
+        ("curves.png", "Loss and metrics"),
+        ("topology.png", "Density and active neurons"),
+        ("updates.png", "Topology updates"),
+        ("degrees.png", "Degree distributions (start vs end)"),
+    ]
     present = [(f, t) for f, t in figures if (run_dir / f).is_file()]
     adjacency = [(f"adjacency_{_safe(layer)}.png", f"Adjacency matrix of `{layer}` (start, end)") for layer in list(layers)[:MAX_LAYERS]]
     present += [(f, t) for f, t in adjacency if (run_dir / f).is_file()]
@@ -89,14 +108,23 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         for file, title in present:
             lines += [f"### {title}", "", f"![{title}]({file})", ""]
     else:
-        lines += ["## Plots", "", "No plots (matplotlib is not installed, or train.plots was off): "
-                  f"`pip install matplotlib` then `chtorch report {run_dir}`.", ""]
+        lines += [
+            "## Plots",
+            "",
+            f"No plots (matplotlib is not installed, or train.plots was off): `pip install matplotlib` then `chtorch report {run_dir}`.",
+            "",
+        ]
 
-    lines += ["## Reproduce", "", "```bash",
-              f"chtorch train {run_dir / 'config.yaml'} --out <new run dir>   # the same run again",
-              f"chtorch train --resume {run_dir}                              # continue this run (if unfinished)",
-              f"chtorch report {run_dir}                                      # re-create these plots and this report",
-              "```", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        f"chtorch train {run_dir / 'config.yaml'} --out <new run dir>   # the same run again",
+        f"chtorch train --resume {run_dir}                              # continue this run (if unfinished)",
+        f"chtorch report {run_dir}                                      # re-create these plots and this report",
+        "```",
+        "",
+    ]
     path = run_dir / "report.md"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text("\n".join(lines), encoding="utf-8")

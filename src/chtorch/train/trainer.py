@@ -44,26 +44,50 @@ import numpy as np
 import torch
 
 from chtorch.config import (
-    DENSE, Config, ConfigError, build_config, config_to_dict, method_options_for, resolve_sparsity_options, save_config,
+    DENSE,
+    Config,
+    ConfigError,
+    build_config,
+    config_to_dict,
+    method_options_for,
+    resolve_sparsity_options,
+    save_config,
 )
 from chtorch.dst.percolation import infer_couplings
-
+from chtorch.recipes.base import Recipe, get_recipe
 from chtorch.train import distributed as ddp
 from chtorch.train.checkpoint import (
-    CHECKPOINT_NAME, CheckpointError, load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state,
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from chtorch.train.metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.progress import Progress, format_duration
-from chtorch.recipes.base import Recipe, get_recipe
 
 __all__ = ["Trainer", "RunResult", "TrainingError", "train", "resume", "new_run_dir", "RESUME_OVERRIDABLE"]
 
 #: Keys that ``--resume`` may change: they do not affect what is computed.
-RESUME_OVERRIDABLE = frozenset({
-    "run.device", "run.threads", "data.dir", "data.download", "data.verify", "data.eval_batch_size",
-    "train.progress", "train.plots", "train.report", "train.tensorboard", "train.checkpoint", "train.max_nonfinite",
-})
+RESUME_OVERRIDABLE = frozenset(
+    {
+        "run.device",
+        "run.threads",
+        "data.dir",
+        "data.download",
+        "data.verify",
+        "data.eval_batch_size",
+        "train.progress",
+        "train.plots",
+        "train.report",
+        "train.tensorboard",
+        "train.checkpoint",
+        "train.max_nonfinite",
+    }
+)
 
 SUMMARY_NAME = "summary.json"
 
@@ -230,19 +254,20 @@ class Trainer:
         self.steps_per_epoch = spe
         if self.steps_per_epoch < 1:
             more = f" for {self.world_size} processes" if self.dist.enabled else ""
-            raise ConfigError(f"the training set yields no batch{more}: lower data.batch_size or raise data.train_limit",
-                              "data.batch_size")
+            raise ConfigError(f"the training set yields no batch{more}: lower data.batch_size or raise data.train_limit", "data.batch_size")
         if not self.dist.all_equal(self.steps_per_epoch):
-            raise ddp.DistributedError("the ranks have different numbers of steps per epoch; every rank must get a shard "
-                                       "of the same number of batches (a recipe bug: see Recipe.shards_data)")
+            raise ddp.DistributedError(
+                "the ranks have different numbers of steps per epoch; every rank must get a shard "
+                "of the same number of batches (a recipe bug: see Recipe.shards_data)"
+            )
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
 
         self.sparsity = None
         interval = t_end = None
         sp = cfg.sparsity
         if sp.method != DENSE:
-            from chtorch.dst.scope import select_layers
             from chtorch.dst.engine import DynamicSparsity
+            from chtorch.dst.scope import select_layers
 
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
             try:
@@ -256,8 +281,14 @@ class Trainer:
             options["update_interval"] = interval
             try:
                 self.sparsity = DynamicSparsity(
-                    self.model, self.optimizer, sparsity=sp.sparsity, total_steps=self.total_steps,
-                    options=resolve_sparsity_options(sp.method, options), seed=cfg.run.seed, layers=names, method=sp.method,
+                    self.model,
+                    self.optimizer,
+                    sparsity=sp.sparsity,
+                    total_steps=self.total_steps,
+                    options=resolve_sparsity_options(sp.method, options),
+                    seed=cfg.run.seed,
+                    layers=names,
+                    method=sp.method,
                     backend=sp.backend,
                 )
             except ValueError as exc:  # OptionError included: a combination the engine refuses for this model
@@ -305,7 +336,8 @@ class Trainer:
             raise CheckpointError(
                 f"this run was trained by {saved_world} process(es) and is being resumed by {self.world_size}: resume it "
                 f"with the same number — {_launch_hint(saved_world)} — since the number of processes decides the data "
-                "shards, the steps per epoch and the sparsity schedule")
+                "shards, the steps per epoch and the sparsity schedule"
+            )
         if (state["sparsity"] is None) != (self.sparsity is None):
             raise CheckpointError("the checkpoint's sparsity (dense vs sparse) does not match this run's config")
         try:
@@ -339,11 +371,16 @@ class Trainer:
         if self.sparsity is None:
             return {}
         out = {}
-        for name, module, mask in self.sparsity.iter_layers():
+        for name, _module, mask in self.sparsity.iter_layers():
             a_in, a_out = self.sparsity.active_neurons()[name]
             links = int(mask.sum())
-            out[name] = {"links": links, "density": links / mask.numel(), "active_in": a_in, "active_out": a_out,
-                         "shape": [int(mask.shape[0]), int(mask.shape[1])]}
+            out[name] = {
+                "links": links,
+                "density": links / mask.numel(),
+                "active_in": a_in,
+                "active_out": a_out,
+                "shape": [int(mask.shape[0]), int(mask.shape[1])],
+            }
         return out
 
     def topology_state(self) -> dict[str, Any]:
@@ -359,15 +396,32 @@ class Trainer:
 
     def _update_record(self, report: Any, epoch: int) -> dict[str, Any]:
         return {
-            "kind": "update", "epoch": epoch + 1, "step": report.step, "update": report.update_index,
-            "sparsity": report.sparsity, "zeta": report.zeta, "temperature": report.temperature,
-            "removed": report.removed, "regrown": report.regrown, "overlap": report.overlap_rate,
-            "itop": report.itop_rate, "skipped": report.skipped, "seconds": report.seconds,
+            "kind": "update",
+            "epoch": epoch + 1,
+            "step": report.step,
+            "update": report.update_index,
+            "sparsity": report.sparsity,
+            "zeta": report.zeta,
+            "temperature": report.temperature,
+            "removed": report.removed,
+            "regrown": report.regrown,
+            "overlap": report.overlap_rate,
+            "itop": report.itop_rate,
+            "skipped": report.skipped,
+            "seconds": report.seconds,
             "density": self.sparsity.density() if self.sparsity is not None else 1.0,
             "layers": {
-                name: {"links": l.n_links, "pruned": l.pruned, "removed": l.removed, "percolated": l.percolated,
-                       "regrown": l.regrown, "overlap": l.overlap_rate, "active_in": l.active_in,
-                       "active_out": l.active_out, "frozen": l.frozen}
+                name: {
+                    "links": l.n_links,
+                    "pruned": l.pruned,
+                    "removed": l.removed,
+                    "percolated": l.percolated,
+                    "regrown": l.regrown,
+                    "overlap": l.overlap_rate,
+                    "active_in": l.active_in,
+                    "active_out": l.active_out,
+                    "frozen": l.frozen,
+                }
                 for name, l in report.layers.items()
             },
         }
@@ -391,8 +445,11 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_requested = True
         if self.is_main:
-            print("\nchtorch: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nchtorch: stopping after this step and saving a checkpoint (Ctrl-C again aborts without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def request_stop(self) -> None:
         """Stop at the next step boundary, save a checkpoint and return (as Ctrl-C does). Under DDP
@@ -417,8 +474,11 @@ class Trainer:
                 try:
                     self.log.truncate(int(self.resume_state["metrics_offset"]))
                 except ValueError as exc:  # the log was edited or lost: keep training, say what is missing
-                    warnings.warn(f"chtorch: {exc}; the records before the checkpoint are incomplete and new ones "
-                                  "are appended", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"chtorch: {exc}; the records before the checkpoint are incomplete and new ones are appended",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 remove_stale_temporaries(self.run_dir / CHECKPOINT_NAME)  # left by a writer that was killed
             self.resume_state = None
         elif self.is_main:
@@ -427,8 +487,16 @@ class Trainer:
             self.log.truncate(0)
             save_config(cfg, self.run_dir / "config.yaml")
             self._snapshot("init")
-            self.log.write({"kind": "epoch", "epoch": 0, "step": 0, "lr": self.optimizer.param_groups[0]["lr"],
-                            **self.topology_state(), "layers": self.layer_state()})
+            self.log.write(
+                {
+                    "kind": "epoch",
+                    "epoch": 0,
+                    "step": 0,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    **self.topology_state(),
+                    "layers": self.layer_state(),
+                }
+            )
         self.train_model = ddp.wrap_model(self.model, self.dist)
 
         handler_installed = False
@@ -436,8 +504,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
             handler_installed = True
-        progress = Progress(cfg.train.progress if self.is_main else "off", self.total_steps, self.step, cfg.train.epochs,
-                            self.out)
+        progress = Progress(cfg.train.progress if self.is_main else "off", self.total_steps, self.step, cfg.train.epochs, self.out)
         interrupted = False
         record: dict[str, Any] = {}
         try:
@@ -459,8 +526,12 @@ class Trainer:
             resume_cmd = f"chtorch train --resume {self.run_dir}"
             if self.dist.enabled:
                 resume_cmd = f"torchrun --nproc_per_node {self.world_size} -m chtorch.cli train --resume {self.run_dir}"
-            print(f"chtorch: interrupted at epoch {self.epoch + 1}/{cfg.train.epochs}, step {self.step}/{self.total_steps}; "
-                  f"checkpoint saved.\nresume with:  {resume_cmd}", file=self.out, flush=True)
+            print(
+                f"chtorch: interrupted at epoch {self.epoch + 1}/{cfg.train.epochs}, step {self.step}/{self.total_steps}; "
+                f"checkpoint saved.\nresume with:  {resume_cmd}",
+                file=self.out,
+                flush=True,
+            )
             return self._result(record, finished=False, interrupted=True)
         self.log.close()
         return self._finish()
@@ -488,8 +559,12 @@ class Trainer:
             if self.dist.any(not bool(torch.isfinite(loss.detach()))):
                 self.nonfinite += 1
                 if self.is_main:
-                    warnings.warn(f"chtorch: non-finite loss at step {self.step + 1}; the step and any topology update "
-                                  f"due are skipped ({self.nonfinite}/{cfg.train.max_nonfinite})", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"chtorch: non-finite loss at step {self.step + 1}; the step and any topology update "
+                        f"due are skipped ({self.nonfinite}/{cfg.train.max_nonfinite})",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.nonfinite > cfg.train.max_nonfinite:
                     if (self.run_dir / CHECKPOINT_NAME).is_file():
@@ -516,8 +591,15 @@ class Trainer:
             if report is not None:
                 self.log.write(self._update_record(report, epoch))
             if cfg.train.log_every and self.step % cfg.train.log_every == 0 and report is None:
-                self.log.write({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": float(loss.detach()),
-                                "lr": self.optimizer.param_groups[0]["lr"]})
+                self.log.write(
+                    {
+                        "kind": "step",
+                        "epoch": epoch + 1,
+                        "step": self.step,
+                        "loss": float(loss.detach()),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                    }
+                )
             postfix = None
             if progress.bar is not None and (self.batch % 10 == 0 or self.batch == self.steps_per_epoch):
                 train = self.recipe.summarize(self.sums)
@@ -535,8 +617,7 @@ class Trainer:
         # ---- end of epoch
         self.epoch += 1
         self.batch = 0
-        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
-                                  "lr": self.optimizer.param_groups[0]["lr"]}
+        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         record.update(self.recipe.summarize(self.dist.sum(self.sums) if self.dist.enabled else self.sums))
         if self.is_main and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
             record.update(self.recipe.evaluate(self.model))  # the whole test set, on rank 0
@@ -563,8 +644,7 @@ class Trainer:
         train = [f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items() if k.startswith("train_") and isinstance(v, float)]
         if train:
             parts.append("train " + " ".join(train))
-        test = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in record.items()
-                if k.startswith(("test_", "val_")) and isinstance(v, float)]
+        test = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in record.items() if k.startswith(("test_", "val_")) and isinstance(v, float)]
         if test:
             parts.append("test " + " ".join(test))
         parts.append(f"density {record.get('density', 1.0):.4f}")
@@ -634,10 +714,12 @@ class Trainer:
         value = rec.get(metric)
         shown = _percent(value) if "accuracy" in metric else ("-" if value is None else f"{value:.4f}")
         density = rec.get("density", 1.0)
-        line = (f"chtorch: finished {self.config.run.name} ({self.config.sparsity.method}): "
-                f"{metric.replace('_', ' ')} {shown}, density {density:.4f} (sparsity {100 * (1 - density):.1f}%), "
-                f"active neurons {100 * rec.get('active_neurons', 1.0):.1f}% "
-                f"[{result.epochs} epochs, {format_duration(self.elapsed)}]")
+        line = (
+            f"chtorch: finished {self.config.run.name} ({self.config.sparsity.method}): "
+            f"{metric.replace('_', ' ')} {shown}, density {density:.4f} (sparsity {100 * (1 - density):.1f}%), "
+            f"active neurons {100 * rec.get('active_neurons', 1.0):.1f}% "
+            f"[{result.epochs} epochs, {format_duration(self.elapsed)}]"
+        )
         print(line, file=self.out)
         if self.sparsity is not None:
             print(self.sparsity.summary(), file=self.out)
@@ -679,8 +761,10 @@ def train(
         target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
         error = None
         if (target / CHECKPOINT_NAME).exists():
-            error = (f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
-                     "or choose another --out directory")
+            error = (
+                f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
+                "or choose another --out directory"
+            )
         decision = (str(target.resolve()), error)
     target_name, error = ctx.broadcast(decision)
     if error is not None:
@@ -711,7 +795,8 @@ def resume(
             raise ConfigError(
                 f"--set {key} cannot change on --resume: a resumed run continues its saved configuration exactly. "
                 f"Changeable keys: {', '.join(sorted(RESUME_OVERRIDABLE))}; to change anything else start a new run "
-                f"(e.g. chtorch train {run_dir / 'config.yaml'} --set {text})", key,
+                f"(e.g. chtorch train {run_dir / 'config.yaml'} --set {text})",
+                key,
             )
     try:
         config = build_config(apply_overrides(state["config"], overrides))
@@ -746,8 +831,10 @@ def _check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
 
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except Exception as exc:  # an unreadable config.yaml is not what a resume needs; say so
-        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {exc}); the checkpoint holds the "
-                              "configuration, so move config.yaml away and resume again") from None
+        raise CheckpointError(
+            f"{path} is unreadable ({type(exc).__name__}: {exc}); the checkpoint holds the "
+            "configuration, so move config.yaml away and resume again"
+        ) from None
     if not isinstance(saved, dict):
         return
     a, b = _flatten(state.get("config", {})), _flatten(saved)
@@ -758,4 +845,5 @@ def _check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
         more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
         raise CheckpointError(
             f"{run_dir / CHECKPOINT_NAME} is from another run than {path} ({shown}{more}): it holds another model or "
-            "sparsity. Put back this run's own checkpoint, or resume the run the checkpoint came from in its own directory")
+            "sparsity. Put back this run's own checkpoint, or resume the run the checkpoint came from in its own directory"
+        )
