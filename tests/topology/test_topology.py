@@ -135,15 +135,15 @@ def test_initialisers_do_not_touch_the_global_rng():
 def test_clear_errors_for_bad_arguments():
     with pytest.raises(ValueError, match="sparsity .* or an exact n_links"):
         erdos_renyi(4, 4, generator=gen())
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"n_links must be an integer in \[0, 16\].*got 17"):
         erdos_renyi(4, 4, n_links=17, generator=gen())
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"n_links must be an integer in \[0, 16\].*got -1"):
         bsw(4, 4, n_links=-1)
-    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\]"):
         brf(4, 4, 1.5, generator=gen())
-    with pytest.raises(ValueError, match="n_out must be a positive integer"):
+    with pytest.raises(ValueError, match="n_out must be an integer >= 1"):
         erdos_renyi(0, 4, 0.5, generator=gen())
-    with pytest.raises(ValueError, match="n_in must be a positive integer"):
+    with pytest.raises(ValueError, match="n_in must be an integer >= 1"):
         brf(4, 2.5, 0.5, generator=gen())
     with pytest.raises(ValueError, match="needs generator"):
         erdos_renyi(4, 4, 0.5)

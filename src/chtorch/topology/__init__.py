@@ -19,7 +19,7 @@ from chtorch.topology.bsw import bsw
 from chtorch.topology.budgets import BUDGET_DISTRIBUTIONS, allocate_budgets, erk_densities
 from chtorch.topology.csti import csti, csti_scores, pearson_correlation
 from chtorch.topology.erdos_renyi import erdos_renyi
-from chtorch.topology.registry import INITIALIZERS, get_initializer
+from chtorch.topology.registry import INITIALIZERS, get_initializer, register_initializer
 from chtorch.topology.swi import swi_, swi_std
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "pearson_correlation",
     "INITIALIZERS",
     "get_initializer",
+    "register_initializer",
     "allocate_budgets",
     "erk_densities",
     "BUDGET_DISTRIBUTIONS",

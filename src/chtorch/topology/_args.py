@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
+from chtorch._checks import check_number
 from chtorch.masks import link_budget
 
-__all__ = ["check_shape", "resolve_n_links", "require_generator", "check_unit_interval", "mask_device"]
+__all__ = ["layer_budget", "check_shape", "resolve_n_links", "require_generator", "check_unit_interval", "mask_device"]
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass in Python; a bool size is always a caller's mistake.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def layer_budget(n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: bool = True) -> tuple[int, int, int | None]:
+    """The preamble every initialiser starts with: ``(n_out, n_in, links)`` checked, where ``links``
+    is the exact number of links to place (:func:`resolve_n_links`). With ``required=False`` (an
+    initialiser that can take its link count from elsewhere, such as BRF's explicit degree sequence)
+    ``links`` is ``None`` when neither ``sparsity`` nor ``n_links`` is given."""
+    n_out, n_in = check_shape(n_out, n_in)
+    if not required and sparsity is None and n_links is None:
+        return n_out, n_in, None
+    return n_out, n_in, resolve_n_links(n_out, n_in, sparsity, n_links)
 
 
 def check_shape(n_out: int, n_in: int) -> tuple[int, int]:
     """Return ``(n_out, n_in)`` as ints, or raise ``ValueError`` unless both are positive integers."""
     for name, value in (("n_out", n_out), ("n_in", n_in)):
-        if not _is_int(value) or int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer (the layer's {name[2:]}_features), got {value!r}")
+        check_number(name, value, 1, integer=True, hint=f"the layer's {name[2:]}_features")
     return int(n_out), int(n_in)
 
 
@@ -33,18 +37,10 @@ def resolve_n_links(n_out: int, n_in: int, sparsity: float | None, n_links: int 
     """
     total = n_out * n_in
     if n_links is not None:
-        if not _is_int(n_links):
-            raise ValueError(f"n_links must be an integer, got {n_links!r}")
-        if not 0 <= int(n_links) <= total:
-            raise ValueError(f"n_links={n_links} is outside [0, {total}] for a ({n_out}, {n_in}) layer; pass at most n_out * n_in links")
-        return int(n_links)
+        return check_number("n_links", n_links, 0, total, integer=True, hint=f"at most n_out * n_in for a ({n_out}, {n_in}) layer")
     if sparsity is None:
         raise ValueError("give the layer's sparsity (fraction of zeros, e.g. 0.99) or an exact n_links")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise ValueError(f"sparsity must be a float in [0, 1], got {sparsity!r}")
-    if not 0.0 <= float(sparsity) <= 1.0:
-        raise ValueError(f"sparsity must be in [0, 1] (fraction of zeros), got {sparsity}")
-    return link_budget(n_out, n_in, float(sparsity))
+    return link_budget(n_out, n_in, check_number("sparsity", sparsity, 0, 1, hint="the fraction of zeros"))
 
 
 def require_generator(generator: torch.Generator | None, who: str) -> torch.Generator:
@@ -61,9 +57,7 @@ def require_generator(generator: torch.Generator | None, who: str) -> torch.Gene
 
 def check_unit_interval(name: str, value: float) -> float:
     """Return ``float(value)`` or raise unless it lies in ``[0, 1]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return check_number(name, value, 0, 1)
 
 
 def mask_device(generator: torch.Generator | None) -> torch.device:

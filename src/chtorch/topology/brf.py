@@ -15,15 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from chtorch.masks import link_budget
-from chtorch.topology._args import (
-    check_shape,
-    check_unit_interval,
-    mask_device,
-    require_generator,
-    resolve_n_links,
-)
+from chtorch.topology._args import check_unit_interval, layer_budget, mask_device, require_generator
 from chtorch.topology._degrees import even_degrees, uniform_degrees
+from chtorch.topology.registry import register_initializer
 
 __all__ = ["brf", "brf_degree_side", "brf_degrees", "brf_centres"]
 
@@ -82,6 +76,7 @@ def brf_degrees(
     raise ValueError(f"degree must be one of {_DEGREES} or a sequence of node degrees, got {degree!r}")
 
 
+@register_initializer("brf", summary="bipartite receptive field: links near each node's ring centre, randomness r (CHTs, CHTss)")
 def brf(
     n_out: int,
     n_in: int,
@@ -116,13 +111,13 @@ def brf(
     The degree side's degrees equal the degree sequence exactly (row sums for ``"out"``, column sums
     for ``"in"``). The mask is built on the generator's device.
     """
-    n_out, n_in = check_shape(n_out, n_in)
+    n_out, n_in, expected = layer_budget(n_out, n_in, sparsity, n_links, required=isinstance(degree, str))
     r = check_unit_interval("r", r)
     chosen_side = brf_degree_side(n_out, n_in, side)
     n_nodes, n_partners = (n_out, n_in) if chosen_side == "out" else (n_in, n_out)
 
     if isinstance(degree, str):
-        links = resolve_n_links(n_out, n_in, sparsity, n_links)
+        links = int(expected)
         if degree == "uniform" or r > 0.0:
             generator = require_generator(generator, f"brf with r={r}, degree={degree!r}")
         degrees = brf_degrees(n_nodes, n_partners, links, degree, generator)
@@ -131,7 +126,6 @@ def brf(
             generator = require_generator(generator, f"brf with r={r}")
         degrees = _explicit_degrees(degree, n_nodes, n_partners, chosen_side, mask_device(generator))
         links = int(degrees.sum())
-        expected = n_links if n_links is not None else (link_budget(n_out, n_in, sparsity) if sparsity is not None else None)
         if expected is not None and int(expected) != links:
             raise ValueError(
                 f"the degree sequence sums to {links} links but n_links/sparsity asks for {expected}; "

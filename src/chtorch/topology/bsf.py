@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from chtorch.topology._args import check_shape, mask_device, require_generator, resolve_n_links
+from chtorch.topology._args import layer_budget, mask_device, require_generator
 from chtorch.topology._degrees import even_degrees
+from chtorch.topology.registry import register_initializer
 
 __all__ = ["bsf"]
 
 
+@register_initializer("bsf", summary="bipartite scale-free by preferential attachment")
 def bsf(
     n_out: int,
     n_in: int,
@@ -35,8 +37,7 @@ def bsf(
     available to exactly one of its two neurons (the later one), so any ``n_links <= n_out · n_in``
     fits exactly. Cost: one small weighted draw per neuron (a Python loop over ``n_out + n_in``).
     """
-    n_out, n_in = check_shape(n_out, n_in)
-    links = resolve_n_links(n_out, n_in, sparsity, n_links)
+    n_out, n_in, links = layer_budget(n_out, n_in, sparsity, n_links)
     total = n_out * n_in
     if links in (0, total):
         return torch.full((n_out, n_in), links == total, dtype=torch.bool, device=mask_device(generator))

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from chtorch.topology._args import (
-    check_shape,
-    check_unit_interval,
-    mask_device,
-    require_generator,
-    resolve_n_links,
-)
+from chtorch.topology._args import check_unit_interval, layer_budget, mask_device, require_generator
 from chtorch.topology._degrees import even_degrees
+from chtorch.topology.registry import register_initializer
 
 __all__ = ["bsw"]
 
 
+@register_initializer("bsw", summary="bipartite small-world: a ring lattice rewired with probability beta (CHT)")
 def bsw(
     n_out: int,
     n_in: int,
@@ -41,8 +37,7 @@ def bsw(
     come back). So ``beta=1`` gives exactly the Erdős–Rényi distribution and ``beta=0`` the lattice
     (no generator needed). Rewiring does not conserve degrees (paper-notes §1.a).
     """
-    n_out, n_in = check_shape(n_out, n_in)
-    links = resolve_n_links(n_out, n_in, sparsity, n_links)
+    n_out, n_in, links = layer_budget(n_out, n_in, sparsity, n_links)
     beta = check_unit_interval("beta", beta)
     if beta > 0.0:
         generator = require_generator(generator, "bsw with beta > 0")

@@ -8,6 +8,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+from chtorch._checks import check_number
 from chtorch.masks import link_budget
 
 __all__ = ["allocate_budgets", "erk_densities", "BUDGET_DISTRIBUTIONS"]
@@ -109,6 +110,4 @@ def allocate_budgets(
 
 
 def _check_sparsity(sparsity: float) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= float(sparsity) <= 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1] (fraction of zeros), got {sparsity!r}")
-    return float(sparsity)
+    return check_number("sparsity", sparsity, 0, 1, hint="the fraction of zeros")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from chtorch.topology._args import check_shape, resolve_n_links
+from chtorch.topology._args import check_shape, layer_budget
+from chtorch.topology.registry import register_initializer
 
 __all__ = ["csti", "pearson_correlation", "csti_scores"]
 
@@ -60,6 +61,9 @@ def csti_scores(n_out: int, n_in: int, correlation: torch.Tensor) -> torch.Tenso
     return score[rows][:, cols]
 
 
+@register_initializer(
+    "csti", summary="correlated sparse topological initialisation: links where input features correlate most", needs=("input_correlation",)
+)
 def csti(
     n_out: int,
     n_in: int,
@@ -76,8 +80,8 @@ def csti(
     broken by flat index order (deterministic) or, when ``generator`` is given, uniformly at random.
     The mask lives on ``correlation``'s device.
     """
+    n_out, n_in, links = layer_budget(n_out, n_in, sparsity, n_links)
     score = csti_scores(n_out, n_in, correlation).flatten()
-    links = resolve_n_links(int(n_out), int(n_in), sparsity, n_links)
     if generator is not None:
         # Shuffle first, then a stable sort: equal scores keep the random order.
         perm = torch.randperm(score.numel(), generator=generator, device=generator.device).to(score.device)
@@ -86,4 +90,4 @@ def csti(
         order = torch.argsort(score, descending=True, stable=True)
     flat = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
     flat[order[:links]] = True
-    return flat.view(int(n_out), int(n_in))
+    return flat.view(n_out, n_in)

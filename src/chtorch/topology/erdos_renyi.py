@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from chtorch.topology._args import check_shape, mask_device, require_generator, resolve_n_links
+from chtorch.topology._args import layer_budget, mask_device, require_generator
+from chtorch.topology.registry import register_initializer
 
 __all__ = ["erdos_renyi"]
 
 
+@register_initializer("erdos_renyi", "er", "random", summary="uniformly random links (SET, RigL, MEST, GMP, GraNet)")
 def erdos_renyi(
     n_out: int,
     n_in: int,
@@ -23,8 +25,7 @@ def erdos_renyi(
     ``n_links`` defaults to ``chtorch.masks.link_budget(n_out, n_in, sparsity)``; every subset of that
     size is equally likely. Built on ``generator``'s device.
     """
-    n_out, n_in = check_shape(n_out, n_in)
-    links = resolve_n_links(n_out, n_in, sparsity, n_links)
+    n_out, n_in, links = layer_budget(n_out, n_in, sparsity, n_links)
     total = n_out * n_in
     if links in (0, total):
         return torch.full((n_out, n_in), links == total, dtype=torch.bool, device=mask_device(generator))

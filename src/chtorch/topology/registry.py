@@ -1,5 +1,13 @@
-"""Initial-topology registry: name -> initialiser (every one returns an exact-count bool mask
-``(n_out, n_in)`` and takes ``(n_out, n_in, sparsity=None, *, n_links=None, ...)``)."""
+"""Initial-topology registry: name -> initialiser. Every initialiser registers itself where it is
+defined (``@INITIALIZERS.register("brf")``), returns an exact-count bool mask ``(n_out, n_in)`` and
+takes ``(n_out, n_in, sparsity=None, *, n_links=None, generator=None, **options)``, starting with the
+shared argument preamble :func:`chtorch.topology._args.layer_budget`.
+
+Register your own the same way; it becomes a valid ``init=`` of :func:`chtorch.sparsify` at once::
+
+    @chtorch.topology.INITIALIZERS.register("diagonal", summary="links on the diagonal band")
+    def diagonal(n_out, n_in, sparsity=None, *, n_links=None, generator=None): ...
+"""
 
 from __future__ import annotations
 
@@ -7,32 +15,17 @@ from collections.abc import Callable
 
 import torch
 
-from chtorch.topology.brf import brf
-from chtorch.topology.bsf import bsf
-from chtorch.topology.bsw import bsw
-from chtorch.topology.csti import csti
-from chtorch.topology.erdos_renyi import erdos_renyi
+from chtorch._registry import Registry
 
-__all__ = ["INITIALIZERS", "get_initializer"]
+__all__ = ["INITIALIZERS", "get_initializer", "register_initializer"]
 
 Initializer = Callable[..., torch.Tensor]
 
-INITIALIZERS: dict[str, Initializer] = {
-    "erdos_renyi": erdos_renyi,
-    "er": erdos_renyi,
-    "random": erdos_renyi,
-    "bsw": bsw,
-    "brf": brf,
-    "bsf": bsf,
-    "csti": csti,
-}
+#: name -> initialiser (the built-in ones register on ``import chtorch.topology``).
+INITIALIZERS = Registry("topology", "topology initialiser")
+register_initializer = INITIALIZERS.register
 
 
 def get_initializer(name: str) -> Initializer:
     """The initialiser registered as ``name`` (case-insensitive, ``-`` read as ``_``)."""
-    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
-    try:
-        return INITIALIZERS[key]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(INITIALIZERS))
-        raise ValueError(f"unknown topology initialiser {name!r}; known names: {known}") from None
+    return INITIALIZERS.part(name).fn
