@@ -320,7 +320,7 @@ def test_selection_by_pattern_callable_and_exclude():
         (dict(layers="1"), ValueError, "not an nn.Linear"),
         (dict(total_steps=0), ValueError, "total_steps must be"),
         (dict(zetaa=0.1), OptionError, "did you mean 'zeta'"),
-        (dict(zeta=1.5), OptionError, "zeta=1.5"),
+        (dict(zeta=1.5), OptionError, r"zeta must be a number in \[0, 1\], got 1.5"),
         (dict(removal="set", removal_selection="soft"), OptionError, "topk"),
     ],
 )

@@ -198,11 +198,20 @@ def test_mest_ems_stages():
 
 
 def test_rewarmup_factor_hand_values():
-    f = [S.rewarmup_factor(s, 100, 20) for s in (100, 105, 119, 120, 150, 199, 200, 210)]
-    assert f == approx([0.0, 0.25, 0.95, 1.0, 1.0, 1.0, 0.0, 0.5])
-    assert S.rewarmup_factor(205, 100, 20, t_end=150) == 1.0  # no updates after T_end
-    assert S.rewarmup_factor(105, 100, 20, t_end=150) == approx(0.25)
+    # step = finished optimizer steps; the j-th step after the update at 100 (j = step - 100 + 1) runs at j/20
+    f = [S.rewarmup_factor(s, 100, 20) for s in (100, 105, 118, 119, 150, 199, 200, 210)]
+    assert f == approx([0.05, 0.3, 0.95, 1.0, 1.0, 1.0, 0.05, 0.55])
+    assert S.rewarmup_factor(0, 100, 20) == approx(0.05)  # the initial topology ramps up too
+    assert S.rewarmup_factor(205, 100, 20, t_end=150) == 1.0  # no update after T_end: no re-warm-up
+    assert S.rewarmup_factor(105, 100, 20, t_end=150) == approx(0.3)
     assert S.rewarmup_factor(105, 100, 0) == 1.0
+
+
+def test_rewarmup_follows_the_last_update_at_t_end():
+    # the drift fixed in issue 10: the trainer and the HF callback stopped at step >= t_end and so
+    # skipped the ramp after an update that happens exactly at t_end
+    assert [s for s in range(1, 40) if S.is_update_step(s, 10, 30)] == [10, 20, 30]
+    assert [S.rewarmup_factor(s, 10, 4, t_end=30) for s in (29, 30, 31, 33, 40)] == approx([1.0, 0.25, 0.5, 1.0, 1.0])
 
 
 def test_rewarmup_lambda_drives_lambdalr():

@@ -9,34 +9,37 @@ LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.19107), §3 and Ap
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SparsityOptions", "OptionError", "closest"]
+from chtorch._checks import check_choice, check_number, closest
 
-REMOVALS = ("magnitude", "set", "ri", "mest")
-SELECTIONS = ("topk", "soft")
-REGROWTHS = ("random", "gradient", "ch", "none")
+__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS"]
+
+# Plain choices that are not parts (no behaviour of their own to register).
 PREDICTORS = ("l3n", "l3p")
 CH_VARIANTS = ("CH2", "CH3", "CH3.1", "RA")
-REGROWN_INITS = ("zero", "history")
-WEIGHT_INITS = ("keep", "swi")
 DISTRIBUTIONS = ("uniform", "erk")
-DENSITY_SCHEDULES = ("constant", "linear", "cubic", "sigmoid")
 ZETA_ANNEALS = ("constant", "cosine")
-PRUNE_SCORES = ("magnitude", "ri", "mest")
+
+#: Option name -> kind of registered part it names (see :mod:`chtorch.dst.registry`).
+PART_OPTIONS = {
+    "init": "topology",
+    "weight_init": "weight_init",
+    "removal": "removal",
+    "prune_score": "removal",
+    "removal_selection": "selection",
+    "regrowth_selection": "selection",
+    "temperature_schedule": "temperature_schedule",
+    "regrowth": "regrowth",
+    "regrown_init": "regrown_init",
+    "density_schedule": "density_schedule",
+}
 
 
 class OptionError(ValueError):
     """A sparsity option has a wrong name, type or value."""
-
-
-def closest(name: str, candidates: Any) -> str:
-    """`` (did you mean 'x'?)`` when a candidate is close to ``name``, else ``""``."""
-    match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 @dataclass
@@ -63,8 +66,9 @@ class SparsityOptions:
     Removal
         ``removal``: "magnitude", "set" (smallest positive and largest negative separately), "ri"
         (relative importance) or "mest" (|W| + λ|∇W|, λ = ``mest_lambda``); ``removal_selection``:
-        "topk" or "soft" (sample the kept links with p ∝ score^T, T = δ/(1−δ), δ linear from
-        ``delta_start`` to ``delta_end`` until T_end).
+        "topk" or "soft" (sample the kept links with p ∝ score^T); ``temperature_schedule``: how T
+        moves until T_end ("delta": δ linear from ``delta_start`` to ``delta_end``, T = δ/(1−δ);
+        "temperature": T itself linear between the same ends).
     Regrowth
         ``regrowth``: "random", "gradient" (|dense gradient| accumulated over the last
         ``grad_accumulation`` steps before an update), "ch" (Cannistraci-Hebb link prediction with
@@ -103,6 +107,7 @@ class SparsityOptions:
 
     removal: str = "magnitude"
     removal_selection: str = "topk"
+    temperature_schedule: str = "delta"
     delta_start: float = 0.5
     delta_end: float = 0.9
     mest_lambda: float = 0.01
@@ -146,57 +151,47 @@ class SparsityOptions:
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> None:
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise OptionError(f"{name}={value!r} is not one of {allowed}{closest(value, allowed)}")
+        """Check every field; the valid names of a part-naming option are the registered parts
+        (:mod:`chtorch.dst.registry`), so a user's registered part is valid here too."""
+        from chtorch.dst.registry import registry
 
-        def number(name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise OptionError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-            bad_low = value <= low if low_open else value < low
-            bad_high = value >= high if high_open else value > high
-            if bad_low or bad_high:
-                lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-                raise OptionError(f"{name}={value} is outside {lo}{low}, {high}{hi}")
+        def number(name: str, low: float | None, high: float | None = None, **kw: Any) -> None:
+            check_number(name, getattr(self, name), low, high, error=OptionError, **kw)
 
-        for name in ("update_interval", "grad_accumulation"):
+        number("update_interval", 1, integer=True, hint="optimizer steps between topology updates")
+        number("grad_accumulation", 1, integer=True)
+        number("t_end", 0, integer=True, allow_none=True, hint="the step after which the topology is frozen")
+        number("t_end_fraction", 0, 1)
+        number("zeta", 0, 1)
+        number("initial_sparsity", 0, 1, high_open=True)
+        number("decay_end_fraction", 0, 1, low_open=True)
+        number("sigmoid_k", 0, low_open=True)
+        number("delta_start", 0, 1, high_open=True)
+        number("delta_end", 0, 1, high_open=True)
+        number("mest_lambda", 0)
+        number("soft_floor", 0)
+        number("early_stop", 0, 1, allow_none=True)
+        check_choice("zeta_anneal", self.zeta_anneal, ZETA_ANNEALS, error=OptionError)
+        check_choice("distribution", self.distribution, DISTRIBUTIONS, error=OptionError)
+        check_choice("ch_predictor", self.ch_predictor, PREDICTORS, error=OptionError)
+        for name, kind in PART_OPTIONS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OptionError(f"{name} must be a positive integer, got {value!r}")
-        if self.t_end is not None and (isinstance(self.t_end, bool) or not isinstance(self.t_end, int) or self.t_end < 0):
-            raise OptionError(f"t_end must be a non-negative integer step or None, got {self.t_end!r}")
-        number("t_end_fraction", 0.0, 1.0)
-        number("zeta", 0.0, 1.0)
-        number("initial_sparsity", 0.0, 1.0, high_open=True)
-        number("decay_end_fraction", 0.0, 1.0, low_open=True)
-        number("sigmoid_k", 0.0, float("inf"), low_open=True)
-        number("delta_start", 0.0, 1.0, high_open=True)
-        number("delta_end", 0.0, 1.0, high_open=True)
-        number("mest_lambda", 0.0, float("inf"))
-        number("soft_floor", 0.0, float("inf"))
-        choice("zeta_anneal", ZETA_ANNEALS)
-        choice("distribution", DISTRIBUTIONS)
-        choice("density_schedule", DENSITY_SCHEDULES)
-        choice("prune_score", PRUNE_SCORES)
-        choice("weight_init", WEIGHT_INITS)
-        choice("removal", REMOVALS)
-        choice("removal_selection", SELECTIONS)
-        choice("regrowth", REGROWTHS)
-        choice("regrowth_selection", SELECTIONS)
-        choice("ch_predictor", PREDICTORS)
-        choice("regrown_init", REGROWN_INITS)
-        if self.ch_variant.upper() not in CH_VARIANTS:
+            if value not in registry(kind):
+                names = registry(kind).names()
+                raise OptionError(f"{name}={value!r} is not one of {names}{closest(value, names)}")
+        if self.prune_score in registry("removal") and "rule" in registry("removal").part(self.prune_score).flags:
+            raise OptionError(
+                f"prune_score={self.prune_score!r} is a rule, not a score: a density decay ranks links by a score (magnitude, ri, mest, ...)"
+            )
+        if not isinstance(self.ch_variant, str) or self.ch_variant.upper() not in CH_VARIANTS:
             raise OptionError(f"ch_variant={self.ch_variant!r} is not one of {CH_VARIANTS}{closest(self.ch_variant, CH_VARIANTS)}")
         if self.ch_variant.upper() == "RA" and self.ch_predictor != "l3p":
             raise OptionError("ch_variant='RA' exists only for the path-based predictor: set ch_predictor='l3p'")
-        if self.removal == "set" and self.removal_selection != "topk":
+        removal = registry("removal").part(self.removal)
+        if "deterministic" in removal.flags and self.removal_selection != "topk":
             raise OptionError(
-                "removal='set' removes the smallest positive and largest negative weights deterministically; use removal_selection='topk'"
+                f"removal={self.removal!r} is deterministic (it picks the removed links itself); use removal_selection='topk'"
             )
-        if self.early_stop is not None:
-            number("early_stop", 0.0, 1.0)
         if not isinstance(self.head_groups, Mapping) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in self.head_groups.items()
         ):
@@ -204,8 +199,40 @@ class SparsityOptions:
         if not isinstance(self.init_options, Mapping):
             raise OptionError(f"init_options must be a mapping, got {type(self.init_options).__name__}")
 
+    # -- what the parts need --------------------------------------------------------------------
+    def parts_in_use(self) -> dict[str, tuple[str, str]]:
+        """Option name -> (kind, part name) of every part these options actually run: removal only
+        when ζ > 0, the prune score only under a density decay or EM&S, the temperature only for a
+        soft removal."""
+        used = {"init", "weight_init", "regrowth", "regrowth_selection", "regrown_init"}
+        if self.zeta > 0:
+            used |= {"removal", "removal_selection"}
+            if self.removal_selection != "topk":
+                used.add("temperature_schedule")
+        if self.density_schedule != "constant" or self.ems:
+            used |= {"density_schedule", "prune_score"}
+        return {name: (kind, getattr(self, name)) for name, kind in PART_OPTIONS.items() if name in used}
+
+    def needs(self) -> dict[str, list[str]]:
+        """Capability -> the options whose parts need it, e.g. ``{"dense_gradient": ["regrowth"]}``,
+        from the parts' own declarations (:mod:`chtorch.dst.registry`)."""
+        from chtorch.dst.registry import get_part
+
+        out: dict[str, list[str]] = {}
+        for option, (kind, name) in self.parts_in_use().items():
+            for need in get_part(kind, name).needs_for(self):
+                out.setdefault(need, []).append(option)
+        if self.prune_with_history:
+            out.setdefault("weight_history", []).append("prune_with_history")
+        return out
+
     @property
     def needs_dense_gradient(self) -> bool:
-        """True when a part reads the dense gradient (gradient regrowth, MEST's |∇W| term)."""
-        uses_mest = self.removal == "mest" or (self.density_schedule != "constant" and self.prune_score == "mest")
-        return self.regrowth == "gradient" or (uses_mest and self.mest_lambda > 0)
+        """True when a part in use declares that it reads the dense gradient (gradient regrowth,
+        MEST's |∇W| term with λ > 0, or a user's part)."""
+        return "dense_gradient" in self.needs()
+
+    @property
+    def needs_weight_history(self) -> bool:
+        """True when removed weights must be remembered (history regrowth, GMP's moving threshold)."""
+        return "weight_history" in self.needs()

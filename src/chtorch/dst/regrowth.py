@@ -18,9 +18,44 @@ from __future__ import annotations
 
 import torch
 
+from chtorch.dst.registry import REGROWTHS
 from chtorch.dst.sampling import select
 
 __all__ = ["regrowth_scores", "grow_links"]
+
+
+@REGROWTHS.register("random", summary="uniform among the free positions (SET)", flags=("uniform",))
+def random_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ones(keep.shape, dtype=torch.float32, device=keep.device)
+
+
+@REGROWTHS.register(
+    "none",
+    summary="no regrowth: removal and percolation must take nothing (GMP); any shortfall is filled at random",
+    flags=("uniform", "restores_nothing"),
+)
+def no_regrowth_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
+    return random_score(keep)
+
+
+@REGROWTHS.register("gradient", summary="|dense gradient| accumulated before the update (RigL, GraNet)", needs=("dense_gradient",))
+def gradient_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
+    if grad is None:
+        raise ValueError("gradient regrowth needs the dense gradient; none was recorded before this update")
+    return grad.float().abs()
+
+
+@REGROWTHS.register(
+    "ch",
+    summary="Cannistraci-Hebb link prediction (CH2/CH3-L3n matrix or CH3-L3p path) between live neurons",
+    needs=("live_neurons",),
+    params={"predictor": "ch_predictor", "variant": "ch_variant"},
+)
+def ch_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None, predictor: str = "l3n", variant: str = "CH2") -> torch.Tensor:
+    from chtorch import linkpred
+
+    predict = linkpred.ch_l3n if predictor == "l3n" else linkpred.ch_l3p
+    return predict(keep, variant=variant)
 
 
 def regrowth_scores(
@@ -30,19 +65,11 @@ def regrowth_scores(
     predictor: str = "l3n",
     variant: str = "CH2",
 ) -> torch.Tensor:
-    """Dense ``(n_out, n_in)`` float32 scores for every position (only non-links matter)."""
-    if kind == "random":
-        return torch.ones(keep.shape, dtype=torch.float32, device=keep.device)
-    if kind == "gradient":
-        if grad is None:
-            raise ValueError("gradient regrowth needs the dense gradient; none was recorded before this update")
-        return grad.float().abs()
-    if kind == "ch":
-        from chtorch import linkpred
-
-        predict = linkpred.ch_l3n if predictor == "l3n" else linkpred.ch_l3p
-        return predict(keep, variant=variant)
-    raise ValueError(f"unknown regrowth {kind!r}; choose random, gradient, ch or none")
+    """Dense ``(n_out, n_in)`` float32 scores for every position (only non-links matter) of the
+    registered regrowth ``kind``; ``predictor``/``variant`` reach the parts that read them."""
+    part = REGROWTHS.part(kind)
+    given = {"predictor": predictor, "variant": variant}
+    return part.fn(keep, grad=grad, **{k: v for k, v in given.items() if k in part.params})
 
 
 def grow_links(
@@ -59,10 +86,12 @@ def grow_links(
 ) -> torch.Tensor:
     """Bool mask of exactly ``n_new`` new links, disjoint from ``keep``.
 
-    For CH regrowth the candidates are the non-links between live neurons (at least one link on
-    each side); only if there are fewer of those than ``n_new`` does the search widen to every
-    non-link, so the budget is always met.
+    For a regrowth that declares ``"live_neurons"`` (CH) the candidates are the non-links between
+    live neurons (at least one link on each side); only if there are fewer of those than ``n_new``
+    does the search widen to every non-link, so the budget is always met. ``scores`` may be given
+    precomputed (dense, same shape).
     """
+    part = REGROWTHS.part(kind)
     n_new = int(n_new)
     free = ~keep
     n_free = int(torch.count_nonzero(free))
@@ -74,7 +103,7 @@ def grow_links(
     if scores is None:
         scores = regrowth_scores(keep, kind, grad=grad, predictor=predictor, variant=variant)
     candidates = free
-    if kind == "ch":
+    if "live_neurons" in part.needs_for():
         live_free = free & keep.any(dim=1, keepdim=True) & keep.any(dim=0, keepdim=True)
         if int(torch.count_nonzero(live_free)) >= n_new:
             candidates = live_free
@@ -83,7 +112,7 @@ def grow_links(
     # vanish beyond 3 hops); when they suffice, the zero-score ones can never be drawn, so select
     # among the positive ones only: same distribution, a fraction of the work.
     positive = candidates.flatten() & (flat_scores > 0)
-    if kind != "random" and int(torch.count_nonzero(positive)) >= n_new:
+    if "uniform" not in part.flags and int(torch.count_nonzero(positive)) >= n_new:
         index = torch.nonzero(positive).flatten()
     else:
         index = torch.nonzero(candidates.flatten()).flatten()

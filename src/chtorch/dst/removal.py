@@ -19,11 +19,41 @@ from __future__ import annotations
 
 import torch
 
+from chtorch.dst.registry import REMOVALS
 from chtorch.dst.sampling import select
 
 __all__ = ["removal_scores", "keep_links"]
 
 _RI_EPS = 1e-5
+
+
+@REMOVALS.register("magnitude", summary="|W| (SET/RigL as the paper's code uses them; WM)")
+def magnitude_score(weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
+    return (weight.detach().float() * mask).abs()
+
+
+@REMOVALS.register("ri", summary="relative importance |W|/Σ_col|W| + |W|/Σ_row|W| (CHTss pruning, §3.1 Eq. 1)")
+def relative_importance_score(weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
+    magnitude = magnitude_score(weight, mask)
+    column_sum = magnitude.sum(dim=0, keepdim=True)  # (1, n_in): total |W| into each input neuron
+    row_sum = magnitude.sum(dim=1, keepdim=True)  # (n_out, 1): total |W| of each output neuron
+    return magnitude / (column_sum + _RI_EPS) + magnitude / (row_sum + _RI_EPS)
+
+
+def _mest_needs(options: object) -> frozenset[str]:
+    return frozenset({"dense_gradient"}) if getattr(options, "mest_lambda", 0.0) > 0 else frozenset()
+
+
+@REMOVALS.register(
+    "mest", summary="|W| + λ|∇W| (MEST; needs the dense gradient when λ > 0)", needs=_mest_needs, params={"mest_lambda": "mest_lambda"}
+)
+def mest_score(weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None, mest_lambda: float = 0.01) -> torch.Tensor:
+    magnitude = magnitude_score(weight, mask)
+    if grad is None:
+        if mest_lambda > 0:
+            raise ValueError("MEST removal needs the dense gradient; none was recorded before this update")
+        return magnitude
+    return magnitude + mest_lambda * grad.float().abs() * mask
 
 
 def removal_scores(
@@ -33,23 +63,18 @@ def removal_scores(
     grad: torch.Tensor | None = None,
     mest_lambda: float = 0.01,
 ) -> torch.Tensor:
-    """Dense ``(n_out, n_in)`` float32 importance scores (meaningful at active links only)."""
-    magnitude = (weight.detach().float() * mask).abs()
-    if criterion == "magnitude":
-        return magnitude
-    if criterion == "ri":
-        column_sum = magnitude.sum(dim=0, keepdim=True)  # (1, n_in): total |W| into each input neuron
-        row_sum = magnitude.sum(dim=1, keepdim=True)  # (n_out, 1): total |W| of each output neuron
-        return magnitude / (column_sum + _RI_EPS) + magnitude / (row_sum + _RI_EPS)
-    if criterion == "mest":
-        if grad is None:
-            if mest_lambda > 0:
-                raise ValueError("MEST removal needs the dense gradient; none was recorded before this update")
-            return magnitude
-        return magnitude + mest_lambda * grad.float().abs() * mask
-    raise ValueError(f"unknown removal criterion {criterion!r}; choose magnitude, ri, mest or set")
+    """Dense ``(n_out, n_in)`` float32 importance scores (meaningful at active links only) of the
+    registered removal score ``criterion``; ``mest_lambda`` reaches the parts that read it."""
+    part = REMOVALS.part(criterion)
+    if "rule" in part.flags:
+        raise ValueError(f"removal {part.name!r} is a rule that picks the kept links itself, not a score; use keep_links")
+    params = {"mest_lambda": mest_lambda} if "mest_lambda" in part.params else {}
+    return part.fn(weight, mask, grad=grad, **params)
 
 
+@REMOVALS.register(
+    "set", summary="smallest positive and largest negative weights, each sign separately (SET's rule)", flags=("rule", "deterministic")
+)
 def _keep_set_rule(weight: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
     """SET: remove the smallest positive and the largest negative weights, sharing the removals
     between the two signs in proportion to their counts (zeros count as positive)."""
@@ -93,12 +118,13 @@ def keep_links(
         raise ValueError(f"n_keep={n_keep} must lie in [0, {n_active}] (the number of active links)")
     if n_keep == n_active:
         return mask.clone()
-    if scores is None and criterion == "set":
+    part = REMOVALS.part(criterion) if scores is None else None
+    if part is not None and "rule" in part.flags:
         if selection != "topk":
-            raise ValueError("SET removal is deterministic: use selection='topk'")
-        return _keep_set_rule(weight, mask, n_keep)
+            raise ValueError(f"removal {part.name!r} is deterministic: use selection='topk'")
+        return part.fn(weight, mask, n_keep)
     active = torch.nonzero(mask.flatten()).flatten()
-    if scores is None and criterion == "magnitude":
+    if part is not None and part.fn is magnitude_score:
         # the common case: read only the active entries instead of scoring the dense layer
         active_scores = weight.detach().flatten()[active].float().abs()
     else:

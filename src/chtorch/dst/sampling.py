@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from chtorch.dst.registry import SELECTIONS
+
 __all__ = ["select_topk", "select_soft", "select"]
 
-_SELECTIONS = ("topk", "soft")
 
-
-def select_topk(scores: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+@SELECTIONS.register("topk", summary="the k best scores (ties broken at random)")
+def select_topk(scores: torch.Tensor, k: int, generator: torch.Generator | None = None, **_: float) -> torch.Tensor:
     """Indices of the ``k`` largest ``scores`` (1-D). Ties are broken at random when a generator is
     given, so equal scores (for example all-zero random regrowth candidates) are not biased towards
     low indices."""
@@ -35,6 +36,7 @@ def select_topk(scores: torch.Tensor, k: int, generator: torch.Generator | None 
     return torch.topk(keys, k, sorted=False).indices
 
 
+@SELECTIONS.register("soft", summary="k draws without replacement, p ∝ score^T (Gumbel-top-k)")
 def select_soft(
     scores: torch.Tensor,
     k: int,
@@ -83,9 +85,5 @@ def select(
     temperature: float = 1.0,
     floor: float = 0.0,
 ) -> torch.Tensor:
-    """Dispatch on ``selection`` ("topk" or "soft")."""
-    if selection == "topk":
-        return select_topk(scores, k, generator)
-    if selection == "soft":
-        return select_soft(scores, k, generator, temperature=temperature, floor=floor)
-    raise ValueError(f"unknown selection {selection!r}; choose one of {_SELECTIONS}")
+    """The registered selection rule ``selection`` ("topk", "soft", or one a user registered)."""
+    return SELECTIONS.part(selection).fn(scores, k, generator, temperature=temperature, floor=floor)

@@ -13,8 +13,10 @@ are indexed by ``tau``, the number of decay events done (``0 … n``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
+
+from chtorch._checks import check_number
+from chtorch.dst.registry import DENSITY_SCHEDULES, TEMPERATURE_SCHEDULES
 
 __all__ = [
     "is_update_step",
@@ -23,6 +25,8 @@ __all__ = [
     "delta_schedule",
     "temperature_from_delta",
     "temperature",
+    "TEMPERATURE_SCHEDULES",
+    "get_temperature_schedule",
     "decay_events",
     "decay_tau",
     "constant_sparsity",
@@ -43,15 +47,11 @@ _ANNEALS = ("cosine", "constant")
 
 
 def _int(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_number(name, value, minimum, integer=True)
 
 
-def _real(name: str, value: object, low: float = -math.inf, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= float(value) <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
+def _real(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
+    return check_number(name, value, low, high)
 
 
 # --------------------------------------------------------------------------- topology update timing
@@ -121,6 +121,24 @@ def temperature_from_delta(delta: float) -> float:
     return delta / (1.0 - delta)
 
 
+@TEMPERATURE_SCHEDULES.register("delta", summary="δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)")
+def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
+    """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``)."""
+    return temperature(step, t_end, start_delta, end_delta, linear_in="delta")
+
+
+@TEMPERATURE_SCHEDULES.register("temperature", summary="T itself linear from T(delta_start) to T(delta_end) until T_end")
+def temperature_linear_t(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
+    """T linear in the step between ``δ/(1−δ)`` at the two ends (:func:`temperature` with
+    ``linear_in="temperature"``)."""
+    return temperature(step, t_end, start_delta, end_delta, linear_in="temperature")
+
+
+def get_temperature_schedule(name: str) -> Callable[..., float]:
+    """The removal-temperature schedule ``f(step, t_end, start_delta, end_delta) -> T`` registered as ``name``."""
+    return TEMPERATURE_SCHEDULES.part(name).fn
+
+
 def temperature(
     step: int,
     t_end: int,
@@ -186,12 +204,14 @@ def _check_pair(s_i: float, s_f: float) -> tuple[float, float]:
     return _real("s_i", s_i, 0.0, 1.0), _real("s_f", s_f, 0.0, 1.0)
 
 
+@DENSITY_SCHEDULES.register("constant", summary="no decay: the final sparsity throughout (fixed-density methods)")
 def constant_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
     """No decay: always the final sparsity ``s_f`` (fixed-density methods)."""
     _progress(tau, n)
     return _check_pair(s_i, s_f)[1]
 
 
+@DENSITY_SCHEDULES.register("linear", summary="s_i → s_f linearly")
 def linear_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
     """``s_i + (s_f − s_i) · τ/n``."""
     s_i, s_f = _check_pair(s_i, s_f)
@@ -199,6 +219,7 @@ def linear_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
     return s_f if x is None else s_i + (s_f - s_i) * x
 
 
+@DENSITY_SCHEDULES.register("cubic", "granet", "gmp", summary="s_i → s_f on the cubic schedule (GMP, GraNet)")
 def cubic_sparsity(tau: float, n: int, s_i: float, s_f: float) -> float:
     """GMP / GraNet (Zhu & Gupta 2017): ``s_i + (s_f − s_i) · (1 − (1 − τ/n)³)``.
     E.g. s_i=0.5, s_f=0.9, n=10: 0.5 (τ=0), 0.7628 (τ=3: 0.5 + 0.4·0.657), 0.85 (τ=5), 0.9 (τ=10)."""
@@ -211,6 +232,9 @@ def _sigma(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
+@DENSITY_SCHEDULES.register(
+    "sigmoid", "s_shape", summary="min-max normalised sigmoid of steepness sigmoid_k (CHTss)", params={"k": "sigmoid_k"}
+)
 def sigmoid_sparsity(tau: float, n: int, s_i: float, s_f: float, k: float = 6.0) -> float:
     """CHTss (paper-notes §1.d, as coded in R1 ``s_shape``): a min–max normalised sigmoid,
 
@@ -231,26 +255,11 @@ def sigmoid_sparsity(tau: float, n: int, s_i: float, s_f: float, k: float = 6.0)
 
 DensitySchedule = Callable[..., float]
 
-DENSITY_SCHEDULES: dict[str, DensitySchedule] = {
-    "constant": constant_sparsity,
-    "linear": linear_sparsity,
-    "cubic": cubic_sparsity,
-    "sigmoid": sigmoid_sparsity,
-    # names used by the official code's --pruning_scheduler
-    "granet": cubic_sparsity,
-    "gmp": cubic_sparsity,
-    "s_shape": sigmoid_sparsity,
-}
-
 
 def get_density_schedule(name: str) -> DensitySchedule:
-    """The sparsity schedule ``f(tau, n, s_i, s_f, ...) -> sparsity`` registered as ``name``."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    try:
-        return DENSITY_SCHEDULES[key]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(DENSITY_SCHEDULES))
-        raise ValueError(f"unknown density schedule {name!r}; known names: {known}") from None
+    """The sparsity schedule ``f(tau, n, s_i, s_f, ...) -> sparsity`` registered as ``name`` (the
+    official code's ``--pruning_scheduler`` names ``granet``, ``gmp`` and ``s_shape`` are aliases)."""
+    return DENSITY_SCHEDULES.part(name).fn
 
 
 # --------------------------------------------------------------------------- MEST EM&S
@@ -285,16 +294,27 @@ def mest_ems_extra_density(
 
 
 def rewarmup_factor(step: int, interval: int, warmup_steps: int, t_end: int | None = None) -> float:
-    """Iterative LR re-warm-up ("inoam", paper-notes §1.e): ``min(1, (step mod interval) / warmup_steps)``,
-    a multiplier that restarts at 0 after every topology update so regrown links can build momentum.
-    1.0 when ``warmup_steps == 0`` or once ``step > t_end`` (no more updates).
-    E.g. interval=100, warmup=20: 0.0 at step 100, 0.25 at 105, 1.0 from 120 to 199."""
+    """Iterative LR re-warm-up ("inoam", Zhang et al., NeurIPS 2025, Tables 5–6): the LR multiplier of
+    the optimizer step that follows ``step`` finished steps (a ``LambdaLR`` counter).
+
+    The paper writes ``min(1, (t mod ΔT)/w)``. In the official code the step at ``t = kΔT`` is the
+    update step, skipped or run at LR 0; chtorch runs the update *after* optimizer step ``kΔT`` and
+    skips nothing, so the ``j``-th step after an update (``j = step mod interval + 1``, 1 … ΔT) runs
+    at ``min(1, j / warmup_steps)``: the paper's ramp without a zero-LR step (docs/decisions.md,
+    "LR re-warm-up"). The first steps of training ramp the same way (the initial topology is new too).
+    The ramp follows every update, the last one included: 1.0 once the last update before ``step``
+    would lie after ``t_end`` (no update happens there), and always when ``warmup_steps == 0``.
+    E.g. interval=100, warmup=20: 0.05 at step 100 (the first step after the update), 0.3 at 105,
+    1.0 from 119 to 199; with t_end=150: 1.0 from step 200 on.
+    """
     step = _int("step", step)
     interval = _int("interval", interval, 1)
     warmup_steps = _int("warmup_steps", warmup_steps)
-    if warmup_steps == 0 or (t_end is not None and step > t_end):
+    if t_end is not None:
+        t_end = _int("t_end", t_end)
+    if warmup_steps == 0 or (t_end is not None and step - step % interval > t_end):
         return 1.0
-    return min(1.0, (step % interval) / warmup_steps)
+    return min(1.0, (step % interval + 1) / warmup_steps)
 
 
 def rewarmup_lambda(

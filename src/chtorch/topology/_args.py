@@ -10,7 +10,9 @@ from chtorch.masks import link_budget
 __all__ = ["layer_budget", "check_shape", "resolve_n_links", "require_generator", "check_unit_interval", "mask_device"]
 
 
-def layer_budget(n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: bool = True) -> tuple[int, int, int | None]:
+def layer_budget(
+    n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: bool = True
+) -> tuple[int, int, int | None]:
     """The preamble every initialiser starts with: ``(n_out, n_in, links)`` checked, where ``links``
     is the exact number of links to place (:func:`resolve_n_links`). With ``required=False`` (an
     initialiser that can take its link count from elsewhere, such as BRF's explicit degree sequence)

@@ -1,0 +1,63 @@
+"""A layer's starting point: its initial topology and the values of its initial weights.
+
+The topology comes from a registered initialiser (:data:`chtorch.topology.INITIALIZERS`), drawn per
+head block with an exact budget; the weights from a registered weight initialisation:
+
+- ``keep``: the model's own weights, masked (what the official Transformer code does with its Glorot
+  init and the LLaMA code with the model's default init).
+- ``swi``: sparse weight initialisation, N(0, 2/(density·fan_in)) at the links (CHT, Zhang et al.,
+  ICLR 2024; the official MLP code), the default of the CH presets: a masked dense init shrinks the
+  signal by √density per layer, so a 99%-sparse MLP with ``keep`` barely trains. The fan choice is a
+  row of docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from chtorch.dst.layer import split
+from chtorch.dst.registry import WEIGHT_INITS
+from chtorch.masks import check_mask
+from chtorch.rng import make_generator
+
+__all__ = ["initial_mask", "keep_weights", "sparse_weight_init"]
+
+
+@WEIGHT_INITS.register("keep", summary="the model's own weights, masked")
+def keep_weights(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
+    """Leave ``weight`` as it is (the engine masks it)."""
+
+
+@WEIGHT_INITS.register("swi", summary="sparse weight init N(0, 2/(density·fan_in)) at the links (CHT; the MLP code)")
+def sparse_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
+    """SWI in place (:func:`chtorch.topology.swi_`)."""
+    from chtorch.topology import swi_
+
+    swi_(weight, mask, generator=generator)
+
+
+def initial_mask(
+    init: str,
+    init_options: Mapping[str, Any],
+    shape: tuple[int, int],
+    target: int,
+    groups: int,
+    seed: int,
+    layer_index: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Bool ``(n_out, n_in)`` mask with exactly ``target`` links: the initialiser ``init`` drawn on
+    each of the ``groups`` row blocks (attention heads) with its share of the budget, from the
+    generator of ``(seed, "init", layer_index)``."""
+    from chtorch import topology
+
+    n_out, n_in = shape
+    initializer = topology.get_initializer(init)
+    generator = make_generator(seed, "init", layer_index)
+    blocks = [initializer(n_out // groups, n_in, n_links=n, generator=generator, **dict(init_options)) for n in split(target, groups)]
+    mask = torch.cat(blocks).to(device=device, dtype=torch.bool)
+    check_mask(mask, shape, target)
+    return mask

@@ -1,0 +1,247 @@
+"""One sparsified layer, behind one interface whatever runs it.
+
+A :class:`MaskedLayer` keeps the ``nn.Linear`` and multiplies its dense weight, gradient and optimizer
+state by the ``weight_mask`` buffer; a :class:`TrulySparseLayer` holds a
+:class:`chtorch.sparse.SparseLinear` whose weights exist only at the links. The engine picks the
+backend once per layer (:func:`make_layer`) and then talks to both through the same methods:
+``mask``, ``parameter``, ``dense_weight()``, ``install(...)`` (a topology change),
+``after_optimizer_step(...)`` and ``grad_hook()``, so no other code asks which backend a layer has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Layer", "MaskedLayer", "TrulySparseLayer", "make_layer", "choose_backends", "refuse_sharded", "split", "BACKENDS"]
+
+BACKENDS = ("auto", "masked", "sparse")
+# The truly sparse kernels beat a dense layer up to ~10-15% density on CPU
+# (benchmarks/results/sparse-training-*.md); "auto" uses them at or below this mean density.
+AUTO_SPARSE_MAX_DENSITY = 0.1
+# Below this many positions a layer is too small for sparse kernels to pay off (launch overhead).
+AUTO_SPARSE_MIN_POSITIONS = 128 * 128
+
+logger = logging.getLogger("chtorch")
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    _DTensor = None
+
+_FSDP_MESSAGE = (
+    "layer {name!r} has a sharded (DTensor) weight, as FSDP2's fully_shard makes: chtorch's masks, hooks and "
+    "topology updates work on whole weights and do not support FSDP yet. Use DistributedDataParallel "
+    "(every rank holds the whole model; chtorch keeps the masks identical across ranks), or sparsify a model "
+    "that is not sharded."
+)
+
+
+def refuse_sharded(name: str, weight: torch.Tensor) -> None:
+    """FSDP2 turns parameters into DTensors; refuse them with a clear error rather than failing
+    deep inside an optimizer hook (decided by trying: masking a DTensor weight with a plain mask
+    raises 'got mixed torch.Tensor and DTensor')."""
+    if _DTensor is not None and isinstance(weight, _DTensor):
+        raise NotImplementedError(_FSDP_MESSAGE.format(name=name))
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` integers as even as possible (the first ones get the remainder)."""
+    base, extra = divmod(int(total), int(parts))
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class Layer:
+    """Book-keeping shared by both backends: the target link count, the early-stop flag, the ITOP
+    record (``ever_active``), removed weights (``history``), the dense-gradient sums recorded before
+    an update, the head blocks (``groups``) and the last overlap rate."""
+
+    backend = "?"
+
+    def __init__(self, name: str, index: int, module: nn.Module, target: int, groups: int = 1) -> None:
+        self.name = name
+        self.index = index
+        self.module = module
+        self.target = int(target)
+        self.groups = int(groups)
+        self.frozen = False
+        self.ever_active: torch.Tensor = self.mask.clone()
+        self.history: torch.Tensor | None = None
+        self.grad_sum: torch.Tensor | None = None
+        self.grad_count = 0
+        self.last_overlap: float | None = None  # |removed ∩ regrown| / |regrown| at the last update
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The live bool buffer ``weight_mask`` ``(out_features, in_features)``."""
+        return self.module.weight_mask
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.module.out_features, self.module.in_features)
+
+    def blocks(self) -> list[slice]:
+        """Row blocks that are budgeted and updated separately (one per attention head, or the
+        whole layer)."""
+        size = self.module.out_features // self.groups
+        return [slice(g * size, (g + 1) * size) for g in range(self.groups)]
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        """The Parameter that holds the layer's weights."""
+        raise NotImplementedError
+
+    def dense_weight(self) -> torch.Tensor:
+        """Detached dense weight ``(out_features, in_features)``, zero off the links."""
+        raise NotImplementedError
+
+    def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Make ``final`` the topology: links in ``fresh`` start at ``init`` with zero optimizer
+        state, the others keep their weight and state; weights off ``final`` are zero."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore "off-mask entries are exactly zero" after an optimizer step."""
+
+    def grad_hook(self, record: Callable[[], bool]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A tensor hook for the dense weight's gradient (``None``: the backend needs none).
+        ``record()`` says whether this backward pass must keep the dense gradient."""
+        return None
+
+    def record_grad(self, dense: torch.Tensor) -> None:
+        dense = dense.detach().float()
+        self.grad_sum = dense.clone() if self.grad_sum is None else self.grad_sum + dense
+        self.grad_count += 1
+
+
+class MaskedLayer(Layer):
+    """An ``nn.Linear`` times its mask (dense kernels; serves every method)."""
+
+    backend = "masked"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._multiplier: torch.Tensor | None = None
+        self._multiplier_key: tuple | None = None
+
+    def multiplier(self, like: torch.Tensor) -> torch.Tensor:
+        """The mask as a 0/1 tensor of ``like``'s dtype and device, cached until the mask changes.
+
+        Multiplying by a float mask is ~5x faster than by a bool one (no per-element conversion),
+        and it runs on every backward and optimizer step. The cache is keyed on the mask's version
+        counter, which every in-place write bumps (a topology update, ``model.load_state_dict``)."""
+        mask = self.mask
+        key = (mask._version, id(mask), like.dtype, like.device)
+        if self._multiplier is None or self._multiplier_key != key:
+            self._multiplier = mask.to(dtype=like.dtype, device=like.device)
+            self._multiplier_key = key
+        return self._multiplier
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        return self.module.weight
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.module.weight.detach()
+
+    def mask_optimizer_state(self, optimizer: torch.optim.Optimizer, reset: torch.Tensor | None = None) -> None:
+        """Zero every optimizer state tensor shaped like the weight off the mask, and at ``reset``."""
+        weight = self.module.weight
+        state = optimizer.state.get(weight)
+        if not state:
+            return
+        with torch.no_grad():
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == weight.shape:
+                    value.mul_(self.multiplier(value))
+                    if reset is not None:
+                        value.masked_fill_(reset, 0)
+
+    @torch.no_grad()
+    def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        weight = self.module.weight
+        weight.copy_(torch.where(fresh, init, weight) * final)
+        self.mask.copy_(final)
+        if weight.grad is not None:
+            weight.grad.mul_(final)
+        self.mask_optimizer_state(optimizer, fresh)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        weight = self.module.weight
+        refuse_sharded(self.name, weight)  # fully_shard applied after sparsify
+        weight.mul_(self.multiplier(weight))
+        self.mask_optimizer_state(optimizer)
+
+    def grad_hook(self, record: Callable[[], bool]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            refuse_sharded(self.name, grad)
+            if record():
+                self.record_grad(grad)
+            return grad * self.multiplier(grad)
+
+        return hook
+
+
+class TrulySparseLayer(Layer):
+    """A :class:`chtorch.sparse.SparseLinear`: values at the links only, sparse kernels, optimizer
+    state only for existing links (methods that read no dense gradient)."""
+
+    backend = "sparse"
+
+    @property
+    def parameter(self) -> nn.Parameter:
+        return self.module.values
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.module.dense_weight().detach()
+
+    @torch.no_grad()
+    def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        # SparseLinear.set_mask carries kept values and their optimizer state, and starts new links
+        # (and reset ones) at ``init`` with zero state.
+        self.module.set_mask(final, optimizer, new_values=init, reset=fresh)
+
+
+def make_layer(backend: str, name: str, index: int, module: nn.Module, target: int, groups: int = 1) -> Layer:
+    """The layer object for ``backend`` ("masked" or "sparse")."""
+    cls = {"masked": MaskedLayer, "sparse": TrulySparseLayer}[backend]
+    return cls(name, index, module, target, groups)
+
+
+def choose_backends(
+    request: str,
+    names: Sequence[str],
+    shapes: Sequence[tuple[int, int]],
+    needs_dense_gradient: bool,
+    mean_densities: Callable[[list[tuple[int, int]]], list[float]],
+) -> tuple[dict[str, str], str]:
+    """(layer name → "masked" or "sparse", the reason). ``auto`` runs a layer truly sparse when no
+    part in use needs the dense gradient and the layer's density, averaged over the run
+    (``mean_densities(shapes)``), is at most ``AUTO_SPARSE_MAX_DENSITY`` and it is large enough for
+    sparse kernels to pay off; it logs what it chose and why. (The kernels are device-agnostic, so
+    the device does not change the rule; a GPU's dense GEMMs are faster, which the 10% threshold
+    already reflects.) The choice is made once, when the engine is built."""
+    if request != "auto":
+        return dict.fromkeys(names, request), "requested"
+    final = dict(zip(names, mean_densities(list(shapes))))
+    sizes = {name: a * b for name, (a, b) in zip(names, shapes)}
+    if needs_dense_gradient:
+        reason = "the method reads dense gradients"
+        choice = dict.fromkeys(final, "masked")
+    else:
+        reason = (
+            f"layers with mean density over the run <= {AUTO_SPARSE_MAX_DENSITY} and at least "
+            f"{AUTO_SPARSE_MIN_POSITIONS} positions run sparse"
+        )
+        choice = {
+            name: "sparse" if d <= AUTO_SPARSE_MAX_DENSITY and sizes[name] >= AUTO_SPARSE_MIN_POSITIONS else "masked"
+            for name, d in final.items()
+        }
+    n_sparse = sum(v == "sparse" for v in choice.values())
+    logger.info("chtorch backend auto: %d of %d layers sparse, %d masked (%s)", n_sparse, len(choice), len(choice) - n_sparse, reason)
+    return choice, reason

@@ -1,0 +1,240 @@
+"""One topology update: Algorithm 1 of Zhang et al., "Brain network science modelling of sparse
+neural networks enables Transformers and LLMs to perform as fully connected", NeurIPS 2025
+(arXiv:2501.19107), generalised so that SET, RigL, MEST, GMP, GraNet and CHT are presets of it.
+
+For every sparsified layer, each head block on its own (shapes ``(n_out, n_in)``, rows = outputs):
+
+1. **density pruning** — a density schedule (CHTss, GMP, GraNet, MEST EM&S) lowers the budget: keep
+   the best links by ``prune_score`` (top-k), optionally letting pruned weights compete again with
+   their last value (GMP);
+2. **removal** — drop ``ζ_t`` of the active links by the ``removal`` score and ``removal_selection``
+   (top-k, or soft sampling of the kept links with p ∝ score^T);
+
+then, across layers,
+
+3. **percolation** — drop the links of neurons left without input or output links, along the
+   couplings (chains and shared rows), to a fixpoint;
+
+and per layer again
+
+4. **regrowth** — grow back to the exact budget by the ``regrowth`` score and
+   ``regrowth_selection``;
+5. **install** — the new links start at zero (or their history) with zero optimizer state; removed
+   weights are remembered when a part needs their history.
+
+Every random choice draws from the generator of ``(seed, purpose, update index, layer index[, head])``.
+Where chtorch chooses between the paper and the official code, docs/decisions.md says which and why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+
+from chtorch.dst.layer import Layer, split
+from chtorch.dst.percolation import active_neuron_fraction, percolate
+from chtorch.dst.registry import REGROWN_INITS, REMOVALS
+from chtorch.dst.regrowth import grow_links
+from chtorch.dst.removal import keep_links, magnitude_score
+from chtorch.dst.report import LayerUpdate, UpdateReport
+from chtorch.rng import make_generator
+
+if TYPE_CHECKING:
+    from chtorch.dst.engine import DynamicSparsity
+    from chtorch.dst.options import SparsityOptions
+
+__all__ = ["topology_update"]
+
+
+@REGROWN_INITS.register("zero", summary="regrown links start at 0 (the official code)")
+def regrow_at_zero(history: torch.Tensor | None, new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like)
+
+
+@REGROWN_INITS.register("history", summary="regrown links start at their last value before removal (App. J)", needs=("weight_history",))
+def regrow_from_history(history: torch.Tensor | None, new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if history is None:
+        return torch.zeros_like(like)
+    return torch.where(new, history, torch.zeros_like(like))
+
+
+def _keep_best(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    n_keep: int,
+    score: str,
+    selection: str,
+    generator: torch.Generator,
+    options: SparsityOptions,
+    *,
+    grad: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The ``n_keep`` links of ``mask`` that the registered removal ``score`` keeps."""
+    part = REMOVALS.part(score)
+    if "rule" in part.flags or part.fn is magnitude_score:
+        return keep_links(weight, mask, n_keep, part.name, selection, generator, temperature=temperature)
+    scores = part.fn(weight, mask, grad=grad, **part.kwargs(options))
+    return keep_links(weight, mask, n_keep, part.name, selection, generator, temperature=temperature, scores=scores)
+
+
+def prune_to_density(
+    sp: DynamicSparsity, layer: Layer, weight: torch.Tensor, rows: slice, target: int, grad: torch.Tensor | None, key: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1 on one row block (``weight``: the layer's dense weight): keep the ``target`` best links
+    when it holds more. Returns (kept mask, positions revived from history) for the block."""
+    opts = sp.options
+    mask = layer.mask[rows]
+    revived = torch.zeros_like(mask)
+    if int(torch.count_nonzero(mask)) <= target:
+        return mask.clone(), revived
+    weight = weight[rows]
+    g = make_generator(sp.seed, "prune", *key)
+    if opts.prune_with_history and layer.history is not None:
+        # GMP's moving threshold: a pruned weight competes again with its last value.
+        history = layer.history[rows]
+        candidates = mask | (history != 0)
+        values = torch.where(mask, weight, history)
+        keep = _keep_best(values, candidates, target, opts.prune_score, "topk", g, opts, grad=grad)
+        return keep, keep & ~mask
+    return _keep_best(weight, mask, target, opts.prune_score, "topk", g, opts, grad=grad), revived
+
+
+def remove_links(
+    sp: DynamicSparsity,
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    grad: torch.Tensor | None,
+    key: tuple[int, ...],
+    zeta: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Step 2 on one row block (``weight``, ``keep``, ``grad``: the block's rows): drop
+    ``floor(ζ·active)`` of the links kept by step 1."""
+    opts = sp.options
+    n_active = int(torch.count_nonzero(keep))
+    n_keep = n_active - int(math.floor(zeta * n_active))
+    generator = make_generator(sp.seed, "remove", *key)
+    return _keep_best(weight, keep, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature)
+
+
+def regrow_links(sp: DynamicSparsity, keep: torch.Tensor, n_new: int, grad: torch.Tensor | None, key: tuple[int, ...]) -> torch.Tensor:
+    """Step 4 on one row block: exactly ``n_new`` new links, disjoint from ``keep``."""
+    from chtorch.dst.registry import REGROWTHS
+
+    opts = sp.options
+    part = REGROWTHS.part(opts.regrowth)
+    scores = part.fn(keep, grad=grad, **part.kwargs(opts)) if n_new > 0 else None
+    return grow_links(
+        keep,
+        n_new,
+        part.name,
+        opts.regrowth_selection,
+        make_generator(sp.seed, "regrow", *key),
+        grad=grad,
+        floor=opts.soft_floor,
+        scores=scores,
+    )
+
+
+def install(sp: DynamicSparsity, layer: Layer, old: torch.Tensor, keep: torch.Tensor, new: torch.Tensor, revived: torch.Tensor) -> None:
+    """Step 5: make ``keep | new`` the layer's topology. Dropped weights are remembered (history)
+    and zeroed; new links start at the ``regrown_init`` value, revived ones at their history; both
+    with zero optimizer state."""
+    final = keep | new
+    with torch.no_grad():
+        weight = layer.dense_weight()
+        if layer.history is not None:
+            dropped = old & ~keep
+            layer.history[dropped] = weight[dropped]
+        init = REGROWN_INITS.part(sp.options.regrown_init).fn(layer.history, new, weight)
+        if layer.history is not None and revived.any():
+            init = torch.where(revived, layer.history, init)
+        layer.install(final, new | revived, init, sp.optimizer)
+        layer.ever_active |= final
+
+
+def _block_key(index: int, layer: Layer, block: int) -> tuple[int, ...]:
+    return (index, layer.index) if layer.groups == 1 else (index, layer.index, block)
+
+
+def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
+    """Run one topology update after optimizer step ``step`` and report it (see the module docs)."""
+    opts = sp.options
+    start = time.perf_counter()
+    sp.update_count += 1
+    index = sp.update_count
+    zeta = sp.zeta(step)
+    temperature = sp.temperature(step)
+    report = UpdateReport(step=step, update_index=index, sparsity=sp.scheduled_sparsity(step), zeta=zeta, temperature=temperature)
+    grads = {layer.name: sp.dense_grad(layer) for layer in sp.layers}
+    problem = sp.non_finite(grads)
+    if problem is not None:
+        warnings.warn(f"chtorch: topology update at step {step} skipped, masks unchanged: {problem}", RuntimeWarning, stacklevel=4)
+        sp.reset_grad_accumulators()
+        report.skipped = problem
+        return report
+
+    # 1-2: density pruning and removal, per layer and head block
+    old_masks, keeps, infos, revived_by_layer = {}, {}, {}, {}
+    for layer, target in zip(sp.layers, sp.targets(step)):
+        t0 = time.perf_counter()
+        mask, grad, weight = layer.mask, grads[layer.name], layer.dense_weight()
+        old_masks[layer.name] = mask.clone()
+        info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
+        keep, revived = torch.zeros_like(mask), torch.zeros_like(mask)
+        for b, (rows, block_target) in enumerate(zip(layer.blocks(), split(target, layer.groups))):
+            key = _block_key(index, layer, b)
+            block_grad = None if grad is None else grad[rows]
+            block_keep, block_revived = prune_to_density(sp, layer, weight, rows, block_target, block_grad, key)
+            info.pruned += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep & mask[rows]))
+            if not layer.frozen and opts.zeta > 0:
+                n_active = int(torch.count_nonzero(block_keep))
+                block_keep = remove_links(sp, weight[rows], block_keep, block_grad, key, zeta, temperature)
+                info.removed += n_active - int(torch.count_nonzero(block_keep))
+            keep[rows], revived[rows] = block_keep, block_revived
+        revived_by_layer[layer.name], keeps[layer.name] = revived, keep
+        layer.target = target
+        info.seconds = time.perf_counter() - t0
+        infos[layer.name] = info
+
+    # 3: percolation across coupled layers
+    if sp.couplings:
+        percolated = percolate(keeps, sp.couplings)
+        for name, new_keep in percolated.items():
+            infos[name].percolated = int(torch.count_nonzero(keeps[name])) - int(torch.count_nonzero(new_keep))
+        keeps = percolated
+
+    # 4-5: regrowth to the exact budget, then install
+    for layer in sp.layers:
+        t0 = time.perf_counter()
+        info, keep, old, grad = infos[layer.name], keeps[layer.name], old_masks[layer.name], grads[layer.name]
+        new = torch.zeros_like(keep)
+        for b, (rows, block_target) in enumerate(zip(layer.blocks(), split(layer.target, layer.groups))):
+            n_new = block_target - int(torch.count_nonzero(keep[rows]))
+            new[rows] = regrow_links(sp, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b))
+        info.regrown = int(torch.count_nonzero(new))
+        info.overlap = int(torch.count_nonzero(new & old & ~keep))
+        install(sp, layer, old, keep, new, revived_by_layer[layer.name])
+        if opts.early_stop is not None and not layer.frozen and info.regrown > 0 and info.overlap_rate >= opts.early_stop:
+            layer.frozen = True
+        info.frozen = layer.frozen
+        if info.regrown:  # an update that regrew nothing (ζ annealed to 0) has no overlap to report
+            layer.last_overlap = info.overlap_rate
+        info.n_links = int(torch.count_nonzero(layer.mask))
+        info.active_in, info.active_out = active_neuron_fraction(layer.mask)
+        info.itop = torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel()
+        info.seconds += time.perf_counter() - t0
+        report.layers[layer.name] = info
+
+    from chtorch.dst import ranks
+
+    ranks.sync_masks([layer.mask for layer in sp.layers])
+    sp.reset_grad_accumulators()
+    report.itop_rate = sp.itop_rate()
+    report.seconds = time.perf_counter() - start
+    return report
