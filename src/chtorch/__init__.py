@@ -8,8 +8,9 @@ from chtorch import compaction, linkpred, sparse, topology
 from chtorch.api import sparsify
 from chtorch.dst import percolation, schedules
 from chtorch.dst.engine import DynamicSparsity
-from chtorch.dst.methods import MethodPreset, get_method, method_table, methods, register_method
+from chtorch.dst.methods import MethodPreset, all_methods, get_method, is_dense, method_table, methods, register_method
 from chtorch.dst.options import OptionError, SparsityOptions
+from chtorch.dst.registry import get_part, part_names, register_part
 from chtorch.dst.report import LayerUpdate, UpdateReport
 from chtorch.dst.scope import select_layers
 
@@ -26,7 +27,12 @@ __all__ = [
     "register_method",
     "get_method",
     "methods",
+    "all_methods",
+    "is_dense",
     "method_table",
+    "register_part",
+    "get_part",
+    "part_names",
     "select_layers",
     "compaction",
     "sparse",

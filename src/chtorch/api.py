@@ -1,15 +1,20 @@
-"""``chtorch.sparsify``: one call from a plain PyTorch loop to dynamic sparse training."""
+"""``chtorch.sparsify``: one call from a plain PyTorch loop to dynamic sparse training.
+
+It is the one road to the engine: the ``chtorch train`` trainer and the Hugging Face callback build
+theirs with it too, so a method's options are merged in one place
+(:func:`chtorch.dst.methods.resolve_options`) whoever asks.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from chtorch.dst.engine import DynamicSparsity, LayerSelector
-from chtorch.dst.methods import get_method
+from chtorch.dst.methods import get_method, resolve_options
 
 __all__ = ["sparsify"]
 
@@ -25,6 +30,7 @@ def sparsify(
     layers: LayerSelector = None,
     exclude: str | Sequence[str] | None = None,
     backend: str = "masked",
+    masks: Mapping[str, torch.Tensor] | None = None,
     **options: Any,
 ) -> DynamicSparsity:
     """Sparsify ``model``'s Linear layers with a named method and return the engine.
@@ -39,21 +45,35 @@ def sparsify(
             optimizer.zero_grad()
 
     ``options`` override any part of the preset (see :class:`chtorch.dst.options.SparsityOptions`),
-    e.g. ``zeta=0.1``, ``regrowth_selection="topk"``, ``ch_variant="CH3"``.
+    e.g. ``zeta=0.1``, ``regrowth_selection="topk"``, ``ch_variant="CH3"``, or name a part you
+    registered (``removal="my_score"``, see :func:`chtorch.register_part`).
+
+    **Your initial weights.** Every selected layer gets its initial topology, and its weights are
+    multiplied by it. With ``weight_init="swi"`` — the default of the Cannistraci-Hebb presets (cht,
+    chts, chtss), as in the official MLP code — the weights at the links are then *redrawn* from
+    N(0, 2/(density·fan_in)); with ``weight_init="keep"`` (the other presets' default) your weights
+    stay, masked. Pass ``weight_init="keep"`` to sparsify a pretrained model without losing its
+    weights; pass ``"swi"`` to any method on a plain MLP (a masked dense init shrinks the signal by
+    √density per layer, so a 99%-sparse MLP barely trains without it). Biases are never touched.
 
     ``backend``: ``"masked"`` (dense weights times a mask; works with every method), ``"sparse"``
     (selected layers become :class:`chtorch.sparse.SparseLinear`: weights stored as values plus
-    indices, sparse forward and backward, optimizer state only for existing links; refused for
-    methods that read dense gradients, RigL and GraNet), or ``"auto"`` (sparse where the method allows
-    it and a layer's density averaged over the run is at most 10%, masked elsewhere; the choice is logged and kept
-    in ``sp.backends``).
+    indices, sparse forward and backward, optimizer state only for existing links; refused when a part
+    reads dense gradients, as RigL's and GraNet's regrowth do), or ``"auto"`` (sparse where the method
+    allows it and a layer's density averaged over the run is at most 10%, masked elsewhere; the choice
+    is logged and kept in ``sp.backends``).
+
+    ``masks``: start from saved topologies (layer name → bool ``(out_features, in_features)``, e.g.
+    from a checkpoint) instead of drawing new ones; the weights and optimizer state are kept as they
+    are (no ``weight_init``), so resuming is ``sparsify(..., masks=saved)`` then
+    ``sp.load_state_dict(saved_engine_state)``.
     """
     if total_steps is None:
         raise ValueError("total_steps is required: the number of optimizer steps of the whole run (it sets T_end and density decays)")
     preset = get_method(method)
     if update_interval is not None:
         options["update_interval"] = update_interval
-    opts = preset.build_options(**options)
+    opts = resolve_options(preset.name, options)
     return DynamicSparsity(
         model,
         optimizer,
@@ -65,4 +85,5 @@ def sparsify(
         exclude=exclude,
         method=preset.name,
         backend=backend,
+        masks=masks,
     )

@@ -187,19 +187,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from chtorch.config import DENSE
-    from chtorch.dst.methods import get_method, method_table
+    from chtorch.dst.methods import get_method, is_dense, method_table
+    from chtorch.dst.registry import parts
 
-    rows = [(DENSE, "no sparsification: the fully connected baseline (chtorch compare only)")] + method_table()
+    rows = method_table(include_dense=True)
     width = max(len(name) for name, _ in rows)
     for name, summary in rows:
         print(f"{name.ljust(width)}  {summary}")
-        if args.verbose and name != DENSE:
+        if args.verbose and not is_dense(name):
             preset = get_method(name)
             print(f"{' ' * width}  paper: {preset.reference}")
-            print(f"{' ' * width}  parts: {', '.join(f'{k}={v!r}' for k, v in preset.options.items())}")
+            base = f"{preset.based_on} plus " if preset.based_on else ""
+            print(f"{' ' * width}  parts: {base}{', '.join(f'{k}={v!r}' for k, v in preset.differences().items())}")
             if preset.decisions:
                 print(f"{' ' * width}  decisions: {preset.decisions}")
+    if args.verbose:
+        print("\nparts (choose with sparsity.options.<option>=<name>; register your own with chtorch.register_part):")
+        for kind, registered in parts().items():
+            print(f"  {kind}:")
+            for part in registered:
+                needs = "depends on the options" if callable(part.needs) else ", ".join(sorted(part.needs))
+                extra = f"  [needs: {needs}]" if needs else ""
+                print(f"    {part.name:<12} {part.summary}{extra}")
     return 0
 
 

@@ -42,7 +42,6 @@ __all__ = [
     "SparsityConfig",
     "TrainConfig",
     "SECTIONS",
-    "DENSE",
     "load_config",
     "build_config",
     "parse_override",
@@ -59,9 +58,6 @@ __all__ = [
     "resolve_sparsity_options",
     "config_reference",
 ]
-
-#: The method name that means "no sparsification" (the fully connected baseline).
-DENSE = "dense"
 
 
 class ConfigError(ValueError):
@@ -306,9 +302,9 @@ def model_names() -> list[str]:
     return sorted(_MODEL_SCHEMAS)
 
 
-# SWI (Zhang et al., paper-notes §1.e: "MLP/CHT uses SWI"): masked Kaiming init shrinks the signal by
-# sqrt(density) per layer, so a 90-99% sparse MLP barely trains without it — for every method alike.
-register_recipe_schema("image_classification", ImageDataConfig, ["mlp"], sparsity_defaults={"weight_init": "swi"})
+# The weight initialisation is the method preset's (SWI for the CH family, as the official MLP code);
+# the MLP configs set weight_init: swi for every method (docs/decisions.md, "initial weights").
+register_recipe_schema("image_classification", ImageDataConfig, ["mlp"])
 register_model_schema("mlp", MLPModelConfig)
 
 # ------------------------------------------------------------------------------------------------
@@ -552,21 +548,18 @@ def build_config(raw: Mapping[str, Any] | None = None) -> Config:
 def method_options_for(config: Config, method: str | None = None) -> dict[str, Any]:
     """The sparsity option overrides of ``method`` (default: the configured one): ``options``
     updated with ``method_options[method]``."""
+    from chtorch.dst.methods import merge_overrides
+
     method = (method or config.sparsity.method).lower()
-    merged = dict(config.sparsity.options)
-    extra = dict(config.sparsity.method_options.get(method, {}))
-    if "init_options" in merged and "init_options" in extra:
-        extra["init_options"] = {**merged["init_options"], **extra["init_options"]}
-    merged.update(extra)
-    return merged
+    return merge_overrides(config.sparsity.options, config.sparsity.method_options.get(method, {}))
 
 
 def resolve_sparsity_options(method: str, overrides: Mapping[str, Any]) -> SparsityOptions:
     """The :class:`SparsityOptions` of ``method``'s preset with ``overrides`` applied (overriding
     ``init`` drops the preset's initializer options, see ``MethodPreset.build_options``)."""
-    from chtorch.dst.methods import get_method
+    from chtorch.dst.methods import resolve_options
 
-    return get_method(method).build_options(**dict(overrides))
+    return resolve_options(method, overrides)
 
 
 def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -589,7 +582,7 @@ def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _validate(config: Config) -> None:
     """Checks that span sections or need other modules (methods, datasets, models)."""
-    from chtorch.dst.methods import methods
+    from chtorch.dst.methods import all_methods, is_dense
     from chtorch.dst.options import OptionError
 
     recipe = config.run.recipe
@@ -601,7 +594,7 @@ def _validate(config: Config) -> None:
 
     sp = config.sparsity
     sp.method = sp.method.lower()
-    known = [DENSE, *methods()]
+    known = all_methods()
     if sp.method not in known:
         raise ConfigError(f"unknown method {sp.method!r}{closest(sp.method, known)}; known methods: {', '.join(known)}", "sparsity.method")
     sp.options = {**_RECIPE_SPARSITY_DEFAULTS.get(recipe, {}), **_coerce_options(sp.options, "sparsity.options")}
@@ -616,12 +609,12 @@ def _validate(config: Config) -> None:
         method_options[key] = _coerce_options(opts, f"sparsity.method_options.{key}")
     sp.method_options = method_options
     # Validate the options against every method they will be used with.
-    for method in {sp.method, *method_options} - {DENSE}:
+    for method in sorted(m for m in {sp.method, *method_options} if not is_dense(m)):
         try:
             resolve_sparsity_options(method, method_options_for(config, method))
         except OptionError as exc:
             raise ConfigError(f"sparsity options for method {method!r}: {exc}", "sparsity.options") from None
-    if sp.method != DENSE:
+    if not is_dense(sp.method):
         opts = resolve_sparsity_options(sp.method, method_options_for(config, sp.method))
         if opts.density_schedule != "constant" and opts.initial_sparsity > sp.sparsity:
             raise ConfigError(

@@ -1,9 +1,16 @@
 """Named methods: each is a preset of :class:`~chtorch.dst.options.SparsityOptions` parts.
 
 No code branches on a method's name: a preset is data, and ``chtorch.sparsify(..., **options)``
-overrides any of its parts. Register your own with :func:`register_method`. Where the paper and its
-official code disagree, each preset's ``decisions`` says what it does (``chtorch methods -v`` prints
-them; "notes §5.x" refers to the project's paper notes, section 5, "ambiguities").
+overrides any of its parts. A preset may be ``based_on`` another one and list only its differences
+(``chtss`` is ``chts`` plus a density decay). The pseudo-method ``dense`` (the fully connected
+baseline) is a preset that does not sparsify; ask :func:`is_dense` rather than comparing names.
+Register your own with :func:`register_method`. Where the paper and its official code disagree, each
+preset's ``decisions`` says what it does; docs/decisions.md holds the table (``chtorch methods -v``
+prints both).
+
+Option overrides are merged in one place, :func:`merge_overrides` / :func:`resolve_options`: later
+layers win, ``init_options`` mappings merge key by key, and overriding ``init`` drops the preset's
+initialiser options (BRF's ``r`` means nothing to BSW).
 """
 
 from __future__ import annotations
@@ -16,40 +23,94 @@ from typing import Any
 
 from chtorch.dst.options import OptionError, SparsityOptions, closest
 
-__all__ = ["MethodPreset", "register_method", "get_method", "methods", "method_table"]
+__all__ = [
+    "MethodPreset",
+    "register_method",
+    "get_method",
+    "methods",
+    "all_methods",
+    "is_dense",
+    "method_table",
+    "merge_overrides",
+    "resolve_options",
+]
+
+
+def merge_overrides(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Option overrides merged in order (later wins); ``init_options`` merge key by key."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in dict(layer or {}).items():
+            if key == "init_options" and isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
+                value = {**merged[key], **value}
+            merged[key] = value
+    return merged
+
+
+def _apply(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` over a preset's ``base`` options: overriding ``init`` with another initialiser
+    drops the base's initialiser options (BRF's r, BSW's beta do not apply to it)."""
+    merged = dict(base)
+    overrides = dict(overrides)
+    init_options = dict(merged.pop("init_options", {}) or {})
+    if "init" in overrides and overrides["init"] != merged.get("init"):
+        init_options = {}
+    if "init_options" in overrides:
+        init_options.update(overrides.pop("init_options") or {})
+    merged.update(overrides)
+    merged["init_options"] = init_options
+    return merged
 
 
 @dataclass(frozen=True)
 class MethodPreset:
-    """A method: its name, a one-line summary, the paper it comes from, and its option overrides."""
+    """A method: its name, a one-line summary, the paper it comes from, and its option overrides
+    (complete: a preset ``based_on`` another holds the merged options)."""
 
     name: str
     summary: str
     reference: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    #: Where the paper and its official code disagree, what this preset does and why.
+    #: Where the paper and its official code disagree, what this preset does (docs/decisions.md).
     decisions: str = ""
+    #: The preset this one extends, for ``chtorch methods -v`` (None: built from the defaults).
+    based_on: str | None = None
+    #: False for the dense baseline: nothing is sparsified (see :func:`is_dense`).
+    sparsifies: bool = True
 
     def build_options(self, **overrides: Any) -> SparsityOptions:
         """The preset's options with ``overrides`` applied (unknown names are errors)."""
-        merged = dict(self.options)
-        init_options = dict(merged.pop("init_options", {}))
-        if "init" in overrides and overrides["init"] != merged.get("init"):
-            # the preset's initializer options (BRF's r, BSW's beta) do not apply to another initializer
-            init_options = {}
-        if "init_options" in overrides:
-            init_options.update(overrides.pop("init_options") or {})
-        merged.update(overrides)
-        return SparsityOptions().replace(**merged, init_options=init_options)
+        return SparsityOptions().replace(**_apply(self.options, overrides))
+
+    def differences(self) -> dict[str, Any]:
+        """The options this preset sets beyond the preset it is ``based_on`` (all of them when none)."""
+        if self.based_on is None:
+            return dict(self.options)
+        base = get_method(self.based_on).options
+        return {k: v for k, v in self.options.items() if k not in base or base[k] != v}
 
 
 _REGISTRY: dict[str, MethodPreset] = {}
 
 
-def register_method(name: str, summary: str, reference: str, decisions: str = "", **options: Any) -> MethodPreset:
-    """Register (or, with a warning, replace) a method preset; options are validated now."""
+def register_method(
+    name: str,
+    summary: str,
+    reference: str,
+    decisions: str = "",
+    *,
+    based_on: str | None = None,
+    sparsifies: bool = True,
+    **options: Any,
+) -> MethodPreset:
+    """Register (or, with a warning, replace) a method preset; options are validated now.
+
+    ``based_on``: another registered preset whose options this one starts from (``options`` are its
+    differences). ``sparsifies=False`` registers a baseline that trains the model dense."""
     key = name.lower()
-    preset = MethodPreset(key, summary, reference, MappingProxyType(dict(options)), decisions)
+    if based_on is not None:
+        options = _apply(get_method(based_on).options, options)
+    preset = MethodPreset(key, summary, reference, MappingProxyType(dict(options)), decisions, based_on, sparsifies)
     preset.build_options()  # fail at registration, not at use
     if key in _REGISTRY:
         warnings.warn(f"chtorch: method {key!r} is registered again; the new preset replaces the old one", stacklevel=2)
@@ -61,37 +122,66 @@ def get_method(name: str) -> MethodPreset:
     """The preset called ``name`` (case-insensitive); an unknown name lists the known ones."""
     key = str(name).lower()
     if key not in _REGISTRY:
-        raise OptionError(f"unknown method {name!r}{closest(key, _REGISTRY)}; known methods: {', '.join(methods())}")
+        raise OptionError(f"unknown method {name!r}{closest(key, _REGISTRY)}; known methods: {', '.join(all_methods())}")
     return _REGISTRY[key]
 
 
+def is_dense(name: str) -> bool:
+    """True when method ``name`` trains the model without sparsification (the ``dense`` baseline)."""
+    return not get_method(name).sparsifies
+
+
 def methods() -> list[str]:
-    """Names of the registered methods."""
-    return sorted(_REGISTRY)
+    """Names of the registered methods that sparsify (what :func:`chtorch.sparsify` accepts)."""
+    return sorted(k for k, p in _REGISTRY.items() if p.sparsifies)
 
 
-def method_table() -> list[tuple[str, str]]:
-    """(name, one-line summary) of every registered method."""
-    return [(name, _REGISTRY[name].summary) for name in methods()]
+def all_methods() -> list[str]:
+    """Every registered method name: the dense baselines first, then :func:`methods`."""
+    return sorted(k for k, p in _REGISTRY.items() if not p.sparsifies) + methods()
+
+
+def method_table(include_dense: bool = False) -> list[tuple[str, str]]:
+    """(name, one-line summary) of every registered method (``include_dense``: the baselines too, first)."""
+    names = all_methods() if include_dense else methods()
+    return [(name, _REGISTRY[name].summary) for name in names]
+
+
+def resolve_options(method: str, *overrides: Mapping[str, Any] | None) -> SparsityOptions:
+    """The one place where a method's options are merged: ``method``'s preset, then each mapping of
+    ``overrides`` in order (:func:`merge_overrides`; e.g. a config's ``sparsity.options``, then its
+    ``method_options[method]``, then what the caller adds)."""
+    preset = get_method(method)
+    if not preset.sparsifies:
+        raise OptionError(f"method {preset.name!r} trains the model dense: it has no sparsity options (do not call sparsify)")
+    return preset.build_options(**merge_overrides(*overrides))
 
 
 # ---------------------------------------------------------------------------------------------
 # Built-in presets, with the defaults of Zhang et al., NeurIPS 2025 (arXiv:2501.19107), App. G/H,
 # and of each method's own paper. Update intervals are in optimizer steps (100, as the paper's
-# Transformer and LLaMA runs); the MLP recipes set one epoch.
+# Transformer and LLaMA runs); the MLP recipes set one epoch. The "decisions" texts name rows of
+# docs/decisions.md.
 
 _SHARED_DECISIONS = (
-    "regrown links start at zero with zero optimizer state (official code; regrown_init='history' gives App. J's "
+    "regrown links start at zero with zero optimizer state, as the official code (regrown_init='history' gives App. J's "
     "historical weights); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
-    "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts (notes §5.4); "
-    "percolation pairs only identical row indices of q/k (notes §5.6)"
+    "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts; "
+    "percolation pairs only identical row indices of q/k (docs/decisions.md)"
 )
 _SOFT_DECISIONS = (
     "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T = δ/(1−δ), δ linear 0.5→0.9 until "
-    "T_end — the code's mapping (T 1→9), not the paper's 1/(1−δ) (notes §5.1); soft regrowth samples new links "
-    "with p ∝ CH score and adds 1e-5 to every live candidate when too few scores are positive, as the paper and "
-    "the MLP/Transformer code do — not the LLM code's top-k (notes §5.3); BRF gives each node of the smaller "
-    "side its degree, as the code does (notes §5.5)"
+    "T_end (temperature_schedule='delta'; neither the paper's 1/(1−δ) nor the code's linear T exactly); soft regrowth "
+    "samples new links with p ∝ CH score and adds 1e-5 to every live candidate when too few scores are positive, as "
+    "the paper and the MLP/Transformer code do, not the LLaMA code's top-k; BRF gives each node of the smaller side its "
+    "degree, as the code does; SWI with density·fan_in, as the original CHT layer (docs/decisions.md)"
+)
+
+register_method(
+    "dense",
+    "no sparsification: the fully connected baseline (FC)",
+    "the dense model every table of Zhang et al., NeurIPS 2025 (arXiv:2501.19107) compares against",
+    sparsifies=False,
 )
 
 register_method(
@@ -132,6 +222,7 @@ register_method(
     "mest",
     "MEST with EM&S: remove by |W|+0.01|∇W|, regrow at random, extra density 5%→2.5%→0 (soft memory bound)",
     "Yuan et al., 'MEST: Accurate and Fast Memory-Economic Sparse Training Framework on the Edge', NeurIPS 2021",
+    decisions="EM&S removes ζ on top of the surplus and prunes the surplus by magnitude (docs/decisions.md, MEST EM&S)",
     init="erdos_renyi",
     removal="mest",
     mest_lambda=0.01,
@@ -146,6 +237,7 @@ register_method(
     "gmp",
     "GMP: gradual magnitude pruning from 50% sparsity on the cubic schedule; pruned weights may return",
     "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
+    decisions="pruned weights compete again with their last value (prune_with_history; docs/decisions.md, GMP)",
     init="erdos_renyi",
     density_schedule="cubic",
     initial_sparsity=0.5,
@@ -178,10 +270,10 @@ register_method(
     "CHT: BSW (or CSTI) init, SWI, magnitude removal, top-k CH3-L3p regrowth, percolation, early stop at 90% overlap",
     "Zhang et al., 'Epitopological learning and Cannistraci-Hebb network shape intelligence brain-inspired theory "
     "for ultra-sparse advantage in deep learning', ICLR 2024",
-    decisions="path-based CH3-L3p with the local-community bookkeeping of CH_scores_new_v2.cpp, top-k; early stop "
-    "freezes a layer once |removed ∩ regrown| / |regrown| >= 0.9 (Definition 1); BSW by default because CSTI needs "
-    "the input correlation (recipes pass it: init='csti', init_options={'correlation': C}); SWI uses density·fan_in "
-    "(notes §5.12); " + _SHARED_DECISIONS,
+    decisions="path-based CH3-L3p with the local-community bookkeeping of the official CH_scores_new_v2.cpp, top-k; "
+    "early stop freezes a layer once |removed ∩ regrown| / |regrown| >= 0.9 (Definition 1), layer by layer; BSW by "
+    "default because CSTI needs the input correlation (recipes pass it: init='csti', init_options={'correlation': C}); "
+    "SWI with density·fan_in; " + _SHARED_DECISIONS,
     init="bsw",
     init_options={"beta": 0.25},
     weight_init="swi",
@@ -200,12 +292,13 @@ register_method(
 
 register_method(
     "chts",
-    "CHTs: BRF init, soft magnitude removal (T=δ/(1−δ), δ 0.5→0.9), percolation, soft CH2-L3n regrowth, cosine ζ",
+    "CHTs: BRF init, SWI, soft magnitude removal (T=δ/(1−δ), δ 0.5→0.9), percolation, soft CH2-L3n regrowth, cosine ζ",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
     decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; " + _SHARED_DECISIONS,
     init="brf",
     init_options={"r": 0.25, "degree": "uniform"},
+    weight_init="swi",
     removal="magnitude",
     removal_selection="soft",
     delta_start=0.5,
@@ -226,24 +319,11 @@ register_method(
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107), §3.3",
     decisions="the sigmoid is the code's min-max normalised s(τ) = s_i + (s_f − s_i)[σ(k(2τ/n − 1)) − σ(−k)] / "
-    "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates (notes §1.d); pruning keeps the top relative-importance "
-    "links of each layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth "
-    "restore the scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
+    "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates; pruning keeps the top relative-importance links of each "
+    "layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth restore the "
+    "scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
     "(decay_end_fraction sets the decay length); " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
-    init="brf",
-    init_options={"r": 0.25, "degree": "uniform"},
-    removal="magnitude",
-    removal_selection="soft",
-    delta_start=0.5,
-    delta_end=0.9,
-    regrowth="ch",
-    ch_predictor="l3n",
-    ch_variant="CH2",
-    regrowth_selection="soft",
-    percolation=True,
-    zeta=0.3,
-    zeta_anneal="cosine",
-    t_end_fraction=0.75,
+    based_on="chts",
     density_schedule="sigmoid",
     initial_sparsity=0.5,
     sigmoid_k=6.0,

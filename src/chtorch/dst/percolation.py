@@ -25,7 +25,7 @@ from torch import nn
 
 from chtorch.masks import in_degree, out_degree
 
-__all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction"]
+__all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction", "active_neuron_count"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,38 @@ def active_neuron_fraction(mask: torch.Tensor) -> tuple[float, float]:
     """(fraction of input neurons with a link, fraction of output neurons with a link)."""
     n_out, n_in = mask.shape
     return (int(torch.count_nonzero(mask.any(dim=0))) / max(1, n_in), int(torch.count_nonzero(mask.any(dim=1))) / max(1, n_out))
+
+
+def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = ()) -> tuple[int, int]:
+    """(active, total) neurons of the sparse layers' bipartite graphs — the paper's ANP is
+    ``active / total``.
+
+    Neurons are counted once per neuron layer: along a ``chain(a, b, c)`` the groups are the inputs
+    of ``a``, the hidden neurons between ``a`` and ``b`` and between ``b`` and ``c`` (active when they
+    keep a link on *both* sides), and the outputs of ``c``. A layer outside any chain contributes
+    its inputs and its outputs (each active when it keeps a link).
+    """
+    active = total = 0
+    chained: set[str] = set()
+    for coupling in couplings:
+        if coupling.kind != "chain":
+            continue
+        names = [n for n in coupling.layers if n in masks]
+        if len(names) < 2:
+            continue
+        chained.update(names)
+        first, last = masks[names[0]], masks[names[-1]]
+        groups = [in_degree(first) > 0]
+        for a, b in zip(names, names[1:]):
+            groups.append((out_degree(masks[a]) > 0) & (in_degree(masks[b]) > 0))
+        groups.append(out_degree(last) > 0)
+        for g in groups:
+            active += int(g.sum())
+            total += g.numel()
+    for name, mask in masks.items():
+        if name in chained:
+            continue
+        for g in (in_degree(mask) > 0, out_degree(mask) > 0):
+            active += int(g.sum())
+            total += g.numel()
+    return active, total

@@ -9,9 +9,9 @@ optimizer with ``total_steps = state.max_steps``; calls ``sp.step()`` after ever
 (``on_optimizer_step``: after ``optimizer.step()``, before the LR scheduler and ``zero_grad``, which
 is where the engine expects it); adds ``chtorch/density``, ``chtorch/itop`` and
 ``chtorch/active_neurons`` (the paper's ANP) to the Trainer's logs; and writes ``chtorch_sparsity.pt``
-(the masks and the engine state) into every checkpoint directory, from which a resumed run restores
-the masks, the engine's counters and — untouched — the weights and optimizer moments the Trainer
-loaded. The layers are every ``nn.Linear`` but the output embedding (``lm_head``), selected by
+(the masks and the engine state) into every checkpoint directory. A resumed run builds the engine
+from those masks (``sparsify(..., masks=...)``), which keeps the weights and optimizer moments the
+Trainer loaded, and restores the engine's counters. The layers are every ``nn.Linear`` but the output embedding (``lm_head``), selected by
 name patterns, with percolation couplings inferred from the child names (q/k and gate/up rows,
 v→o and gate|up→down chains; Zhang et al., NeurIPS 2025, arXiv:2501.19107, §4.3 / App. F).
 
@@ -94,10 +94,14 @@ class ChtorchCallback(TrainerCallback):
         update_interval: optimizer steps between topology updates (default: the method's, 100).
         per_head: budget, remove and regrow q/k/v rows per attention head (``head_groups`` from the
             model config, see :func:`head_groups_for`).
-        rewarmup_steps: the paper's iterative LR re-warm-up ``min(1, (t mod ΔT + 1)/w)`` after every
-            topology update, applied on top of the Trainer's ``LambdaLR`` schedule (0 = off; paper: 20).
+        rewarmup_steps: the paper's iterative LR re-warm-up after every topology update
+            (:func:`chtorch.dst.schedules.rewarmup_factor`), applied on top of the Trainer's ``LambdaLR``
+            schedule (0 = off; paper: 20).
         **options: overrides of the method's parts (:class:`chtorch.dst.options.SparsityOptions`), e.g.
-            ``zeta=0.1``.
+            ``zeta=0.1``, or a part you registered (``removal="my_score"``). The model family of a
+            Trainer is usually a pretrained or HF-initialised Transformer, whose official code keeps the
+            model's own initialisation: ``weight_init`` defaults to ``"keep"`` here (pass ``"swi"`` to
+            redraw the weights at the links, as the MLP code does).
 
     Attributes: ``sparsity`` (the :class:`~chtorch.DynamicSparsity`, after train begin) and
     ``last_report`` (the last :class:`~chtorch.UpdateReport`).
@@ -120,14 +124,15 @@ class ChtorchCallback(TrainerCallback):
         rewarmup_steps: int = 0,
         **options: Any,
     ) -> None:
-        from chtorch.dst.methods import get_method
+        from chtorch._checks import check_number
+        from chtorch.dst.methods import get_method, resolve_options
 
         preset = get_method(method)  # unknown names fail now, not at train begin
         if update_interval is not None:
             options["update_interval"] = update_interval
-        preset.build_options(**options)  # validate the overrides now
-        if isinstance(rewarmup_steps, bool) or not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
-            raise ValueError(f"rewarmup_steps must be a non-negative integer, got {rewarmup_steps!r}")
+        options.setdefault("weight_init", "keep")
+        resolve_options(preset.name, options)  # validate the overrides now (a dense method is refused here)
+        check_number("rewarmup_steps", rewarmup_steps, 0, integer=True)
         self.method = preset.name
         self.target_sparsity = float(sparsity)
         self.layers = layers
@@ -155,19 +160,9 @@ class ChtorchCallback(TrainerCallback):
         seed = self.seed if self.seed is not None else int(getattr(args, "seed", 0))
         inner = _unwrap_optimizer(optimizer)
         resume_dir = self._resume_dir(args, state)
-        saved_weights: dict[str, torch.Tensor] = {}
-        saved_moments: dict[int, dict[str, torch.Tensor]] = {}
-        if resume_dir is not None:
-            # The Trainer has already loaded the checkpoint's weights and optimizer state; building
-            # the engine draws fresh masks and multiplies both by them, so keep copies to put back.
-            from chtorch.dst.scope import select_layers
-
-            modules = dict(model.named_modules())
-            for name in select_layers(model, layers, self.exclude):
-                weight = modules[name].weight
-                saved_weights[name] = weight.detach().clone()
-                state_of = inner.state.get(weight, {})
-                saved_moments[id(weight)] = {k: v.clone() for k, v in state_of.items() if torch.is_tensor(v)}
+        # On resume the Trainer has already loaded the checkpoint's weights and optimizer state:
+        # building the engine from the saved masks keeps both as they are.
+        payload = None if resume_dir is None else self._load_payload(resume_dir)
         self.sparsity = chtorch.sparsify(
             model,
             inner,
@@ -177,10 +172,13 @@ class ChtorchCallback(TrainerCallback):
             seed=seed,
             layers=layers,
             exclude=self.exclude,
+            masks=None if payload is None else payload["masks"],
             **options,
         )
-        if resume_dir is not None:
-            self._restore(resume_dir, model, inner, saved_weights, saved_moments)
+        if payload is not None:
+            self.sparsity.load_state_dict(payload["engine"])
+            sp = self.sparsity
+            log.info("chtorch: restored masks and sparsity state from %s (step %d, %d updates)", resume_dir, sp.step_count, sp.update_count)
 
     def _resume_dir(self, args: Any, state: Any) -> Path | None:
         """The checkpoint the Trainer resumed from (``None`` for a fresh run): the directory named by
@@ -200,35 +198,13 @@ class ChtorchCallback(TrainerCallback):
             "written with ChtorchCallback, or set args.resume_from_checkpoint to its directory"
         )
 
-    @torch.no_grad()
-    def _restore(
-        self,
-        path: Path,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        weights: dict[str, torch.Tensor],
-        moments: dict[int, dict[str, torch.Tensor]],
-    ) -> None:
+    def _load_payload(self, path: Path) -> dict[str, Any]:
         payload = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
-        sp = self.sparsity
         if payload.get("method") != self.method:
             raise RuntimeError(
                 f"ChtorchCallback: {path / STATE_NAME} was written by method {payload.get('method')!r}, this run uses {self.method!r}"
             )
-        masks = payload["masks"]
-        if sorted(masks) != sorted(sp.layer_names):
-            raise RuntimeError(
-                f"ChtorchCallback: {path / STATE_NAME} holds masks for {sorted(masks)}, but this run sparsifies {sorted(sp.layer_names)}"
-            )
-        sp.load_state_dict(payload["engine"])
-        for name, module, mask in sp.iter_layers():
-            mask.copy_(masks[name].to(mask.device))
-            module.weight.copy_(weights[name] * mask)
-            state_of = optimizer.state.get(module.weight)
-            if state_of:
-                for key, value in moments.get(id(module.weight), {}).items():
-                    state_of[key].copy_(value)
-        log.info("chtorch: restored masks and sparsity state from %s (step %d, %d updates)", path, sp.step_count, sp.update_count)
+        return payload
 
     def _wrap_schedule(self, lr_scheduler: Any) -> None:
         if not self.rewarmup_steps:
@@ -238,13 +214,13 @@ class ChtorchCallback(TrainerCallback):
                 f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
                 f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0"
             )
+        from chtorch.dst.schedules import rewarmup_factor
+
         interval, w, t_end = self.sparsity.options.update_interval, self.rewarmup_steps, self.sparsity.t_end
 
         def rewarmed(base: Any) -> Any:
             def factor(step: int) -> float:
-                # Step j after a topology update (j = step mod ΔT + 1) runs at min(1, j/w) of the LR.
-                scale = 1.0 if step >= t_end else min(1.0, (step % interval + 1) / w)
-                return base(step) * scale
+                return base(step) * rewarmup_factor(step, interval, w, t_end)
 
             return factor
 
@@ -300,8 +276,7 @@ class ChtorchCallback(TrainerCallback):
         """``chtorch/density``, ``chtorch/itop`` and ``chtorch/active_neurons`` now."""
         if self.sparsity is None:
             return {}
-        from chtorch.dst.percolation import infer_couplings
-        from chtorch.train.metrics import active_neuron_count
+        from chtorch.dst.percolation import active_neuron_count, infer_couplings
 
         sp = self.sparsity
         chains = sp.couplings or infer_couplings(sp.model, sp.layer_names)

@@ -88,7 +88,9 @@ class LlamaModelConfig:
     )
 
 
-register_recipe_schema("lm", LMDataConfig, ["llama"])
+# The official LLaMA code keeps the model's default initialisation for every method (docs/decisions.md,
+# "initial weights"), so the CH presets' SWI does not apply here unless a config asks for it.
+register_recipe_schema("lm", LMDataConfig, ["llama"], sparsity_defaults={"weight_init": "keep"})
 register_model_schema("llama", LlamaModelConfig)
 
 

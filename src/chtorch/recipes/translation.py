@@ -130,7 +130,9 @@ class TransformerModelConfig:
     )
 
 
-register_recipe_schema("translation", TranslationDataConfig, ["transformer"])
+# The official Transformer code keeps the model's Glorot initialisation for every method (docs/decisions.md,
+# "initial weights"), so the CH presets' SWI does not apply here unless a config asks for it.
+register_recipe_schema("translation", TranslationDataConfig, ["transformer"], sparsity_defaults={"weight_init": "keep"})
 register_model_schema("transformer", TransformerModelConfig)
 
 

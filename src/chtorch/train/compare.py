@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from chtorch.config import DENSE, Config, ConfigError, build_config, config_to_dict
+from chtorch.config import Config, ConfigError, build_config, config_to_dict
 from chtorch.dst.options import closest
 from chtorch.train.checkpoint import CHECKPOINT_NAME
 from chtorch.train.trainer import SUMMARY_NAME, resume, train
@@ -89,10 +89,10 @@ def compare(
 ) -> CompareResult:
     """Train every ``method`` with every seed in ``out_dir/<method>-seed<s>`` and write
     ``compare.md``, ``compare.csv`` and ``compare.json`` there."""
-    from chtorch.dst.methods import methods as registered
+    from chtorch.dst.methods import all_methods
 
     out = out or sys.stdout
-    known = [DENSE, *registered()]
+    known = all_methods()
     methods = [m.strip().lower() for m in methods if m.strip()]
     if not methods:
         raise ConfigError("--methods is empty: give a comma-separated list, e.g. dense,set,rigl,chts")

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chtorch.dst.percolation import Coupling
-from chtorch.masks import in_degree, out_degree
+from chtorch.dst.percolation import active_neuron_count  # re-exported: it lives with percolation
 
 __all__ = [
     "MetricsLog",
@@ -149,41 +148,6 @@ def write_csv(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]
     tmp.write_text(buffer.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = ()) -> tuple[int, int]:
-    """(active, total) neurons of the sparse layers' bipartite graphs — the paper's ANP is
-    ``active / total``.
-
-    Neurons are counted once per neuron layer: along a ``chain(a, b, c)`` the groups are the inputs
-    of ``a``, the hidden neurons between ``a`` and ``b`` and between ``b`` and ``c`` (active when they
-    keep a link on *both* sides), and the outputs of ``c``. A layer outside any chain contributes
-    its inputs and its outputs (each active when it keeps a link).
-    """
-    active = total = 0
-    chained: set[str] = set()
-    for coupling in couplings:
-        if coupling.kind != "chain":
-            continue
-        names = [n for n in coupling.layers if n in masks]
-        if len(names) < 2:
-            continue
-        chained.update(names)
-        first, last = masks[names[0]], masks[names[-1]]
-        groups = [in_degree(first) > 0]
-        for a, b in zip(names, names[1:]):
-            groups.append((out_degree(masks[a]) > 0) & (in_degree(masks[b]) > 0))
-        groups.append(out_degree(last) > 0)
-        for g in groups:
-            active += int(g.sum())
-            total += g.numel()
-    for name, mask in masks.items():
-        if name in chained:
-            continue
-        for g in (in_degree(mask) > 0, out_degree(mask) > 0):
-            active += int(g.sum())
-            total += g.numel()
-    return active, total
 
 
 def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str], **meta: Any) -> Path:

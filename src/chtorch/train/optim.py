@@ -2,8 +2,8 @@
 
 - MLP (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4): SGD, momentum 0.9, weight decay
   5e-4, LR linear from 0.025 to 2.5e-4.
-- Transformer (Table 5): Adam with noam, times the iterative re-warm-up ``min(1, (t mod ΔT)/w)``
-  after every topology update ("inoam", w = 20).
+- Transformer (Table 5): Adam with noam, times the iterative re-warm-up after every topology update
+  ("inoam", w = 20; one function for it: :func:`chtorch.dst.schedules.rewarmup_factor`).
 - LLaMA (Table 6 / the R1 code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
 
 Every schedule is a pure function of the optimizer step (:mod:`chtorch.dst.schedules`), wrapped in a
@@ -87,12 +87,8 @@ def lr_multiplier(
         w = config.rewarmup_steps
 
         def rewarmed(step: int) -> float:
-            # LambdaLR's counter ``step`` is the number of finished optimizer steps; updates follow
-            # steps I, 2I, ... The j-th step after an update (j = step mod I + 1) runs at min(1, j/w)
-            # of the LR — the paper's min(1, (t mod ΔT)/w) with t counted so no step gets LR 0.
-            if t_end is not None and step >= t_end:
-                return base(step)
-            return base(step) * min(1.0, (step % update_interval + 1) / w)
+            # LambdaLR's counter ``step`` is the number of finished optimizer steps, as the re-warm-up expects.
+            return base(step) * schedules.rewarmup_factor(step, update_interval, w, t_end)
 
         return rewarmed
     return base

@@ -44,16 +44,15 @@ import numpy as np
 import torch
 
 from chtorch.config import (
-    DENSE,
     Config,
     ConfigError,
     build_config,
     config_to_dict,
     method_options_for,
-    resolve_sparsity_options,
     save_config,
 )
-from chtorch.dst.percolation import infer_couplings
+from chtorch.dst.methods import is_dense
+from chtorch.dst.percolation import active_neuron_count, infer_couplings
 from chtorch.recipes.base import Recipe, get_recipe
 from chtorch.train import distributed as ddp
 from chtorch.train.checkpoint import (
@@ -65,7 +64,7 @@ from chtorch.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from chtorch.train.metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
+from chtorch.train.metrics import MetricsLog, read_metrics, save_topology, write_csv
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.progress import Progress, format_duration
 
@@ -265,8 +264,8 @@ class Trainer:
         self.sparsity = None
         interval = t_end = None
         sp = cfg.sparsity
-        if sp.method != DENSE:
-            from chtorch.dst.engine import DynamicSparsity
+        if not is_dense(sp.method):
+            from chtorch.api import sparsify
             from chtorch.dst.scope import select_layers
 
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
@@ -274,22 +273,24 @@ class Trainer:
                 names = select_layers(self.model, sp.layers, sp.exclude)
             except ValueError as exc:
                 raise ConfigError(f"sparsity.layers / sparsity.exclude: {exc}", "sparsity.layers") from None
+            # The config's layers of overrides (options, then method_options[method]) and the
+            # recipe's data-dependent ones; sparsify merges them over the preset (one place).
             options = self.recipe.sparsity_options(method_options_for(cfg))
             couplings = self.recipe.couplings(self.model, names)
             if couplings is not None:
                 options["couplings"] = couplings
-            options["update_interval"] = interval
             try:
-                self.sparsity = DynamicSparsity(
+                self.sparsity = sparsify(
                     self.model,
                     self.optimizer,
+                    method=sp.method,
                     sparsity=sp.sparsity,
                     total_steps=self.total_steps,
-                    options=resolve_sparsity_options(sp.method, options),
                     seed=cfg.run.seed,
+                    update_interval=interval,
                     layers=names,
-                    method=sp.method,
                     backend=sp.backend,
+                    **options,
                 )
             except ValueError as exc:  # OptionError included: a combination the engine refuses for this model
                 raise ConfigError(f"sparsity settings do not fit this model: {exc}", "sparsity") from None
