@@ -227,9 +227,10 @@ def test_rewarmup_lambda_drives_lambdalr():
     for step in (10, 60, 100, 110, 130, 300, 310, 399):
         expected = 0.1 * base(step) * S.rewarmup_factor(step, 100, 20, 300)
         assert seen[step] == approx(expected)
-    assert seen[110] == approx(0.1 * base(110) * 0.5)
-    assert seen[310] == approx(0.1 * base(310))  # after T_end no re-warm-up
-    assert S.rewarmup_lambda(100, 20)(105) == approx(0.25)
+    assert seen[110] == approx(0.1 * base(110) * 0.55)  # the 11th step after the update at 100
+    assert seen[310] == approx(0.1 * base(310) * 0.55)  # the update at T_end = 300 is re-warmed too
+    assert seen[400] == approx(0.1 * base(400))  # no update after T_end: no re-warm-up
+    assert S.rewarmup_lambda(100, 20)(105) == approx(0.3)
     with pytest.raises(ValueError, match="base must be a callable"):
         S.rewarmup_lambda(100, 20, base=3.0)
 
@@ -255,3 +256,36 @@ def test_cosine_with_warmup_hand_values():
     assert values == approx([0.0, 0.5, 1.0, 0.1 + 0.45 * (1 + math.sqrt(0.5)), 0.55, 0.1, 0.1])
     assert S.cosine_with_warmup(325, 1000, 100) == approx(0.8681980515)
     assert S.cosine_with_warmup(10, 1000, 0) == approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.01)))
+
+
+def test_every_rewarmup_user_calls_the_one_function(monkeypatch):
+    """One truth for the LR re-warm-up: the trainer's LR schedule and the HF callback both call
+    chtorch.dst.schedules.rewarmup_factor (patched here to a recording stand-in)."""
+    from types import SimpleNamespace
+
+    from chtorch.config import OptimConfig
+    from chtorch.train.optim import lr_multiplier
+
+    calls = []
+
+    def recording(step, interval, warmup_steps, t_end=None):
+        calls.append((step, interval, warmup_steps, t_end))
+        return 0.5
+
+    monkeypatch.setattr(S, "rewarmup_factor", recording)
+    f = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=10, t_end=30)
+    assert f(31) == 0.5 and calls == [(31, 10, 4, 30)]
+
+    hf = pytest.importorskip("chtorch.integrations.hf", exc_type=ImportError)
+    calls.clear()
+    callback = hf.ChtorchCallback("set", sparsity=0.5, rewarmup_steps=4)
+    callback.sparsity = SimpleNamespace(options=SimpleNamespace(update_interval=10), t_end=30)
+    param = torch.nn.Parameter(torch.zeros(1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lambda step: 2.0)
+    callback._wrap_schedule(scheduler)
+    calls.clear()
+    assert scheduler.lr_lambdas[0](31) == 1.0 and calls == [(31, 10, 4, 30)]
+    monkeypatch.undo()
+    # and unpatched, both follow the function exactly
+    f = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=10, t_end=30)
+    assert [f(s) for s in range(45)] == [S.rewarmup_factor(s, 10, 4, 30) for s in range(45)]

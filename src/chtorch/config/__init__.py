@@ -302,9 +302,10 @@ def model_names() -> list[str]:
     return sorted(_MODEL_SCHEMAS)
 
 
-# The weight initialisation is the method preset's (SWI for the CH family, as the official MLP code);
-# the MLP configs set weight_init: swi for every method (docs/decisions.md, "initial weights").
-register_recipe_schema("image_classification", ImageDataConfig, ["mlp"])
+# Initial weights follow the model family's official code (docs/decisions.md, "initial weights"): the MLP
+# code draws SWI for every method (a masked Kaiming init shrinks the signal by sqrt(density) per layer,
+# so a 90-99% sparse MLP barely trains without it); the CH presets default to SWI in the API as well.
+register_recipe_schema("image_classification", ImageDataConfig, ["mlp"], sparsity_defaults={"weight_init": "swi"})
 register_model_schema("mlp", MLPModelConfig)
 
 # ------------------------------------------------------------------------------------------------
