@@ -1,7 +1,7 @@
 """Schedules of dynamic sparse training: pure functions of the step (no state, so a resumed run and
 every rank compute the same values).
 
-References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; paper-notes §1.c–§1.e and §5);
+References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; where the paper and the official code differ: docs/decisions.md);
 Evci et al., ICML 2020 (RigL cosine drop fraction); Zhu & Gupta 2017 (GMP cubic schedule);
 Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S); Vaswani et al. 2017 (noam).
 
@@ -69,7 +69,7 @@ def is_update_step(step: int, interval: int, t_end: int, start: int = 0) -> bool
 
 def default_t_end(total_steps: int, fraction: float = 0.75) -> int:
     """``int(fraction · total_steps)``: the step after which the topology is frozen (0.75 in the paper
-    and the official code, paper-notes §1.c)."""
+    and the official code)."""
     total_steps = _int("total_steps", total_steps)
     fraction = _real("fraction", fraction, 0.0, 1.0)
     return int(fraction * total_steps)
@@ -100,7 +100,7 @@ def zeta(step: int, zeta0: float, t_end: int, anneal: str = "cosine") -> float:
 def delta_schedule(step: int, t_end: int, start: float = 0.5, end: float = 0.9) -> float:
     """Softness δ of removal, linear from ``start`` at step 0 to ``end`` at ``t_end`` (held after).
 
-    The paper's setting is 0.5 → 0.9 (App. H); the R2 code's T 1 → 3 corresponds to 0.5 → 0.75."""
+    The paper's setting is 0.5 → 0.9 (App. H); the official MLP/Transformer code's T 1 → 3 corresponds to 0.5 → 0.75 (docs/decisions.md)."""
     step = _int("step", step)
     t_end = _int("t_end", t_end)
     start = _real("start", start, 0.0, 1.0)
@@ -114,7 +114,7 @@ def temperature_from_delta(delta: float) -> float:
     """Exponent T applied to removal scores, ``p ∝ score ** T``: ``T = δ / (1 − δ)``.
 
     This follows the official code's values (δ = 0.5 → 1, 0.75 → 3, 0.9 → 9), not the paper's
-    ``1/(1−δ)`` (paper-notes §1.c, §5.1). ``δ = 1`` returns ``inf``: hard top-k (plain magnitude)."""
+    ``1/(1−δ)`` (docs/decisions.md, removal temperature). ``δ = 1`` returns ``inf``: hard top-k (plain magnitude)."""
     delta = _real("delta", delta, 0.0, 1.0)
     if delta == 1.0:
         return math.inf
@@ -149,10 +149,10 @@ def temperature(
     """Removal temperature at ``step``, from ``T(start_delta)`` at step 0 to ``T(end_delta)`` at ``t_end``
     with ``T(δ) = δ/(1−δ)`` (:func:`temperature_from_delta`).
 
-    ``linear_in="delta"`` (default, paper-notes §5.1): δ moves linearly, ``T = T(delta_schedule(...))``;
+    ``linear_in="delta"`` (default; docs/decisions.md, removal temperature): δ moves linearly, ``T = T(delta_schedule(...))``;
     e.g. t_end=1000: T = 1 at step 0, 7/3 at step 500, 9 at step 1000.
     ``linear_in="temperature"``: T itself moves linearly between the same endpoints, which is what both
-    official codes do (R1 ``start_T→end_T``, R2 ``1 + 2t/T_end``); e.g. T = 5 at step 500 for 0.5→0.9.
+    official codes do (the LLaMA code's ``start_T→end_T``, the MLP/Transformer code's ``1 + 2t/T_end``); e.g. T = 5 at step 500 for 0.5→0.9.
     """
     if linear_in == "delta":
         return temperature_from_delta(delta_schedule(step, t_end, start_delta, end_delta))
@@ -236,7 +236,7 @@ def _sigma(z: float) -> float:
     "sigmoid", "s_shape", summary="min-max normalised sigmoid of steepness sigmoid_k (CHTss)", params={"k": "sigmoid_k"}
 )
 def sigmoid_sparsity(tau: float, n: int, s_i: float, s_f: float, k: float = 6.0) -> float:
-    """CHTss (paper-notes §1.d, as coded in R1 ``s_shape``): a min–max normalised sigmoid,
+    """CHTss (as the official LLaMA code's ``s_shape``): a min–max normalised sigmoid,
 
     ``s_i + (s_f − s_i) · [σ(k(2τ/n − 1)) − σ(−k)] / [σ(k) − σ(−k)]``,
 
@@ -274,7 +274,7 @@ def mest_ems_extra_density(
     stage1: float = 0.6,
 ) -> float:
     """Extra density above the target in MEST's elastic mutation & soft memory bound (EM&S)
-    (Yuan et al. 2021; paper-notes §1.e): ``extra1`` while ``step <= stage1 · t_end``, then ``extra2``
+    (Yuan et al. 2021): ``extra1`` while ``step <= stage1 · t_end``, then ``extra2``
     while ``step < t_end − interval``, then 0 (boundaries as in the official code).
     E.g. t_end=1000, interval=100: 0.05 at step 600, 0.025 at 601…899, 0.0 from 900."""
     step = _int("step", step)
@@ -367,7 +367,7 @@ def noam(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
     """A **multiplier**: linear warm-up ``step / warmup``, then cosine decay from 1 to ``min_ratio`` at
-    ``total`` (held after), as the LLaMA recipe's global schedule (paper-notes §1.e)."""
+    ``total`` (held after), as the LLaMA recipe's global schedule (the official LLaMA code)."""
     step = _int("step", step)
     total = _int("total", total)
     warmup = _int("warmup", warmup)

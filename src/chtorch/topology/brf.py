@@ -1,5 +1,5 @@
 """Bipartite Receptive Field (BRF) initial topology (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
-§3.2 and App. D; paper-notes §1.a and §5.5).
+§3.2 and App. D; docs/decisions.md for where it follows the official code).
 
 Nodes of one side (the *degree side*) receive a degree sequence; node ``i`` then picks that many
 distinct partners on the other side, preferring partners close to its centre on a ring:
@@ -32,7 +32,7 @@ def brf_degree_side(n_out: int, n_in: int, side: str = "auto") -> str:
     """Which side gets the degree sequence: ``"out"`` (rows pick columns) or ``"in"`` (columns pick rows).
 
     ``"auto"`` follows the official code: the **smaller** side, and the output side for square layers
-    (paper-notes §5.5; the paper speaks of the output layer, which is the same for square layers).
+    (docs/decisions.md; the paper speaks of the output layer, which is the same for square layers).
     """
     if side not in _SIDES:
         raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
@@ -66,7 +66,7 @@ def brf_degrees(
 
     - ``"fixed"`` (BRFf): ``floor`` or ``ceil`` of the mean, ceil-nodes spread evenly (deterministic).
     - ``"uniform"`` (BRFu, the official default): every node starts at 1 and the rest are spread by a
-      uniform multinomial (paper-notes §1.a; *not* a U[a, b] draw). Needs ``generator``.
+      uniform multinomial (the official code; *not* a U[a, b] draw). Needs ``generator``.
     """
     if degree == "fixed":
         return even_degrees(n_links, n_nodes, mask_device(generator))

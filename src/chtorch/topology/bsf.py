@@ -1,5 +1,5 @@
 """Bipartite scale-free (BSF) initial topology by bipartite preferential attachment
-(Barabási–Albert style; Zhang et al., ICLR 2024 (CHT), App. D; paper-notes §1.a).
+(Barabási–Albert style; Zhang et al., ICLR 2024 (CHT), App. D).
 
 The official code builds a *monopartite* BA graph over ``n_in + n_out`` nodes, splits the nodes into
 two layers and rewires intra-layer links across; that does not hit an exact link count. chtorch grows

@@ -1,6 +1,6 @@
 """Bipartite small-world (BSW) initial topology: a Watts–Strogatz ring lattice on a bipartite graph
 with random rewiring (Zhang et al., ICLR 2024 (CHT); Zhang et al., NeurIPS 2025, arXiv:2501.19107,
-App. D; paper-notes §1.a)."""
+App. D)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def bsw(
     Rewiring: each lattice link is removed independently with probability ``beta`` and the same number
     of links is added uniformly at random among all zeros of the thinned mask (a removed position may
     come back). So ``beta=1`` gives exactly the Erdős–Rényi distribution and ``beta=0`` the lattice
-    (no generator needed). Rewiring does not conserve degrees (paper-notes §1.a).
+    (no generator needed). Rewiring does not conserve degrees (docs/decisions.md).
     """
     n_out, n_in, links = layer_budget(n_out, n_in, sparsity, n_links)
     beta = check_unit_interval("beta", beta)

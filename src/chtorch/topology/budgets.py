@@ -1,6 +1,6 @@
 """Per-layer link budgets: uniform sparsity (the paper's choice) or Erdős–Rényi-Kernel (ERK) as in
 RigL (Evci et al., ICML 2020, `rigl/sparse_utils.py` semantics; Zhang et al., NeurIPS 2025,
-arXiv:2501.19107, §1.e of paper-notes: the paper itself uses uniform)."""
+arXiv:2501.19107: the paper itself uses uniform)."""
 
 from __future__ import annotations
 

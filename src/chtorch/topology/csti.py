@@ -1,5 +1,5 @@
 """Correlated sparse topological initialisation (CSTI): links where input features are most
-correlated (Zhang et al., ICLR 2024 (CHT), App. D; paper-notes §1.a). Only meaningful for a layer that
+correlated (Zhang et al., ICLR 2024 (CHT), App. D). Only meaningful for a layer that
 sees the raw inputs (or a layer whose inputs are tiled copies of them)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sparse weight initialisation (SWI) of CHT (Zhang et al., ICLR 2024; paper-notes §1.e and §5.12):
+"""Sparse weight initialisation (SWI) of CHT (Zhang et al., ICLR 2024; fan-in vs fan-out: docs/decisions.md):
 Kaiming-normal scaled to the number of links a neuron actually has."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def swi_std(shape: tuple[int, int], density: float, fan: str = "in") -> float:
     """SWI standard deviation ``sqrt(2 / (density · fan))`` for a ``(n_out, n_in)`` weight.
 
     ``fan="in"``: ``fan = n_in`` (the original CHT ``sparse_layer``: expected links per output neuron);
-    ``fan="out"``: ``fan = n_out`` (what R2's DSTScheduler computes, ``(1−S)·N / in_features``).
+    ``fan="out"``: ``fan = n_out`` (what the official MLP/Transformer code's DSTScheduler computes, ``(1−S)·N / in_features``).
     The two agree on square layers. Returns 0.0 for density 0.
     """
     if fan not in _FANS:

@@ -4,7 +4,7 @@
   5e-4, LR linear from 0.025 to 2.5e-4.
 - Transformer (Table 5): Adam with noam, times the iterative re-warm-up after every topology update
   ("inoam", w = 20; one function for it: :func:`chtorch.dst.schedules.rewarmup_factor`).
-- LLaMA (Table 6 / the R1 code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
+- LLaMA (Table 6 / the official LLaMA code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
 
 Every schedule is a pure function of the optimizer step (:mod:`chtorch.dst.schedules`), wrapped in a
 ``LambdaLR`` whose only state is the step counter, so a resumed run reproduces it exactly.
