@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -363,8 +364,11 @@ def test_presets_are_listed_with_docs_and_options_override():
     for name, summary in chtorch.method_table():
         preset = chtorch.get_method(name)
         assert summary and preset.reference
-    for name in ("cht", "chts", "chtss"):  # where paper and official code disagree, the preset says what it does
-        assert "notes §5" in chtorch.get_method(name).decisions
+    decisions_md = (Path(__file__).resolve().parents[2] / "docs" / "decisions.md").read_text()
+    assert "| item | paper | official LLaMA code | official MLP/Transformer code | chtorch default | option |" in decisions_md
+    for name in ("cht", "chts", "chtss", "mest", "gmp"):  # where paper and official code disagree, the preset says what it does
+        decisions = chtorch.get_method(name).decisions
+        assert "docs/decisions.md" in decisions and "notes §" not in decisions  # cites the table in the repository
     opts = chtorch.get_method("chts").build_options(zeta=0.1, regrowth_selection="topk", init_options={"r": 0.0})
     assert opts.zeta == 0.1 and opts.regrowth_selection == "topk"
     assert opts.init_options == {"r": 0.0, "degree": "uniform"}
