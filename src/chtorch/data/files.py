@@ -48,6 +48,7 @@ __all__ = [
     "verify_file",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_text",
     "download",
     "cache_dir",
     "search_dirs",
@@ -268,6 +269,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_write(path) as (handle, _):
         handle.write(data)  # type: ignore[attr-defined]
     return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: readers see the old file or the new one."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def download(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.models._config import DictConfig
+from chtorch.models._config import DictConfig, setting
 
 __all__ = [
     "LlamaConfig",
@@ -54,16 +54,16 @@ class LlamaConfig(DictConfig):
     ``initializer_range`` is the std of the normal initialisation (HF/GaLore: 0.02).
     """
 
-    vocab_size: int = 32000
-    d_model: int = 512
-    n_layers: int = 8
-    n_heads: int = 8
-    d_ff: int = 1376
-    max_seq_len: int = 256
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    initializer_range: float = 0.02
+    vocab_size: int = setting(32000, "vocabulary size (the paper: 32000, t5-base)", min=1)
+    d_model: int = setting(512, "width", min=1)
+    n_layers: int = setting(8, "depth", min=1)
+    n_heads: int = setting(8, "attention heads", min=1)
+    d_ff: int = setting(1376, "SwiGLU width", min=1)
+    max_seq_len: int = setting(256, "longest sequence the RoPE table covers (the paper trains with 256)", min=1)
+    rms_norm_eps: float = setting(1e-6, "epsilon of every RMSNorm", min=0.0, min_open=True)
+    rope_theta: float = setting(10000.0, "RoPE base", min=0.0, min_open=True)
+    tie_embeddings: bool = setting(False, "lm_head reuses the token embedding matrix (the paper: untied)")
+    initializer_range: float = setting(0.02, "std of the normal initialisation (HF/GaLore: 0.02)", min=0.0, min_open=True)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chtorch.data.files import atomic_write, atomic_write_text
 from chtorch.dst.percolation import Coupling
 from chtorch.masks import in_degree, out_degree
 
@@ -144,11 +145,7 @@ def write_csv(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = ()) -> tuple[int, int]:
@@ -200,9 +197,8 @@ def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str
         idx = torch.nonzero(mask.detach().cpu()).to(torch.int32).numpy()
         arrays[f"rows{i}"] = idx[:, 0]
         arrays[f"cols{i}"] = idx[:, 1]
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as (handle, _):
+        np.savez_compressed(handle, **arrays)
     return path
 
 
