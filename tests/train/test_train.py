@@ -409,3 +409,25 @@ def test_mnist_cpu_config_trains(tmp_path: Path) -> None:
     assert result.record["test_accuracy"] > 0.8
     assert result.record["density"] == pytest.approx(0.01, abs=1e-3)
     assert 0.0 < result.record["active_neurons"] <= 1.0
+
+
+def test_settings_errors_names_the_section_and_keeps_data_errors() -> None:
+    """A ValueError from building the data or the model (a setting the schema could not check) becomes
+    a ConfigError of that section; data-file errors keep their own type."""
+    from chtorch.config import ConfigError
+    from chtorch.data import DataError
+    from chtorch.data.files import DataFormatError
+    from chtorch.train.lifecycle import settings_errors
+
+    with pytest.raises(ConfigError, match=r"the model settings \(model\.\* in the config\) do not work: bad width") as info:
+        with settings_errors("model"):
+            raise ValueError("bad width")
+    assert info.value.key == "model"
+    with pytest.raises(DataFormatError):
+        with settings_errors("data"):
+            raise DataFormatError("truncated file")
+    assert issubclass(DataFormatError, DataError)
+    with pytest.raises(ConfigError, match="already a config error") as info:
+        with settings_errors("data"):
+            raise ConfigError("already a config error", "data.name")
+    assert info.value.key == "data.name"
