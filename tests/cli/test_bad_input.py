@@ -27,17 +27,13 @@ from chtorch.train import resume, train
 from chtorch.train.checkpoint import load_checkpoint
 from chtorch.train.metrics import read_metrics
 from chtorch.train.trainer import Trainer
+from helpers import TINY_RUN
+
+# The `chtorch` command end to end (deselect with -m "not e2e" for a quick inner loop).
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = [
-    "model.hidden=[32,32]",
-    "train.epochs=2",
-    "data.batch_size=64",
-    "sparsity.method=set",
-    "train.plots=false",
-    "train.report=false",
-    "train.tensorboard=false",
-]
+FAST = [*TINY_RUN, "train.epochs=2", "sparsity.method=set"]
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

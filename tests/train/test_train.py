@@ -23,16 +23,9 @@ from chtorch.train.metrics import active_neuron_count, load_topology, read_metri
 from chtorch.train.optim import build_optimizer, build_scheduler, lr_multiplier
 from chtorch.train.plots import adjacency_image
 from chtorch.train.trainer import Trainer
+from helpers import TINY_RUN
 
-TINY = [
-    "model.hidden=[32,32]",
-    "train.epochs=3",
-    "data.batch_size=64",
-    "train.plots=false",
-    "train.report=false",
-    "train.progress=off",
-    "sparsity.method=set",
-]
+TINY = [*TINY_RUN, "train.epochs=3", "train.progress=off", "sparsity.method=set"]
 
 
 def tiny(*overrides: str):
@@ -87,6 +80,7 @@ def test_iterative_rewarmup_after_each_topology_update() -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.e2e
 def test_epoch_update_unit_converts_to_steps(tmp_path: Path) -> None:
     cfg = tiny("sparsity.update_interval=2", "train.epochs=4")
     cfg.run.dir = str(tmp_path / "r")
@@ -100,6 +94,7 @@ def test_epoch_update_unit_converts_to_steps(tmp_path: Path) -> None:
     assert [u["step"] for u in updates] == [2 * spe, 4 * spe]  # SET updates until the end
 
 
+@pytest.mark.e2e
 def test_records_and_files(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.log_every=5")
     d = result.run_dir
@@ -127,11 +122,13 @@ def test_records_and_files(tmp_path: Path) -> None:
     assert "test_accuracy" in header and "layers/layers.0/density" in header
 
 
+@pytest.mark.e2e
 def test_training_learns_digits(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.epochs=6", "model.hidden=[64,64]")
     assert result.record["test_accuracy"] > 0.8  # chance is 0.1
 
 
+@pytest.mark.e2e
 def test_dense_baseline(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "sparsity.method=dense", "train.epochs=1")
     assert result.record["density"] == 1.0 and result.record["active_neurons"] == 1.0
@@ -139,6 +136,7 @@ def test_dense_baseline(tmp_path: Path) -> None:
     assert "weight_mask" not in "".join(load_checkpoint(result.run_dir)["model"])
 
 
+@pytest.mark.e2e
 def test_csti_gets_the_input_correlation(tmp_path: Path) -> None:
     cfg = tiny("sparsity.method=chts", "sparsity.options.init=csti", "model.hidden=[64,64]", "train.epochs=1")
     cfg.run.dir = str(tmp_path / "r")
@@ -154,12 +152,14 @@ def test_csti_gets_the_input_correlation(tmp_path: Path) -> None:
     trainer.fit()
 
 
+@pytest.mark.e2e
 def test_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
     run(tmp_path, "r", "train.epochs=1")
     with pytest.raises(ConfigError, match="--resume"):
         run(tmp_path, "r", "train.epochs=1")
 
 
+@pytest.mark.e2e
 def test_progress_lines(tmp_path: Path) -> None:
     out = io.StringIO()
     train(tiny("train.progress=lines", "train.epochs=2"), tmp_path / "r", out=out)
@@ -191,6 +191,7 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method,stop", [("rigl", "sigint"), ("chts", "request")])
 def test_interrupt_and_resume_is_bit_identical(tmp_path: Path, method: str, stop: str) -> None:
     overrides = (f"sparsity.method={method}", "model.dropout=0.1", "train.epochs=4")
@@ -222,6 +223,7 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path: Path, method: str, stop
     assert _records(full.run_dir) == _records(done.run_dir)  # no duplicated or missing records
 
 
+@pytest.mark.e2e
 def test_resume_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.epochs=1")
     before = load_checkpoint(result.run_dir)["step"]
@@ -229,6 +231,7 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
     assert again.finished and again.steps == before
 
 
+@pytest.mark.e2e
 def test_resume_accepts_only_harmless_overrides(tmp_path: Path) -> None:
     def stop(trainer: Trainer) -> None:
         if trainer.step == 5:
@@ -261,6 +264,7 @@ def test_checkpoint_write_failure_keeps_the_previous_checkpoint(tmp_path: Path, 
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
+@pytest.mark.e2e
 def test_trainer_checkpoint_failure_mid_run_keeps_last_epoch(tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
     real_save = checkpoint_module.torch.save
@@ -298,6 +302,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "key,value,words",
     [
@@ -331,6 +336,7 @@ def test_rng_state_round_trip() -> None:
 # ----------------------------------------------------------------------------- bad numbers
 
 
+@pytest.mark.e2e
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path: Path) -> None:
     def poison(trainer: Trainer) -> None:
         if trainer.step == 3:
@@ -391,6 +397,7 @@ def _mnist_dir() -> Path | None:
     return None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST files not found (set CHTORCH_DATA or add ../shared/data/mnist)")
 def test_mnist_cpu_config_trains(tmp_path: Path) -> None:
