@@ -84,7 +84,7 @@ def build_config(raw: Mapping[str, Any] | None = None) -> Config:
         if key not in SECTIONS:
             raise _unknown_key("", str(key), list(SECTIONS))
     run: RunConfig = build_section(RunConfig, raw.get("run"), "run")
-    if run.recipe is None:
+    if not run.recipe:
         run.recipe = default_recipe()
     recipe = recipe_schema(run.recipe)
     sections: dict[str, Any] = {"run": run}
@@ -102,7 +102,7 @@ def build_config(raw: Mapping[str, Any] | None = None) -> Config:
 
 def _validate(config: Config) -> None:
     """Checks that span sections or need other modules (methods, the recipe's own checks)."""
-    recipe = recipe_schema(config.run.recipe or "")
+    recipe = recipe_schema(config.run.recipe)
     if config.model.name not in recipe.models:
         raise ConfigError(
             f"model {config.model.name!r} cannot be trained by recipe {recipe.name!r}; it trains: {', '.join(recipe.models)}", "model.name"

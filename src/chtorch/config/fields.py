@@ -14,6 +14,7 @@ fills the rest. :func:`model_values` maps a section back to the model config's k
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -73,7 +74,7 @@ def model_schema(
         else:
             raise TypeError(f"{model_config.__name__}.{f.name} has no default: exclude it or give one")
         if isinstance(default, (list, tuple)):
-            field = dataclasses.field(default_factory=lambda v=list(default): list(v), metadata=meta)
+            field = dataclasses.field(default_factory=functools.partial(list, default), metadata=meta)
         else:
             field = dataclasses.field(default=default, metadata=meta)
         spec.append((f.name, tp, field))

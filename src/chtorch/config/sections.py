@@ -34,9 +34,8 @@ class RunConfig:
         "contend badly when other jobs run); 0 = PyTorch's default (all cores)",
         min=0,
     )
-    recipe: str | None = setting(
-        None,
-        "the task: which data, model, loss and metrics to build (unset: the default recipe, MLP image classification)",
+    recipe: str = setting(
+        "", "the task: which data, model, loss and metrics to build (empty: the default recipe, MLP image classification)"
     )
 
 

@@ -87,10 +87,10 @@ def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> Non
         except OptionError as exc:
             raise ConfigError(f"sparsity options for method {method!r}: {exc}", "sparsity.options") from None
     if sp.method != DENSE:
-        opts = resolve_sparsity_options(sp.method, method_options_for(config, sp.method))
-        if opts.density_schedule != "constant" and opts.initial_sparsity > sp.sparsity:
+        resolved = resolve_sparsity_options(sp.method, method_options_for(config, sp.method))
+        if resolved.density_schedule != "constant" and resolved.initial_sparsity > sp.sparsity:
             raise ConfigError(
-                f"method {sp.method!r} decays density from initial_sparsity={opts.initial_sparsity} to sparsity.sparsity={sp.sparsity}; "
+                f"method {sp.method!r} decays density from initial_sparsity={resolved.initial_sparsity} to sparsity.sparsity={sp.sparsity}; "
                 "the target must be at least as sparse: raise sparsity.sparsity or set sparsity.options.initial_sparsity",
                 "sparsity.sparsity",
             )

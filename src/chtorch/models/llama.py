@@ -143,6 +143,9 @@ class RotaryEmbedding(nn.Module):
     frequencies ``theta ** (-2i / head_dim)`` repeated for both halves (non-persistent buffers, so
     they are not in the state dict and follow ``.to(device)``)."""
 
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -299,7 +302,7 @@ def to_hf_config(config: LlamaConfig, **extra: Any) -> Any:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("to_hf_config needs Hugging Face transformers: pip install 'chtorch[hf]'") from exc
-    return transformers.LlamaConfig(
+    return transformers.LlamaConfig(  # type: ignore[call-arg]
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
         intermediate_size=config.d_ff,

@@ -271,6 +271,8 @@ class Seq2SeqTransformer(nn.Module):
     #: Layers that dynamic sparse training keeps dense (paper §4.1).
     dense_layers: tuple[str, ...] = ("generator",)
 
+    positions: torch.Tensor
+
     def __init__(self, config: Seq2SeqConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config

@@ -54,7 +54,14 @@ def translate(
             src[row, : len(sources[i])] = torch.as_tensor(list(sources[i]), dtype=torch.long)
         steps = max_len if limit is None else min(max_len, limit - 1)
         decoded = beam_search(
-            model, src.to(device), beam_size=beam_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=steps, alpha=alpha
+            model,  # type: ignore[arg-type]  # any encoder-decoder (encode/decode), e.g. Seq2SeqTransformer
+            src.to(device),
+            beam_size=beam_size,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            max_len=steps,
+            alpha=alpha,
         )
         for row, i in enumerate(chunk):
             ids = decoded.tokens[row].tolist()

@@ -198,7 +198,7 @@ def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str
         arrays[f"rows{i}"] = idx[:, 0]
         arrays[f"cols{i}"] = idx[:, 1]
     with atomic_write(path) as (handle, _):
-        np.savez_compressed(handle, **arrays)
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as bool
     return path
 
 

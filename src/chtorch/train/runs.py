@@ -39,7 +39,9 @@ def train(
                 "or choose another --out directory"
             )
         decision = (str(target.resolve()), error)
-    target_name, error = ctx.broadcast(decision)
+    agreed = ctx.broadcast(decision)
+    assert agreed is not None  # rank 0 always decides
+    target_name, error = agreed
     if error is not None:
         raise ConfigError(error, "run.dir")
     config.run.dir = target_name
