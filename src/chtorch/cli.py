@@ -259,6 +259,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes' schemas)
     from chtorch.config import config_reference, config_to_yaml, load_config
 
     if args.reference:
@@ -302,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from chtorch.config import ConfigError
     from chtorch.train.checkpoint import CheckpointError
-    from chtorch.train.trainer import TrainingError
+    from chtorch.train.lifecycle import TrainingError
 
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _warning_printer(previous_showwarning)

@@ -18,6 +18,9 @@ from chtorch.cli import main
 from chtorch.dst.methods import methods
 from chtorch.train.checkpoint import load_checkpoint
 
+# The `chtorch` command end to end (deselect with -m "not e2e" for a quick inner loop).
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.hidden=[32,32]", "train.epochs=2", "data.batch_size=64", "sparsity.method=set"]
 

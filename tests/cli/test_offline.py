@@ -23,6 +23,9 @@ from chtorch.config import load_config
 from chtorch.train import train
 from chtorch.train.checkpoint import load_checkpoint
 
+# The `chtorch` command end to end (deselect with -m "not e2e" for a quick inner loop).
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = ["train.plots=false", "train.report=false", "train.tensorboard=false"]
 DIGITS = ["train.epochs=1", "model.hidden=[32,32]", "data.batch_size=64", *QUIET]

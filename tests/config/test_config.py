@@ -9,11 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import chtorch.recipes.builtin  # noqa: F401  (these tests use the built-in recipes' schemas)
 from chtorch.config import (
     Config,
     ConfigError,
-    ImageDataConfig,
-    MLPModelConfig,
     OptimConfig,
     RunConfig,
     SparsityConfig,
@@ -26,6 +25,7 @@ from chtorch.config import (
     resolve_sparsity_options,
     save_config,
 )
+from chtorch.recipes.image import ImageDataConfig, MLPModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"

@@ -68,6 +68,7 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == kind]
 
 
+@pytest.mark.e2e
 def test_cli_trains_end_to_end(text_file, tmp_path) -> None:
     import yaml
 
@@ -88,6 +89,7 @@ def test_cli_trains_end_to_end(text_file, tmp_path) -> None:
     assert summary["data"]["vocab_size"] == 4 + len(set(VERSE))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_a_topology_update(text_file, tmp_path, method) -> None:
     if method == "cht" and not hasattr(chtorch.linkpred, "ch_l3p"):
@@ -104,6 +106,7 @@ def test_every_method_runs_a_topology_update(text_file, tmp_path, method) -> Non
         assert steps == ([2, 4] if method == "set" else [2])
 
 
+@pytest.mark.e2e
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(text_file, tmp_path) -> None:
     raw = tiny_raw(text_file, sparsity={"method": "chtss", "sparsity": 0.9}, train={"epochs": 3})
     full = train(build_config(raw), tmp_path / "full", out=io.StringIO())
@@ -165,12 +168,14 @@ def test_llama_couplings_pair_qk_and_gate_up_rows_and_chain_v_o_and_down(text_fi
     assert set(recipe.couplings(model, names)) == expected
 
 
+@pytest.mark.e2e
 def test_per_head_sparsity_sets_head_groups(text_file, tmp_path) -> None:
     raw = tiny_raw(text_file, model={"per_head_sparsity": True})
     trainer = Trainer(build_config({**raw, "run": {**raw["run"], "dir": str(tmp_path / "run")}}), out=io.StringIO())
     assert trainer.sparsity.options.head_groups == {"*.q_proj": 2, "*.k_proj": 2, "*.v_proj": 2}
 
 
+@pytest.mark.e2e
 def test_bpe_tokenizer_is_trained_saved_and_reusable(text_file, tmp_path) -> None:
     pytest.importorskip("tokenizers")
     raw = tiny_raw(text_file, data={"tokenizer": "bpe", "vocab_size": 300})

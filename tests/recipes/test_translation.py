@@ -107,6 +107,7 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_cli_trains_end_to_end_and_leaves_tokenizer_best_model_and_bleu(corpus, tmp_path) -> None:
     import yaml
 
@@ -130,6 +131,7 @@ def test_cli_trains_end_to_end_and_leaves_tokenizer_best_model_and_bleu(corpus, 
     assert summary["data"]["test_sentences"] == 12
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_a_topology_update(corpus, tmp_path, method) -> None:
     if method == "cht" and not hasattr(chtorch.linkpred, "ch_l3p"):
@@ -151,6 +153,7 @@ def test_every_method_runs_a_topology_update(corpus, tmp_path, method) -> None:
         assert layer["density"] <= 0.5 + 1e-9  # sparse from the start (density decays begin at 50%)
 
 
+@pytest.mark.e2e
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(corpus, tmp_path) -> None:
     raw = tiny_raw(corpus, train={"epochs": 3})
     full = train(build_config(raw), tmp_path / "full", out=io.StringIO())
@@ -228,6 +231,7 @@ def test_percolation_couplings_cover_attention_and_ffn(corpus) -> None:
     assert couplings == expected
 
 
+@pytest.mark.e2e
 def test_per_head_sparsity_budgets_qkv_rows_per_head(corpus, tmp_path) -> None:
     raw = tiny_raw(corpus, model={"per_head_sparsity": True}, train={"epochs": 1})
     trainer = Trainer(build_config({**raw, "run": {**raw["run"], "dir": str(tmp_path / "run")}}), out=io.StringIO())
@@ -239,6 +243,7 @@ def test_per_head_sparsity_budgets_qkv_rows_per_head(corpus, tmp_path) -> None:
             assert int(per_head.max() - per_head.min()) <= 1, name
 
 
+@pytest.mark.e2e
 def test_tokenizer_is_reused_when_its_settings_match(tmp_path) -> None:
     from chtorch.data import CharTokenizer
 

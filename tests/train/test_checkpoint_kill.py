@@ -26,6 +26,7 @@ from chtorch.cli import main
 from chtorch.config import load_config
 from chtorch.train import train
 from chtorch.train.checkpoint import load_checkpoint, remove_stale_temporaries
+from helpers import TINY_RUN
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -85,16 +86,7 @@ def test_sigkill_while_writing_keeps_the_previous_checkpoint(tmp_path: Path) -> 
     assert load_checkpoint(path)["step"] == previous  # the checkpoint itself is untouched
 
 
-TINY = [
-    "model.hidden=[32,32]",
-    "data.batch_size=64",
-    "sparsity.method=chts",
-    "model.dropout=0.1",
-    "train.plots=false",
-    "train.report=false",
-    "train.tensorboard=false",
-    "train.progress=off",
-]
+TINY = [*TINY_RUN, "sparsity.method=chts", "model.dropout=0.1", "train.progress=off"]
 EPOCHS = 25
 
 
@@ -107,6 +99,7 @@ def _records(run_dir: Path) -> list[dict]:
     return out
 
 
+@pytest.mark.e2e
 def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(tmp_path: Path, capsys) -> None:
     overrides = [*TINY, f"train.epochs={EPOCHS}"]
     killed_dir = tmp_path / "killed"

@@ -22,24 +22,22 @@ import torch
 import torch.distributed as dist
 
 from chtorch.train.checkpoint import load_checkpoint
+from helpers import TINY_RUN
 
 pytestmark = [
+    pytest.mark.e2e,
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
     pytest.mark.skipif(sys.platform == "win32", reason="torchrun on Windows is not supported by these tests"),
 ]
 
 TINY = [
-    "model.hidden=[32,32]",
+    *TINY_RUN,
     "model.dropout=0.1",
     "train.epochs=3",
-    "data.batch_size=64",
     "run.device=cpu",
     "sparsity.update_unit=step",
     "sparsity.update_interval=4",
-    "train.plots=false",
-    "train.report=false",
     "train.progress=lines",
-    "train.tensorboard=false",
 ]
 
 LAUNCHER = r'''

@@ -23,16 +23,9 @@ from chtorch.train.metrics import active_neuron_count, load_topology, read_metri
 from chtorch.train.optim import build_optimizer, build_scheduler, lr_multiplier
 from chtorch.train.plots import adjacency_image
 from chtorch.train.trainer import Trainer
+from helpers import TINY_RUN
 
-TINY = [
-    "model.hidden=[32,32]",
-    "train.epochs=3",
-    "data.batch_size=64",
-    "train.plots=false",
-    "train.report=false",
-    "train.progress=off",
-    "sparsity.method=set",
-]
+TINY = [*TINY_RUN, "train.epochs=3", "train.progress=off", "sparsity.method=set"]
 
 
 def tiny(*overrides: str):
@@ -88,6 +81,7 @@ def test_iterative_rewarmup_after_each_topology_update() -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.e2e
 def test_epoch_update_unit_converts_to_steps(tmp_path: Path) -> None:
     cfg = tiny("sparsity.update_interval=2", "train.epochs=4")
     cfg.run.dir = str(tmp_path / "r")
@@ -101,6 +95,7 @@ def test_epoch_update_unit_converts_to_steps(tmp_path: Path) -> None:
     assert [u["step"] for u in updates] == [2 * spe, 4 * spe]  # SET updates until the end
 
 
+@pytest.mark.e2e
 def test_records_and_files(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.log_every=5")
     d = result.run_dir
@@ -128,11 +123,13 @@ def test_records_and_files(tmp_path: Path) -> None:
     assert "test_accuracy" in header and "layers/layers.0/density" in header
 
 
+@pytest.mark.e2e
 def test_training_learns_digits(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.epochs=6", "model.hidden=[64,64]")
     assert result.record["test_accuracy"] > 0.8  # chance is 0.1
 
 
+@pytest.mark.e2e
 def test_dense_baseline(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "sparsity.method=dense", "train.epochs=1")
     assert result.record["density"] == 1.0 and result.record["active_neurons"] == 1.0
@@ -140,6 +137,7 @@ def test_dense_baseline(tmp_path: Path) -> None:
     assert "weight_mask" not in "".join(load_checkpoint(result.run_dir)["model"])
 
 
+@pytest.mark.e2e
 def test_csti_gets_the_input_correlation(tmp_path: Path) -> None:
     cfg = tiny("sparsity.method=chts", "sparsity.options.init=csti", "model.hidden=[64,64]", "train.epochs=1")
     cfg.run.dir = str(tmp_path / "r")
@@ -155,12 +153,14 @@ def test_csti_gets_the_input_correlation(tmp_path: Path) -> None:
     trainer.fit()
 
 
+@pytest.mark.e2e
 def test_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
     run(tmp_path, "r", "train.epochs=1")
     with pytest.raises(ConfigError, match="--resume"):
         run(tmp_path, "r", "train.epochs=1")
 
 
+@pytest.mark.e2e
 def test_progress_lines(tmp_path: Path) -> None:
     out = io.StringIO()
     train(tiny("train.progress=lines", "train.epochs=2"), tmp_path / "r", out=out)
@@ -192,6 +192,7 @@ def _records(path: Path) -> list[dict]:
     return out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method,stop", [("rigl", "sigint"), ("chts", "request")])
 def test_interrupt_and_resume_is_bit_identical(tmp_path: Path, method: str, stop: str) -> None:
     overrides = (f"sparsity.method={method}", "model.dropout=0.1", "train.epochs=4")
@@ -223,6 +224,7 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path: Path, method: str, stop
     assert _records(full.run_dir) == _records(done.run_dir)  # no duplicated or missing records
 
 
+@pytest.mark.e2e
 def test_resume_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
     result = run(tmp_path, "r", "train.epochs=1")
     before = load_checkpoint(result.run_dir)["step"]
@@ -230,6 +232,7 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
     assert again.finished and again.steps == before
 
 
+@pytest.mark.e2e
 def test_resume_accepts_only_harmless_overrides(tmp_path: Path) -> None:
     def stop(trainer: Trainer) -> None:
         if trainer.step == 5:
@@ -262,6 +265,7 @@ def test_checkpoint_write_failure_keeps_the_previous_checkpoint(tmp_path: Path, 
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
+@pytest.mark.e2e
 def test_trainer_checkpoint_failure_mid_run_keeps_last_epoch(tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
     real_save = checkpoint_module.torch.save
@@ -299,6 +303,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "key,value,words",
     [
@@ -332,6 +337,7 @@ def test_rng_state_round_trip() -> None:
 # ----------------------------------------------------------------------------- bad numbers
 
 
+@pytest.mark.e2e
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path: Path) -> None:
     def poison(trainer: Trainer) -> None:
         if trainer.step == 3:
@@ -392,6 +398,7 @@ def _mnist_dir() -> Path | None:
     return None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST files not found (set CHTORCH_DATA or add ../shared/data/mnist)")
 def test_mnist_cpu_config_trains(tmp_path: Path) -> None:
@@ -410,3 +417,25 @@ def test_mnist_cpu_config_trains(tmp_path: Path) -> None:
     assert result.record["test_accuracy"] > 0.8
     assert result.record["density"] == pytest.approx(0.01, abs=1e-3)
     assert 0.0 < result.record["active_neurons"] <= 1.0
+
+
+def test_settings_errors_names_the_section_and_keeps_data_errors() -> None:
+    """A ValueError from building the data or the model (a setting the schema could not check) becomes
+    a ConfigError of that section; data-file errors keep their own type."""
+    from chtorch.config import ConfigError
+    from chtorch.data import DataError
+    from chtorch.data.files import DataFormatError
+    from chtorch.train.lifecycle import settings_errors
+
+    with pytest.raises(ConfigError, match=r"the model settings \(model\.\* in the config\) do not work: bad width") as info:
+        with settings_errors("model"):
+            raise ValueError("bad width")
+    assert info.value.key == "model"
+    with pytest.raises(DataFormatError):
+        with settings_errors("data"):
+            raise DataFormatError("truncated file")
+    assert issubclass(DataFormatError, DataError)
+    with pytest.raises(ConfigError, match="already a config error") as info:
+        with settings_errors("data"):
+            raise ConfigError("already a config error", "data.name")
+    assert info.value.key == "data.name"

@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "ENV_VAR",
@@ -48,6 +49,7 @@ __all__ = [
     "verify_file",
     "atomic_write",
     "atomic_write_bytes",
+    "atomic_write_text",
     "download",
     "cache_dir",
     "search_dirs",
@@ -233,7 +235,7 @@ def verify_file(path: str | os.PathLike[str], checksums: Checksums, *, hint: str
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[tuple[object, Path]]:
+def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[tuple[BinaryIO, Path]]:
     """Open a temporary file ``.<name>.<random><suffix>`` next to ``path`` for binary writing; on
     normal exit it is flushed, fsynced and renamed to ``path`` (atomic on POSIX and Windows), and the
     rename is made durable by fsyncing the directory; on an exception it is removed.
@@ -266,8 +268,13 @@ def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterato
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + :func:`os.replace`)."""
     with atomic_write(path) as (handle, _):
-        handle.write(data)  # type: ignore[attr-defined]
+        handle.write(data)
     return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: readers see the old file or the new one."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def download(

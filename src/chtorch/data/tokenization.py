@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from chtorch.data.files import atomic_write_text
+
 __all__ = [
     "SPECIAL_TOKENS",
     "TextTokenizer",
@@ -48,18 +50,6 @@ def _require_tokenizers() -> Any:
             "chtorch[nlp] extra: pip install 'chtorch[nlp]' (or use CharTokenizer, which needs nothing)"
         ) from exc
     return tokenizers
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    try:
-        from chtorch.data.files import atomic_write_bytes
-    except ImportError:  # pragma: no cover - files.py is part of the package
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_path(path: str | os.PathLike[str], default_name: str) -> Path:
@@ -145,7 +135,7 @@ class BPETokenizer:
         """Write ``tokenizer.json`` (the ``tokenizers`` format) atomically; ``path`` is the file or
         its directory. Returns the file's path."""
         target = _json_path(path, "tokenizer.json")
-        _atomic_write_text(target, self.tokenizer.to_str(pretty=True))
+        atomic_write_text(target, self.tokenizer.to_str(pretty=True))
         return target
 
     @classmethod
@@ -268,7 +258,7 @@ class CharTokenizer:
             "special_tokens": list(SPECIAL_TOKENS),
             "chars": list(self.chars),
         }
-        _atomic_write_text(target, json.dumps(payload, ensure_ascii=False, indent=1))
+        atomic_write_text(target, json.dumps(payload, ensure_ascii=False, indent=1))
         return target
 
     @classmethod

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.models._config import DictConfig
+from chtorch.models._config import DictConfig, setting
 
 __all__ = [
     "LlamaConfig",
@@ -54,16 +54,16 @@ class LlamaConfig(DictConfig):
     ``initializer_range`` is the std of the normal initialisation (HF/GaLore: 0.02).
     """
 
-    vocab_size: int = 32000
-    d_model: int = 512
-    n_layers: int = 8
-    n_heads: int = 8
-    d_ff: int = 1376
-    max_seq_len: int = 256
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    initializer_range: float = 0.02
+    vocab_size: int = setting(32000, "vocabulary size (the paper: 32000, t5-base)", min=1)
+    d_model: int = setting(512, "width", min=1)
+    n_layers: int = setting(8, "depth", min=1)
+    n_heads: int = setting(8, "attention heads", min=1)
+    d_ff: int = setting(1376, "SwiGLU width", min=1)
+    max_seq_len: int = setting(256, "longest sequence the RoPE table covers (the paper trains with 256)", min=1)
+    rms_norm_eps: float = setting(1e-6, "epsilon of every RMSNorm", min=0.0, min_open=True)
+    rope_theta: float = setting(10000.0, "RoPE base", min=0.0, min_open=True)
+    tie_embeddings: bool = setting(False, "lm_head reuses the token embedding matrix (the paper: untied)")
+    initializer_range: float = setting(0.02, "std of the normal initialisation (HF/GaLore: 0.02)", min=0.0, min_open=True)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -142,6 +142,9 @@ class RotaryEmbedding(nn.Module):
     """cos/sin tables of RoPE for positions ``0 .. max_seq_len-1``: each (max_seq_len, head_dim),
     frequencies ``theta ** (-2i / head_dim)`` repeated for both halves (non-persistent buffers, so
     they are not in the state dict and follow ``.to(device)``)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
@@ -299,7 +302,7 @@ def to_hf_config(config: LlamaConfig, **extra: Any) -> Any:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("to_hf_config needs Hugging Face transformers: pip install 'chtorch[hf]'") from exc
-    return transformers.LlamaConfig(
+    return transformers.LlamaConfig(  # type: ignore[call-arg]
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
         intermediate_size=config.d_ff,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from chtorch.models._config import setting
+
 __all__ = ["ACTIVATIONS", "MLPConfig", "MLP", "paper_mlp_config"]
 
 #: Activation names accepted by :class:`MLPConfig`.
@@ -42,12 +44,16 @@ class MLPConfig:
     bias: whether every Linear layer has a bias.
     """
 
-    in_features: int
-    n_classes: int
-    hidden: tuple[int, ...] = (1568, 1568, 1568)
-    activation: str = "relu"
-    dropout: float = 0.0
-    bias: bool = True
+    in_features: int = setting(help="length of the flattened input", min=1)
+    n_classes: int = setting(help="number of output logits", min=1)
+    hidden: tuple[int, ...] = setting(
+        (1568, 1568, 1568), "hidden widths; the paper uses three of 1568 (3072 for CIFAR-10), i.e. 2x the input size", min=1
+    )
+    activation: str = setting(
+        "relu", "activation after each hidden layer", choices=("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu")
+    )
+    dropout: float = setting(0.0, "dropout after each hidden activation", min=0.0, max=1.0, max_open=True)
+    bias: bool = setting(True, "biases in every Linear layer")
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)  # lists from YAML/JSON become tuples

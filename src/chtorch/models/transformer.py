@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.models._config import DictConfig
+from chtorch.models._config import DictConfig, setting
 
 __all__ = [
     "Seq2SeqConfig",
@@ -60,20 +60,20 @@ class Seq2SeqConfig(DictConfig):
     ``max_len`` bounds the sequence length (the size of the sinusoidal position table).
     """
 
-    src_vocab: int
-    tgt_vocab: int
-    d_model: int = 512
-    n_heads: int = 8
-    n_layers: int = 6
-    d_ff: int = 1024
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
-    max_len: int = 512
-    share_embeddings: bool = False
-    tie_generator: bool = False
-    pad_id: int = 0
-    pre_norm: bool = True
-    layer_norm_eps: float = 1e-6
+    src_vocab: int = setting(help="source vocabulary size", min=1)
+    tgt_vocab: int = setting(help="target vocabulary size", min=1)
+    d_model: int = setting(512, "model width (the paper: 512)", min=1)
+    n_heads: int = setting(8, "attention heads (the paper: 8)", min=1)
+    n_layers: int = setting(6, "encoder layers and decoder layers, each (the paper: 6)", min=1)
+    d_ff: int = setting(1024, "feed-forward width (the paper: 1024 for Multi30k, 2048 for IWSLT14/WMT17)", min=1)
+    dropout: float = setting(0.1, "dropout (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    attn_dropout: float = setting(0.1, "attention dropout (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    max_len: int = setting(512, "longest sequence the position table covers", min=2)
+    share_embeddings: bool = setting(False, "one embedding matrix for both languages (needs a joint vocabulary)")
+    tie_generator: bool = setting(False, "the output layer reuses the target embedding matrix")
+    pad_id: int = setting(0, "id of the padding token", min=0)
+    pre_norm: bool = setting(True, "LayerNorm before each sub-layer (OpenNMT) instead of after")
+    layer_norm_eps: float = setting(1e-6, "epsilon of every LayerNorm", min=0.0, min_open=True)
 
     def __post_init__(self) -> None:
         for name in ("src_vocab", "tgt_vocab", "d_model", "n_heads", "n_layers", "d_ff", "max_len"):
@@ -270,6 +270,8 @@ class Seq2SeqTransformer(nn.Module):
 
     #: Layers that dynamic sparse training keeps dense (paper §4.1).
     dense_layers: tuple[str, ...] = ("generator",)
+
+    positions: torch.Tensor
 
     def __init__(self, config: Seq2SeqConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()

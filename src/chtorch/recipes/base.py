@@ -8,8 +8,12 @@ correlation of CSTI). Image classification is implemented in :mod:`chtorch.recip
 translation and language modelling plug in the same way:
 
 1. declare the ``data`` (and, for a new model family, ``model``) config schema with
-   :func:`chtorch.config.register_recipe_schema` / :func:`~chtorch.config.register_model_schema`;
-2. subclass :class:`Recipe` and register it with :func:`register_recipe` under the same name.
+   :func:`chtorch.config.register_recipe_schema` / :func:`~chtorch.config.register_model_schema`
+   (derive a ``model`` section from the model's own config dataclass with
+   :func:`chtorch.config.model_schema`), with a ``validate`` hook for checks only the task can make;
+2. subclass :class:`Recipe` and register it with :func:`register_recipe` under the same name;
+3. import the module before loading a config that names it (the built-in recipes are listed in
+   :mod:`chtorch.recipes.builtin`).
 
 A training *epoch* is ``steps_per_epoch`` optimizer steps: a pass over the training set for
 classification, or a fixed number of steps between evaluations for a stream of text.
@@ -154,23 +158,13 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
 
 
 def get_recipe(name: str) -> type[Recipe]:
-    """The recipe class registered as ``name``."""
-    from chtorch.config import load_builtin_schemas
-
-    load_builtin_schemas()  # built-in recipes register on import
+    """The recipe class registered as ``name`` (the built-in ones register when
+    :mod:`chtorch.recipes.builtin` is imported; :mod:`chtorch.train` does)."""
     if name not in _RECIPES:
         raise ValueError(f"unknown recipe {name!r}{closest(name, _RECIPES)}; known recipes: {', '.join(sorted(_RECIPES))}")
     return _RECIPES[name]
 
 
 def recipes() -> list[str]:
-    from chtorch.config import load_builtin_schemas
-
-    load_builtin_schemas()
+    """The names of the registered recipes."""
     return sorted(_RECIPES)
-
-
-# The translation and language-model recipes register their config schemas (``data``/``model``
-# sections) on import, which must happen before a config naming them is loaded: import them with
-# the package rather than lazily in get_recipe.
-from chtorch.recipes import lm, translation  # noqa: E402,F401

@@ -35,10 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from chtorch.config import ConfigError, _field, register_model_schema, register_recipe_schema
+from chtorch.config import ConfigError, model_schema, model_values, register_model_schema, register_recipe_schema, setting
 from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.models.llama import PAPER_CONFIGS, LlamaConfig
 from chtorch.recipes.base import Recipe, register_recipe
-from chtorch.recipes.translation import _run_dir, cached_tokenizer
+from chtorch.recipes.common import cached_tokenizer, run_dir
 from chtorch.rng import make_generator
 
 __all__ = ["LMDataConfig", "LlamaModelConfig", "LanguageModeling", "split_text"]
@@ -50,42 +51,52 @@ _HF_CORPORA = ("openwebtext", "c4")
 class LMDataConfig:
     """A text corpus, its tokenizer and the batching of a token stream (paper Table 6)."""
 
-    name: str = _field(
+    name: str = setting(
         "tinyshakespeare", "corpus: tinyshakespeare, shakespeare-plays, a .txt/.txt.gz path, or openwebtext / c4 (Hugging Face datasets)"
     )
-    dir: str | None = _field(None, "data root holding the corpus (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
-    verify: bool = _field(True, "verify the corpus checksum before reading (named corpora)")
-    max_documents: int = _field(100000, "Hugging Face corpora: documents read (streamed)", min=2)
-    tokenizer: str = _field(
+    dir: str | None = setting(None, "data root holding the corpus (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
+    verify: bool = setting(True, "verify the corpus checksum before reading (named corpora)")
+    max_documents: int = setting(100000, "Hugging Face corpora: documents read (streamed)", min=2)
+    tokenizer: str = setting(
         "bpe", "bpe (trained on the training text), char (one token per character), or a path to a tokenizer file/directory"
     )
-    vocab_size: int = _field(8192, "BPE vocabulary size (special tokens included; the paper: 32000 t5-base)", min=8)
-    val_fraction: float = _field(
+    vocab_size: int = setting(8192, "BPE vocabulary size (special tokens included; the paper: 32000 t5-base)", min=8)
+    val_fraction: float = setting(
         0.1, "fraction of the text held out for validation (the paper: 5% of OpenWebText)", min=0.0, max=1.0, min_open=True, max_open=True
     )
-    seq_len: int = _field(256, "tokens per training window (the paper: 256)", min=1)
-    batch_size: int = _field(32, "windows per optimizer step (the paper: 512)", min=1)
-    steps_per_epoch: int = _field(100, "optimizer steps between evaluations", min=1)
-    eval_batch_size: int = _field(32, "windows per evaluation batch", min=1)
-    eval_tokens: int | None = _field(None, "evaluate on only the first N validation tokens (default: all)", min=2)
+    seq_len: int = setting(256, "tokens per training window (the paper: 256)", min=1)
+    batch_size: int = setting(32, "windows per optimizer step (the paper: 512)", min=1)
+    steps_per_epoch: int = setting(100, "optimizer steps between evaluations", min=1)
+    eval_batch_size: int = setting(32, "windows per evaluation batch", min=1)
+    eval_tokens: int | None = setting(None, "evaluate on only the first N validation tokens (default: all)", min=2)
 
 
-@dataclass
-class LlamaModelConfig:
-    """A LLaMA-style decoder (RMSNorm, RoPE, SwiGLU); ``size`` picks the paper's config (Table 6)."""
-
-    name: str = _field("llama", "model family")
-    size: str = _field("60m", "60m, 130m, 1b (the paper), tiny or small (CPU-sized)", choices=("60m", "130m", "1b", "tiny", "small"))
-    d_model: int | None = _field(None, "override the size's width", min=1)
-    n_layers: int | None = _field(None, "override the size's depth", min=1)
-    n_heads: int | None = _field(None, "override the size's attention heads", min=1)
-    d_ff: int | None = _field(None, "override the size's SwiGLU width", min=1)
-    tie_embeddings: bool = _field(False, "lm_head reuses the token embedding matrix (the paper: untied)")
-    per_head_sparsity: bool = _field(
-        False,
-        "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
-        "the official code's --attn_qkv_per_head_dst)",
-    )
+#: The ``model`` section of LLaMA: a named size (:data:`chtorch.models.llama.PAPER_CONFIGS`) whose
+#: width, depth, heads and SwiGLU width :class:`~chtorch.models.LlamaConfig` fields may override.
+LlamaModelConfig = model_schema(
+    "llama",
+    LlamaConfig,
+    doc="A LLaMA-style decoder (RMSNorm, RoPE, SwiGLU); ``size`` picks the paper's config (Table 6).",
+    before=[("size", str, setting("60m", "60m, 130m, 1b (the paper), tiny or small (CPU-sized)", choices=tuple(PAPER_CONFIGS)))],
+    exclude=("vocab_size", "max_seq_len", "rms_norm_eps", "rope_theta", "initializer_range"),
+    overrides={
+        "d_model": "override the size's width",
+        "n_layers": "override the size's depth",
+        "n_heads": "override the size's attention heads",
+        "d_ff": "override the size's SwiGLU width",
+    },
+    extra=[
+        (
+            "per_head_sparsity",
+            bool,
+            setting(
+                False,
+                "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
+                "the official code's --attn_qkv_per_head_dst)",
+            ),
+        )
+    ],
+)
 
 
 # The official LLaMA code keeps the model's default initialisation for every method (docs/decisions.md,
@@ -162,10 +173,10 @@ class LanguageModeling(Recipe):
         save = bool(getattr(self, "is_main", True))  # under torchrun only rank 0 writes the run directory
         if kind == "char":
             # The alphabet of the whole corpus, so that validation text has no <unk>.
-            return cached_tokenizer(_run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs), save=save)
+            return cached_tokenizer(run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs), save=save)
         texts = [piece for doc in train_docs for piece in _chunks(doc)]
         return cached_tokenizer(
-            _run_dir(self.config), "tokenizer", meta, lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"), save=save
+            run_dir(self.config), "tokenizer", meta, lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"), save=save
         )
 
     def _encode(self, docs: list[str]) -> torch.Tensor:
@@ -195,15 +206,10 @@ class LanguageModeling(Recipe):
     def llama_config(self) -> Any:
         from chtorch.models import paper_llama_config
 
-        m = self.config.model
-        overrides = {k: getattr(m, k) for k in ("d_model", "n_layers", "n_heads", "d_ff") if getattr(m, k) is not None}
+        values = model_values(self.config.model)
         try:
             return paper_llama_config(
-                m.size,
-                vocab_size=self.tokenizer.vocab_size,
-                max_seq_len=self.config.data.seq_len,
-                tie_embeddings=m.tie_embeddings,
-                **overrides,
+                self.config.model.size, vocab_size=self.tokenizer.vocab_size, max_seq_len=self.config.data.seq_len, **values
             )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}", "model") from None

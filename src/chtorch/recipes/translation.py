@@ -29,11 +29,8 @@ beam search (beam 2) on the test set from the best validation checkpoint. This r
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +38,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from chtorch.config import ConfigError, _field, register_model_schema, register_recipe_schema
+from chtorch.config import ConfigError, model_schema, model_values, register_model_schema, register_recipe_schema, setting
+from chtorch.data.files import atomic_write, atomic_write_text
 from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.common import cached_tokenizer, run_dir
+from chtorch.recipes.decoding import corpus_bleu, translate
 from chtorch.rng import make_generator
 
 __all__ = [
@@ -69,65 +70,65 @@ _CORPORA = ("multi30k", "parallel", "iwslt14", "wmt17")
 class TranslationDataConfig:
     """A parallel corpus, its tokenizer, batching and evaluation (paper Table 5)."""
 
-    name: str = _field(
+    name: str = setting(
         "multi30k",
         "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
         choices=_CORPORA,
     )
-    dir: str | None = _field(None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
-    verify: bool = _field(True, "verify the Multi30k files' checksums before reading")
-    src_lang: str = _field("en", "source language (file suffix / dataset key)")
-    tgt_lang: str = _field("de", "target language")
-    train_split: str = _field("train", "training split (file stem for data.name=parallel)")
-    val_split: str = _field("val", "validation split: selects the best checkpoint")
-    test_split: str = _field("test", "test split: BLEU (Multi30k: test = test_2016_flickr)")
-    tokenizer: str | None = _field(
+    dir: str | None = setting(None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
+    verify: bool = setting(True, "verify the Multi30k files' checksums before reading")
+    src_lang: str = setting("en", "source language (file suffix / dataset key)")
+    tgt_lang: str = setting("de", "target language")
+    train_split: str = setting("train", "training split (file stem for data.name=parallel)")
+    val_split: str = setting("val", "validation split: selects the best checkpoint")
+    test_split: str = setting("test", "test split: BLEU (Multi30k: test = test_2016_flickr)")
+    tokenizer: str | None = setting(
         None, "a tokenizer file/directory to use instead of training a BPE (one joint vocabulary for both languages)"
     )
-    vocab_size: int = _field(8000, "BPE vocabulary size (special tokens included)", min=8)
-    tokenizer_kind: str = _field(
+    vocab_size: int = setting(8000, "BPE vocabulary size (special tokens included)", min=8)
+    tokenizer_kind: str = setting(
         "whitespace", "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel", choices=("whitespace", "bytelevel")
     )
-    joint_vocab: bool = _field(True, "one BPE for both languages (else one per language)")
-    min_frequency: int = _field(2, "BPE: minimum pair frequency of a merge", min=1)
-    batch_tokens: int = _field(1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1)
-    eval_batch_tokens: int = _field(4096, "padded tokens per validation-loss batch", min=1)
-    eval_batch_size: int = _field(64, "sentences per beam-search batch", min=1)
-    max_len: int = _field(100, "drop training pairs with more tokens than this on either side", min=1)
-    steps_per_epoch: int | None = _field(
+    joint_vocab: bool = setting(True, "one BPE for both languages (else one per language)")
+    min_frequency: int = setting(2, "BPE: minimum pair frequency of a merge", min=1)
+    batch_tokens: int = setting(1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1)
+    eval_batch_tokens: int = setting(4096, "padded tokens per validation-loss batch", min=1)
+    eval_batch_size: int = setting(64, "sentences per beam-search batch", min=1)
+    max_len: int = setting(100, "drop training pairs with more tokens than this on either side", min=1)
+    steps_per_epoch: int | None = setting(
         None, "optimizer steps per epoch (default: one pass over the training set); passes continue across epochs", min=1
     )
-    label_smoothing: float = _field(0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
-    beam_size: int = _field(2, "beam size for the test translations (the paper: 2)", min=1)
-    length_penalty: float = _field(0.0, "GNMT length-penalty exponent alpha of beam search (0 = none)", min=0.0)
-    max_decode_len: int = _field(100, "longest translation generated, in tokens", min=1)
-    bleu_tokenize: str = _field("13a", "sacrebleu tokenizer for BLEU (13a = sacrebleu's default, intl, none, ...)")
-    bleu_last: bool = _field(False, "also report test_bleu_last: BLEU of the final weights (doubles decoding time)")
-    train_limit: int | None = _field(None, "use only the first N training pairs (CPU-sized runs)", min=1)
-    val_limit: int | None = _field(None, "use only the first N validation pairs", min=1)
-    test_limit: int | None = _field(None, "translate only the first N test sentences", min=1)
+    label_smoothing: float = setting(0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    beam_size: int = setting(2, "beam size for the test translations (the paper: 2)", min=1)
+    length_penalty: float = setting(0.0, "GNMT length-penalty exponent alpha of beam search (0 = none)", min=0.0)
+    max_decode_len: int = setting(100, "longest translation generated, in tokens", min=1)
+    bleu_tokenize: str = setting("13a", "sacrebleu tokenizer for BLEU (13a = sacrebleu's default, intl, none, ...)")
+    bleu_last: bool = setting(False, "also report test_bleu_last: BLEU of the final weights (doubles decoding time)")
+    train_limit: int | None = setting(None, "use only the first N training pairs (CPU-sized runs)", min=1)
+    val_limit: int | None = setting(None, "use only the first N validation pairs", min=1)
+    test_limit: int | None = setting(None, "translate only the first N test sentences", min=1)
 
 
-@dataclass
-class TransformerModelConfig:
-    """The encoder-decoder Transformer (defaults: the paper's Multi30k model, Table 5)."""
-
-    name: str = _field("transformer", "model family")
-    d_model: int = _field(512, "model width (the paper: 512)", min=1)
-    n_heads: int = _field(8, "attention heads (the paper: 8)", min=1)
-    n_layers: int = _field(6, "encoder layers and decoder layers, each (the paper: 6)", min=1)
-    d_ff: int = _field(1024, "feed-forward width (the paper: 1024 for Multi30k, 2048 for IWSLT14/WMT17)", min=1)
-    dropout: float = _field(0.1, "dropout (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
-    attn_dropout: float = _field(0.1, "attention dropout (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
-    max_len: int = _field(256, "longest sequence the position table covers", min=2)
-    share_embeddings: bool = _field(True, "one embedding matrix for both languages (needs data.joint_vocab)")
-    tie_generator: bool = _field(False, "the output layer reuses the target embedding matrix")
-    pre_norm: bool = _field(True, "LayerNorm before each sub-layer (OpenNMT) instead of after")
-    per_head_sparsity: bool = _field(
-        False,
-        "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
-        "the official code's --attn_qkv_per_head_dst)",
-    )
+#: The ``model`` section of the Transformer: :class:`~chtorch.models.Seq2SeqConfig` without the
+#: vocabulary sizes and padding id (the tokenizer decides them), plus per-head sparsity.
+TransformerModelConfig = model_schema(
+    "transformer",
+    Seq2SeqConfig,
+    doc="The encoder-decoder Transformer (defaults: the paper's Multi30k model, Table 5).",
+    exclude=("src_vocab", "tgt_vocab", "pad_id", "layer_norm_eps"),
+    defaults={"max_len": 256, "share_embeddings": True},
+    extra=[
+        (
+            "per_head_sparsity",
+            bool,
+            setting(
+                False,
+                "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
+                "the official code's --attn_qkv_per_head_dst)",
+            ),
+        )
+    ],
+)
 
 
 # The official Transformer code keeps the model's Glorot initialisation for every method (docs/decisions.md,
@@ -137,98 +138,7 @@ register_model_schema("transformer", TransformerModelConfig)
 
 
 # ------------------------------------------------------------------------------------------------
-# Helpers shared with the language-model recipe
-
-
-def cached_tokenizer(
-    run_dir: str | os.PathLike[str] | None, subdir: str, meta: dict[str, Any], build: Callable[[], Any], save: bool = True
-) -> Any:
-    """The tokenizer saved in ``run_dir/subdir`` when its recorded ``meta`` (the settings it was
-    built with) equals ``meta``; else ``build()``, saved there with ``meta`` when ``save`` (only
-    the main process of a ``torchrun`` job writes; the trainer lets it set up first, so the others
-    find its file). Without a run directory, just ``build()``. A resumed run therefore reuses the
-    exact vocabulary it started with."""
-    from chtorch.data import load_tokenizer
-
-    if run_dir is None:
-        return build()
-    folder = Path(run_dir) / subdir
-    meta_path = folder / "chtorch_tokenizer.json"
-    if meta_path.is_file():
-        try:
-            saved = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None
-        if saved == meta:
-            return load_tokenizer(folder)
-    tokenizer = build()
-    if not save:
-        return tokenizer
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(folder)
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, meta_path)
-    return tokenizer
-
-
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], tokenize: str = "13a") -> float:
-    """Corpus BLEU (0-100) of detokenized ``hypotheses`` against one reference each, computed by
-    ``sacrebleu`` (Post, 2018) with its ``tokenize`` scheme. Needs the ``chtorch[nlp]`` extra."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    try:
-        import sacrebleu
-    except ImportError as exc:
-        raise ImportError("BLEU needs sacrebleu, part of the chtorch[nlp] extra: pip install 'chtorch[nlp]'") from exc
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score)
-
-
-@torch.no_grad()
-def translate(
-    model: nn.Module,
-    sources: Sequence[Sequence[int]],
-    *,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
-    beam_size: int = 2,
-    batch_size: int = 64,
-    max_len: int = 100,
-    alpha: float = 0.0,
-    device: torch.device | str = "cpu",
-) -> list[list[int]]:
-    """Beam-search translations (token ids, ``<eos>`` and padding removed) of encoded ``sources``,
-    in input order. Sentences are decoded ``batch_size`` at a time, sorted by length so a batch
-    holds little padding; an empty source yields an empty translation."""
-    from chtorch.models import beam_search
-
-    out: list[list[int]] = [[] for _ in sources]
-    order = sorted((i for i, s in enumerate(sources) if len(s) > 0), key=lambda i: len(sources[i]))
-    limit = getattr(getattr(model, "config", None), "max_len", None)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(sources[i]) for i in chunk)
-        src = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            src[row, : len(sources[i])] = torch.as_tensor(list(sources[i]), dtype=torch.long)
-        steps = max_len if limit is None else min(max_len, limit - 1)
-        decoded = beam_search(
-            model, src.to(device), beam_size=beam_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=steps, alpha=alpha
-        )
-        for row, i in enumerate(chunk):
-            ids = decoded.tokens[row].tolist()
-            cut = [t for t in itertools.takewhile(lambda t: t != eos_id, ids) if t != pad_id]
-            out[i] = cut
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
 # The recipe
-
-
-def _run_dir(config: Any) -> Path | None:
-    return Path(config.run.dir) if config.run.dir else None
 
 
 @register_recipe
@@ -283,7 +193,7 @@ class Translation(Recipe):
         if cfg.tokenizer is not None:
             tok = load_tokenizer(cfg.tokenizer)
             return tok, tok
-        run_dir = _run_dir(self.config)
+        folder = run_dir(self.config)
         base = {
             "kind": cfg.tokenizer_kind,
             "vocab_size": cfg.vocab_size,
@@ -300,10 +210,10 @@ class Translation(Recipe):
 
         if cfg.joint_vocab:
             texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
-            tok = cached_tokenizer(run_dir, "tokenizer", {**base, "side": "joint"}, bpe(texts), save=self._main)
+            tok = cached_tokenizer(folder, "tokenizer", {**base, "side": "joint"}, bpe(texts), save=self._main)
             return tok, tok
-        src = cached_tokenizer(run_dir, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]), save=self._main)
-        tgt = cached_tokenizer(run_dir, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]), save=self._main)
+        src = cached_tokenizer(folder, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]), save=self._main)
+        tgt = cached_tokenizer(folder, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]), save=self._main)
         return src, tgt
 
     def setup(self) -> None:
@@ -347,24 +257,11 @@ class Translation(Recipe):
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from chtorch.models import Seq2SeqConfig, Seq2SeqTransformer
+        from chtorch.models import Seq2SeqTransformer
 
-        m = self.config.model
         try:
             config = Seq2SeqConfig(
-                src_vocab=self.src_tok.vocab_size,
-                tgt_vocab=self.tgt_tok.vocab_size,
-                d_model=m.d_model,
-                n_heads=m.n_heads,
-                n_layers=m.n_layers,
-                d_ff=m.d_ff,
-                dropout=m.dropout,
-                attn_dropout=m.attn_dropout,
-                max_len=m.max_len,
-                share_embeddings=m.share_embeddings,
-                tie_generator=m.tie_generator,
-                pad_id=self.pad_id,
-                pre_norm=m.pre_norm,
+                src_vocab=self.src_tok.vocab_size, tgt_vocab=self.tgt_tok.vocab_size, pad_id=self.pad_id, **model_values(self.config.model)
             )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}", "model") from None
@@ -462,8 +359,8 @@ class Translation(Recipe):
         return corpus_bleu(hyps, self.test_references, cfg.bleu_tokenize), hyps
 
     def _best_path(self) -> Path | None:
-        run_dir = _run_dir(self.config)
-        return None if run_dir is None else run_dir / BEST_MODEL_NAME
+        folder = run_dir(self.config)
+        return None if folder is None else folder / BEST_MODEL_NAME
 
     def _forget_best(self) -> None:
         self._best = None
@@ -486,10 +383,8 @@ class Translation(Recipe):
         self._best = {"epoch": self._epoch + 1, "val_loss": val_loss, "model": state}
         path = self._best_path()
         if path is not None and self._main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            torch.save(self._best, tmp)
-            os.replace(tmp, path)
+            with atomic_write(path) as (handle, _):
+                torch.save(self._best, handle)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         val_loss = self.validation_loss(model)
@@ -514,13 +409,10 @@ class Translation(Recipe):
         return out
 
     def _write_translations(self, hyps: list[str]) -> None:
-        run_dir = _run_dir(self.config)
-        if run_dir is None or not self._main:
+        folder = run_dir(self.config)
+        if folder is None or not self._main:
             return
-        path = run_dir / "test_translations.txt"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(folder / "test_translations.txt", "".join(h.replace("\n", " ") + "\n" for h in hyps))
 
     def describe(self) -> dict[str, Any]:
         cfg = self.config.data

@@ -25,7 +25,8 @@ from typing import Any, TextIO
 from chtorch.config import Config, ConfigError, build_config, config_to_dict
 from chtorch.dst.options import closest
 from chtorch.train.checkpoint import CHECKPOINT_NAME
-from chtorch.train.trainer import SUMMARY_NAME, resume, train
+from chtorch.train.lifecycle import SUMMARY_NAME
+from chtorch.train.runs import resume, train
 
 __all__ = ["compare", "CompareResult", "mean_stderr", "format_table"]
 

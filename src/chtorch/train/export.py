@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
 from chtorch.config import build_config
+from chtorch.data.files import atomic_write
 from chtorch.recipes.base import get_recipe
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
@@ -62,9 +64,8 @@ def export_run(
         compacted = to_sparse_inference(compacted, inplace=True)
     report = export_report(model, compacted, recipe.example_input(), repeats=20, warmup=2)
     path = Path(out) if out is not None else run_dir / "compact.pt"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(compacted, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as (handle, _):
+        torch.save(compacted, handle)
     shapes = {
         name: (compacted.get_submodule(name).out_features, compacted.get_submodule(name).in_features) for chain in chains for name in chain
     }

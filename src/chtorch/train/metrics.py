@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from chtorch.dst.percolation import active_neuron_count  # re-exported: it lives with percolation
+from chtorch.data.files import atomic_write, atomic_write_text
+from chtorch.dst.percolation import (
+    active_neuron_count,  # re-exported: it lives with percolation
+)
 
 __all__ = [
     "MetricsLog",
@@ -143,11 +146,7 @@ def write_csv(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str], **meta: Any) -> Path:
@@ -164,9 +163,8 @@ def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str
         idx = torch.nonzero(mask.detach().cpu()).to(torch.int32).numpy()
         arrays[f"rows{i}"] = idx[:, 0]
         arrays[f"cols{i}"] = idx[:, 1]
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as (handle, _):
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as bool
     return path
 
 

@@ -24,11 +24,7 @@ arXiv:2501.19107, Table 4): with ``sparsity.update_unit: epoch`` the engine's in
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
-import json
-import os
 import random
 import signal
 import sys
@@ -36,138 +32,41 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
 
+import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
 from chtorch.config import (
     Config,
     ConfigError,
-    build_config,
     config_to_dict,
     method_options_for,
     save_config,
 )
 from chtorch.dst.methods import is_dense
-from chtorch.dst.percolation import active_neuron_count, infer_couplings
+from chtorch.dst.percolation import infer_couplings
 from chtorch.recipes.base import Recipe, get_recipe
 from chtorch.train import distributed as ddp
+from chtorch.train import records
 from chtorch.train.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
-    load_checkpoint,
     remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from chtorch.train.metrics import MetricsLog, read_metrics, save_topology, write_csv
+from chtorch.train.lifecycle import RunResult, check_same_run, chtorch_version, interrupted_message, nonfinite_error
+from chtorch.train.lifecycle import launch_hint as _launch_hint
+from chtorch.train.lifecycle import settings_errors as _settings_errors
+from chtorch.train.metrics import MetricsLog, read_metrics
 from chtorch.train.optim import build_optimizer, build_scheduler
-from chtorch.train.progress import Progress, format_duration
+from chtorch.train.progress import Progress
 
-__all__ = ["Trainer", "RunResult", "TrainingError", "train", "resume", "new_run_dir", "RESUME_OVERRIDABLE"]
-
-#: Keys that ``--resume`` may change: they do not affect what is computed.
-RESUME_OVERRIDABLE = frozenset(
-    {
-        "run.device",
-        "run.threads",
-        "data.dir",
-        "data.download",
-        "data.verify",
-        "data.eval_batch_size",
-        "train.progress",
-        "train.plots",
-        "train.report",
-        "train.tensorboard",
-        "train.checkpoint",
-        "train.max_nonfinite",
-    }
-)
-
-SUMMARY_NAME = "summary.json"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss stayed non-finite)."""
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What a run produced: its directory, the last epoch's record, and whether it completed."""
-
-    run_dir: Path
-    record: dict[str, Any]
-    finished: bool
-    interrupted: bool
-    epochs: int
-    steps: int
-    primary_metric: str
-    summary: dict[str, Any]
-
-    @property
-    def value(self) -> float | None:
-        return self.record.get(self.primary_metric)
-
-
-def new_run_dir(config: Config, base: str | os.PathLike[str] = "runs") -> Path:
-    """``base/<name>-<YYYYmmdd-HHMMSS>`` (with ``-2``, ``-3``... when taken)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / f"{config.run.name}-{stamp}"
-    n = 2
-    while path.exists():
-        path = Path(base) / f"{config.run.name}-{stamp}-{n}"
-        n += 1
-    return path
-
-
-class _NullWriter:
-    """Where the output of ranks other than 0 goes."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-class _NullLog:
-    """The metrics log of ranks other than 0: they write nothing."""
-
-    offset = 0
-
-    def write(self, record: Any) -> None:
-        pass
-
-    def truncate(self, offset: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _settings_errors(section: str) -> Iterator[None]:
-    """A ValueError from building the data or model is a setting the schema could not check (e.g.
-    ``model.hidden=[32, -4]``): report it as a :class:`ConfigError` of ``section``. Data-file errors
-    keep their own type and message."""
-    from chtorch.data import DataError
-
-    try:
-        yield
-    except DataError:
-        raise
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"the {section} settings ({section}.* in the config) do not work: {exc}", section) from None
-
-
-def _percent(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.2f}%"
+__all__ = ["Trainer"]
 
 
 class Trainer:
@@ -200,7 +99,7 @@ class Trainer:
         self.dist = ddp.init_distributed(config.run.device)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.dist.is_main
-        self.out: Any = (out or sys.stdout) if self.is_main else _NullWriter()
+        self.out: Any = (out or sys.stdout) if self.is_main else records.NullWriter()
         self.callbacks = list(callbacks)
         self.resume_state = resume_state
         self.device = self.dist.device
@@ -322,7 +221,7 @@ class Trainer:
             "sums": {k: float(v) for k, v in self.sums.items()},
             "nonfinite": self.nonfinite,
             "elapsed": self.elapsed,
-            "versions": {"torch": str(torch.__version__), "chtorch": _chtorch_version()},
+            "versions": {"torch": str(torch.__version__), "chtorch": chtorch_version()},
             "world_size": self.world_size,
         }
         if self.dist.enabled:
@@ -369,76 +268,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ records
     def layer_state(self) -> dict[str, dict[str, Any]]:
-        if self.sparsity is None:
-            return {}
-        out = {}
-        for name, _module, mask in self.sparsity.iter_layers():
-            a_in, a_out = self.sparsity.active_neurons()[name]
-            links = int(mask.sum())
-            out[name] = {
-                "links": links,
-                "density": links / mask.numel(),
-                "active_in": a_in,
-                "active_out": a_out,
-                "shape": [int(mask.shape[0]), int(mask.shape[1])],
-            }
-        return out
+        return records.layer_state(self.sparsity)
 
     def topology_state(self) -> dict[str, Any]:
-        if self.sparsity is None:
-            return {"density": 1.0, "active_neurons": 1.0}
-        active, total = active_neuron_count(self.sparsity.masks, self.chains)
-        return {
-            "density": self.sparsity.density(),
-            "active_neurons": active / max(1, total),
-            "itop": self.sparsity.itop_rate(),
-            "updates": self.sparsity.update_count,
-        }
-
-    def _update_record(self, report: Any, epoch: int) -> dict[str, Any]:
-        return {
-            "kind": "update",
-            "epoch": epoch + 1,
-            "step": report.step,
-            "update": report.update_index,
-            "sparsity": report.sparsity,
-            "zeta": report.zeta,
-            "temperature": report.temperature,
-            "removed": report.removed,
-            "regrown": report.regrown,
-            "overlap": report.overlap_rate,
-            "itop": report.itop_rate,
-            "skipped": report.skipped,
-            "seconds": report.seconds,
-            "density": self.sparsity.density() if self.sparsity is not None else 1.0,
-            "layers": {
-                name: {
-                    "links": l.n_links,
-                    "pruned": l.pruned,
-                    "removed": l.removed,
-                    "percolated": l.percolated,
-                    "regrown": l.regrown,
-                    "overlap": l.overlap_rate,
-                    "active_in": l.active_in,
-                    "active_out": l.active_out,
-                    "frozen": l.frozen,
-                }
-                for name, l in report.layers.items()
-            },
-        }
+        return records.topology_state(self.sparsity, self.chains)
 
     def _snapshot(self, name: str) -> None:
         if self.sparsity is not None and self.is_main:
-            save_topology(self.sparsity.masks, self.run_dir / "topology" / f"{name}.npz", epoch=self.epoch, step=self.step)
-
-    def _write_tables(self) -> None:
-        if not self.is_main:
-            return
-        records = read_metrics(self.run_dir)
-        write_csv([r for r in records if r.get("kind") == "epoch"], self.run_dir / "metrics.csv")
-        updates = [r for r in records if r.get("kind") == "update"]
-        if updates:
-            write_csv(updates, self.run_dir / "updates.csv")
+            records.save_snapshot(self.sparsity, self.run_dir, name, self.epoch, self.step)
 
     # ------------------------------------------------------------------ the loop
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -464,12 +301,12 @@ class Trainer:
             # A checkpoint that does not fit, or loads but belongs to another run (copied over), is
             # refused before anything in the run directory changes.
             self.load_state_dict(self.resume_state)
-            _check_same_run(self.run_dir, self.resume_state)
+            check_same_run(self.run_dir, self.resume_state)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.log: MetricsLog | _NullLog = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
+            self.log: MetricsLog | records.NullLog = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
         else:
-            self.log = _NullLog()
+            self.log = records.NullLog()
         if self.resume_state is not None:
             if self.is_main:
                 try:
@@ -524,15 +361,10 @@ class Trainer:
         if interrupted:
             self.save()
             self.log.close()
-            resume_cmd = f"chtorch train --resume {self.run_dir}"
-            if self.dist.enabled:
-                resume_cmd = f"torchrun --nproc_per_node {self.world_size} -m chtorch.cli train --resume {self.run_dir}"
-            print(
-                f"chtorch: interrupted at epoch {self.epoch + 1}/{cfg.train.epochs}, step {self.step}/{self.total_steps}; "
-                f"checkpoint saved.\nresume with:  {resume_cmd}",
-                file=self.out,
-                flush=True,
+            message = interrupted_message(
+                self.run_dir, self.epoch, cfg.train.epochs, self.step, self.total_steps, self.world_size, self.dist.enabled
             )
+            print(message, file=self.out, flush=True)
             return self._result(record, finished=False, interrupted=True)
         self.log.close()
         return self._finish()
@@ -568,14 +400,7 @@ class Trainer:
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.nonfinite > cfg.train.max_nonfinite:
-                    if (self.run_dir / CHECKPOINT_NAME).is_file():
-                        kept = f"the checkpoint in {self.run_dir} (the last finished epoch) is intact"
-                    else:
-                        kept = f"no epoch finished, so {self.run_dir} holds no checkpoint"
-                    raise TrainingError(
-                        f"the loss was NaN/inf in {self.nonfinite} steps (train.max_nonfinite={cfg.train.max_nonfinite}); "
-                        f"training stopped and {kept}. Lower optim.lr or set optim.grad_clip and start a new run"
-                    )
+                    raise nonfinite_error(self.run_dir, self.nonfinite, cfg.train.max_nonfinite)
             else:
                 loss.backward()
                 if cfg.optim.grad_clip > 0:
@@ -590,17 +415,9 @@ class Trainer:
                     self.sums[key] = self.sums.get(key, 0.0) + value
             self.batch += 1
             if report is not None:
-                self.log.write(self._update_record(report, epoch))
+                self.log.write(records.update_record(report, epoch, self.sparsity.density() if self.sparsity is not None else 1.0))
             if cfg.train.log_every and self.step % cfg.train.log_every == 0 and report is None:
-                self.log.write(
-                    {
-                        "kind": "step",
-                        "epoch": epoch + 1,
-                        "step": self.step,
-                        "loss": float(loss.detach()),
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                    }
-                )
+                self.log.write(records.step_record(epoch, self.step, float(loss.detach()), self.optimizer.param_groups[0]["lr"]))
             postfix = None
             if progress.bar is not None and (self.batch % 10 == 0 or self.batch == self.steps_per_epoch):
                 train = self.recipe.summarize(self.sums)
@@ -635,216 +452,35 @@ class Trainer:
                 self._snapshot(f"epoch_{self.epoch:04d}")
         if cfg.train.checkpoint:
             self.save()
-        self._write_tables()
+        if self.is_main:
+            records.write_tables(self.run_dir)
         eta = progress.eta(self.step)
-        progress.line(self._epoch_line(record, eta))
+        progress.line(records.epoch_line(record, cfg.train.epochs, eta))
         return record
-
-    def _epoch_line(self, record: dict[str, Any], eta: float | None) -> str:
-        parts = [f"epoch {record['epoch']}/{self.config.train.epochs}"]
-        train = [f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items() if k.startswith("train_") and isinstance(v, float)]
-        if train:
-            parts.append("train " + " ".join(train))
-        test = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in record.items() if k.startswith(("test_", "val_")) and isinstance(v, float)]
-        if test:
-            parts.append("test " + " ".join(test))
-        parts.append(f"density {record.get('density', 1.0):.4f}")
-        parts.append(f"active {100 * record.get('active_neurons', 1.0):.1f}%")
-        parts.append(f"lr {record['lr']:.3g}")
-        parts.append(f"{record['seconds']:.1f}s" + (f" eta {format_duration(eta)}" if eta is not None else ""))
-        return " | ".join(parts)
 
     # ------------------------------------------------------------------ the end
     def _result(self, record: dict[str, Any], finished: bool, interrupted: bool) -> RunResult:
-        summary = self._summary(record, finished)
+        summary = records.run_summary(self, record, finished)
         return RunResult(self.run_dir, record, finished, interrupted, self.epoch, self.step, self.recipe.primary_metric, summary)
-
-    def _summary(self, record: dict[str, Any], finished: bool) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "name": cfg.run.name,
-            "recipe": cfg.run.recipe,
-            "method": cfg.sparsity.method,
-            "seed": cfg.run.seed,
-            "sparsity": 0.0 if self.sparsity is None else cfg.sparsity.sparsity,
-            "finished": finished,
-            "epochs": self.epoch,
-            "steps": self.step,
-            "seconds": self.elapsed,
-            "primary_metric": self.recipe.primary_metric,
-            "higher_is_better": self.recipe.higher_is_better,
-            "final": {k: v for k, v in record.items() if k not in ("layers", "kind")},
-            "layers": record.get("layers", {}),
-            "data": self.recipe.describe(),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "device": str(self.device),
-            "versions": {"torch": str(torch.__version__), "chtorch": _chtorch_version()},
-        }
 
     def _finish(self) -> RunResult:
         cfg = self.config
         if not self.is_main:
             record = self.dist.broadcast(None)  # rank 0's last record, once its files are written
             return self._result(record or {}, finished=True, interrupted=False)
-        records = [r for r in read_metrics(self.run_dir) if r.get("kind") == "epoch"]
-        record = records[-1] if records else {}
+        rows = [r for r in read_metrics(self.run_dir) if r.get("kind") == "epoch"]
+        record = rows[-1] if rows else {}
         result = self._result(record, finished=True, interrupted=False)
-        path = self.run_dir / SUMMARY_NAME
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result.summary, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, path)
-        if cfg.train.plots:
-            from chtorch.train.plots import make_plots
-
-            try:
-                make_plots(self.run_dir)
-            except ImportError as exc:
-                print(f"chtorch: no plots ({exc})", file=self.out)
-        if cfg.train.report:
-            from chtorch.train.run_report import write_report
-
-            write_report(self.run_dir)
+        records.write_outputs(self.run_dir, result.summary, plots=cfg.train.plots, report=cfg.train.report, out=self.out)
         if cfg.train.progress != "off":
             self.print_summary(result)
         self.dist.broadcast(record)
         return result
 
     def print_summary(self, result: RunResult) -> None:
-        rec = result.record
-        metric = result.primary_metric
-        value = rec.get(metric)
-        shown = _percent(value) if "accuracy" in metric else ("-" if value is None else f"{value:.4f}")
-        density = rec.get("density", 1.0)
-        line = (
-            f"chtorch: finished {self.config.run.name} ({self.config.sparsity.method}): "
-            f"{metric.replace('_', ' ')} {shown}, density {density:.4f} (sparsity {100 * (1 - density):.1f}%), "
-            f"active neurons {100 * rec.get('active_neurons', 1.0):.1f}% "
-            f"[{result.epochs} epochs, {format_duration(self.elapsed)}]"
-        )
+        cfg = self.config
+        line = records.summary_line(cfg.run.name, cfg.sparsity.method, result.record, result.primary_metric, result.epochs, self.elapsed)
         print(line, file=self.out)
         if self.sparsity is not None:
             print(self.sparsity.summary(), file=self.out)
         print(f"run directory: {self.run_dir}", file=self.out, flush=True)
-
-
-def _launch_hint(world_size: int) -> str:
-    if world_size <= 1:
-        return "a plain `chtorch train --resume RUN_DIR`, without torchrun"
-    return f"`torchrun --nproc_per_node {world_size} -m chtorch.cli train --resume RUN_DIR` (over all nodes: {world_size} processes)"
-
-
-def _chtorch_version() -> str:
-    try:
-        import chtorch
-
-        return chtorch.__version__
-    except Exception:  # pragma: no cover
-        return "unknown"
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry points
-
-
-def train(
-    config: Config,
-    run_dir: str | os.PathLike[str] | None = None,
-    *,
-    out: TextIO | None = None,
-    callbacks: Sequence[Callable[[Trainer], None]] = (),
-) -> RunResult:
-    """Train ``config`` in ``run_dir`` (default ``config.run.dir``, else ``runs/<name>-<time>``).
-    A directory that already holds a checkpoint is refused: resume it or pick another."""
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run))
-    ctx = ddp.init_distributed(config.run.device)
-    decision: tuple[str, str | None] | None = None
-    if ctx.is_main:  # rank 0 names the directory (a time stamp) and the others follow
-        target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
-        error = None
-        if (target / CHECKPOINT_NAME).exists():
-            error = (
-                f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
-                "or choose another --out directory"
-            )
-        decision = (str(target.resolve()), error)
-    target_name, error = ctx.broadcast(decision)
-    if error is not None:
-        raise ConfigError(error, "run.dir")
-    config.run.dir = target_name
-    return Trainer(config, out=out, callbacks=callbacks).fit()
-
-
-def resume(
-    run_dir: str | os.PathLike[str],
-    overrides: Sequence[str] = (),
-    *,
-    out: TextIO | None = None,
-    callbacks: Sequence[Callable[[Trainer], None]] = (),
-) -> RunResult:
-    """Continue the run in ``run_dir`` from its checkpoint with the configuration it was started
-    with. ``overrides`` may change only :data:`RESUME_OVERRIDABLE` keys (device, data location,
-    logging), so the continuation computes exactly what the uninterrupted run would have."""
-    from chtorch.config import apply_overrides, parse_override
-
-    path = Path(run_dir)
-    run_dir = path if path.is_dir() else path.parent
-    state = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
-    for text in overrides:
-        parts, _ = parse_override(text)
-        key = ".".join(parts)
-        if key not in RESUME_OVERRIDABLE:
-            raise ConfigError(
-                f"--set {key} cannot change on --resume: a resumed run continues its saved configuration exactly. "
-                f"Changeable keys: {', '.join(sorted(RESUME_OVERRIDABLE))}; to change anything else start a new run "
-                f"(e.g. chtorch train {run_dir / 'config.yaml'} --set {text})",
-                key,
-            )
-    try:
-        config = build_config(apply_overrides(state["config"], overrides))
-    except ConfigError as exc:
-        raise CheckpointError(f"the configuration stored in {run_dir} is no longer valid: {exc}") from None
-    config.run.dir = str(run_dir.resolve())
-    return Trainer(config, resume_state=state, out=out, callbacks=callbacks).fit()
-
-
-def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        return {prefix: raw}
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value and name.count(".") < 1:  # sections; option dicts compare whole
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
-
-
-def _check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
-    """Refuse a checkpoint that belongs to another run than ``run_dir/config.yaml`` (e.g. a
-    checkpoint.pt copied over from another run): resuming it would continue that other run — another
-    model or sparsity — and cut this run's metrics log at that run's offset."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
-    try:
-        import yaml
-
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # an unreadable config.yaml is not what a resume needs; say so
-        raise CheckpointError(
-            f"{path} is unreadable ({type(exc).__name__}: {exc}); the checkpoint holds the "
-            "configuration, so move config.yaml away and resume again"
-        ) from None
-    if not isinstance(saved, dict):
-        return
-    a, b = _flatten(state.get("config", {})), _flatten(saved)
-    ignore = RESUME_OVERRIDABLE | {"run.dir"}
-    differ = sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k) != b.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: checkpoint {a.get(k)!r}, config.yaml {b.get(k)!r}" for k in differ[:4])
-        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
-        raise CheckpointError(
-            f"{run_dir / CHECKPOINT_NAME} is from another run than {path} ({shown}{more}): it holds another model or "
-            "sparsity. Put back this run's own checkpoint, or resume the run the checkpoint came from in its own directory"
-        )

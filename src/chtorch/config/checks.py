@@ -1,0 +1,68 @@
+"""The number and choice checks of the run configuration: one helper each, one message format.
+
+Every range check of a config value goes through :func:`check_number` (a field's declared bounds
+via :func:`check_field`, and the cross-field checks in :mod:`chtorch.config.build`), so an
+out-of-range value always reads ``key=value is out of range: must be in [lo, hi)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from chtorch.config.errors import ConfigError
+from chtorch.dst.options import closest
+
+__all__ = ["span", "check_number", "check_choice", "check_field"]
+
+
+def span(min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False) -> str:
+    """The interval ``[min, max]`` as text, ``(``/``)`` for open ends and ``-inf``/``inf`` for none."""
+    left, right = ("(" if min_open else "["), (")" if max_open else "]")
+    return f"{left}{'-inf' if min is None else min}, {'inf' if max is None else max}{right}"
+
+
+def check_number(
+    value: float,
+    key: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    shown: Any = None,
+    why: str = "",
+) -> float:
+    """``value`` if it is a real number (not NaN) inside the interval, else a :class:`ConfigError`
+    naming ``key`` (``shown`` is what the message prints, default ``value``; ``why`` is appended)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{key} must be a number, got {value!r}", key)
+    low_bad = min is not None and (value <= min if min_open else value < min)
+    high_bad = max is not None and (value >= max if max_open else value > max)
+    if low_bad or high_bad:
+        raise ConfigError(
+            f"{key}={value if shown is None else shown!r} is out of range: must be in {span(min, max, min_open, max_open)}{why}", key
+        )
+    return value
+
+
+def check_choice(value: Any, choices: Sequence[Any], key: str) -> Any:
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` listing them."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}{closest(value, choices)}", key)
+    return value
+
+
+def check_field(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    """Check ``value`` against a field's declared ``choices`` or bounds (each item of a list)."""
+    if value is None:
+        return
+    if meta.get("choices") is not None:
+        check_choice(value, meta["choices"], key)
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None and hi is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            check_number(item, key, min=lo, max=hi, min_open=meta.get("min_open", False), max_open=meta.get("max_open", False), shown=value)

@@ -1,0 +1,219 @@
+"""What a run records: the rows of ``metrics.jsonl`` (epochs, topology updates), the CSV tables,
+the topology snapshots, the end-of-run summary and the lines printed to the terminal.
+
+Functions of the engine's public state (:class:`~chtorch.dst.engine.DynamicSparsity` or None for a
+dense run) and of plain records, so the loop in :mod:`chtorch.train.trainer` only decides *when*.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from chtorch.data.files import atomic_write_text
+from chtorch.train.lifecycle import SUMMARY_NAME, chtorch_version
+from chtorch.train.metrics import active_neuron_count, read_metrics, save_topology, write_csv
+from chtorch.train.progress import format_duration
+
+__all__ = [
+    "NullLog",
+    "NullWriter",
+    "layer_state",
+    "topology_state",
+    "update_record",
+    "epoch_line",
+    "save_snapshot",
+    "write_tables",
+    "summary_line",
+    "run_summary",
+    "step_record",
+    "write_outputs",
+]
+
+
+class NullWriter:
+    """Where the output of ranks other than 0 goes."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class NullLog:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    offset = 0
+
+    def write(self, record: Any) -> None:
+        pass
+
+    def truncate(self, offset: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def layer_state(sparsity: Any) -> dict[str, dict[str, Any]]:
+    """Per sparse layer: links, density, active input/output neurons and shape (empty when dense)."""
+    if sparsity is None:
+        return {}
+    out = {}
+    active = sparsity.active_neurons()
+    for name, _module, mask in sparsity.iter_layers():
+        a_in, a_out = active[name]
+        links = int(mask.sum())
+        out[name] = {
+            "links": links,
+            "density": links / mask.numel(),
+            "active_in": a_in,
+            "active_out": a_out,
+            "shape": [int(mask.shape[0]), int(mask.shape[1])],
+        }
+    return out
+
+
+def topology_state(sparsity: Any, chains: Any) -> dict[str, Any]:
+    """Overall density, active-neuron fraction (the paper's ANP over ``chains``), ITOP rate and
+    number of topology updates; a dense run is density 1 with every neuron active."""
+    if sparsity is None:
+        return {"density": 1.0, "active_neurons": 1.0}
+    active, total = active_neuron_count(sparsity.masks, chains)
+    return {
+        "density": sparsity.density(),
+        "active_neurons": active / max(1, total),
+        "itop": sparsity.itop_rate(),
+        "updates": sparsity.update_count,
+    }
+
+
+def update_record(report: Any, epoch: int, density: float) -> dict[str, Any]:
+    """The ``"update"`` row of one topology update's :class:`~chtorch.dst.report.UpdateReport`
+    (``epoch`` is 0-based, written 1-based)."""
+    return {
+        "kind": "update",
+        "epoch": epoch + 1,
+        "step": report.step,
+        "update": report.update_index,
+        "sparsity": report.sparsity,
+        "zeta": report.zeta,
+        "temperature": report.temperature,
+        "removed": report.removed,
+        "regrown": report.regrown,
+        "overlap": report.overlap_rate,
+        "itop": report.itop_rate,
+        "skipped": report.skipped,
+        "seconds": report.seconds,
+        "density": density,
+        "layers": {
+            name: {
+                "links": l.n_links,
+                "pruned": l.pruned,
+                "removed": l.removed,
+                "percolated": l.percolated,
+                "regrown": l.regrown,
+                "overlap": l.overlap_rate,
+                "active_in": l.active_in,
+                "active_out": l.active_out,
+                "frozen": l.frozen,
+            }
+            for name, l in report.layers.items()
+        },
+    }
+
+
+def step_record(epoch: int, step: int, loss: float, lr: float) -> dict[str, Any]:
+    """The ``"step"`` row logged every ``train.log_every`` steps (``epoch`` is 0-based)."""
+    return {"kind": "step", "epoch": epoch + 1, "step": step, "loss": loss, "lr": lr}
+
+
+def epoch_line(record: dict[str, Any], epochs: int, eta: float | None) -> str:
+    """The one line printed after an epoch: metrics, density, active neurons, LR, time."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    train = [f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items() if k.startswith("train_") and isinstance(v, float)]
+    if train:
+        parts.append("train " + " ".join(train))
+    test = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in record.items() if k.startswith(("test_", "val_")) and isinstance(v, float)]
+    if test:
+        parts.append("test " + " ".join(test))
+    parts.append(f"density {record.get('density', 1.0):.4f}")
+    parts.append(f"active {100 * record.get('active_neurons', 1.0):.1f}%")
+    parts.append(f"lr {record['lr']:.3g}")
+    parts.append(f"{record['seconds']:.1f}s" + (f" eta {format_duration(eta)}" if eta is not None else ""))
+    return " | ".join(parts)
+
+
+def save_snapshot(sparsity: Any, run_dir: Path, name: str, epoch: int, step: int) -> None:
+    """The masks now, as ``run_dir/topology/<name>.npz`` (for the plots)."""
+    save_topology(sparsity.masks, run_dir / "topology" / f"{name}.npz", epoch=epoch, step=step)
+
+
+def write_tables(run_dir: Path) -> None:
+    """``metrics.csv`` (epoch rows) and ``updates.csv`` (topology updates) from ``metrics.jsonl``."""
+    records = read_metrics(run_dir)
+    write_csv([r for r in records if r.get("kind") == "epoch"], run_dir / "metrics.csv")
+    updates = [r for r in records if r.get("kind") == "update"]
+    if updates:
+        write_csv(updates, run_dir / "updates.csv")
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.2f}%"
+
+
+def summary_line(name: str, method: str, record: dict[str, Any], metric: str, epochs: int, seconds: float) -> str:
+    """The line printed when a run finishes: its primary metric, density and active neurons."""
+    value = record.get(metric)
+    shown = _percent(value) if "accuracy" in metric else ("-" if value is None else f"{value:.4f}")
+    density = record.get("density", 1.0)
+    return (
+        f"chtorch: finished {name} ({method}): "
+        f"{metric.replace('_', ' ')} {shown}, density {density:.4f} (sparsity {100 * (1 - density):.1f}%), "
+        f"active neurons {100 * record.get('active_neurons', 1.0):.1f}% "
+        f"[{epochs} epochs, {format_duration(seconds)}]"
+    )
+
+
+def run_summary(trainer: Any, record: dict[str, Any], finished: bool) -> dict[str, Any]:
+    """``summary.json`` of a :class:`~chtorch.train.trainer.Trainer` whose last epoch row is ``record``."""
+    cfg = trainer.config
+    return {
+        "name": cfg.run.name,
+        "recipe": cfg.run.recipe,
+        "method": cfg.sparsity.method,
+        "seed": cfg.run.seed,
+        "sparsity": 0.0 if trainer.sparsity is None else cfg.sparsity.sparsity,
+        "finished": finished,
+        "epochs": trainer.epoch,
+        "steps": trainer.step,
+        "seconds": trainer.elapsed,
+        "primary_metric": trainer.recipe.primary_metric,
+        "higher_is_better": trainer.recipe.higher_is_better,
+        "final": {k: v for k, v in record.items() if k not in ("layers", "kind")},
+        "layers": record.get("layers", {}),
+        "data": trainer.recipe.describe(),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "device": str(trainer.device),
+        "versions": {"torch": str(torch.__version__), "chtorch": chtorch_version()},
+    }
+
+
+def write_outputs(run_dir: Path, summary: dict[str, Any], *, plots: bool, report: bool, out: TextIO) -> None:
+    """The files of a finished run: ``summary.json``, the plots (when matplotlib is installed) and ``report.md``."""
+    atomic_write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2, default=str))
+    if plots:
+        from chtorch.train.plots import make_plots
+
+        try:
+            make_plots(run_dir)
+        except ImportError as exc:
+            print(f"chtorch: no plots ({exc})", file=out)
+    if report:
+        from chtorch.train.run_report import write_report
+
+        write_report(run_dir)

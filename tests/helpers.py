@@ -1,0 +1,81 @@
+"""Helpers that tests share (import as ``from helpers import ...``; ``tests/`` is on the path via
+the root ``conftest.py``): a tiny MLP, a stream of batches, N training steps through the public
+three-line integration, a checkpoint round trip, and the overrides of a seconds-long ``chtorch
+train`` run on the built-in digits data."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TINY_RUN", "tiny_config", "tiny_mlp", "batch_stream", "train_steps", "checkpoint_round_trip"]
+
+#: ``--set`` overrides of a seconds-long run: a small MLP on digits, nothing slow written at the end.
+TINY_RUN = (
+    "model.hidden=[32,32]",
+    "data.batch_size=64",
+    "train.plots=false",
+    "train.report=false",
+    "train.tensorboard=false",
+)
+
+
+def tiny_config(*overrides: str, path: str | Path | None = None) -> Any:
+    """:func:`chtorch.train.load_config` of ``path`` (default: the built-in defaults) with
+    :data:`TINY_RUN` and then ``overrides`` applied."""
+    from chtorch.train import load_config
+
+    return load_config(path, [*TINY_RUN, *overrides])
+
+
+def tiny_mlp(sizes: Sequence[int] = (12, 32, 32, 3), seed: int = 0) -> nn.Sequential:
+    """``Linear -> ReLU -> ... -> Linear`` over ``sizes``, initialised from ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def batch_stream(n_in: int = 12, n_classes: int = 3, batch_size: int = 16, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless, reproducible stream of ``(x, y)``: ``x`` is ``(batch_size, n_in)`` normal noise, ``y``
+    a label that depends on ``x`` (so the task is learnable), from a private generator."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_in, n_classes, generator=g)
+    while True:
+        x = torch.randn(batch_size, n_in, generator=g)
+        yield x, (x @ w).argmax(dim=1)
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    sparsity: Any = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> list[Any]:
+    """``steps`` steps of the integration the README shows (backward, ``optimizer.step()``,
+    ``sparsity.step()``, ``zero_grad``); returns the update reports (``None`` when no update was due)."""
+    reports = []
+    for x, y in itertools.islice(batches, steps):
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        reports.append(sparsity.step() if sparsity is not None else None)
+        optimizer.zero_grad(set_to_none=True)
+    return reports
+
+
+def checkpoint_round_trip(state: dict[str, Any], tmp_path: Path, name: str = "checkpoint.pt") -> dict[str, Any]:
+    """``state`` written with :func:`chtorch.train.save_checkpoint` and read back (weights-only load)."""
+    from chtorch.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint(copy.deepcopy(state), tmp_path / name)
+    return load_checkpoint(path)
