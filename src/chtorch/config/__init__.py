@@ -346,11 +346,13 @@ def _yaml_scalar(text: str) -> Any:
     """Parse a command-line value whose field accepts anything, the way YAML would (plus 5e-4)."""
     import yaml
 
+    from chtorch.config.yaml_io import safe_load
+
     stripped = text.strip()
     if _FLOAT_RE.match(stripped) and not _INT_RE.match(stripped):
         return float(stripped)
     try:
-        return yaml.safe_load(stripped) if stripped else None
+        return safe_load(stripped) if stripped else None
     except yaml.YAMLError:
         return text
 
@@ -703,6 +705,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     import yaml
 
+    from chtorch.config.yaml_io import safe_load_file
+
     path = Path(path)
     if not path.is_file():
         hint = ""
@@ -711,7 +715,7 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
             hint = f"; configs here: {', '.join(candidates)}" if candidates else ""
         raise ConfigError(f"config file {str(path)!r} not found{hint}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load_file(path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
