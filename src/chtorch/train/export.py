@@ -17,13 +17,13 @@ from torch import nn
 
 from chtorch.config import build_config
 from chtorch.recipes.base import get_recipe
-from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 
 __all__ = ["export_run"]
 
 
 def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    state = load_training_checkpoint(run_dir / CHECKPOINT_NAME)
     config = build_config(state["config"])
     config.run.dir = str(run_dir.resolve())
     recipe = get_recipe(config.run.recipe)(config, torch.device("cpu"))
