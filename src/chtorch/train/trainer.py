@@ -59,7 +59,8 @@ from chtorch.train import distributed as ddp
 from chtorch.train.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
-    load_checkpoint,
+    check_optimizer_state,
+    load_training_checkpoint,
     remove_stale_temporaries,
     rng_state,
     save_checkpoint,
@@ -68,6 +69,7 @@ from chtorch.train.checkpoint import (
 from chtorch.train.metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.progress import Progress, format_duration
+from chtorch.train.rundir import RunLock, check_device, check_out_dir, defer_sigint
 
 __all__ = ["Trainer", "RunResult", "TrainingError", "train", "resume", "new_run_dir", "RESUME_OVERRIDABLE"]
 
@@ -349,10 +351,18 @@ class Trainer:
                 self.sparsity.load_state_dict(state["sparsity"])
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"the checkpoint's sparsity state does not fit this run: {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
-        set_rng_state(mine["rng"])
+        try:  # shapes and types torch does not check itself: one line, not a traceback at the first step
+            self.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_state(self.optimizer, self.run_dir / CHECKPOINT_NAME)
+            self.scheduler.load_state_dict(state["scheduler"])
+            mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
+            set_rng_state(mine["rng"])
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's optimizer, scheduler or RNG state does not fit this run: {type(exc).__name__}: {exc}"
+            ) from None
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.sums = dict(mine["sums"])
         self.nonfinite = int(state["nonfinite"])
@@ -521,7 +531,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
             torch.set_num_threads(self._threads)
         if interrupted:
-            self.save()
+            with defer_sigint(self.out):  # a second Ctrl-C must not cut this save short
+                self.save()
             self.log.close()
             resume_cmd = f"chtorch train --resume {self.run_dir}"
             if self.dist.enabled:
@@ -755,8 +766,10 @@ def train(
     """Train ``config`` in ``run_dir`` (default ``config.run.dir``, else ``runs/<name>-<time>``).
     A directory that already holds a checkpoint is refused: resume it or pick another."""
     config = dataclasses.replace(config, run=dataclasses.replace(config.run))
+    check_device(config.run.device)
     ctx = ddp.init_distributed(config.run.device)
     decision: tuple[str, str | None] | None = None
+    lock = RunLock(".")  # rank 0 locks the run directory; the others only follow
     if ctx.is_main:  # rank 0 names the directory (a time stamp) and the others follow
         target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
         error = None
@@ -765,12 +778,21 @@ def train(
                 f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
                 "or choose another --out directory"
             )
+        else:
+            try:
+                check_out_dir(target)
+                lock = RunLock(target, create=True).acquire()
+            except ConfigError as exc:
+                error = str(exc)
         decision = (str(target.resolve()), error)
     target_name, error = ctx.broadcast(decision)
     if error is not None:
         raise ConfigError(error, "run.dir")
     config.run.dir = target_name
-    return Trainer(config, out=out, callbacks=callbacks).fit()
+    try:
+        return Trainer(config, out=out, callbacks=callbacks).fit()
+    finally:
+        lock.release()
 
 
 def resume(
@@ -782,12 +804,18 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint with the configuration it was started
     with. ``overrides`` may change only :data:`RESUME_OVERRIDABLE` keys (device, data location,
-    logging), so the continuation computes exactly what the uninterrupted run would have."""
+    logging), so the continuation computes exactly what the uninterrupted run would have. A run
+    that another process is training is refused (:class:`~chtorch.train.rundir.RunLock`)."""
+    path = Path(run_dir)
+    with RunLock(path if path.is_dir() else path.parent) if ddp.env_rank() == 0 else contextlib.nullcontext():
+        return _resume(path, overrides, out=out, callbacks=callbacks)
+
+
+def _resume(path: Path, overrides: Sequence[str], *, out: TextIO | None, callbacks: Sequence[Callable[[Trainer], None]]) -> RunResult:
     from chtorch.config import apply_overrides, parse_override
 
-    path = Path(run_dir)
     run_dir = path if path.is_dir() else path.parent
-    state = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+    state = load_training_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
     for text in overrides:
         parts, _ = parse_override(text)
         key = ".".join(parts)
@@ -803,6 +831,7 @@ def resume(
     except ConfigError as exc:
         raise CheckpointError(f"the configuration stored in {run_dir} is no longer valid: {exc}") from None
     config.run.dir = str(run_dir.resolve())
+    check_device(config.run.device)
     return Trainer(config, resume_state=state, out=out, callbacks=callbacks).fit()
 
 
@@ -827,9 +856,9 @@ def _check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
     if not path.is_file():
         return
     try:
-        import yaml
+        from chtorch.config.yaml_io import safe_load_file
 
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        saved = safe_load_file(path)
     except Exception as exc:  # an unreadable config.yaml is not what a resume needs; say so
         raise CheckpointError(
             f"{path} is unreadable ({type(exc).__name__}: {exc}); the checkpoint holds the "
