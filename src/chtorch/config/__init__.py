@@ -110,6 +110,7 @@ class RunConfig:
         "CPU threads for PyTorch: 1 suits small models and shared machines (more threads "
         "contend badly when other jobs run); 0 = PyTorch's default (all cores)",
         min=0,
+        max=1024,  # more starts thousands of OpenMP threads (100000 crashes the process)
     )
     recipe: str = _field("image_classification", "the task: which data, model, loss and metrics to build")
 
@@ -653,6 +654,13 @@ def _validate(config: Config) -> None:
     if config.optim.final_lr > config.optim.lr and config.optim.schedule in ("linear", "cosine"):
         raise ConfigError(
             f"optim.final_lr={config.optim.final_lr} is above optim.lr={config.optim.lr}: the schedule decays", "optim.final_lr"
+        )
+    name = config.run.name
+    if not name or len(name) > 100 or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
+        raise ConfigError(
+            f"run.name={name[:120]!r} must be a name, not a path: 1 to 100 printable characters without / or \\ "
+            "and not . or .. (the run directory is runs/<name>-<time>; --out chooses another place)",
+            "run.name",
         )
     device = config.run.device
     if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", device):
