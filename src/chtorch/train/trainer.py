@@ -345,7 +345,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"], strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"the checkpoint does not fit this model (another model or sparsity config?): {exc}") from None
+            detail = " ".join(str(exc).split())  # torch's message spans lines; an error is one line
+            raise CheckpointError(f"the checkpoint does not fit this model (another model or sparsity config?): {detail}") from None
         if self.sparsity is not None:
             try:
                 self.sparsity.load_state_dict(state["sparsity"])
