@@ -226,7 +226,8 @@ def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"the checkpoint in {run_dir} does not fit its own config's model: {exc}") from None
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"the checkpoint in {run_dir} does not fit its own config's model: {detail}") from None
     return recipe, model.eval(), sparse
 
 
