@@ -244,15 +244,15 @@ def export_run(
 
     _safetensors()  # before the work, not after it
     run_dir = Path(run_dir)
+    path = Path(out) if out is not None else run_dir / "compact.safetensors"
+    if path.suffix != ".safetensors":
+        raise ExportFileError(f"--out {path}: an exported model is a .safetensors file (its description goes beside it as .json)")
     recipe, model, sparse = _model_from_checkpoint(run_dir)
     chains, activation = recipe.export_chains(model, sparse)
     compacted = compact(model, chains, activation)
     if sparse_storage:
         compacted = to_sparse_inference(compacted, inplace=True)
     report = export_report(model, compacted, recipe.example_input(), repeats=20, warmup=2)
-    path = Path(out) if out is not None else run_dir / "compact.safetensors"
-    if path.suffix != ".safetensors":
-        raise ExportFileError(f"--out {path}: an exported model is a .safetensors file (its description goes beside it as .json)")
     shapes = {
         name: (compacted.get_submodule(name).out_features, compacted.get_submodule(name).in_features) for chain in chains for name in chain
     }
