@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compact the model of RUN_DIR: remove inactive neurons and store the sparse layers compactly.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/compact.pt)")
+    p.add_argument(
+        "--out", metavar="FILE", help="output .safetensors file, its description beside it as .json (default: RUN_DIR/compact.safetensors)"
+    )
     p.add_argument(
         "--sparse", action="store_true", help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference"
     )
@@ -245,11 +247,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from chtorch.train.run_report import rebuild
+    from chtorch.train.rundir import check_run_records
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         return _fail(f"{run_dir} is not a chtorch run directory (no metrics.jsonl)")
-    plots, report, skipped = rebuild(run_dir)
+    check_run_records(run_dir)  # not UTF-8, not JSON, absurd records: one line naming the file and line
+    try:
+        plots, report, skipped = rebuild(run_dir)
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:  # a damaged topology snapshot, summary...
+        return _fail(
+            f"cannot rebuild the report of {run_dir} from its files ({type(exc).__name__}: {str(exc)[:200]}); a file was damaged or edited"
+        )
     for path in plots:
         print(f"wrote {path}")
     if skipped:
@@ -280,7 +289,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for name, shape in summary["shapes"].items():
         print(f"  {name}: {shape[0]} x {shape[1]}")
     print(summary["table"])
-    print(f"wrote {path}  (load with torch.load(path, weights_only=False))")
+    print(f"wrote {path} and {path.with_suffix('.json')}  (load with chtorch.train.export.load_exported(path); no pickle)")
     return 0
 
 
@@ -304,10 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chtorch.config import ConfigError
     from chtorch.train.checkpoint import CheckpointError
     from chtorch.train.lifecycle import TrainingError
+    from chtorch.train.rundir import RunRecordsError
 
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _warning_printer(previous_showwarning)
-    errors: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError)
+    errors: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError, RunRecordsError)
     try:
         from chtorch.data import DataError
 

@@ -258,18 +258,20 @@ def test_compare_two_methods_two_seeds(capsys, tmp_path: Path) -> None:
 
 def test_export_compacts_the_trained_model(trained, capsys, tmp_path: Path) -> None:
     run_dir, _ = trained
-    code, out, err = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "small.pt"))
+    from chtorch.train.export import load_exported
+
+    code, out, err = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "small.safetensors"))
     assert code == 0, err
-    model = torch.load(tmp_path / "small.pt", weights_only=False)
+    model = load_exported(tmp_path / "small.safetensors")
     x = torch.randn(5, 64)
     assert model(x).shape == (5, 10)
     assert "max |difference| of outputs" in out and "latency (median)" in out and "FLOPs" in out
     # --sparse also stores the remaining sparse layers in CSR, with the same outputs
-    code, out, err = cli(capsys, "export", str(run_dir), "--sparse", "--out", str(tmp_path / "csr.pt"))
+    code, out, err = cli(capsys, "export", str(run_dir), "--sparse", "--out", str(tmp_path / "csr.safetensors"))
     assert code == 0, err
     from chtorch.sparse import SparseInferenceLinear
 
-    csr = torch.load(tmp_path / "csr.pt", weights_only=False)
+    csr = load_exported(tmp_path / "csr.safetensors")
     assert any(isinstance(m, SparseInferenceLinear) for m in csr.modules())
     with torch.no_grad():
         torch.testing.assert_close(csr(x), model(x), rtol=1e-4, atol=1e-5)

@@ -117,6 +117,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("optim.schedule=noam needs optim.warmup_steps > 0 (e.g. 4000)", "optim.warmup_steps")
     if optim.schedule in ("linear", "cosine"):
         check_number(optim.final_lr, "optim.final_lr", max=optim.lr, why=f" (at most optim.lr={optim.lr}: the schedule decays)")
+    name = config.run.name
+    if not name or len(name) > 100 or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
+        raise ConfigError(
+            f"run.name={name[:120]!r} must be a name, not a path: 1 to 100 printable characters without / or \\ "
+            "and not . or .. (the run directory is runs/<name>-<time>; --out chooses another place)",
+            "run.name",
+        )
     device = config.run.device
     if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", device):
         raise ConfigError(f"run.device={device!r} is not one of auto, cpu, cuda, cuda:N, mps", "run.device")

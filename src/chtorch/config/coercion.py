@@ -51,11 +51,13 @@ def yaml_scalar(text: str) -> Any:
     """Parse a command-line value whose field accepts anything, the way YAML would (plus 5e-4)."""
     import yaml
 
+    from chtorch.config.safe_yaml import safe_load
+
     stripped = text.strip()
     if _FLOAT_RE.match(stripped) and not _INT_RE.match(stripped):
         return float(stripped)
     try:
-        return yaml.safe_load(stripped) if stripped else None
+        return safe_load(stripped) if stripped else None
     except yaml.YAMLError:
         return text
 

@@ -30,6 +30,7 @@ class RunConfig:
         "CPU threads for PyTorch: 1 suits small models and shared machines (more threads "
         "contend badly when other jobs run); 0 = PyTorch's default (all cores)",
         min=0,
+        max=1024,  # more starts thousands of OpenMP threads (100000 crashes the process)
     )
     recipe: str = setting(
         "", "the task: which data, model, loss and metrics to build (empty: the default recipe, MLP image classification)"

@@ -27,8 +27,10 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
             candidates = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
             hint = f"; configs here: {', '.join(candidates)}" if candidates else ""
         raise ConfigError(f"config file {str(path)!r} not found{hint}")
+    from chtorch.config.safe_yaml import safe_load_file
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load_file(path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:

@@ -14,7 +14,12 @@ rules:
   file under the same name, is rejected.
 * **Downloads** (:func:`download`) stream into a temporary file next to the target, are verified,
   and only then renamed into place with :func:`os.replace`, so an interrupted download never leaves
-  a file that looks complete.
+  a file that looks complete. They stop at ``max_bytes`` (default :data:`MAX_DOWNLOAD_BYTES`).
+* **Untrusted compressed files** are decompressed with a cap (:func:`maybe_decompress`,
+  ``max_bytes``; the format readers pass one derived from the format's header), so a small gzip
+  holding gigabytes is refused before it fills memory. Raw file digests are checked before any
+  decompression.
+* **Permissions**: files written atomically get ``0666`` less the user's umask, like any other.
 
 Errors derive from :class:`DataError` and say which file, what was expected and how to fix it.
 """
@@ -22,14 +27,13 @@ Errors derive from :class:`DataError` and say which file, what was expected and 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import logging
 import os
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -44,6 +48,9 @@ __all__ = [
     "Checksums",
     "digest",
     "maybe_decompress",
+    "gunzip_capped",
+    "MAX_DECOMPRESSED_BYTES",
+    "MAX_DOWNLOAD_BYTES",
     "read_verified",
     "verify_bytes",
     "verify_file",
@@ -62,6 +69,10 @@ log = logging.getLogger("chtorch.data")
 ENV_VAR = "CHTORCH_DATA"
 
 _CHUNK = 1 << 20
+#: Default cap of a decompressed file (the format readers pass tighter, header-derived caps).
+MAX_DECOMPRESSED_BYTES = 1 << 30
+#: Default cap of one download (the largest canonical file, EMNIST's gzip.zip, is 0.56 GB).
+MAX_DOWNLOAD_BYTES = 2 << 30
 _GZIP_MAGIC = b"\x1f\x8b"
 _ALGORITHMS = ("md5", "sha256")
 
@@ -137,20 +148,50 @@ def _matches(data: bytes, accepted: Sequence[str]) -> bool:
     return any(d.lower() in actual for d in accepted)
 
 
-def maybe_decompress(data: bytes, source: str | os.PathLike[str]) -> bytes:
+def _damaged(source: str | os.PathLike[str], exc: object) -> DataFormatError:
+    return DataFormatError(f"{source}: damaged gzip data ({exc}). The file is truncated or corrupt: delete it and download it again.")
+
+
+def gunzip_capped(data: bytes, source: str | os.PathLike[str], max_bytes: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Decompress gzip ``data`` (one or several members), refusing more than ``max_bytes`` of output
+    as soon as it is exceeded (never holding more than ``max_bytes + 1`` bytes)."""
+    out = bytearray()
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    pending = data
+    try:
+        while True:
+            chunk = decoder.decompress(pending, max_bytes + 1 - len(out))
+            out += chunk
+            if len(out) > max_bytes:
+                raise DataFormatError(
+                    f"{source}: decompresses to more than {max_bytes} bytes, more than this file can hold; it is damaged or "
+                    "not a dataset file: delete it and download it again"
+                )
+            pending = decoder.unconsumed_tail
+            if decoder.eof:
+                rest = decoder.unused_data
+                if rest.startswith(_GZIP_MAGIC):  # another gzip member
+                    decoder, pending = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
+                    continue
+                if rest.strip(b"\0"):
+                    raise _damaged(source, f"{len(rest)} bytes of garbage after the compressed data")
+                return bytes(out)
+            if not pending and not chunk:
+                raise _damaged(source, "compressed file ended before the end-of-stream marker was reached")
+    except zlib.error as exc:
+        raise _damaged(source, exc) from exc
+
+
+def maybe_decompress(data: bytes, source: str | os.PathLike[str], max_bytes: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     """Gunzip ``data`` if it starts with the gzip magic bytes, else return it unchanged.
 
     The format is decided by content, not by file name, so raw files and ``.gz`` files may be
-    named either way. A damaged gzip stream raises :class:`DataFormatError` naming ``source``.
+    named either way. A damaged gzip stream, or one holding more than ``max_bytes``, raises
+    :class:`DataFormatError` naming ``source``.
     """
     if not data.startswith(_GZIP_MAGIC):
         return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataFormatError(
-            f"{source}: damaged gzip data ({exc}). The file is truncated or corrupt: delete it and download it again."
-        ) from exc
+    return gunzip_capped(data, source, max_bytes)
 
 
 def verify_bytes(
@@ -201,15 +242,24 @@ def read_verified(
     verify: bool = True,
     hint: str = "",
     known: Mapping[str, str] | None = None,
+    decompress: Callable[[bytes, Path], bytes] | None = None,
+    max_bytes: int = MAX_DECOMPRESSED_BYTES,
 ) -> bytes:
     """Read ``path``, verify it against ``checksums`` (unless ``verify=False``) and return its
-    content, gunzipped when the file is gzip-compressed."""
+    content, gunzipped when the file is gzip-compressed.
+
+    A file that matches a digest of the file as distributed is accepted before anything is
+    decompressed. ``decompress(raw, path)`` replaces the default (:func:`maybe_decompress` capped at
+    ``max_bytes``): a format reader passes one whose cap comes from the format's header."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise DataNotFoundError(f"{path}: file not found. {hint}".rstrip()) from exc
-    content = maybe_decompress(raw, path)
+    decompress = decompress or (lambda data, source: maybe_decompress(data, source, max_bytes))
+    if verify and checksums and checksums.file and _matches(raw, checksums.file):
+        return decompress(raw, path)
+    content = decompress(raw, path)
     if verify and checksums:
         verify_bytes(raw, content, checksums, path, hint=hint, known=known)
     return content
@@ -234,6 +284,13 @@ def verify_file(path: str | os.PathLike[str], checksums: Checksums, *, hint: str
     verify_bytes(raw, maybe_decompress(raw, path), checksums, path, hint=hint, known=known)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: os has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[tuple[BinaryIO, Path]]:
     """Open a temporary file ``.<name>.<random><suffix>`` next to ``path`` for binary writing; on
@@ -247,6 +304,10 @@ def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterato
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates the file owner-only (0600); the final file gets what open() would give
+        # it, 0666 less the user's umask, like every other file a run writes.
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             yield handle, tmp
             handle.flush()
@@ -283,13 +344,16 @@ def download(
     checksums: Checksums | None = None,
     *,
     timeout: float = 60.0,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
     """Download the first working URL of ``urls`` to ``dest``, verified against ``checksums``.
 
     The data streams into a temporary file in ``dest``'s directory and is renamed into place only
     after it verified, so ``dest`` is either absent or complete. Each URL is tried in turn; if all
     fail a :class:`DownloadError` lists every URL with its error and says how to place the file by
-    hand. ``file://`` URLs work too (used by the tests; nothing is downloaded at test time).
+    hand. ``file://`` URLs work too (used by the tests; nothing is downloaded at test time). A
+    source that announces or sends more than ``max_bytes`` is abandoned (a wrong URL, a hostile
+    server) before it fills the disk.
     """
     dest = Path(dest)
     url_list = [urls] if isinstance(urls, str) else list(urls)
@@ -300,11 +364,18 @@ def download(
         log.info("downloading %s -> %s", url, dest)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https/file only)
+                announced = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+                if announced and announced.isdigit() and int(announced) > max_bytes:
+                    raise DownloadError(f"the source announces {int(announced)} bytes, more than the {max_bytes} allowed for this file")
+                received = 0
                 with atomic_write(dest) as (handle, tmp):
                     # Hash while streaming: archives can be large (EMNIST's is 0.5 GB).
                     algorithms = {_parse_digest(d)[0] for d in checksums.file} if checksums else set()
                     hashers = {a: hashlib.new(a, usedforsecurity=False) for a in algorithms}
                     while chunk := response.read(_CHUNK):
+                        received += len(chunk)
+                        if received > max_bytes:
+                            raise DownloadError(f"the source sent more than the {max_bytes} bytes allowed for this file")
                         handle.write(chunk)  # type: ignore[attr-defined]
                         for h in hashers.values():
                             h.update(chunk)
@@ -313,7 +384,7 @@ def download(
                     if checksums and not any(d.lower() in found for d in checksums.file):
                         # No file digest matched (or none is known): check the content.
                         raw = tmp.read_bytes()
-                        verify_bytes(raw, maybe_decompress(raw, url), checksums, url)
+                        verify_bytes(raw, maybe_decompress(raw, url, max_bytes), checksums, url)
             return dest
         except (OSError, DataError, ValueError) as exc:
             # urllib's URLError/HTTPError and socket timeouts are OSErrors.

@@ -136,9 +136,9 @@ def check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
     if not path.is_file():
         return
     try:
-        import yaml
+        from chtorch.config.safe_yaml import safe_load_file
 
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        saved = safe_load_file(path)
     except Exception as exc:  # an unreadable config.yaml is not what a resume needs; say so
         raise CheckpointError(
             f"{path} is unreadable ({type(exc).__name__}: {exc}); the checkpoint holds the "

@@ -23,9 +23,9 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
-    import yaml
+    from chtorch.config.safe_yaml import safe_load_file
 
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return safe_load_file(path) or {}
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:

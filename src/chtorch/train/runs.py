@@ -3,6 +3,7 @@ one from its checkpoint with exactly the configuration it was started with."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
@@ -11,8 +12,9 @@ from typing import TextIO
 
 from chtorch.config import Config, ConfigError, apply_overrides, build_config, parse_override
 from chtorch.train import distributed as ddp
-from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 from chtorch.train.lifecycle import RESUME_OVERRIDABLE, RunResult, new_run_dir
+from chtorch.train.rundir import RunLock, check_device, check_out_dir
 from chtorch.train.trainer import Trainer
 
 __all__ = ["train", "resume"]
@@ -28,8 +30,10 @@ def train(
     """Train ``config`` in ``run_dir`` (default ``config.run.dir``, else ``runs/<name>-<time>``).
     A directory that already holds a checkpoint is refused: resume it or pick another."""
     config = dataclasses.replace(config, run=dataclasses.replace(config.run))
+    check_device(config.run.device)
     ctx = ddp.init_distributed(config.run.device)
     decision: tuple[str, str | None] | None = None
+    lock = RunLock(".")  # rank 0 locks the run directory; the others only follow
     if ctx.is_main:  # rank 0 names the directory (a time stamp) and the others follow
         target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
         error = None
@@ -38,6 +42,12 @@ def train(
                 f"{target} already holds a run (checkpoint.pt); continue it with `chtorch train --resume {target}` "
                 "or choose another --out directory"
             )
+        else:
+            try:
+                check_out_dir(target)
+                lock = RunLock(target, create=True).acquire()
+            except ConfigError as exc:
+                error = str(exc)
         decision = (str(target.resolve()), error)
     agreed = ctx.broadcast(decision)
     assert agreed is not None  # rank 0 always decides
@@ -45,7 +55,10 @@ def train(
     if error is not None:
         raise ConfigError(error, "run.dir")
     config.run.dir = target_name
-    return Trainer(config, out=out, callbacks=callbacks).fit()
+    try:
+        return Trainer(config, out=out, callbacks=callbacks).fit()
+    finally:
+        lock.release()
 
 
 def resume(
@@ -57,10 +70,16 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``run_dir`` from its checkpoint with the configuration it was started
     with. ``overrides`` may change only :data:`RESUME_OVERRIDABLE` keys (device, data location,
-    logging), so the continuation computes exactly what the uninterrupted run would have."""
+    logging), so the continuation computes exactly what the uninterrupted run would have. A run
+    that another process is training is refused (:class:`~chtorch.train.rundir.RunLock`)."""
     path = Path(run_dir)
+    with RunLock(path if path.is_dir() else path.parent) if ddp.env_rank() == 0 else contextlib.nullcontext():
+        return _resume(path, overrides, out=out, callbacks=callbacks)
+
+
+def _resume(path: Path, overrides: Sequence[str], *, out: TextIO | None, callbacks: Sequence[Callable[[Trainer], None]]) -> RunResult:
     run_dir = path if path.is_dir() else path.parent
-    state = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+    state = load_training_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
     for text in overrides:
         parts, _ = parse_override(text)
         key = ".".join(parts)
@@ -76,4 +95,5 @@ def resume(
     except ConfigError as exc:
         raise CheckpointError(f"the configuration stored in {run_dir} is no longer valid: {exc}") from None
     config.run.dir = str(run_dir.resolve())
+    check_device(config.run.device)
     return Trainer(config, resume_state=state, out=out, callbacks=callbacks).fit()

@@ -54,6 +54,7 @@ from chtorch.train import records
 from chtorch.train.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
+    check_optimizer_state,
     remove_stale_temporaries,
     rng_state,
     save_checkpoint,
@@ -65,6 +66,7 @@ from chtorch.train.lifecycle import settings_errors as _settings_errors
 from chtorch.train.metrics import MetricsLog, read_metrics
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.progress import Progress
+from chtorch.train.rundir import defer_sigint
 
 __all__ = ["Trainer"]
 
@@ -243,16 +245,25 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"], strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"the checkpoint does not fit this model (another model or sparsity config?): {exc}") from None
+            detail = " ".join(str(exc).split())  # torch's message spans lines; an error is one line
+            raise CheckpointError(f"the checkpoint does not fit this model (another model or sparsity config?): {detail}") from None
         if self.sparsity is not None:
             try:
                 self.sparsity.load_state_dict(state["sparsity"])
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"the checkpoint's sparsity state does not fit this run: {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
-        set_rng_state(mine["rng"])
+        try:  # shapes and types torch does not check itself: one line, not a traceback at the first step
+            self.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_state(self.optimizer, self.run_dir / CHECKPOINT_NAME)
+            self.scheduler.load_state_dict(state["scheduler"])
+            mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
+            set_rng_state(mine["rng"])
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's optimizer, scheduler or RNG state does not fit this run: {type(exc).__name__}: {exc}"
+            ) from None
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.sums = dict(mine["sums"])
         self.nonfinite = int(state["nonfinite"])
@@ -359,7 +370,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous_handler)
             torch.set_num_threads(self._threads)
         if interrupted:
-            self.save()
+            with defer_sigint(self.out):  # a second Ctrl-C must not cut this save short
+                self.save()
             self.log.close()
             message = interrupted_message(
                 self.run_dir, self.epoch, cfg.train.epochs, self.step, self.total_steps, self.world_size, self.dist.enabled
