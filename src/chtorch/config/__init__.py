@@ -112,6 +112,16 @@ class RunConfig:
         min=0,
     )
     recipe: str = _field("image_classification", "the task: which data, model, loss and metrics to build")
+    loggers: list[str] = _field(
+        factory=lambda: ["jsonl", "csv"],
+        help="where the run's scalars go: jsonl (metrics.jsonl, required), csv, tensorboard, wandb (WANDB_MODE=offline "
+        "works without network); see chtorch.train.loggers",
+    )
+    paper_table: str | None = _field(
+        None,
+        "the paper's table whose cells `chtorch compare` prints beside its results (chtorch.train.paper_tables)",
+        choices=("table7-mnist", "table7-fmnist", "table7-emnist"),
+    )
 
 
 @dataclass
