@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -65,7 +66,8 @@ from chtorch.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from chtorch.train.metrics import MetricsLog, active_neuron_count, read_metrics, save_topology, write_csv
+from chtorch.train.console import epoch_line
+from chtorch.train.metrics import MetricsLog, active_neuron_count, read_metrics, save_topology
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.progress import Progress, format_duration
 
@@ -76,6 +78,7 @@ RESUME_OVERRIDABLE = frozenset(
     {
         "run.device",
         "run.threads",
+        "run.loggers",
         "data.dir",
         "data.download",
         "data.verify",
@@ -211,6 +214,7 @@ class Trainer:
         self.sums: dict[str, Any] = {}
         self.nonfinite = 0
         self.elapsed = 0.0
+        self.lr_used = math.nan  # the LR of the last optimizer step (set by the loop; see _run_epoch)
         self._stop_requested = False
         self._threads = torch.get_num_threads()  # restored after the run: the setting is process-wide
         try:
@@ -430,15 +434,6 @@ class Trainer:
         if self.sparsity is not None and self.is_main:
             save_topology(self.sparsity.masks, self.run_dir / "topology" / f"{name}.npz", epoch=self.epoch, step=self.step)
 
-    def _write_tables(self) -> None:
-        if not self.is_main:
-            return
-        records = read_metrics(self.run_dir)
-        write_csv([r for r in records if r.get("kind") == "epoch"], self.run_dir / "metrics.csv")
-        updates = [r for r in records if r.get("kind") == "update"]
-        if updates:
-            write_csv(updates, self.run_dir / "updates.csv")
-
     # ------------------------------------------------------------------ the loop
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._stop_requested:
@@ -466,7 +461,8 @@ class Trainer:
             _check_same_run(self.run_dir, self.resume_state)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.log: MetricsLog | _NullLog = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
+            resume_step = self.step if self.resume_state is not None else None
+            self.log: MetricsLog | _NullLog = MetricsLog.for_run(self.run_dir, cfg, resume_step)
         else:
             self.log = _NullLog()
         if self.resume_state is not None:
@@ -551,6 +547,7 @@ class Trainer:
         epoch = self.epoch
         t0 = time.perf_counter()
         self.model.train()
+        logged_step = -1
         for batch in self._batches(epoch, self.batch):
             loss, stats = self.recipe.train_step(self.train_model, batch)
             report = None
@@ -579,6 +576,9 @@ class Trainer:
                 loss.backward()
                 if cfg.optim.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                # The LR this step trains with (the scheduler moves it after the step; just after a
+                # topology update that is the first value of a re-warm-up): step and epoch records report this one.
+                self.lr_used = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 if self.sparsity is not None:
                     report = self.sparsity.step()
@@ -590,16 +590,9 @@ class Trainer:
             self.batch += 1
             if report is not None:
                 self.log.write(self._update_record(report, epoch))
-            if cfg.train.log_every and self.step % cfg.train.log_every == 0 and report is None:
-                self.log.write(
-                    {
-                        "kind": "step",
-                        "epoch": epoch + 1,
-                        "step": self.step,
-                        "loss": float(loss.detach()),
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                    }
-                )
+            if cfg.train.log_every and self.step % cfg.train.log_every == 0 and self.step != logged_step:
+                logged_step = self.step  # a skipped (non-finite) step does not log the same step twice
+                self.log.write({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": float(loss.detach()), "lr": self.lr_used})
             postfix = None
             if progress.bar is not None and (self.batch % 10 == 0 or self.batch == self.steps_per_epoch):
                 train = self.recipe.summarize(self.sums)
@@ -617,7 +610,7 @@ class Trainer:
         # ---- end of epoch
         self.epoch += 1
         self.batch = 0
-        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.lr_used}
         record.update(self.recipe.summarize(self.dist.sum(self.sums) if self.dist.enabled else self.sums))
         if self.is_main and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
             record.update(self.recipe.evaluate(self.model))  # the whole test set, on rank 0
@@ -634,24 +627,9 @@ class Trainer:
                 self._snapshot(f"epoch_{self.epoch:04d}")
         if cfg.train.checkpoint:
             self.save()
-        self._write_tables()
         eta = progress.eta(self.step)
-        progress.line(self._epoch_line(record, eta))
+        progress.line(epoch_line(record, cfg.train.epochs, eta))
         return record
-
-    def _epoch_line(self, record: dict[str, Any], eta: float | None) -> str:
-        parts = [f"epoch {record['epoch']}/{self.config.train.epochs}"]
-        train = [f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items() if k.startswith("train_") and isinstance(v, float)]
-        if train:
-            parts.append("train " + " ".join(train))
-        test = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in record.items() if k.startswith(("test_", "val_")) and isinstance(v, float)]
-        if test:
-            parts.append("test " + " ".join(test))
-        parts.append(f"density {record.get('density', 1.0):.4f}")
-        parts.append(f"active {100 * record.get('active_neurons', 1.0):.1f}%")
-        parts.append(f"lr {record['lr']:.3g}")
-        parts.append(f"{record['seconds']:.1f}s" + (f" eta {format_duration(eta)}" if eta is not None else ""))
-        return " | ".join(parts)
 
     # ------------------------------------------------------------------ the end
     def _result(self, record: dict[str, Any], finished: bool, interrupted: bool) -> RunResult:
