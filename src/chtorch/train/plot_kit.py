@@ -28,6 +28,7 @@ __all__ = [
     "mark_updates",
     "heatmap",
     "legend_outside",
+    "epoch_axis",
 ]
 
 # leaf module name -> role. Attention projections of the common model families (LLaMA, BERT, GPT-2,
@@ -169,6 +170,12 @@ def heatmap(
     ax.set_yticklabels([label if i % step == 0 else "" for i, label in enumerate(labels)], fontsize=7 if n <= 16 else 6)
     ax.set_title(title, fontsize="medium")
     fig.colorbar(image, ax=ax, label=cbar, shrink=0.9 if n > 6 else 1.0)
+
+
+def epoch_axis(ax: Any, label: str = "epoch") -> None:
+    """Label the x axis and keep its ticks on whole numbers (epochs, update counts)."""
+    ax.set_xlabel(label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def legend_outside(ax: Any, **kwargs: Any) -> None:

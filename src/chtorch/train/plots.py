@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from chtorch.train.metrics import load_topology, read_metrics
-from chtorch.train.plot_kit import figure, heatmap, layer_label, legend_outside, mark_updates, run_title, safe_name, save
+from chtorch.train.plot_kit import epoch_axis, figure, heatmap, layer_label, legend_outside, mark_updates, run_title, safe_name, save
 
 __all__ = ["make_plots", "adjacency_image", "adjacency_files", "degree_matrix", "HISTOGRAM_LAYERS", "load_run_config"]
 
@@ -97,7 +97,7 @@ def _curves(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], update_x:
             ax.set_yscale("log")
         mark_updates(ax, update_x, label=True)
         ax.set_title(_NAMES.get(metric, metric.replace("_", " ")))
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     ax = flat[len(families)]
@@ -110,7 +110,7 @@ def _curves(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], update_x:
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) <= 30 else None, markersize=3)
         ax.set_title("learning rate (last step of each epoch)")
     mark_updates(ax, update_x)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.grid(alpha=0.3)
     for extra in flat[panels:]:
         extra.set_axis_off()
@@ -153,7 +153,7 @@ def _topology(epochs: list[dict[str, Any]], update_x: list[float], title: str, p
         ax.ticklabel_format(axis="y", useOffset=False)
         mark_updates(ax, update_x)
         ax.set_title(name + " — network")
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
     density = _layer_matrix(layered, names, "density")
     heatmap(
@@ -164,7 +164,7 @@ def _topology(epochs: list[dict[str, Any]], update_x: list[float], title: str, p
             fig, ax, _layer_matrix(layered, names, key, 100.0), xs, labels, f"{what} per layer", "%", cmap="magma", vmin=0.0, vmax=100.0
         )
     for ax in axes[1]:
-        ax.set_xlabel("epoch")
+        epoch_axis(ax)
     fig.suptitle(title)
     return save(fig, path)
 
@@ -189,8 +189,7 @@ def _updates(updates: list[dict[str, Any]], title: str, path: Path):
     ax.set_ylim(0.0, 105.0)
     ax.set_title("removed ∩ regrown / regrown (%) — network")
     for ax in axes[0]:
-        ax.set_xlabel("topology update")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epoch_axis(ax, "topology update")
         ax.grid(alpha=0.3)
     if names:
         labels = [layer_label(n) for n in names]
@@ -214,8 +213,7 @@ def _updates(updates: list[dict[str, Any]], title: str, path: Path):
                     turnover[i, j] = 100.0 * info["regrown"] / info["links"]
         heatmap(fig, axes[1][1], turnover, xs, labels, "links regrown per layer (% of its links)", "%", cmap="viridis", vmin=0.0)
         for ax in axes[1]:
-            ax.set_xlabel("topology update")
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            epoch_axis(ax, "topology update")
     fig.suptitle(title)
     return save(fig, path)
 
