@@ -134,8 +134,8 @@ class CsvLogger:
 
 
 class TensorBoardLogger:
-    """TensorBoard event files in ``RUN_DIR/tensorboard``; ``purge_step`` (a resume's checkpoint
-    step) discards the events an interrupted session wrote after it."""
+    """TensorBoard event files in ``RUN_DIR/tensorboard``; events at ``purge_step`` and later (on a
+    resume: those an interrupted session wrote after its checkpoint) are discarded."""
 
     def __init__(self, run_dir: str | os.PathLike[str], purge_step: int | None = None) -> None:
         try:
@@ -230,7 +230,8 @@ def build_loggers(
             if name == "csv":
                 loggers.append(CsvLogger(run_dir))
             elif name == "tensorboard":
-                loggers.append(TensorBoardLogger(run_dir, purge_step=resume_step if resume_step is not None else 0))
+                # Records at the checkpoint's own step are in the checkpoint's metrics.jsonl; later ones are rewound.
+                loggers.append(TensorBoardLogger(run_dir, purge_step=0 if resume_step is None else resume_step + 1))
             elif name == "wandb":
                 loggers.append(WandbLogger(run_dir, run_name, json.loads(json.dumps(config or {}, default=str))))
     except BaseException:
