@@ -39,6 +39,7 @@ from chtorch.config import (
 from chtorch.dst.options import closest
 from chtorch.train.checkpoint import CHECKPOINT_NAME
 from chtorch.train.compare_table import PLAN_NAME, format_table, mean_stderr, write_compare
+from chtorch.train.loggers import check_logger_names
 from chtorch.train.paper_tables import paper_row
 from chtorch.train.trainer import RESUME_OVERRIDABLE, SUMMARY_NAME, TrainingError, resume, train
 
@@ -129,6 +130,7 @@ def _plan(config: Config, methods: Sequence[str], seeds: Sequence[int], out_dir:
         raise ConfigError(f"--methods lists a method twice: {', '.join(methods)}")
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
+    check_logger_names(config.run.loggers)
     threads = 1 if jobs > 1 else None
     plan = [_Run(m, s, _run_config(config, m, s, out_dir / f"{m}-seed{s}", threads)) for m in methods for s in seeds]
     for run in plan:
