@@ -257,7 +257,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {run_dir / 'compare.md'}")
         return 0
     if not (run_dir / "metrics.jsonl").is_file():
-        return _fail(f"{run_dir} is neither a chtorch run directory (no metrics.jsonl) nor a compare directory (no compare-plan.json)")
+        return _fail(f"{run_dir} is not a chtorch run directory (no metrics.jsonl), nor a compare directory (no compare-plan.json)")
     plots, report, skipped = rebuild(run_dir)
     for path in plots:
         print(f"wrote {path}")
