@@ -66,7 +66,7 @@ class _Run:
 
     @property
     def dir(self) -> Path:
-        return Path(self.config.run.dir)
+        return Path(str(self.config.run.dir))
 
     @property
     def name(self) -> str:

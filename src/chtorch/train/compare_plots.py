@@ -47,7 +47,7 @@ def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]
     label = metric.replace("_", " ") + (" (%)" if scale == 100.0 else "")
     methods = [row["method"] for row in rows]
     fig, axes = figure(1, 2, 5.4, 3.6)
-    colours = {}
+    colours: dict[str, str] = {}
     for method in methods:
         dirs = [r["dir"] for r in runs if r["method"] == method]
         for ax, key, s in ((axes[0][0], metric, scale), (axes[0][1], "active_neurons", 100.0)):

@@ -102,7 +102,7 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
         if not mine:
             continue
         last, last_se = mean_stderr([r["last"] for r in mine])
-        best, best_se = mean_stderr([r["best"] for r in mine])
+        best_mean, best_se = mean_stderr([r["best"] for r in mine])
         anp, anp_se = mean_stderr([r["active_neurons"] for r in mine])
         cell = paper_cell(plan.get("paper_table"), (plan.get("paper_rows") or {}).get(method))
         rows.append(
@@ -111,7 +111,7 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
                 "metric": metric,
                 "mean": last,
                 "stderr": last_se,
-                "best_mean": best,
+                "best_mean": best_mean,
                 "best_stderr": best_se,
                 "active_neurons": anp,
                 "active_neurons_stderr": anp_se,
@@ -209,7 +209,7 @@ def write_compare(
         from chtorch.train.compare_plots import compare_plots
 
         try:
-            figures = compare_plots(out_dir, plan, rows, runs, metric)
+            figures = compare_plots(out_dir, plan, rows, runs, metric or "metric")
         except ImportError:
             figures = []
     pictures = "".join(f"\n![{p.stem}]({p.name})\n" for p in figures)

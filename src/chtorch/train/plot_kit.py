@@ -156,13 +156,13 @@ def heatmap(
     """``values`` (layers × time) as an image with one labelled row per layer and a colour bar.
     Missing values (NaN) stay blank."""
     n = len(labels)
-    xs = np.asarray(xs, dtype=float)
-    half = 0.5 * (np.min(np.diff(xs)) if len(xs) > 1 else 1.0)
+    x = np.asarray(xs, dtype=float)
+    half = 0.5 * (np.min(np.diff(x)) if len(x) > 1 else 1.0)
     image = ax.imshow(
         np.ma.masked_invalid(values),
         aspect="auto",
         interpolation="nearest",
-        extent=(xs[0] - half, xs[-1] + half, n - 0.5, -0.5),
+        extent=(x[0] - half, x[-1] + half, n - 0.5, -0.5),
         **kwargs,
     )
     step = max(1, int(np.ceil(n / 48)))  # at most 48 labelled rows; the others are ticks only

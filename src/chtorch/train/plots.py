@@ -129,7 +129,7 @@ def _layer_matrix(records: list[dict[str, Any]], names: list[str], key: str, sca
         for i, name in enumerate(names):
             value = (layers.get(name) or {}).get(key)
             if _is_number(value):
-                out[i, j] = scale * value
+                out[i, j] = scale * float(value)  # type: ignore[arg-type]
     return out
 
 
