@@ -170,6 +170,14 @@ def heatmap(
     ax.set_yticklabels([label if i % step == 0 else "" for i, label in enumerate(labels)], fontsize=7 if n <= 16 else 6)
     ax.set_title(title, fontsize="medium")
     fig.colorbar(image, ax=ax, label=cbar, shrink=0.9 if n > 6 else 1.0)
+    if n <= 8 and values.shape[1] <= 16:  # few cells (an MLP): print each value, colours alone are too coarse
+        norm = image.norm
+        for i in range(n):
+            for j in range(values.shape[1]):
+                if np.isfinite(values[i, j]):
+                    shade = image.cmap(norm(values[i, j]))
+                    dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+                    ax.text(x[j], i, f"{values[i, j]:.3g}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
 
 
 def epoch_axis(ax: Any, label: str = "epoch") -> None:
