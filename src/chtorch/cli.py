@@ -3,8 +3,8 @@
     chtorch train [CONFIG.yaml] [--set key=value ...] [--out DIR]   train (no config: the offline demo)
     chtorch train --resume RUN_DIR                                  continue a run exactly
     chtorch methods                                                 the registered methods
-    chtorch compare CONFIG.yaml --methods dense,set,rigl,chts [--seeds 0,1,2]
-    chtorch report RUN_DIR                                          re-create plots and report.md
+    chtorch compare CONFIG.yaml --methods dense,set,rigl,chts [--seeds 0,1,2] [--jobs N]
+    chtorch report RUN_DIR|COMPARE_DIR                              re-create plots and report.md / compare.md
     chtorch config [CONFIG.yaml] [--set ...] [--reference]          show the resolved config / all keys
     chtorch export RUN_DIR                                          compact a trained sparse model
 
@@ -70,20 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="train several methods on the same budget and tabulate",
         description="Train each method (and seed) with the same config and budget, then print and save "
-        "a table: accuracy ± standard error, active neurons, density.",
+        "a table (mean ± standard error over seeds of the last- and best-epoch metric, active neurons, density, and "
+        "the paper's cell where run.paper_table names one) and overlay plots. The same command again reuses "
+        "finished runs and resumes interrupted ones.",
     )
     p.add_argument("config", help="YAML config shared by every run")
     p.add_argument("--methods", required=True, help="comma-separated, e.g. dense,set,rigl,chts,chtss (dense = no sparsification)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>-<date>-<time>)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N runs at once, each a subprocess with one torch thread (default 1: one after another, in this process)",
+    )
     _add_set(p)
 
     p = sub.add_parser(
         "report",
-        help="re-create a run's plots and report.md from its saved metrics",
-        description="Re-create the plots and report.md of RUN_DIR from its metrics.jsonl and topology snapshots.",
+        help="re-create a run's plots and report.md (or a compare directory's table and plots)",
+        description="Re-create the plots and report.md of RUN_DIR from its metrics.jsonl and topology snapshots; for a "
+        "directory written by `chtorch compare`, re-create compare.md/.csv/.json and the overlay plots from its runs.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR|COMPARE_DIR")
 
     p = sub.add_parser(
         "config",
@@ -241,17 +251,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     config = load_config(args.config, args.overrides)
-    compare(config, methods, seeds, args.out)
+    compare(config, methods, seeds, args.out, jobs=args.jobs)
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from chtorch.train.compare_table import is_compare_dir, write_compare
     from chtorch.train.run_report import rebuild
     from chtorch.train.rundir import check_run_records
 
     run_dir = Path(args.run_dir)
+    if is_compare_dir(run_dir):
+        table, _, _, plots = write_compare(run_dir)
+        print(table)
+        for path in plots:
+            print(f"wrote {path}")
+        print(f"wrote {run_dir / 'compare.md'}")
+        return 0
     if not (run_dir / "metrics.jsonl").is_file():
-        return _fail(f"{run_dir} is not a chtorch run directory (no metrics.jsonl)")
+        return _fail(f"{run_dir} is not a chtorch run directory (no metrics.jsonl), nor a compare directory (no compare-plan.json)")
     check_run_records(run_dir)  # not UTF-8, not JSON, absurd records: one line naming the file and line
     try:
         plots, report, skipped = rebuild(run_dir)

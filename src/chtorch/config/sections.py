@@ -35,6 +35,16 @@ class RunConfig:
     recipe: str = setting(
         "", "the task: which data, model, loss and metrics to build (empty: the default recipe, MLP image classification)"
     )
+    loggers: list[str] = setting(
+        factory=lambda: ["jsonl", "csv"],
+        help="where the run's scalars go: jsonl (metrics.jsonl, required), csv, tensorboard, wandb (WANDB_MODE=offline "
+        "works without network); see chtorch.train.loggers",
+    )
+    paper_table: str | None = setting(
+        None,
+        "the paper's table whose cells `chtorch compare` prints beside its results (chtorch.train.paper_tables)",
+        choices=("table7-mnist", "table7-fmnist", "table7-emnist"),
+    )
 
 
 @dataclass

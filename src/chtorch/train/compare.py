@@ -2,82 +2,225 @@
 
 Every run uses the same config — epochs, batch size, optimizer and schedule, sparsity — and differs
 only in ``sparsity.method`` (``dense`` = no sparsification) and ``run.seed``; per-method extras come
-from ``sparsity.method_options``. The table gives mean ± standard error over seeds (sample standard
-deviation / √n, as the paper's "±"), the active-neuron percentage (ANP) and the final density
-(Zhang et al., NeurIPS 2025, arXiv:2501.19107, Tables 1 and 7). Finished runs found in the output
-directory are reused and unfinished ones resumed, so an interrupted comparison continues.
+from ``sparsity.method_options``. Runs live in ``OUT/<method>-seed<s>/``; the table (mean ± SE over
+seeds at the last and the best epoch, ANP, density, the paper's cell where ``run.paper_table`` names
+one) and the overlay plots are written by :mod:`chtorch.train.compare_table` from the runs' records.
+
+``jobs > 1`` trains that many runs at once, each a ``chtorch train`` subprocess with one torch
+thread (``run.threads=1``, ``OMP_NUM_THREADS=1``), its console output in ``OUT/logs/``. The same
+command again skips the finished runs and resumes the interrupted ones from their checkpoints
+(exactly, see :func:`chtorch.train.resume`); a run directory trained with another configuration
+is refused rather than mixed into the table.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from chtorch.config import Config, ConfigError, build_config, config_to_dict
+from chtorch.config import (
+    Config,
+    ConfigError,
+    build_config,
+    config_to_dict,
+    method_options_for,
+    resolve_sparsity_options,
+    save_config,
+)
+from chtorch.dst.methods import all_methods, is_dense
 from chtorch.dst.options import closest
 from chtorch.train.checkpoint import CHECKPOINT_NAME
-from chtorch.train.lifecycle import SUMMARY_NAME
+from chtorch.train.compare_table import PLAN_NAME, format_table, mean_stderr, write_compare
+from chtorch.train.lifecycle import RESUME_OVERRIDABLE, SUMMARY_NAME, TrainingError
+from chtorch.train.loggers import check_logger_names
+from chtorch.train.paper_tables import paper_row
 from chtorch.train.runs import resume, train
 
 __all__ = ["compare", "CompareResult", "mean_stderr", "format_table"]
 
 
-def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
-    """(mean, standard error of the mean) — the error is None for fewer than two values."""
-    n = len(values)
-    if n == 0:
-        return math.nan, None
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
 @dataclass
 class CompareResult:
-    """Per-method rows (aggregated over seeds), per-run summaries, and the rendered table."""
+    """Per-method rows (aggregated over seeds), per-run entries, the rendered table and plots."""
 
     out_dir: Path
     metric: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     table: str = ""
+    plots: list[Path] = field(default_factory=list)
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if "accuracy" in metric else 1.0
+@dataclass
+class _Run:
+    method: str
+    seed: int
+    config: Config
+
+    @property
+    def dir(self) -> Path:
+        return Path(str(self.config.run.dir))
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-seed{self.seed}"
 
 
-def format_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The Markdown table of :func:`compare`'s rows."""
-    scale = _scale(metric)
-    unit = " (%)" if scale == 100.0 else ""
-    head = f"| method | {metric.replace('_', ' ')}{unit} | active neurons (%) | density | runs |"
-    lines = [head, "|---|---:|---:|---:|---:|"]
-    for row in rows:
-        err = row["stderr"]
-        value = f"{scale * row['mean']:.2f} ± {scale * err:.2f}" if err is not None else f"{scale * row['mean']:.2f}"
-        lines.append(f"| {row['method']} | {value} | {100 * row['active_neurons']:.1f} | {row['density']:.4f} | {row['runs']} |")
-    return "\n".join(lines)
-
-
-def _run_config(base: Config, method: str, seed: int, run_dir: Path) -> Config:
+def _run_config(base: Config, method: str, seed: int, run_dir: Path, threads: int | None) -> Config:
     raw = config_to_dict(base)
     raw["sparsity"]["method"] = method
     raw["run"]["seed"] = seed
     raw["run"]["name"] = f"{base.run.name}-{method}-seed{seed}"
     raw["run"]["dir"] = str(run_dir.resolve())
+    if threads is not None:
+        raw["run"]["threads"] = threads
     return build_config(raw)
+
+
+def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return {prefix: raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _check_same_config(run: _Run) -> None:
+    """Refuse a run directory trained with another configuration than this comparison's."""
+    path = run.dir / "config.yaml"
+    if not path.is_file():
+        return
+    import yaml
+
+    saved = _flatten(json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)))
+    planned = _flatten(json.loads(json.dumps(config_to_dict(run.config), default=str)))
+    ignore = set(RESUME_OVERRIDABLE) | {"run.dir"}
+    differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and saved.get(k) != planned.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {planned.get(k)!r} now" for k in differ[:3])
+        raise ConfigError(
+            f"{run.dir} was trained with another configuration ({shown}{' ...' if len(differ) > 3 else ''}); "
+            "compare into another --out directory, or remove that run to retrain it"
+        )
+
+
+def _finished(run: _Run) -> bool:
+    path = run.dir / SUMMARY_NAME
+    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("finished"))
+
+
+def _plan(config: Config, methods: Sequence[str], seeds: Sequence[int], out_dir: Path, jobs: int) -> list[_Run]:
+    known = all_methods()
+    if not methods:
+        raise ConfigError("--methods is empty: give a comma-separated list, e.g. dense,set,rigl,chts")
+    for m in methods:
+        if m not in known:
+            raise ConfigError(f"unknown method {m!r}{closest(m, known)}; known methods: {', '.join(known)}", "sparsity.method")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods lists a method twice: {', '.join(methods)}")
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
+    check_logger_names(config.run.loggers)
+    threads = 1 if jobs > 1 else None
+    plan = [_Run(m, s, _run_config(config, m, s, out_dir / f"{m}-seed{s}", threads)) for m in methods for s in seeds]
+    for run in plan:
+        _check_same_config(run)
+    return plan
+
+
+def _write_plan(config: Config, plan: list[_Run], methods: Sequence[str], seeds: Sequence[int], out_dir: Path) -> None:
+    rows = {}
+    for m in methods:
+        options = None if is_dense(m) else resolve_sparsity_options(m, method_options_for(config, m))
+        rows[m] = paper_row(m, options)
+    data = {
+        "name": config.run.name,
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "sparsity": config.sparsity.sparsity,
+        "paper_table": config.run.paper_table,
+        "paper_rows": rows,
+        "runs": [{"method": r.method, "seed": r.seed, "dir": r.dir.name} for r in plan],
+    }
+    (out_dir / PLAN_NAME).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _run_here(plan: list[_Run], out: TextIO) -> None:
+    for i, run in enumerate(plan, start=1):
+        print(f"[{i}/{len(plan)}] {run.method}, seed {run.seed} -> {run.dir}", file=out, flush=True)
+        if _finished(run):
+            print("  finished earlier; reusing its result", file=out)
+        elif (run.dir / CHECKPOINT_NAME).is_file():
+            resume(run.dir, out=out)
+        else:
+            train(run.config, run.dir, out=out)
+
+
+def _command(run: _Run, config_path: Path) -> list[str]:
+    base = [sys.executable, "-m", "chtorch.cli", "train"]
+    quiet = ["--set", "run.threads=1", "train.progress=lines"]
+    if (run.dir / CHECKPOINT_NAME).is_file():
+        return [*base, "--resume", str(run.dir), *quiet]
+    return [*base, str(config_path), "--out", str(run.dir), *quiet]
+
+
+def _run_parallel(plan: list[_Run], jobs: int, out_dir: Path, out: TextIO) -> list[str]:
+    """Train the unfinished runs of ``plan``, ``jobs`` at a time, as subprocesses; returns the
+    failures (one line each)."""
+    logs, configs = out_dir / "logs", out_dir / "configs"
+    logs.mkdir(exist_ok=True)
+    configs.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo = []
+    for i, run in enumerate(plan, start=1):
+        if _finished(run):
+            print(f"[{i}/{len(plan)}] {run.name}: finished earlier; reusing its result", file=out, flush=True)
+        else:
+            todo.append((i, run))
+    running: dict[subprocess.Popen, tuple[int, _Run, float, Any]] = {}
+    failures: list[str] = []
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                i, run = todo.pop(0)
+                config_path = configs / f"{run.name}.yaml"
+                save_config(run.config, config_path)
+                command = _command(run, config_path)
+                log = open(logs / f"{run.name}.log", "a", encoding="utf-8")  # noqa: SIM115 - closed when the run ends
+                verb = "resuming" if "--resume" in command else "training"
+                print(f"[{i}/{len(plan)}] {verb} {run.name} (log: {log.name})", file=out, flush=True)
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (i, run, time.perf_counter(), log)
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                i, run, t0, log = running.pop(proc)
+                log.close()
+                seconds = time.perf_counter() - t0
+                if proc.returncode == 0 and _finished(run):
+                    print(f"[{i}/{len(plan)}] finished {run.name} in {seconds:.0f} s", file=out, flush=True)
+                else:
+                    failures.append(f"{run.name} (exit status {proc.returncode}; see {log.name})")
+                    print(f"[{i}/{len(plan)}] FAILED {run.name} (exit status {proc.returncode}); see {log.name}", file=out, flush=True)
+    except KeyboardInterrupt:
+        # The runs got the Ctrl-C too (same process group): each saves a checkpoint and exits.
+        for proc, (_, _, _, log) in running.items():
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        print("\nchtorch: compare interrupted; run the same command again to resume the unfinished runs", file=out, flush=True)
+        raise
+    return failures
 
 
 def compare(
@@ -87,93 +230,35 @@ def compare(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     out: TextIO | None = None,
+    jobs: int = 1,
 ) -> CompareResult:
-    """Train every ``method`` with every seed in ``out_dir/<method>-seed<s>`` and write
-    ``compare.md``, ``compare.csv`` and ``compare.json`` there."""
-    from chtorch.dst.methods import all_methods
-
+    """Train every ``method`` with every seed in ``out_dir/<method>-seed<s>`` (``jobs`` at a time)
+    and write ``compare.md``, ``compare.csv``, ``compare.json`` and the overlay plots there. Runs
+    finished earlier are reused and interrupted ones resumed."""
     out = out or sys.stdout
-    known = all_methods()
     methods = [m.strip().lower() for m in methods if m.strip()]
-    if not methods:
-        raise ConfigError("--methods is empty: give a comma-separated list, e.g. dense,set,rigl,chts")
-    for m in methods:
-        if m not in known:
-            raise ConfigError(f"unknown method {m!r}{closest(m, known)}; known methods: {', '.join(known)}", "sparsity.method")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"--methods lists a method twice: {', '.join(methods)}")
     seeds = [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds must be distinct non-negative integers, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     if out_dir is None:
         out_dir = Path("runs") / f"compare-{config.run.name}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir = Path(out_dir)
+    plan = _plan(config, methods, seeds, out_dir, jobs)  # every run's config is checked before anything trains
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    # Validate every run's config before training anything.
-    plan = [(m, s, _run_config(config, m, s, out_dir / f"{m}-seed{s}")) for m in methods for s in seeds]
-    result = CompareResult(out_dir, metric="")
-    for i, (method, seed, run_config) in enumerate(plan, start=1):
-        run_dir = Path(run_config.run.dir)
-        summary_path = run_dir / SUMMARY_NAME
-        print(f"[{i}/{len(plan)}] {method}, seed {seed} -> {run_dir}", file=out, flush=True)
-        if summary_path.is_file() and json.loads(summary_path.read_text(encoding="utf-8")).get("finished"):
-            print("  finished earlier; reusing its result", file=out)
-        elif (run_dir / CHECKPOINT_NAME).is_file():
-            resume(run_dir, out=out)
-        else:
-            train(run_config, run_dir, out=out)
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        result.runs.append(summary)
-
-    metric = result.runs[0]["primary_metric"]
-    result.metric = metric
-    for method in methods:
-        runs = [r for r in result.runs if r["method"] == method]
-        mean, err = mean_stderr([float(r["final"][metric]) for r in runs])
-        result.rows.append(
-            {
-                "method": method,
-                "metric": metric,
-                "mean": mean,
-                "stderr": err,
-                "active_neurons": sum(float(r["final"].get("active_neurons", 1.0)) for r in runs) / len(runs),
-                "density": sum(float(r["final"].get("density", 1.0)) for r in runs) / len(runs),
-                "runs": len(runs),
-                "seeds": [r["seed"] for r in runs],
-                "values": [float(r["final"][metric]) for r in runs],
-            }
-        )
-    first = result.runs[0]
-    budget = (
-        f"Budget for every method: {first['epochs']} epochs = {first['steps']} optimizer steps, "
-        f"sparsity {config.sparsity.sparsity} for the sparse methods, seeds {', '.join(map(str, seeds))}; "
-        f"dataset `{first['data'].get('dataset', config.data.name if hasattr(config.data, 'name') else '?')}`. "
-        "± is the standard error over seeds."
-    )
-    result.table = format_table(result.rows, metric)
-    (out_dir / "compare.md").write_text(f"# chtorch compare: {config.run.name}\n\n{budget}\n\n{result.table}\n", encoding="utf-8")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["method", metric, "stderr", "active_neurons", "density", "runs", "values"])
-    for row in result.rows:
-        writer.writerow(
-            [
-                row["method"],
-                row["mean"],
-                "" if row["stderr"] is None else row["stderr"],
-                row["active_neurons"],
-                row["density"],
-                row["runs"],
-                " ".join(f"{v:.6g}" for v in row["values"]),
-            ]
-        )
-    (out_dir / "compare.csv").write_text(buffer.getvalue(), encoding="utf-8")
-    (out_dir / "compare.json").write_text(
-        json.dumps({"metric": metric, "rows": result.rows, "runs": result.runs}, indent=2, default=str), encoding="utf-8"
-    )
+    _write_plan(config, plan, methods, seeds, out_dir)
+    failures: list[str] = []
+    if jobs == 1:
+        _run_here(plan, out)
+    else:
+        failures = _run_parallel(plan, jobs, out_dir, out)
+    table, rows, runs, plots = write_compare(out_dir)
+    result = CompareResult(out_dir, metric=rows[0]["metric"] if rows else "", rows=rows, runs=runs, table=table, plots=plots)
     print("", file=out)
-    print(budget, file=out)
-    print(result.table, file=out)
-    print(f"\nsaved {out_dir / 'compare.md'} and compare.csv", file=out, flush=True)
+    print(table, file=out)
+    print(f"\nsaved {out_dir / 'compare.md'}, compare.csv" + (" and the overlay plots" if plots else ""), file=out, flush=True)
+    if failures:
+        raise TrainingError(
+            f"{len(failures)} of {len(plan)} runs failed: {'; '.join(failures)}. The table holds the others; "
+            "fix the cause and run the same command again (finished runs are reused)"
+        )
     return result

@@ -34,6 +34,7 @@ RESUME_OVERRIDABLE = frozenset(
     {
         "run.device",
         "run.threads",
+        "run.loggers",
         "data.dir",
         "data.download",
         "data.verify",

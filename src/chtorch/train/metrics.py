@@ -1,10 +1,10 @@
-"""Run records: the metrics log (JSONL, CSV, TensorBoard), active-neuron counts, topology snapshots.
+"""Run records: the metrics log (JSONL, forwarded to the loggers of :mod:`chtorch.train.loggers`), active-neuron counts, topology snapshots.
 
 ``metrics.jsonl`` is the source of truth: one JSON object per line with a ``kind`` —
 ``"epoch"`` (training and evaluation metrics, density, active neurons, per-layer state),
 ``"update"`` (what a topology update did, per layer) or ``"step"`` (the loss every
-``train.log_every`` steps). ``metrics.csv`` and ``updates.csv`` are flat tables re-derived from it,
-and plots and the report are drawn from it, so ``chtorch report`` can rebuild them at any time.
+``train.log_every`` steps). ``metrics.csv``, ``updates.csv`` and ``steps.csv`` are flat tables re-derived
+from it (the ``csv`` logger), and plots and the report are drawn from it, so ``chtorch report`` can rebuild them at any time.
 
 Topology snapshots (``topology/*.npz``) store each sparse layer's links as (row, column) index
 arrays — about 8 bytes per link, 0.2 MB for a 1568×1568 layer at 99% sparsity — for the degree
@@ -18,7 +18,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,24 +57,45 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Append-only JSONL log in ``run_dir`` with an optional TensorBoard mirror.
+    """Append-only ``metrics.jsonl`` in ``run_dir`` that forwards every record's scalars to
+    ``loggers`` (see :mod:`chtorch.train.loggers`).
 
     ``offset`` is the file's byte length (stored in checkpoints): :meth:`truncate` cuts the file back
     to it on resume, so records written after the checkpoint are not duplicated.
+    ``tensorboard=True`` (``train.tensorboard``) adds a TensorBoard logger when the package is installed.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], tensorboard: bool = False, loggers: Sequence[Any] | None = None) -> None:
         self.path = Path(run_dir) / METRICS_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
-        self._writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+        self.loggers: list[Any] = list(loggers or [])
+        if tensorboard and not any(type(lg).__name__ == "TensorBoardLogger" for lg in self.loggers):
+            from chtorch.train.loggers import build_loggers
 
-                self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-            except Exception:  # not installed: JSONL and CSV are enough
-                self._writer = None
+            self.loggers += build_loggers(run_dir, ["jsonl"], tensorboard_if_installed=True)
+
+    @classmethod
+    def for_run(cls, run_dir: str | os.PathLike[str], config: Any, resume_step: int | None = None) -> MetricsLog:
+        """The log of a trainer's run: the loggers of ``config.run.loggers`` (plus TensorBoard when
+        ``config.train.tensorboard`` and it is installed); ``resume_step`` is the checkpoint's step
+        when the run resumes (TensorBoard drops what an interrupted session logged after it)."""
+        from chtorch.config import config_to_dict, config_to_yaml
+        from chtorch.train.loggers import build_loggers
+
+        loggers = build_loggers(
+            run_dir,
+            getattr(config.run, "loggers", ["jsonl", "csv"]),
+            run_name=config.run.name,
+            config=config_to_dict(config),
+            resume_step=resume_step,
+            tensorboard_if_installed=bool(config.train.tensorboard),
+        )
+        log = cls(run_dir, loggers=loggers)
+        if resume_step is None:
+            for logger in loggers:
+                logger.log_text(0, "config", config_to_yaml(config))
+        return log
 
     @property
     def offset(self) -> int:
@@ -89,21 +110,23 @@ class MetricsLog:
             handle.truncate(offset)
 
     def write(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False)
+        record = _jsonable(record)
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False)
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
-        if self._writer is not None:
+        if self.loggers:
+            from chtorch.train.loggers import record_scalars
+
+            scalars = record_scalars(record)
             step = int(record.get("step", 0))
-            kind = record.get("kind", "log")
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
-                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+            for logger in self.loggers:
+                logger.log_scalars(step, scalars)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close()
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -1,142 +1,221 @@
-"""PNG plots of a run, drawn from its saved records only (``metrics.jsonl``, ``topology/*.npz``).
+"""PNG plots of a run, drawn from its saved records only (``metrics.jsonl``, ``topology/*.npz``,
+``config.yaml``), readable for a 3-layer MLP and a 32-layer Transformer alike:
 
-- ``curves.png``: training/evaluation loss and metrics per epoch;
-- ``topology.png``: density, active neurons (inputs and outputs) per layer, ANP and ITOP over time;
-- ``updates.png``: links removed/regrown and the removed∩regrown overlap per topology update;
-- ``degrees.png``: degree distributions of each sparse layer's bipartite graph, start vs end;
-- ``adjacency_<layer>.png``: the layer's adjacency matrix (rows = output neurons, columns = input
-  neurons) at the start and the end — the BRF band and how training reshapes it (Zhang et al.,
-  NeurIPS 2025, arXiv:2501.19107, Fig. 2).
+- ``curves.png``: one metric per panel (loss, perplexity, BLEU, accuracy, ...; train/val/test
+  lines in each) and the learning rate, per epoch, with the topology updates marked;
+- ``topology.png``: density, active-neuron percentage (ANP) and ITOP rate of the whole network,
+  then heatmaps (layers × epochs, with colour bars) of each sparse layer's density and active
+  input/output neurons;
+- ``updates.png``: links removed and regrown per topology update and the removed∩regrown overlap,
+  for the network and as per-layer heatmaps;
+- ``degrees.png``: each sparse layer's input- and output-neuron degree distributions, start vs end —
+  histograms for up to :data:`HISTOGRAM_LAYERS` layers, beyond that one heatmap row per layer (every
+  layer is drawn);
+- ``adjacency_<layer>.png``, one per sparse layer: its adjacency matrix (rows = output neurons,
+  columns = input neurons) at the start and the end — the BRF band and how training reshapes it
+  (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Fig. 2).
 
-matplotlib is an optional extra (``pip install chtorch[plot]``); only its object API is used (no
-pyplot), so plotting never changes a global backend.
+Every figure is titled with the run, its method and sparsity. Layers are labelled by block and
+role (:func:`chtorch.train.plot_kit.layer_label`). matplotlib is an optional extra
+(``pip install chtorch[plot]``).
 """
 
 from __future__ import annotations
 
+import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from chtorch.train.metrics import load_topology, read_metrics
+from chtorch.train.plot_kit import epoch_axis, figure, heatmap, layer_label, legend_outside, mark_updates, run_title, safe_name, save
 
-__all__ = ["make_plots", "adjacency_image", "MAX_LAYERS"]
+__all__ = ["make_plots", "adjacency_image", "adjacency_files", "degree_matrix", "HISTOGRAM_LAYERS", "load_run_config"]
 
-#: Layers drawn in degrees.png and as adjacency images (the first ones in model order).
-MAX_LAYERS = 12
+#: Up to this many sparse layers, degrees.png draws a histogram per layer; beyond, one heatmap row per layer.
+HISTOGRAM_LAYERS = 8
+
+_NAMES = {"ppl": "perplexity", "bleu": "BLEU", "accuracy": "accuracy (%)", "loss": "loss"}
+_SPLITS = ("train", "val", "test")
 
 
-def _figure(rows: int, cols: int, width: float = 5.0, height: float = 3.6) -> Any:
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as a dict ({} when absent or PyYAML is missing)."""
+    path = Path(run_dir) / "config.yaml"
     try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ImportError("plots need matplotlib: pip install matplotlib (or chtorch[plot])") from exc
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    return fig, axes
+        import yaml
+    except ImportError:  # pragma: no cover - the cli extra brings it
+        return {}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
 
 
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+def _steps_per_epoch(epochs: list[dict[str, Any]]) -> float | None:
+    for r in epochs:
+        if r.get("epoch", 0) >= 1 and r.get("step"):
+            return r["step"] / r["epoch"]
+    return None
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "layer"
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for r in records:
-        value = r.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            xs.append(r["epoch"])
-            ys.append(value)
-    return xs, ys
+def _families(epochs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """metric -> record keys measuring it on each split (``loss`` -> [train_loss, val_loss])."""
+    found: dict[str, list[str]] = {}
+    for r in epochs:
+        for key, value in r.items():
+            split, _, metric = key.partition("_")
+            if split in _SPLITS and metric and _is_number(value):
+                found.setdefault(metric, [])
+                if key not in found[metric]:
+                    found[metric].append(key)
+    order = sorted(found, key=lambda m: (m != "loss", m))
+    return {m: sorted(found[m], key=lambda k: _SPLITS.index(k.partition("_")[0])) for m in order}
 
 
-def _curves(records: list[dict[str, Any]], path: Path) -> Path | None:
-    keys = sorted({k for r in records for k, v in r.items() if k.startswith(("train_", "test_", "val_")) and isinstance(v, (int, float))})
-    if not keys:
+def _curves(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], update_x: list[float], spe: float | None, title: str, path: Path):
+    families = _families(epochs)
+    if not families:
         return None
-    losses = [k for k in keys if k.endswith("loss")]
-    others = [k for k in keys if k not in losses]
-    panels = [p for p in (losses, others) if p]
-    fig, axes = _figure(1, len(panels))
-    for ax, group in zip(axes[0], panels):
-        for key in group:
-            xs, ys = _series(records, key)
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title("loss" if group is losses else "metrics")
+    panels = len(families) + 1  # + the learning rate
+    cols = min(3, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = figure(rows, cols, 4.4, 3.2)
+    flat = [ax for row in axes for ax in row]
+    for ax, (metric, keys) in zip(flat, families.items()):
+        scale = 100.0 if metric == "accuracy" else 1.0
+        values = []
+        for key in keys:
+            xs = [r["epoch"] for r in epochs if _is_number(r.get(key))]
+            ys = [scale * r[key] for r in epochs if _is_number(r.get(key))]
+            values += ys
+            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key.partition("_")[0])
+        if metric == "ppl" and values and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+        mark_updates(ax, update_x, label=True)
+        ax.set_title(_NAMES.get(metric, metric.replace("_", " ")))
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
-        ax.legend()
-    return _save(fig, path)
+        ax.legend(fontsize="small")
+    ax = flat[len(families)]
+    if steps and spe:
+        ax.plot([r["step"] / spe for r in steps], [r["lr"] for r in steps], linewidth=1.0)
+        every = _every(steps)
+        ax.set_title("learning rate (every step)" if every == 1 else f"learning rate (every {every} steps)")
+    else:
+        points = [(r["epoch"], r["lr"]) for r in epochs if r.get("epoch", 0) >= 1 and _is_number(r.get("lr"))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) <= 30 else None, markersize=3)
+        ax.set_title("learning rate (last step of each epoch)")
+    mark_updates(ax, update_x)
+    epoch_axis(ax)
+    ax.grid(alpha=0.3)
+    for extra in flat[panels:]:
+        extra.set_axis_off()
+    fig.suptitle(title)
+    return save(fig, path)
 
 
-def _topology(records: list[dict[str, Any]], path: Path) -> Path | None:
-    layered = [r for r in records if r.get("layers")]
+def _every(steps: list[dict[str, Any]]) -> int:
+    return int(steps[1]["step"] - steps[0]["step"]) if len(steps) > 1 else 1
+
+
+def _layer_matrix(records: list[dict[str, Any]], names: list[str], key: str, scale: float = 1.0) -> np.ndarray:
+    out = np.full((len(names), len(records)), np.nan)
+    for j, r in enumerate(records):
+        layers = r.get("layers") or {}
+        for i, name in enumerate(names):
+            value = (layers.get(name) or {}).get(key)
+            if _is_number(value):
+                out[i, j] = scale * float(value)  # type: ignore[arg-type]
+    return out
+
+
+def _topology(epochs: list[dict[str, Any]], update_x: list[float], title: str, path: Path):
+    layered = [r for r in epochs if r.get("layers")]
     if not layered:
         return None
     names = list(layered[-1]["layers"])
-    fig, axes = _figure(1, 3)
-    ax_density, ax_active, ax_overall = axes[0]
-    for name in names:
-        epochs = [r["epoch"] for r in layered if name in r["layers"]]
-        ax_density.plot(epochs, [r["layers"][name]["density"] for r in layered if name in r["layers"]], label=name)
-        line = ax_active.plot(epochs, [100 * r["layers"][name]["active_out"] for r in layered if name in r["layers"]], label=f"{name} out")[
-            0
-        ]
-        ax_active.plot(
-            epochs,
-            [100 * r["layers"][name]["active_in"] for r in layered if name in r["layers"]],
-            linestyle="--",
-            color=line.get_color(),
-            label=f"{name} in",
-        )
-    for key, label in (("active_neurons", "active neurons (ANP)"), ("itop", "ITOP rate")):
-        xs, ys = _series(layered, key)
-        if xs:
-            ax_overall.plot(xs, [100 * y for y in ys], label=label)
-    # Absolute scales: a fixed-density run is a flat line, not magnified rounding noise.
-    ax_density.set_ylim(0.0, 1.1 * max((r.get("density", 0.0) for r in layered), default=1.0) or 1.0)
-    for ax in (ax_density, ax_active, ax_overall):
+    labels = [layer_label(n) for n in names]
+    xs = [r["epoch"] for r in layered]
+    fig, axes = figure(2, 3, 4.6, 0.0, height_ratios=[3.0, max(2.6, 0.17 * len(names) + 1.3)])
+    for ax, key, name, scale in (
+        (axes[0][0], "density", "density (fraction of links kept)", 1.0),
+        (axes[0][1], "active_neurons", "active neurons, ANP (%)", 100.0),
+        (axes[0][2], "itop", "ITOP rate (%)", 100.0),
+    ):
+        pts = [(r["epoch"], scale * r[key]) for r in layered if _is_number(r.get(key))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) <= 30 else None, markersize=3)
+        top = max((p[1] for p in pts), default=1.0)
+        ax.set_ylim(0.0, 105.0 if scale == 100.0 else 1.1 * top or 1.0)  # absolute scales: a flat line stays flat
         ax.ticklabel_format(axis="y", useOffset=False)
-    ax_active.set_ylim(0.0, 105.0)
-    ax_overall.set_ylim(0.0, 105.0)
-    ax_density.set_title("density per layer")
-    ax_active.set_title("active neurons per layer (%)")
-    ax_overall.set_title("whole network (%)")
-    for ax in axes[0]:
-        ax.set_xlabel("epoch")
+        mark_updates(ax, update_x)
+        ax.set_title(name + " — network")
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    return _save(fig, path)
+    density = _layer_matrix(layered, names, "density")
+    heatmap(
+        fig, axes[1][0], density, xs, labels, "density per layer", "density", cmap="viridis", vmin=0.0, vmax=max(np.nanmax(density), 1e-9)
+    )
+    for ax, key, what in ((axes[1][1], "active_in", "active input neurons"), (axes[1][2], "active_out", "active output neurons")):
+        heatmap(
+            fig, ax, _layer_matrix(layered, names, key, 100.0), xs, labels, f"{what} per layer", "%", cmap="magma", vmin=0.0, vmax=100.0
+        )
+    for ax in axes[1]:
+        epoch_axis(ax)
+    fig.suptitle(title)
+    return save(fig, path)
 
 
-def _updates(records: list[dict[str, Any]], path: Path) -> Path | None:
-    updates = [r for r in records if r.get("kind") == "update" and not r.get("skipped")]
+def _updates(updates: list[dict[str, Any]], title: str, path: Path):
     if not updates:
         return None
-    fig, axes = _figure(1, 2)
-    steps = [u["step"] for u in updates]
-    axes[0][0].plot(steps, [u["removed"] for u in updates], marker=".", label="removed (pruned + removed + percolated)")
-    axes[0][0].plot(steps, [u["regrown"] for u in updates], marker=".", label="regrown")
-    axes[0][0].set_title("links changed per update")
     names = list(updates[-1].get("layers", {}))
-    for name in names:
-        axes[0][1].plot(steps, [100 * u["layers"].get(name, {}).get("overlap", 0.0) for u in updates], marker=".", label=name)
-    axes[0][1].set_title("removed ∩ regrown / regrown (%)")
+    xs = list(range(1, len(updates) + 1))
+    few = len(xs) <= 30
+    rows = 2 if names else 1
+    ratios = [3.0] + ([max(2.6, 0.17 * len(names) + 1.3)] if names else [])
+    fig, axes = figure(rows, 2, 5.2, 0.0, height_ratios=ratios)
+    ax = axes[0][0]
+    ax.plot(xs, [u["removed"] for u in updates], marker="." if few else None, label="removed (pruned + removed + percolated)")
+    ax.plot(xs, [u["regrown"] for u in updates], marker="." if few else None, label="regrown")
+    ax.set_title("links changed per update — network")
+    ax.legend(fontsize="small")
+    ax = axes[0][1]
+    pts = [(x, 100 * u["overlap"]) for x, u in zip(xs, updates) if _is_number(u.get("overlap"))]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if few else None)
+    ax.set_ylim(0.0, 105.0)
+    ax.set_title("removed ∩ regrown / regrown (%) — network")
     for ax in axes[0]:
-        ax.set_xlabel("optimizer step")
+        epoch_axis(ax, "topology update")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    return _save(fig, path)
+    if names:
+        labels = [layer_label(n) for n in names]
+        heatmap(
+            fig,
+            axes[1][0],
+            _layer_matrix(updates, names, "overlap", 100.0),
+            xs,
+            labels,
+            "overlap per layer",
+            "%",
+            cmap="magma",
+            vmin=0.0,
+            vmax=100.0,
+        )
+        turnover = np.full((len(names), len(updates)), np.nan)
+        for j, u in enumerate(updates):
+            for i, name in enumerate(names):
+                info = u["layers"].get(name) or {}
+                if _is_number(info.get("regrown")) and info.get("links"):
+                    turnover[i, j] = 100.0 * info["regrown"] / info["links"]
+        heatmap(fig, axes[1][1], turnover, xs, labels, "links regrown per layer (% of its links)", "%", cmap="viridis", vmin=0.0)
+        for ax in axes[1]:
+            epoch_axis(ax, "topology update")
+    fig.suptitle(title)
+    return save(fig, path)
 
 
 def _snapshots(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -147,25 +226,71 @@ def _snapshots(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | N
     return start, end
 
 
-def _degrees(start: dict[str, Any], end: dict[str, Any] | None, path: Path) -> Path:
-    names = list(start)[:MAX_LAYERS]
-    fig, axes = _figure(len(names), 2, width=4.5, height=2.8)
+def _degree(snapshot: dict[str, Any], name: str, side: str) -> np.ndarray:
+    # Input neuron j's degree = links in column j; output neuron i's degree = links in row i.
+    rows, cols, (n_out, n_in) = snapshot[name]
+    return np.bincount(cols, minlength=n_in) if side == "input" else np.bincount(rows, minlength=n_out)
+
+
+def _degree_histograms(start: dict[str, Any], end: dict[str, Any] | None, title: str, path: Path) -> Path:
+    """One row per layer (at most :data:`HISTOGRAM_LAYERS`): input and output degree histograms."""
+    names = list(start)
+    fig, axes = figure(len(names), 2, 4.3, 2.4)
     for row, name in enumerate(names):
-        # Input neuron j's degree = links in column j; output neuron i's degree = links in row i.
         for col, side in enumerate(("input", "output")):
             ax = axes[row][col]
             for tag, snapshot, style in (("start", start, "step"), ("end", end, "stepfilled")):
                 if snapshot is None or name not in snapshot:
                     continue
-                rows, cols, (n_out, n_in) = snapshot[name]
-                degree = np.bincount(cols, minlength=n_in) if side == "input" else np.bincount(rows, minlength=n_out)
+                degree = _degree(snapshot, name, side)
                 bins = np.arange(degree.max() + 2) - 0.5 if degree.max() < 60 else 40
                 ax.hist(degree, bins=bins, histtype=style, alpha=0.45 if tag == "end" else 1.0, label=tag)
-            ax.set_title(f"{name}: {side}-neuron degree", fontsize="small")
-            ax.set_xlabel("degree")
-            ax.set_ylabel("neurons")
-            ax.legend(fontsize="small")
-    return _save(fig, path)
+            ax.set_title(f"{layer_label(name)}: {side}-neuron degree", fontsize="small")
+            ax.set_ylabel("neurons", fontsize="small")
+            if row == len(names) - 1:
+                ax.set_xlabel("degree (links per neuron)")
+            if row == 0 and col == 1:
+                legend_outside(ax)
+    fig.suptitle(f"{title}\ndegree distributions, start vs end")
+    return save(fig, path)
+
+
+def degree_matrix(degrees: list[np.ndarray], max_bins: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(layers × bins) share of each layer's neurons (%) per degree bin, and the bin edges: one
+    bin per degree up to ``max_bins`` degrees, wider bins beyond."""
+    top = max(int(d.max()) for d in degrees) if degrees else 0
+    edges = np.arange(top + 2) - 0.5 if top < max_bins else np.linspace(-0.5, top + 0.5, max_bins + 1)
+    out = np.stack([100.0 * np.histogram(d, bins=edges)[0] / max(1, d.size) for d in degrees])
+    return out, edges
+
+
+def _degree_heatmaps(start: dict[str, Any], end: dict[str, Any] | None, title: str, path: Path) -> Path:
+    """Every layer as one row of a heatmap (share of its neurons per degree), for inputs and outputs
+    at the start and the end: a 32-layer model on one page."""
+    names = list(start)
+    snapshots = [("start", start)] + ([("end", end)] if end is not None else [])
+    height = max(2.6, 0.17 * len(names) + 1.3)
+    fig, axes = figure(2, len(snapshots), 5.6, 0.0, height_ratios=[height, height])
+    for col, (tag, snapshot) in enumerate(snapshots):
+        for row, side in enumerate(("input", "output")):
+            ax = axes[row][col]
+            present = [n for n in names if n in snapshot]
+            matrix, edges = degree_matrix([_degree(snapshot, n, side) for n in present])
+            centres = 0.5 * (edges[:-1] + edges[1:])
+            heatmap(
+                fig,
+                ax,
+                matrix,
+                centres,
+                [layer_label(n) for n in present],
+                f"{side}-neuron degree at the {tag}",
+                "% of the layer's neurons",
+                cmap="viridis",
+                vmin=0.0,
+            )
+            ax.set_xlabel("degree (links per neuron)")
+    fig.suptitle(f"{title}\ndegree distributions of all {len(names)} sparse layers, start vs end")
+    return save(fig, path)
 
 
 def adjacency_image(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], max_pixels: int = 400) -> np.ndarray:
@@ -178,24 +303,36 @@ def adjacency_image(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], 
     return image / (f * f)
 
 
-def _adjacency(name: str, start: dict[str, Any], end: dict[str, Any] | None, path: Path) -> Path:
+def _adjacency(name: str, start: dict[str, Any], end: dict[str, Any] | None, title: str, path: Path) -> Path:
     panels = [("start", start)] + ([("end", end)] if end is not None and name in end else [])
-    fig, axes = _figure(1, len(panels), width=4.6, height=4.6)
+    fig, axes = figure(1, len(panels), 4.4, 4.4, constrained=False)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.11, top=0.85, wspace=0.3)
     for ax, (tag, snapshot) in zip(axes[0], panels):
         rows, cols, shape = snapshot[name]
         image = adjacency_image(rows, cols, shape)
-        ax.imshow(
+        binary = image.shape == shape
+        shown = ax.imshow(
             image,
-            cmap="Greys" if image.max() <= 1 and image.shape == shape else "magma_r",
+            cmap="Greys" if binary else "magma_r",
             interpolation="nearest",
             aspect="auto",
             vmin=0.0,
+            vmax=1.0 if binary else max(image.max(), 1e-9),
             extent=(0, shape[1], shape[0], 0),
         )
-        ax.set_title(f"{name} {tag}: {len(rows) / (shape[0] * shape[1]):.2%} links", fontsize="small")
+        if not binary:
+            f = int(np.ceil(shape[0] / image.shape[0]))
+            fig.colorbar(shown, ax=ax, label=f"link density per {f}×{f} block", shrink=0.85)
+        ax.set_title(f"{tag}: {len(rows) / (shape[0] * shape[1]):.2%} links" + (" (black = link)" if binary else ""), fontsize="small")
         ax.set_xlabel(f"input neuron (of {shape[1]})")
         ax.set_ylabel(f"output neuron (of {shape[0]})")
-    return _save(fig, path)
+    fig.suptitle(f"{title}\nadjacency of {name}", fontsize="medium")
+    return save(fig, path)
+
+
+def adjacency_files(names: list[str]) -> list[str]:
+    """The adjacency PNG of each layer, in model order."""
+    return [f"adjacency_{safe_name(n)}.png" for n in names]
 
 
 def make_plots(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -203,16 +340,22 @@ def make_plots(run_dir: str | os.PathLike[str]) -> list[Path]:
     Raises ImportError (with the fix) when matplotlib is missing."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
+    figure(1, 1, 1, 1)  # fail early, with the install hint, when matplotlib is missing
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    _figure(1, 1)  # fail early, with the install hint, when matplotlib is missing
+    steps = [r for r in records if r.get("kind") == "step" and _is_number(r.get("lr"))]
+    updates = [r for r in records if r.get("kind") == "update" and not r.get("skipped")]
+    spe = _steps_per_epoch(epochs)
+    update_x = [u["step"] / spe for u in updates] if spe else []
+    title = run_title(load_run_config(run_dir), run_dir.name)
     written: list[Path | None] = [
-        _curves(epochs, run_dir / "curves.png"),
-        _topology(epochs, run_dir / "topology.png"),
-        _updates(records, run_dir / "updates.png"),
+        _curves(epochs, steps, update_x, spe, title, run_dir / "curves.png"),
+        _topology(epochs, update_x, title, run_dir / "topology.png"),
+        _updates(updates, title, run_dir / "updates.png"),
     ]
     start, end = _snapshots(run_dir)
     if start:
-        written.append(_degrees(start, end, run_dir / "degrees.png"))
-        for name in list(start)[:MAX_LAYERS]:
-            written.append(_adjacency(name, start, end, run_dir / f"adjacency_{_safe(name)}.png"))
+        draw = _degree_histograms if len(start) <= HISTOGRAM_LAYERS else _degree_heatmaps
+        written.append(draw(start, end, title, run_dir / "degrees.png"))
+        for name, file in zip(start, adjacency_files(list(start))):
+            written.append(_adjacency(name, start, end, title, run_dir / file))
     return [p for p in written if p is not None]

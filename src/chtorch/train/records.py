@@ -15,7 +15,7 @@ import torch
 
 from chtorch.data.files import atomic_write_text
 from chtorch.train.lifecycle import SUMMARY_NAME, chtorch_version
-from chtorch.train.metrics import active_neuron_count, read_metrics, save_topology, write_csv
+from chtorch.train.metrics import active_neuron_count, save_topology
 from chtorch.train.progress import format_duration
 
 __all__ = [
@@ -24,9 +24,7 @@ __all__ = [
     "layer_state",
     "topology_state",
     "update_record",
-    "epoch_line",
     "save_snapshot",
-    "write_tables",
     "summary_line",
     "run_summary",
     "step_record",
@@ -132,34 +130,9 @@ def step_record(epoch: int, step: int, loss: float, lr: float) -> dict[str, Any]
     return {"kind": "step", "epoch": epoch + 1, "step": step, "loss": loss, "lr": lr}
 
 
-def epoch_line(record: dict[str, Any], epochs: int, eta: float | None) -> str:
-    """The one line printed after an epoch: metrics, density, active neurons, LR, time."""
-    parts = [f"epoch {record['epoch']}/{epochs}"]
-    train = [f"{k.removeprefix('train_')} {v:.4f}" for k, v in record.items() if k.startswith("train_") and isinstance(v, float)]
-    if train:
-        parts.append("train " + " ".join(train))
-    test = [f"{k.split('_', 1)[1]} {v:.4f}" for k, v in record.items() if k.startswith(("test_", "val_")) and isinstance(v, float)]
-    if test:
-        parts.append("test " + " ".join(test))
-    parts.append(f"density {record.get('density', 1.0):.4f}")
-    parts.append(f"active {100 * record.get('active_neurons', 1.0):.1f}%")
-    parts.append(f"lr {record['lr']:.3g}")
-    parts.append(f"{record['seconds']:.1f}s" + (f" eta {format_duration(eta)}" if eta is not None else ""))
-    return " | ".join(parts)
-
-
 def save_snapshot(sparsity: Any, run_dir: Path, name: str, epoch: int, step: int) -> None:
     """The masks now, as ``run_dir/topology/<name>.npz`` (for the plots)."""
     save_topology(sparsity.masks, run_dir / "topology" / f"{name}.npz", epoch=epoch, step=step)
-
-
-def write_tables(run_dir: Path) -> None:
-    """``metrics.csv`` (epoch rows) and ``updates.csv`` (topology updates) from ``metrics.jsonl``."""
-    records = read_metrics(run_dir)
-    write_csv([r for r in records if r.get("kind") == "epoch"], run_dir / "metrics.csv")
-    updates = [r for r in records if r.get("kind") == "update"]
-    if updates:
-        write_csv(updates, run_dir / "updates.csv")
 
 
 def _percent(value: Any) -> str:

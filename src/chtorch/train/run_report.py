@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from chtorch.train.metrics import read_metrics
-from chtorch.train.plots import MAX_LAYERS, _safe
+from chtorch.train.loggers import CsvLogger
+from chtorch.train.metrics import load_topology, read_metrics
+from chtorch.train.plots import adjacency_files
 
 __all__ = ["write_report", "rebuild"]
 
@@ -26,6 +27,11 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
     from chtorch.config.safe_yaml import safe_load_file
 
     return safe_load_file(path) or {}
+
+
+def _snapshot_layers(run_dir: Path) -> list[str]:
+    init = run_dir / "topology" / "init.npz"
+    return list(load_topology(init)[0]) if init.is_file() else []
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -95,18 +101,27 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         lines.append("")
 
     figures = [
-        ("curves.png", "Loss and metrics"),
+        ("curves.png", "Loss, metrics and learning rate"),
         ("topology.png", "Density and active neurons"),
         ("updates.png", "Topology updates"),
         ("degrees.png", "Degree distributions (start vs end)"),
     ]
     present = [(f, t) for f, t in figures if (run_dir / f).is_file()]
-    adjacency = [(f"adjacency_{_safe(layer)}.png", f"Adjacency matrix of `{layer}` (start, end)") for layer in list(layers)[:MAX_LAYERS]]
-    present += [(f, t) for f, t in adjacency if (run_dir / f).is_file()]
-    if present:
+    snapshot_layers = list(layers) or _snapshot_layers(run_dir)
+    adjacency = [(file, layer) for layer, file in zip(snapshot_layers, adjacency_files(snapshot_layers)) if (run_dir / file).is_file()]
+    if present or adjacency:
         lines += ["## Plots", ""]
         for file, title in present:
             lines += [f"### {title}", "", f"![{title}]({file})", ""]
+        if adjacency:
+            lines += [f"### Adjacency matrices (start, end) of the {len(adjacency)} sparse layers", ""]
+            folded = len(adjacency) > 4  # a long model's 32 matrices stay out of the way until opened
+            if folded:
+                lines += ["<details><summary>show all</summary>", ""]
+            for file, layer in adjacency:
+                lines += [f"![adjacency of {layer}]({file})", ""]
+            if folded:
+                lines += ["</details>", ""]
     else:
         lines += [
             "## Plots",
@@ -135,12 +150,10 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 def rebuild(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path, str | None]:
     """Re-create the plots (when matplotlib is available) and ``report.md`` of ``run_dir``:
     ``(plots, report path, why plots were skipped or None)``."""
-    from chtorch.train.metrics import write_csv
     from chtorch.train.plots import make_plots
 
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
-    write_csv([r for r in records if r.get("kind") == "epoch"], run_dir / "metrics.csv")
+    CsvLogger(run_dir).flush()
     plots: list[Path] = []
     skipped = None
     try:

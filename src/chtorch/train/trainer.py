@@ -25,6 +25,7 @@ arXiv:2501.19107, Table 4): with ``sparsity.update_unit: epoch`` the engine's in
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import signal
 import sys
@@ -60,6 +61,7 @@ from chtorch.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from chtorch.train.console import epoch_line
 from chtorch.train.lifecycle import RunResult, check_same_run, chtorch_version, interrupted_message, nonfinite_error
 from chtorch.train.lifecycle import launch_hint as _launch_hint
 from chtorch.train.lifecycle import settings_errors as _settings_errors
@@ -111,6 +113,7 @@ class Trainer:
         self.sums: dict[str, Any] = {}
         self.nonfinite = 0
         self.elapsed = 0.0
+        self.lr_used = math.nan  # the LR of the last optimizer step (set by the loop; see _run_epoch)
         self._stop_requested = False
         self._threads = torch.get_num_threads()  # restored after the run: the setting is process-wide
         try:
@@ -278,12 +281,6 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ records
-    def layer_state(self) -> dict[str, dict[str, Any]]:
-        return records.layer_state(self.sparsity)
-
-    def topology_state(self) -> dict[str, Any]:
-        return records.topology_state(self.sparsity, self.chains)
-
     def _snapshot(self, name: str) -> None:
         if self.sparsity is not None and self.is_main:
             records.save_snapshot(self.sparsity, self.run_dir, name, self.epoch, self.step)
@@ -315,7 +312,8 @@ class Trainer:
             check_same_run(self.run_dir, self.resume_state)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.log: MetricsLog | records.NullLog = MetricsLog(self.run_dir, tensorboard=cfg.train.tensorboard)
+            resume_step = self.step if self.resume_state is not None else None
+            self.log: MetricsLog | records.NullLog = MetricsLog.for_run(self.run_dir, cfg, resume_step)
         else:
             self.log = records.NullLog()
         if self.resume_state is not None:
@@ -342,8 +340,8 @@ class Trainer:
                     "epoch": 0,
                     "step": 0,
                     "lr": self.optimizer.param_groups[0]["lr"],
-                    **self.topology_state(),
-                    "layers": self.layer_state(),
+                    **records.topology_state(self.sparsity, self.chains),
+                    "layers": records.layer_state(self.sparsity),
                 }
             )
         self.train_model = ddp.wrap_model(self.model, self.dist)
@@ -396,6 +394,7 @@ class Trainer:
         epoch = self.epoch
         t0 = time.perf_counter()
         self.model.train()
+        logged_step = -1
         for batch in self._batches(epoch, self.batch):
             loss, stats = self.recipe.train_step(self.train_model, batch)
             report = None
@@ -417,6 +416,9 @@ class Trainer:
                 loss.backward()
                 if cfg.optim.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                # The LR this step trains with (the scheduler moves it after the step; just after a
+                # topology update that is the first value of a re-warm-up): step and epoch records report this one.
+                self.lr_used = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 if self.sparsity is not None:
                     report = self.sparsity.step()
@@ -428,8 +430,9 @@ class Trainer:
             self.batch += 1
             if report is not None:
                 self.log.write(records.update_record(report, epoch, self.sparsity.density() if self.sparsity is not None else 1.0))
-            if cfg.train.log_every and self.step % cfg.train.log_every == 0 and report is None:
-                self.log.write(records.step_record(epoch, self.step, float(loss.detach()), self.optimizer.param_groups[0]["lr"]))
+            if cfg.train.log_every and self.step % cfg.train.log_every == 0 and self.step != logged_step:
+                logged_step = self.step  # a skipped (non-finite) step does not log the same step twice
+                self.log.write(records.step_record(epoch, self.step, float(loss.detach()), self.lr_used))
             postfix = None
             if progress.bar is not None and (self.batch % 10 == 0 or self.batch == self.steps_per_epoch):
                 train = self.recipe.summarize(self.sums)
@@ -447,15 +450,15 @@ class Trainer:
         # ---- end of epoch
         self.epoch += 1
         self.batch = 0
-        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.lr_used}
         record.update(self.recipe.summarize(self.dist.sum(self.sums) if self.dist.enabled else self.sums))
         if self.is_main and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
             record.update(self.recipe.evaluate(self.model))  # the whole test set, on rank 0
-        record.update(self.topology_state())
+        record.update(records.topology_state(self.sparsity, self.chains))
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         record["seconds"] = seconds
-        record["layers"] = self.layer_state()
+        record["layers"] = records.layer_state(self.sparsity)
         self.log.write(record)
         self.sums = {}
         if self.sparsity is not None:
@@ -464,10 +467,8 @@ class Trainer:
                 self._snapshot(f"epoch_{self.epoch:04d}")
         if cfg.train.checkpoint:
             self.save()
-        if self.is_main:
-            records.write_tables(self.run_dir)
         eta = progress.eta(self.step)
-        progress.line(records.epoch_line(record, cfg.train.epochs, eta))
+        progress.line(epoch_line(record, cfg.train.epochs, eta))
         return record
 
     # ------------------------------------------------------------------ the end

@@ -1,0 +1,99 @@
+"""The paper's result cells that ``chtorch compare`` prints beside its own (``run.paper_table``).
+
+Zhang et al., "Brain network science modelling of sparse neural networks enables Transformers and
+LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.19107), Table 7: MLPs
+(784-1568-1568-1568-10; EMNIST 47 classes) at 99% sparsity, 100 epochs, 3 seeds, test accuracy
+(%) ± standard error and the active-neuron percentage (ANP) at the end. The paper's ``CHTsp`` runs
+CHTs with CH3-L3p, ``CHTsn`` and ``CHTssn`` CH2-L3n; FC is the dense network (no ANP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PaperCell", "TABLES", "paper_row", "paper_cell"]
+
+
+@dataclass(frozen=True)
+class PaperCell:
+    """One cell: accuracy (%) ± standard error, and ANP (%) where the paper gives it."""
+
+    row: str
+    accuracy: float
+    stderr: float
+    anp: float | None
+
+
+# (accuracy, stderr, ANP) per row, per dataset — Table 7 as printed.
+_TABLE7: dict[str, dict[str, tuple[float, float, float | None]]] = {
+    "mnist": {
+        "FC": (98.78, 0.02, None),
+        "CHTsp": (98.81, 0.04, 20),
+        "CHTsn": (98.76, 0.05, 27),
+        "CHT": (98.48, 0.04, 29),
+        "RigL": (98.61, 0.01, 29),
+        "SET": (98.14, 0.02, 100),
+        "CHTssn": (98.83, 0.02, 32),
+        "GraNet": (98.81, 0.00, 35),
+        "GMP": (98.62, 0.03, 58),
+    },
+    "fmnist": {
+        "FC": (90.88, 0.02, None),
+        "CHTsp": (90.93, 0.03, 89),
+        "CHTsn": (90.67, 0.05, 73),
+        "CHT": (88.70, 0.07, 30),
+        "RigL": (89.91, 0.07, 55),
+        "SET": (89.00, 0.09, 100),
+        "CHTssn": (90.81, 0.11, 40),
+        "GraNet": (89.98, 0.06, 53),
+        "GMP": (90.29, 0.19, 69),
+    },
+    "emnist": {
+        "FC": (87.13, 0.04, None),
+        "CHTsp": (87.61, 0.07, 24),
+        "CHTsn": (87.82, 0.04, 28),
+        "CHT": (86.35, 0.08, 21),
+        "RigL": (86.94, 0.08, 28),
+        "SET": (86.31, 0.08, 100),
+        "CHTssn": (87.52, 0.04, 35),
+        "GraNet": (86.94, 0.03, 45),
+        "GMP": (86.93, 0.09, 75),
+    },
+}
+
+#: ``run.paper_table`` value -> {paper row: (accuracy, stderr, ANP)}.
+TABLES: dict[str, dict[str, tuple[float, float, float | None]]] = {f"table7-{name}": rows for name, rows in _TABLE7.items()}
+
+_FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "granet": "GraNet", "gmp": "GMP"}
+
+
+def paper_row(method: str, options: Mapping[str, Any] | Any | None = None) -> str | None:
+    """The paper's row name for chtorch ``method`` with its resolved sparsity ``options`` (the
+    link predictor decides between CHTsp and CHTsn), or None where the paper has no such row
+    (MEST, static, CHTss with CH3-L3p)."""
+    method = method.lower()
+    if method in _FIXED_ROWS:
+        return _FIXED_ROWS[method]
+    if options is None:
+        predictor = "l3n"
+    else:
+        predictor = options.get("ch_predictor", "l3n") if isinstance(options, Mapping) else getattr(options, "ch_predictor", "l3n")
+    if method == "chts":
+        return "CHTsp" if predictor == "l3p" else "CHTsn"
+    if method == "chtss" and predictor == "l3n":
+        return "CHTssn"
+    return None
+
+
+def paper_cell(table: str | None, row: str | None) -> PaperCell | None:
+    """The cell of ``row`` in ``table`` (None when either is None or the table lacks the row)."""
+    if table is None or row is None:
+        return None
+    if table not in TABLES:
+        raise KeyError(f"unknown paper table {table!r}; known: {', '.join(TABLES)}")
+    values = TABLES[table].get(row)
+    if values is None:
+        return None
+    return PaperCell(row, *values)
