@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--optimizers", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
-    parser.add_argument("--impls", nargs="+", default=["csr", "gather"], choices=["csr", "gather"])
+    parser.add_argument("--impls", nargs="+", default=["csr", "gather"], choices=["native", "csr", "gather"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed sample")
