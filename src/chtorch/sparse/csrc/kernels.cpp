@@ -24,8 +24,6 @@
 
 namespace {
 
-constexpr int64_t kTile = 64;  // batch elements per register tile (4 AVX-512 / 8 AVX2 vectors of float)
-
 void check_index(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(), name,
               " must be a contiguous 1-D int64 CPU tensor");
@@ -33,38 +31,59 @@ void check_index(const at::Tensor& t, const char* name) {
 
 int threads() { return std::max(1, at::get_num_threads()); }
 
-// out[r, :] = bias[r] + sum_{k in row r} values[perm ? perm[k] : k] * src[index[k], :]
+// 64 bytes of scalar_t as one value (GCC/Clang vector extension: one AVX-512 register, or two AVX
+// halves), so that accumulators stay in registers whatever the auto-vectoriser decides.
+template <typename scalar_t>
+struct Vec {
+  typedef scalar_t type __attribute__((vector_size(64)));
+  static constexpr int64_t size = 64 / sizeof(scalar_t);
+  static type load(const scalar_t* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+// out[r, :] = bias[r] + sum_{k in row r} values[perm ? perm[k] : k] * src[index[k], :]; the batch is
+// done in tiles of 4 vectors (64 floats), the tail one element at a time.
 template <typename scalar_t>
 void spmm_rows(const int64_t* crow, const int64_t* index, const int64_t* perm, const scalar_t* values,
                const scalar_t* src, const scalar_t* bias, scalar_t* out, int64_t n_rows, int64_t batch) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size, tile = 4 * L;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads()) if (n_rows > 16)
   for (int64_t r = 0; r < n_rows; ++r) {
     const scalar_t b = bias ? bias[r] : scalar_t(0);
     scalar_t* out_row = out + r * batch;
     const int64_t begin = crow[r], end = crow[r + 1];
     int64_t t0 = 0;
-    for (; t0 + kTile <= batch; t0 += kTile) {
-      scalar_t acc[kTile];
-      for (int64_t j = 0; j < kTile; ++j) acc[j] = b;
+    for (; t0 + tile <= batch; t0 += tile) {
+      typename V::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      a0 += b, a1 += b, a2 += b, a3 += b;
       for (int64_t k = begin; k < end; ++k) {
         const scalar_t v = values[perm ? perm[k] : k];
         const scalar_t* s = src + index[k] * batch + t0;
-#pragma omp simd
-        for (int64_t j = 0; j < kTile; ++j) acc[j] += v * s[j];
+        a0 += v * V::load(s);
+        a1 += v * V::load(s + L);
+        a2 += v * V::load(s + 2 * L);
+        a3 += v * V::load(s + 3 * L);
       }
-      std::memcpy(out_row + t0, acc, sizeof(acc));
+      V::store(out_row + t0, a0);
+      V::store(out_row + t0 + L, a1);
+      V::store(out_row + t0 + 2 * L, a2);
+      V::store(out_row + t0 + 3 * L, a3);
     }
-    if (t0 < batch) {
-      const int64_t w = batch - t0;
-      scalar_t acc[kTile];
-      for (int64_t j = 0; j < w; ++j) acc[j] = b;
-      for (int64_t k = begin; k < end; ++k) {
-        const scalar_t v = values[perm ? perm[k] : k];
-        const scalar_t* s = src + index[k] * batch + t0;
-#pragma omp simd
-        for (int64_t j = 0; j < w; ++j) acc[j] += v * s[j];
-      }
-      std::memcpy(out_row + t0, acc, sizeof(scalar_t) * w);
+    for (; t0 + L <= batch; t0 += L) {
+      typename V::type a0 = {};
+      a0 += b;
+      for (int64_t k = begin; k < end; ++k) a0 += values[perm ? perm[k] : k] * V::load(src + index[k] * batch + t0);
+      V::store(out_row + t0, a0);
+    }
+    for (; t0 < batch; ++t0) {
+      scalar_t acc = b;
+      for (int64_t k = begin; k < end; ++k) acc += values[perm ? perm[k] : k] * src[index[k] * batch + t0];
+      out_row[t0] = acc;
     }
   }
 }
@@ -73,14 +92,24 @@ void spmm_rows(const int64_t* crow, const int64_t* index, const int64_t* perm, c
 template <typename scalar_t>
 void sddmm_rows(const int64_t* crow, const int64_t* cols, const scalar_t* a, const scalar_t* b, scalar_t* grad,
                 int64_t n_rows, int64_t batch) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads()) if (n_rows > 16)
   for (int64_t r = 0; r < n_rows; ++r) {
     const scalar_t* a_row = a + r * batch;
     for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
       const scalar_t* b_row = b + cols[k] * batch;
+      typename V::type acc0 = {}, acc1 = {};
+      int64_t t = 0;
+      for (; t + 2 * L <= batch; t += 2 * L) {
+        acc0 += V::load(a_row + t) * V::load(b_row + t);
+        acc1 += V::load(a_row + t + L) * V::load(b_row + t + L);
+      }
+      for (; t + L <= batch; t += L) acc0 += V::load(a_row + t) * V::load(b_row + t);
+      acc0 += acc1;
       scalar_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t t = 0; t < batch; ++t) sum += a_row[t] * b_row[t];
+      for (int64_t j = 0; j < L; ++j) sum += acc0[j];
+      for (; t < batch; ++t) sum += a_row[t] * b_row[t];
       grad[k] = sum;
     }
   }
@@ -244,21 +273,25 @@ bool prefer_gustavson(const int64_t* other_ptr, int64_t n_other, int64_t n) {
 // row_ptr/row_idx: for each output p its inputs N(p) (increasing); col_ptr/col_idx: for each input c
 // its outputs N(c). Works by blocks of kBlock columns (inputs term) and rows (outputs term) with
 // per-thread buffers, so besides the scores only O(threads · n · kBlock) memory is used.
+// counting: 0 picks per side (prefer_gustavson), 1 forces Gustavson's counting, 2 the bag sums (tests).
 at::Tensor ch_l3n(const at::Tensor& row_ptr, const at::Tensor& row_idx, const at::Tensor& col_ptr,
-                  const at::Tensor& col_idx, int64_t variant) {
+                  const at::Tensor& col_idx, int64_t variant, int64_t counting) {
   check_index(row_ptr, "row_ptr");
   check_index(row_idx, "row_idx");
   check_index(col_ptr, "col_ptr");
   check_index(col_idx, "col_idx");
   TORCH_CHECK(variant >= 0 && variant <= 2, "variant code must be 0 (CH2), 1 (CH3) or 2 (CH3.1)");
+  TORCH_CHECK(counting >= 0 && counting <= 2, "counting must be 0 (auto), 1 (Gustavson) or 2 (bag sums)");
   const int64_t n_out = row_ptr.numel() - 1, n_in = col_ptr.numel() - 1;
   const int64_t* rp = row_ptr.data_ptr<int64_t>();
   const int64_t* ri = row_idx.data_ptr<int64_t>();
   const int64_t* cp = col_ptr.data_ptr<int64_t>();
   const int64_t* ci = col_idx.data_ptr<int64_t>();
   // inputs side: F_iᵀ[b, c] = f(C_i[b, c], d(b)); outputs side: F_oᵀ[q, p] = F_o[p, q] = f(C_o[p, q], d(q))
-  const Side inputs{cp, ci, rp, ri, n_in, n_out, prefer_gustavson(rp, n_out, n_in)};
-  const Side outputs{rp, ri, cp, ci, n_out, n_in, prefer_gustavson(cp, n_in, n_out)};
+  const bool g_in = counting == 0 ? prefer_gustavson(rp, n_out, n_in) : counting == 1;
+  const bool g_out = counting == 0 ? prefer_gustavson(cp, n_in, n_out) : counting == 1;
+  const Side inputs{cp, ci, rp, ri, n_in, n_out, g_in};
+  const Side outputs{rp, ri, cp, ci, n_out, n_in, g_out};
   auto scores = at::empty({n_out, n_in}, at::TensorOptions().dtype(at::kFloat));
   float* s = scores.data_ptr<float>();
   const int64_t in_blocks = (n_in + kBlock - 1) / kBlock, out_blocks = (n_out + kBlock - 1) / kBlock;
@@ -310,7 +343,7 @@ at::Tensor ch_l3n(const at::Tensor& row_ptr, const at::Tensor& row_idx, const at
 TORCH_LIBRARY(chtorch_native, m) {
   m.def("spmm(Tensor crow, Tensor index, Tensor? perm, Tensor values, Tensor src, Tensor? bias, int n_rows) -> Tensor");
   m.def("sddmm(Tensor crow, Tensor cols, Tensor a, Tensor b) -> Tensor");
-  m.def("ch_l3n(Tensor row_ptr, Tensor row_idx, Tensor col_ptr, Tensor col_idx, int variant) -> Tensor");
+  m.def("ch_l3n(Tensor row_ptr, Tensor row_idx, Tensor col_ptr, Tensor col_idx, int variant, int counting) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(chtorch_native, CPU, m) {
