@@ -75,8 +75,11 @@ def add_protocol_args(parser: argparse.ArgumentParser, threads: int | None = Non
 class Session:
     """One benchmark run: load before/after, the quiet-machine rule, the results file header."""
 
-    def __init__(self, args: argparse.Namespace, title: str) -> None:
+    def __init__(self, args: argparse.Namespace, title: str, measuring: bool = True) -> None:
+        """``measuring=False``: the run measures nothing (e.g. no device to measure on), so the quiet
+        rule does not apply and the header carries no load warning."""
         self.args = args
+        self.measuring = measuring
         self.title = title
         self.started = datetime.datetime.now()
         self.load_before = os.getloadavg()
@@ -87,7 +90,7 @@ class Session:
 
     @property
     def loaded(self) -> bool:
-        return self.load_before[0] > MAX_LOAD
+        return self.measuring and self.load_before[0] > MAX_LOAD
 
     def check_quiet(self) -> None:
         """Stop before measuring anything when a results file was asked for on a loaded machine."""

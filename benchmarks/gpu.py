@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     add_protocol_args(parser)
     args = parser.parse_args(argv)
-    session = Session(args, "Sparse backend and CH2-L3n on CUDA")
+    session = Session(args, "Sparse backend and CH2-L3n on CUDA", measuring=torch.cuda.is_available())
     if not torch.cuda.is_available():
         print("no CUDA device: nothing measured")
         session.write(
