@@ -13,21 +13,17 @@ Exports, each measured alternately against the dense original with ``chtorch.com
 * ``sparse``          every masked layer stored as CSR (``chtorch.compaction.to_sparse_inference``);
 * ``compact+sparse``  both (CSR only for layers below ``--max-density``).
 
-    python benchmarks/inference.py --out benchmarks/results/sparse-inference-cpu.md
+    python -m benchmarks.inference --out benchmarks/results/sparse-inference-cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import sys
 
 import torch
 from torch import nn
 
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks._common import Session, add_protocol_args, interleave
 from chtorch.compaction import compact, export_report, find_dead_neurons, to_sparse_inference
 from chtorch.masks import link_budget
 
@@ -84,13 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         help="fraction of active hidden neurons (0.27 = CHTsn's ANP on MNIST, Table 7)",
     )
     parser.add_argument("--max-density", type=float, default=0.2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out")
+    add_protocol_args(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    session = Session(args, "Inference latency: compacted / sparse exports vs dense")
     table = []
     for active in args.active:
         model = build_model(args.density, active, args.seed)
@@ -103,49 +97,44 @@ def main(argv: list[str] | None = None) -> None:
         widths = "-".join(str(int(alive[n].sum())) for n in NAMES[:-1])
         for batch in args.batch_sizes:
             x = torch.randn(batch, SIZES[0], generator=torch.Generator().manual_seed(args.seed + batch))
+            with torch.inference_mode():
+                jobs = {"dense": model, **exports}
+                timing = interleave({n: (lambda m=m, x=x: m(x)) for n, m in jobs.items()}, args.repeats)
             for name, exported in exports.items():
-                report = export_report(model, exported, x, repeats=args.repeats)
-                table.append((active, widths, batch, name, report))
+                report = export_report(model, exported, x, repeats=3)  # sizes, FLOPs and the numerical check
+                table.append((active, widths, batch, name, report, timing["dense"], timing[name]))
                 r = report.ratios()
                 print(
                     f"active {active:.2f} (hidden {widths}) batch {batch:4d} {name:15s}: "
-                    f"dense {report.original.latency_s * 1e3:8.3f} ms, export {report.exported.latency_s * 1e3:8.3f} ms "
-                    f"-> x{r['latency']:.2f} faster; stored params /{r['params_stored']:.1f}; "
+                    f"dense {timing['dense'].ms()}, export {timing[name].ms()} "
+                    f"-> x{timing['dense'].wall / timing[name].wall:.2f} faster; stored params /{r['params_stored']:.1f}; "
                     f"FLOPs dense/export {report.original.executed_flops / max(1, report.exported.executed_flops):.1f}; "
                     f"max diff {report.max_abs_diff:.1e}",
                     flush=True,
                 )
-    load_after = os.getloadavg()
-    if args.out:
-        lines = [
-            "# Inference latency: compacted / sparse exports vs dense",
-            "",
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-            f"- hardware: {cpu_model()}, {os.cpu_count()} cores visible; torch threads: {args.threads}",
-            f"- torch {torch.__version__}, python {platform.python_version()}, MKL: {torch.backends.mkl.is_available()}",
-            f"- load average before/after (shared machine): {load_before[0]:.2f} / {load_after[0]:.2f}",
-            f"- command: `python {' '.join(sys.argv)}`",
+    lines = session.header(
+        [
             f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the hidden layers, synthetic "
             "percolated topology (see the script's docstring); latency = median of "
-            f"{args.repeats} forwards in inference mode, alternating with the dense original",
+            f"{args.repeats} forwards in inference mode, interleaved with the dense original (wall ms, CPU ms in brackets)",
             "",
             "| active hidden | hidden widths after compaction | batch | export | dense latency | export latency | speed-up | stored params (dense / export) | FLOPs executed (dense / export) | max abs diff |",
             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for active, widths, batch, name, rep in table:
-            o, e = rep.original, rep.exported
-            lines.append(
-                f"| {active:.0%} | {widths} | {batch} | {name} | {o.latency_s * 1e3:.3f} ms | {e.latency_s * 1e3:.3f} ms "
-                f"| {o.latency_s / e.latency_s:.2f}x | {o.params_stored:,} / {e.params_stored:,} "
-                f"| {o.executed_flops:,} / {e.executed_flops:,} | {rep.max_abs_diff:.1e} |"
-            )
-        lines += [
-            "",
-            "FLOPs executed: links for CSR layers, every entry (zeros included) for dense layers.",
-        ]
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+    )
+    for active, widths, batch, name, rep, t_dense, t_export in table:
+        o, e = rep.original, rep.exported
+        lines.append(
+            f"| {active:.0%} | {widths} | {batch} | {name} | {t_dense.ms()} | {t_export.ms()} "
+            f"| {t_dense.wall / t_export.wall:.2f}x | {o.params_stored:,} / {e.params_stored:,} "
+            f"| {o.executed_flops:,} / {e.executed_flops:,} | {rep.max_abs_diff:.1e} |"
+        )
+    lines += [
+        "",
+        "FLOPs executed: links for CSR layers, every entry (zeros included) for dense layers.",
+    ]
+    print("\n".join(lines))
+    session.write(lines)
 
 
 if __name__ == "__main__":

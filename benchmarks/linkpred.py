@@ -8,24 +8,20 @@ L3p is skipped where its batched-GEMM cost (``l3p_cost``) exceeds ``--l3p-max-gm
 
 Goals (issue 5.3): L3n >= 10x faster than the four GEMMs at <= 2% density, never slower.
 
-    python benchmarks/linkpred.py                  # full grids (several minutes on 1 core)
-    python benchmarks/linkpred.py --quick          # small sizes, 1 repeat
-    python benchmarks/linkpred.py --out benchmarks/results/linkpred-cpu-2026-01-01.md
+    python -m benchmarks.linkpred                  # full grids (several minutes on 1 core)
+    python -m benchmarks.linkpred --quick          # small sizes, 1 repeat
+    python -m benchmarks.linkpred --out benchmarks/results/linkpred-cpu-2026-01-01.md
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks._common import Session, add_protocol_args, measure
 from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference, ch_l3p, choose_method, l3p_cost
 
 SIZES = (256, 512, 1024, 2048, 4096)
@@ -34,30 +30,9 @@ ISSUE_LAYERS = ((1024, 1024), (1568, 1568), (1024, 4096))
 ISSUE_DENSITIES = (0.01, 0.05, 0.1, 0.3)
 
 
-def hardware() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        model = fields.get("Model name", model).strip()
-        cores = fields.get("CPU(s)", "?").strip()
-        return f"{model}, {cores} CPU(s)"
-    except (OSError, subprocess.CalledProcessError):
-        return model
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(wall-clock seconds, process CPU seconds) of one call."""
-    sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    sync(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return measure(fn, 1, device)
 
 
 def bench_layer(
@@ -70,6 +45,7 @@ def bench_layer(
     jobs: dict[str, Callable[[], object]] = {
         "ref": lambda: ch_l3n_dense_reference(mask, "CH2"),
         "l3n": lambda: ch_l3n(mask, "CH2"),
+        "bags": lambda: ch_l3n(mask, "CH2", method="sparse"),  # the pure-PyTorch sparse path, for comparison
     }
     if run_l3p:
         jobs["l3p"] = lambda: ch_l3p(mask, "CH3")
@@ -94,6 +70,7 @@ def bench_layer(
         "l3n": med["l3n"],
         "speedup": med["ref"] / med["l3n"],
         "speedup_cpu": med_cpu["ref"] / max(med_cpu["l3n"], 1e-9),
+        "bags": med["bags"],
         "l3p": med.get("l3p"),
         "l3p_gmac": cost / 1e9,
     }
@@ -108,7 +85,7 @@ def fmt_ms(seconds: float | None) -> str:
 def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
     head = (
         "| layer | density | 4-GEMM ref (ms) | L3n auto (ms) | auto method | ref / L3n (wall) | ref / L3n (CPU) "
-        "| L3p CH3 (ms) | L3p / ref | L3p GMAC | repeats |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| L3n PyTorch bags (ms) | L3p CH3 (ms) | L3p / ref | L3p GMAC | repeats |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -116,7 +93,7 @@ def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
         l3p_ratio = f"{l3p / r['ref']:.2f}" if l3p is not None else f"skipped (> {l3p_max_gmac:g} GMAC)"
         lines.append(
             f"| {r['layer']} | {r['density'] * 100:g}% | {fmt_ms(r['ref'])} | {fmt_ms(r['l3n'])} | {r['method']} "
-            f"| **{r['speedup']:.1f}x** | {r['speedup_cpu']:.1f}x | {fmt_ms(l3p)} | {l3p_ratio} | {r['l3p_gmac']:.2f} "
+            f"| **{r['speedup']:.1f}x** | {r['speedup_cpu']:.1f}x | {fmt_ms(r['bags'])} | {fmt_ms(l3p)} | {l3p_ratio} | {r['l3p_gmac']:.2f} "
             f"| {r['repeats']} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -126,36 +103,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="sizes 256-1024, 1 repeat, issue grid on 1024x1024")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per layer (median reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--l3p-max-gmac", type=float, default=200.0, help="skip L3p above this many GMAC")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", default=None, help="comma-separated square sizes (default 256..4096)")
     parser.add_argument("--no-issue-grid", action="store_true", help="skip the issue-5 grid")
-    parser.add_argument("--out", default=None, help="also write the results as Markdown to this file")
+    add_protocol_args(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    session = Session(args, f"CH link prediction speed ({device.type})")
     sizes = SIZES[:3] if args.quick else SIZES
     if args.sizes:
         sizes = tuple(int(v) for v in args.sizes.split(","))
     repeats = 1 if args.quick else args.repeats
     issue_layers = () if args.no_issue_grid else ISSUE_LAYERS[:1] if args.quick else ISSUE_LAYERS
 
-    header = (
-        f"# CH link prediction speed ({device.type})\n\n"
-        f"- date: {datetime.date.today().isoformat()}\n"
-        f"- hardware: {hardware() if device.type == 'cpu' else torch.cuda.get_device_name(device)}\n"
-        f"- torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {platform.python_version()}\n"
-        f"- command: `python benchmarks/linkpred.py {' '.join(sys.argv[1:])}`\n"
+    extra = [
         f"- median of >= {repeats} interleaved repeat(s) after one warm-up (more for fast layers, see the "
-        f"last column); random masks (uniform, seed {args.seed})\n"
-        "- times are wall-clock medians; the CPU-time ratio (process CPU time, meaningful with 1 thread) is "
-        "less sensitive to other processes on a shared machine\n"
+        f"last column); random masks (uniform, seed {args.seed})",
+        "- times are wall-clock medians; the CPU-time ratio (process CPU time) is less sensitive to other processes on a shared machine",
         "- ref = plain dense four-GEMM CH2-L3n (`ch_l3n_dense_reference`, the official code's form); "
-        "L3n = `ch_l3n(mask, 'CH2')` (method `auto`); L3p = `ch_l3p(mask, 'CH3')`\n"
-    )
+        "L3n = `ch_l3n(mask, 'CH2')` (method `auto`); PyTorch bags = `method='sparse'`; L3p = `ch_l3p(mask, 'CH3')`",
+        "",
+    ]
+    header = "\n".join(extra)
     print(header, flush=True)
     sections = []
     for title, layers, densities in (
@@ -181,10 +152,7 @@ def main() -> None:
         text = table(rows, args.l3p_max_gmac)
         print("\n" + text, flush=True)
         sections.append(f"## {title}\n\n{text}")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(header + "\n" + "\n".join(sections))
-        print(f"written {args.out}")
+    session.write(session.header(extra, device=device) + sections)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ benchmarks/translation.py for the sweep mechanics: finished runs are reused). Th
 validation perplexity, active neurons, wall time and the share of training-step time spent in
 topology updates, beside the paper's Table 3 (Zhang et al., NeurIPS 2025, arXiv:2501.19107).
 
-    nohup python benchmarks/lm.py --data-dir ../shared/data --out benchmarks/results/lm-shakespeare-cpu.md \
+    nohup python -m benchmarks.lm --data-dir ../shared/data --out benchmarks/results/lm-shakespeare-cpu.md \
         > /tmp/lm-bench.log 2>&1 &
 """
 
@@ -18,10 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from translation import ROOT, hardware_lines, overhead_cell, sparsity_cell, sweep  # noqa: E402
+from benchmarks._common import Session, add_protocol_args
+from benchmarks.translation import ROOT, overhead_cell, sparsity_cell, sweep
 
 #: The CPU-sized budget (on top of configs/lm_shakespeare_cpu.yaml).
 LM_OVERRIDES = [
@@ -67,12 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=None, help="where the run directories go (default: runs/bench-lm)")
     parser.add_argument("--methods", default="chts,chtss")
     parser.add_argument("--sparsities", default="0.7,0.9")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra config overrides")
-    parser.add_argument("--out", default=None, help="Markdown result file")
+    add_protocol_args(parser, threads=1)
     args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
+    session = Session(args, "Tiny LLaMA on tiny-shakespeare (characters): validation perplexity of dense vs CHTs vs CHTss")
     out_dir = Path(args.runs_dir or ROOT / "runs" / "bench-lm")
     out_dir.mkdir(parents=True, exist_ok=True)
     base = [f"data.dir={args.data_dir}", f"run.threads={args.threads}", "run.device=cpu", *LM_OVERRIDES, *args.overrides]
@@ -80,14 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("dense", 0.0)] + [(m, s) for s in sparsities for m in args.methods.split(",")]
     results = sweep(Path(args.config), base, runs, out_dir, lambda line: print(line, flush=True))
 
-    lines = ["# Tiny LLaMA on tiny-shakespeare (characters): validation perplexity of dense vs CHTs vs CHTss", ""]
-    lines += hardware_lines(args.threads)
+    lines = session.header()
     config = Path(args.config)
     lines += [
-        f"- command: `python benchmarks/lm.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- config: `{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}` "
         f"with `{' '.join(LM_OVERRIDES + args.overrides)}`",
-        "- seed 0, one run per cell",
+        "- seed 0, one run per cell; runs one after another (an accuracy benchmark: wall times are indicative)",
         "",
     ]
     done = [r for r in results if "error" not in r]
@@ -112,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['method']} | {sparsity_cell(r)} | {f.get('val_ppl', float('nan')):.3f} | {best} | "
             f"{100 * f.get('active_neurons', 1.0):.1f}% | {f.get('density', 1.0):.4f} | "
-            f"{r.get('wall') or r['seconds']:.0f}s | {overhead_cell(r)} |"
+            f"{r.get('wall') or r['seconds']:.0f}s ({r.get('cpu') or 0:.0f}s cpu) | {overhead_cell(r)} |"
         )
     lines += [
         "",
@@ -121,11 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         PAPER_TABLE_3,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}")
+    print("\n".join(lines))
+    session.write(lines)
     return 0
 
 

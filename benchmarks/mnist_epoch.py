@@ -7,14 +7,12 @@ regrowth). Variants: ``dense`` (no sparsity), ``chts-masked`` (dense weights tim
 ``chts-sparse`` (``backend="sparse"``: SparseLinear layers). Epochs of the variants alternate, and the
 median per variant is reported with the ratios and the topology update's share of the epoch.
 
-    python benchmarks/mnist_epoch.py --data ../shared/data/mnist --out benchmarks/results/mnist-epoch-cpu.md
+    python -m benchmarks.mnist_epoch --data ../shared/data/mnist --out benchmarks/results/mnist-epoch-cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import statistics
 import time
 
@@ -22,7 +20,7 @@ import torch
 from torch import nn
 
 import chtorch
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks._common import Session, add_protocol_args
 from chtorch.data import TensorLoader, load_dataset
 
 
@@ -55,11 +53,11 @@ def build(variant: str, steps_per_epoch: int, epochs: int):
     return model, opt, sp
 
 
-def run_epoch(model, opt, sp, loader) -> tuple[float, float, float]:
-    """(epoch seconds, topology-update seconds, mean loss)."""
+def run_epoch(model, opt, sp, loader) -> tuple[float, float, float, float]:
+    """(epoch wall seconds, topology-update seconds, mean loss, epoch CPU seconds)."""
     update = 0.0
     total = 0.0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for x, y in loader:
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -71,57 +69,49 @@ def run_epoch(model, opt, sp, loader) -> tuple[float, float, float]:
                 update += time.perf_counter() - t0
         opt.zero_grad()
         total += loss.item()
-    return time.perf_counter() - start, update, total / len(loader)
+    return time.perf_counter() - start, update, total / len(loader), time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="directory with the MNIST files (default: $CHTORCH_DATA)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per variant (alternating)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", default="dense,chts-masked,chts-sparse")
-    parser.add_argument("--out", default=None)
+    add_protocol_args(parser, threads=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    session = Session(args, "One MNIST epoch with its topology update: CHTs sparse backend vs dense")
     data = load_dataset("mnist", args.data, "train", flatten=True)
     loader = TensorLoader(data.images, data.labels, batch_size=32, shuffle=True, seed=0)
     variants = args.variants.split(",")
     runs = {v: build(v, len(loader), args.epochs) for v in variants}
-    results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    results: dict[str, list[tuple[float, float, float, float]]] = {v: [] for v in variants}
     for epoch in range(args.epochs):
         for v in variants:
             loader.set_epoch(epoch)
             results[v].append(run_epoch(*runs[v], loader))
             print(
-                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (update {results[v][-1][1]:.2f} s), loss {results[v][-1][2]:.3f}",
+                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (cpu {results[v][-1][3]:.1f} s; update {results[v][-1][1]:.2f} s), "
+                f"loss {results[v][-1][2]:.3f}",
                 flush=True,
             )
 
     med = {v: statistics.median(r[0] for r in results[v]) for v in variants}
     upd = {v: statistics.median(r[1] for r in results[v]) for v in variants}
-    lines = [
-        "# One MNIST epoch with its topology update: CHTs sparse backend vs dense",
-        "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- hardware: {cpu_model()}, {torch.get_num_threads()} torch thread(s); shared machine (other jobs running)",
-        f"- torch {torch.__version__}, python {platform.python_version()}",
-        f"- command: `python benchmarks/mnist_epoch.py --epochs {args.epochs} --threads {args.threads}`",
+    cpu = {v: statistics.median(r[3] for r in results[v]) for v in variants}
+    lines = session.header() + [
         "- model: MLP 784-1568-1568-1568-10, 99% sparsity in the three hidden layers (CHTs: BRF init, soft removal, "
         "percolation, soft CH2-L3n regrowth, SWI), batch 32 (1875 steps), SGD momentum 0.9, wd 5e-4",
         f"- {args.epochs} epochs per variant, alternating; median epoch reported",
         "",
-        "| variant | epoch (s) | topology update (s) | update share | dense / variant |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | epoch (s) | epoch CPU (s) | topology update (s) | update share | dense / variant |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for v in variants:
         share = upd[v] / med[v] if med[v] else 0.0
         ratio = med["dense"] / med[v] if "dense" in med else float("nan")
-        lines.append(f"| {v} | {med[v]:.1f} | {upd[v]:.2f} | {share:.1%} | {ratio:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        lines.append(f"| {v} | {med[v]:.1f} | {cpu[v]:.1f} | {upd[v]:.2f} | {share:.1%} | {ratio:.2f}x |")
+    print("\n".join(lines))
+    session.write(lines)
 
 
 if __name__ == "__main__":

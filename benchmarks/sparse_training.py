@@ -12,26 +12,22 @@ forward + backward + optimizer.step + zero_grad on a random batch. Variants, tim
                      sparse forward/backward, optimizer state for the links only).
 
 Also timed: one topology update through ``SparseLinear.set_mask`` (30% of links moved, optimizer
-state carried) for the three layers.
+state carried) for the three layers. Each configuration runs at every ``--thread-counts`` value, and
+the file reports the thread scaling of dense and sparse side by side (issue 12's goals).
 
-    python benchmarks/sparse_training.py                       # print the table
-    python benchmarks/sparse_training.py --out benchmarks/results/sparse-training-cpu.md
+    python -m benchmarks.sparse_training                       # print the table
+    python -m benchmarks.sparse_training --out benchmarks/results/sparse-training-cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
-import sys
-import time
 
 import torch
 from torch import nn
 
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks._common import Session, Timing, add_protocol_args, interleave, measure
 from chtorch.masks import link_budget
 from chtorch.sparse import to_sparse
 
@@ -100,25 +96,16 @@ class Variant:
                             value.mul_(mask)
 
 
-def time_steps(variants: list[Variant], batch: int, repeats: int, steps: int, seed: int) -> dict[str, float]:
+def time_steps(variants: list[Variant], batch: int, repeats: int, steps: int, seed: int) -> dict[str, Timing]:
+    """Median wall and CPU seconds per step of each variant, timed round robin."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, SIZES[0], generator=g)
     y = torch.randint(0, SIZES[-1], (batch,), generator=g)
-    for v in variants:  # warm-up (allocator, MKL handles, optimizer state)
-        for _ in range(2):
-            v.step(x, y)
-    times: dict[str, list[float]] = {v.kind: [] for v in variants}
-    for _ in range(repeats):
-        for v in variants:
-            start = time.perf_counter()
-            for _ in range(steps):
-                v.step(x, y)
-            times[v.kind].append((time.perf_counter() - start) / steps)
-    return {k: statistics.median(t) for k, t in times.items()}
+    return interleave({v.kind: (lambda v=v: v.step(x, y)) for v in variants}, repeats, calls=steps, warmup=2)
 
 
-def time_topology_update(variant: Variant, zeta: float, repeats: int, seed: int) -> float:
-    """Median seconds of set_mask on the three sparse layers, moving a fraction zeta of the links."""
+def time_topology_update(variant: Variant, zeta: float, repeats: int, seed: int) -> Timing:
+    """Median wall / CPU seconds of set_mask on the three sparse layers, moving a fraction zeta of the links."""
     g = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(repeats):
@@ -133,42 +120,8 @@ def time_topology_update(variant: Variant, zeta: float, repeats: int, seed: int)
             mask[drop[:, 0], drop[:, 1]] = False
             mask[grow[:, 0], grow[:, 1]] = True
             new_masks[name] = mask
-        start = time.perf_counter()
-        for name, mask in new_masks.items():
-            variant.model.get_submodule(name).set_mask(mask, variant.optimizer)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def time_layer_crossover(densities, batch_sizes, width, repeats, seed) -> list[tuple[float, int, float, float]]:
-    """Forward + backward of one width x width layer (input needing grad, as a hidden layer's does):
-    SparseLinear (csr) vs nn.Linear at each density. Returns (density, batch, dense s, sparse s)."""
-    from chtorch.sparse import SparseLinear
-
-    g = torch.Generator().manual_seed(seed)
-    results = []
-    for density in densities:
-        mask = random_mask(width, width, density, g)
-        torch.manual_seed(seed)
-        dense = nn.Linear(width, width)
-        sparse = SparseLinear.from_linear(dense, mask, impl="csr")
-        for batch in batch_sizes:
-            x = torch.randn(batch, width, generator=g, requires_grad=True)
-            layers = {"dense": dense, "sparse": sparse}
-            samples: dict[str, list[float]] = {k: [] for k in layers}
-            for _ in range(repeats + 2):
-                for key, layer in layers.items():
-                    start = time.perf_counter()
-                    layer(x).sum().backward()
-                    samples[key].append(time.perf_counter() - start)
-            med = {k: statistics.median(v[2:]) for k, v in samples.items()}
-            results.append((density, batch, med["dense"], med["sparse"]))
-            print(
-                f"layer {width}x{width} density {density:.2f} batch {batch:4d}: dense {med['dense'] * 1e3:.3f} ms, "
-                f"sparse {med['sparse'] * 1e3:.3f} ms (x{med['dense'] / med['sparse']:.2f})",
-                flush=True,
-            )
-    return results
+        samples.append(measure(lambda m=new_masks: [variant.model.get_submodule(n).set_mask(k, variant.optimizer) for n, k in m.items()]))
+    return Timing(statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,90 +129,78 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--optimizers", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
-    parser.add_argument("--impls", nargs="+", default=["csr", "gather"], choices=["csr", "gather"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--impls", nargs="+", default=["native", "csr"], choices=["native", "csr", "gather"])
+    parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="torch threads to measure, each in turn")
+    parser.add_argument("--no-masked", action="store_true", help="leave out the masked dense variant")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed sample")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--crossover-densities",
-        type=float,
-        nargs="*",
-        default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
-        help="also time one 1568x1568 layer (forward + backward) at these densities",
-    )
-    parser.add_argument("--out", help="write the results as Markdown to this file")
+    add_protocol_args(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    session = Session(args, "Sparse training step: SparseLinear vs dense vs masked dense")
 
     g = torch.Generator().manual_seed(args.seed)
     masks = {name: random_mask(SIZES[i + 1], SIZES[i], args.density, g) for i, name in enumerate(SPARSE_LAYERS)}
-    load_before = os.getloadavg()
-    kinds = ["dense", "masked"] + [f"sparse-{impl}" for impl in args.impls]
+    kinds = ["dense"] + ([] if args.no_masked else ["masked"]) + [f"sparse-{impl}" for impl in args.impls]
     rows = []
-    update_s = {}
-    for opt_name in args.optimizers:
-        for batch in args.batch_sizes:
-            variants = [Variant(kind, masks, opt_name, args.seed) for kind in kinds]
-            med = time_steps(variants, batch, args.repeats, args.steps, args.seed + batch)
-            rows.append((opt_name, batch, med))
-            print(
-                f"{opt_name:5s} batch {batch:4d}: "
-                + "  ".join(f"{k} {med[k] * 1e3:7.2f} ms (x{med['dense'] / med[k]:.2f})" for k in kinds),
-                flush=True,
-            )
-            if opt_name == args.optimizers[0] and batch == args.batch_sizes[0]:
-                best = f"sparse-{args.impls[0]}"
-                sparse_variant = next(v for v in variants if v.kind == best)
-                update_s[best] = time_topology_update(sparse_variant, 0.3, max(3, args.repeats // 3), args.seed)
-    crossover = time_layer_crossover(args.crossover_densities, args.batch_sizes, SIZES[1], args.repeats, args.seed)
-    load_after = os.getloadavg()
-    for kind, seconds in update_s.items():
-        print(f"topology update ({kind}, set_mask on 3 layers, 30% of links moved): {seconds * 1e3:.2f} ms")
-
-    if args.out:
-        lines = [
-            "# Sparse training step: SparseLinear vs dense vs masked dense",
-            "",
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-            f"- hardware: {cpu_model()}, {os.cpu_count()} cores visible; torch threads: {args.threads}",
-            f"- torch {torch.__version__}, python {platform.python_version()}, MKL: {torch.backends.mkl.is_available()}",
-            f"- load average before/after (shared machine): {load_before[0]:.2f} / {load_after[0]:.2f}",
-            f"- command: `python {' '.join(sys.argv)}`",
+    update: dict[int, Timing] = {}
+    for threads in args.thread_counts:
+        torch.set_num_threads(threads)
+        for opt_name in args.optimizers:
+            for batch in args.batch_sizes:
+                variants = [Variant(kind, masks, opt_name, args.seed) for kind in kinds]
+                med = time_steps(variants, batch, args.repeats, args.steps, args.seed + batch)
+                rows.append((threads, opt_name, batch, med))
+                print(
+                    f"{threads} thr {opt_name:5s} batch {batch:4d}: "
+                    + "  ".join(f"{k} {med[k].ms()} (x{med['dense'].wall / med[k].wall:.2f})" for k in kinds),
+                    flush=True,
+                )
+                if opt_name == args.optimizers[0] and batch == args.batch_sizes[0]:
+                    sparse_variant = next(v for v in variants if v.kind == kinds[-len(args.impls)])
+                    update[threads] = time_topology_update(sparse_variant, 0.3, max(3, args.repeats // 3), args.seed)
+    session.finish()
+    best = kinds[-len(args.impls)]
+    lines = session.header(
+        [
             f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the three hidden layers "
             "(random, exact budget), classifier dense; step = forward + backward + optimizer.step + zero_grad",
-            f"- timing: median over {args.repeats} samples of {args.steps} steps, variants interleaved",
+            f"- timing: median over {args.repeats} samples of {args.steps} steps, variants interleaved (round robin); "
+            "wall ms with process CPU ms in brackets",
+            f"- SparseLinear kernels: {', '.join(args.impls)} (`native` = chtorch's C++/OpenMP kernels)",
             "",
-            "| optimizer | batch | " + " | ".join(kinds) + " | " + " | ".join(f"dense / {k}" for k in kinds[1:]) + " |",
-            "|---|---:|" + "---:|" * (2 * len(kinds) - 1),
+            "| threads | optimizer | batch | " + " | ".join(kinds) + " | " + " | ".join(f"dense / {k}" for k in kinds[1:]) + " |",
+            "|---:|---|---:|" + "---:|" * (2 * len(kinds) - 1),
         ]
-        for opt_name, batch, med in rows:
-            lines.append(
-                f"| {opt_name} | {batch} | "
-                + " | ".join(f"{med[k] * 1e3:.2f} ms" for k in kinds)
-                + " | "
-                + " | ".join(f"{med['dense'] / med[k]:.2f}x" for k in kinds[1:])
-                + " |"
-            )
-        for kind, seconds in update_s.items():
-            lines += [
-                "",
-                f"Topology update through `set_mask` ({kind}, 3 layers, 30% of links moved, optimizer "
-                f"state carried): {seconds * 1e3:.2f} ms (median).",
-            ]
-        if crossover:
-            lines += [
-                "",
-                f"One {SIZES[1]}x{SIZES[1]} layer, forward + backward (input gradient, weight gradient, bias), "
-                "SparseLinear csr vs nn.Linear:",
-                "",
-                "| density | batch | dense | sparse | dense / sparse |",
-                "|---:|---:|---:|---:|---:|",
-            ]
-            lines += [f"| {d:.2f} | {b} | {td * 1e3:.3f} ms | {ts * 1e3:.3f} ms | {td / ts:.2f}x |" for d, b, td, ts in crossover]
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+    )
+    for threads, opt_name, batch, med in rows:
+        lines.append(
+            f"| {threads} | {opt_name} | {batch} | "
+            + " | ".join(med[k].ms() for k in kinds)
+            + " | "
+            + " | ".join(f"{med['dense'].wall / med[k].wall:.2f}x" for k in kinds[1:])
+            + " |"
+        )
+    if len(args.thread_counts) > 1:
+        lo, hi = args.thread_counts[0], args.thread_counts[-1]
+        lines += [
+            "",
+            f"Thread scaling, step time at {lo} thread(s) / at {hi} (goal: {best} >= 0.8x of dense's scaling):",
+            "",
+            f"| optimizer | batch | dense scaling | {best} scaling | {best} scaling / dense scaling |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        by_key = {(t, o, b): m for t, o, b, m in rows}
+        for opt_name in args.optimizers:
+            for batch in args.batch_sizes:
+                a, b = by_key[(lo, opt_name, batch)], by_key[(hi, opt_name, batch)]
+                dense_scale = a["dense"].wall / b["dense"].wall
+                sparse_scale = a[best].wall / b[best].wall
+                lines.append(f"| {opt_name} | {batch} | {dense_scale:.2f}x | {sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |")
+    lines += ["", f"Topology update through `set_mask` ({best}, 3 layers, 30% of links moved, optimizer state carried):", ""]
+    lines += [f"- {t} thread(s): {timing.ms()} (median)" for t, timing in update.items()]
+    print("\n".join(lines))
+    session.write(lines)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ validation checkpoint), validation perplexity, active neurons, wall time and the
 time spent in topology updates, beside the paper's Table 2 (Zhang et al., NeurIPS 2025,
 arXiv:2501.19107).
 
-    nohup python benchmarks/translation.py --data-dir ../shared/data \
+    nohup python -m benchmarks.translation --data-dir ../shared/data \
         --out benchmarks/results/translation-multi30k-cpu.md > /tmp/translation-bench.log 2>&1 &
 """
 
@@ -20,16 +20,13 @@ import datetime
 import io
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks._common import Session, add_protocol_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,14 +70,6 @@ tokens), each cell 95% / 90% sparsity, 3 seeds; density decay from 50%.
 # Shared with benchmarks/lm.py
 
 
-def hardware_lines(threads: int) -> list[str]:
-    return [
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- hardware: {cpu_model()}, {os.cpu_count()} cores visible (shared with other jobs), torch threads {threads}",
-        f"- torch {torch.__version__}, python {platform.python_version()}",
-    ]
-
-
 class StepTimer:
     """Trainer callback: wall time between consecutive optimizer steps of one epoch (so evaluation,
     which runs between epochs, is left out), and the steps that included a topology update."""
@@ -105,13 +94,13 @@ def run_one(config_path: Path, overrides: list[str], run_dir: Path) -> dict[str,
     summary_path = run_dir / "summary.json"
     timer = StepTimer()
     if not summary_path.is_file():
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if (run_dir / "checkpoint.pt").is_file():
             resume(run_dir, out=io.StringIO(), callbacks=[timer])
         else:
             train(load_config(config_path, overrides), run_dir, out=io.StringIO(), callbacks=[timer])
-        wall = time.perf_counter() - started
-        (run_dir / "bench_timing.json").write_text(json.dumps({"wall": wall, "train_seconds": timer.train_seconds}))
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        (run_dir / "bench_timing.json").write_text(json.dumps({"wall": wall, "cpu": cpu, "train_seconds": timer.train_seconds}))
     summary = json.loads(summary_path.read_text())
     timing = json.loads((run_dir / "bench_timing.json").read_text()) if (run_dir / "bench_timing.json").is_file() else {}
     updates = [r for r in read_metrics(run_dir) if r.get("kind") == "update"]
@@ -119,6 +108,7 @@ def run_one(config_path: Path, overrides: list[str], run_dir: Path) -> dict[str,
     summary["n_updates"] = len(updates)
     summary["train_seconds"] = timing.get("train_seconds")
     summary["wall"] = timing.get("wall")
+    summary["cpu"] = timing.get("cpu")
     return summary
 
 
@@ -170,12 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=None, help="where the run directories go (default: runs/bench-translation)")
     parser.add_argument("--methods", default="set,rigl,chts,chtss")
     parser.add_argument("--sparsities", default="0.9,0.95")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra config overrides")
-    parser.add_argument("--out", default=None, help="Markdown result file")
+    add_protocol_args(parser, threads=2)
     args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
+    session = Session(args, "Multi30k en→de, CPU-sized Transformer: BLEU of dense vs SET vs RigL vs CHTs vs CHTss")
     out_dir = Path(args.runs_dir or ROOT / "runs" / "bench-translation")
     out_dir.mkdir(parents=True, exist_ok=True)
     base = [f"data.dir={args.data_dir}", f"run.threads={args.threads}", "run.device=cpu", *TRANSLATION_OVERRIDES, *args.overrides]
@@ -183,13 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("dense", 0.0)] + [(m, s) for s in sparsities for m in args.methods.split(",")]
     results = sweep(Path(args.config), base, runs, out_dir, lambda line: print(line, flush=True))
 
-    lines = ["# Multi30k en→de, CPU-sized Transformer: BLEU of dense vs SET vs RigL vs CHTs vs CHTss", ""]
-    lines += hardware_lines(args.threads)
+    lines = session.header()
     lines += [
-        f"- command: `python benchmarks/translation.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         f"- config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}` "
         f"with `{' '.join(TRANSLATION_OVERRIDES + args.overrides)}`",
-        "- seed 0, one run per cell",
+        "- seed 0, one run per cell; runs one after another (an accuracy benchmark: wall times are indicative, CPU time in brackets)",
         "",
     ]
     done = [r for r in results if "error" not in r]
@@ -213,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['method']} | {sparsity_cell(r)} | {f.get('test_bleu', float('nan')):.2f} | "
             f"{f.get('best_epoch', '-')} | {f.get('val_ppl', float('nan')):.2f} | {100 * f.get('active_neurons', 1.0):.1f}% | "
-            f"{f.get('density', 1.0):.4f} | {r.get('wall') or r['seconds']:.0f}s | {overhead_cell(r)} |"
+            f"{f.get('density', 1.0):.4f} | {r.get('wall') or r['seconds']:.0f}s ({r.get('cpu') or 0:.0f}s cpu) | {overhead_cell(r)} |"
         )
     lines += [
         "",
@@ -223,11 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         PAPER_TABLE_2,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}")
+    print("\n".join(lines))
+    session.write(lines)
     return 0
 
 

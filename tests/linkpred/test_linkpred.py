@@ -16,13 +16,15 @@ from hypothesis import strategies as st
 
 from chtorch.linkpred import _common, ch_l3n, ch_l3n_dense_reference, ch_l3p, choose_method, l3p, l3p_cost
 from chtorch.linkpred.reference import ch_l3n_loops, ch_l3p_loops
+from chtorch.sparse import native
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 L3N = ("CH2", "CH3", "CH3.1")
 L3P = ("CH3", "CH2", "CH3.1", "RA")
-METHODS = ("dense", "sparse", "auto")
+# "native" joins where the C++ kernels could be built (tests/sparse/test_native.py checks the fallback).
+METHODS = ("dense", "sparse", "auto") + (("native",) if native.available() else ())
 
 
 def random_mask(n_out: int, n_in: int, density: float, seed: int) -> torch.Tensor:
@@ -317,7 +319,8 @@ def test_bad_input_errors() -> None:
 
 
 def test_auto_method_choice() -> None:
-    assert choose_method(random_mask(1024, 1024, 0.01, seed=0)) == "sparse"
+    assert choose_method(random_mask(1024, 1024, 0.01, seed=0)) == ("native" if native.available() else "sparse")
+    assert choose_method(random_mask(1024, 1024, 0.2, seed=0)) == "sparse"  # above NATIVE_MAX_DENSITY
     assert choose_method(random_mask(1024, 1024, 0.5, seed=0)) == "dense"
     assert choose_method(random_mask(32, 32, 0.01, seed=0)) == "dense"  # overheads dominate
     assert choose_method(torch.zeros(0, 5, dtype=torch.bool)) == "dense"

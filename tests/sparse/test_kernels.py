@@ -16,12 +16,13 @@ from chtorch.sparse import (
     TopologyChange,
     align_optimizer_state,
     build_layout,
+    native,
     sparse_linear,
     to_dense,
     to_sparse,
 )
 
-IMPLS = ["csr", "gather"]
+IMPLS = ["csr", "gather"] + (["native"] if native.available() else [])
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -41,7 +41,7 @@ __all__ = [
 
 L3N_VARIANTS = ("CH2", "CH3", "CH3.1")
 L3P_VARIANTS = ("CH3", "CH2", "CH3.1", "RA")
-METHODS = ("auto", "dense", "sparse")
+METHODS = ("auto", "dense", "sparse", "native")
 
 # Column blocks of the table a bag sum reads, on CPU. Every bag re-reads random rows of the table,
 # so a block that fits in the per-core L2 cache (1 MiB = 2**18 floats here) is summed several times

@@ -28,6 +28,12 @@ Two exact evaluations of the same formula:
   lists (``embedding_bag``): ``2·nnz(A)·(n_out + n_in)`` additions, i.e. ``density ×`` the dense
   work. ``auto`` picks ``sparse`` below a density threshold that depends on the layer's size
   and device (measured on CPU, estimated for CUDA; see ``_common.prefer_sparse``).
+* ``native``: the same sums in C++/OpenMP (``chtorch/sparse/csrc/kernels.cpp``, CPU only, built at
+  first use): the common-neighbour counts by Gustavson's sparse row products on sparse layers
+  (``Σ d²`` work instead of ``nnz·n``), the ``F·A`` sums by L2-sized column blocks with the
+  accumulators in registers, and no ``n × n`` temporaries. ``auto`` picks it on CPU wherever it
+  would pick ``sparse`` and the density is at most ``NATIVE_MAX_DENSITY`` (above, the bag sums of
+  ``sparse`` are as fast), when the native kernels could be built.
 """
 
 from __future__ import annotations
@@ -46,14 +52,38 @@ from chtorch.linkpred._common import (
     prefer_sparse,
     scatter_block,
 )
+from chtorch.sparse import native
 
-__all__ = ["ch_l3n", "ch_l3n_dense_reference", "choose_method"]
+__all__ = ["ch_l3n", "ch_l3n_dense_reference", "choose_method", "NATIVE_MAX_DENSITY"]
+
+# Above this density the native kernel's Gustavson counting stops paying and the embedding_bag sums
+# of method "sparse" are as fast (measured in CPU time at 1024² and 1568², benchmarks/linkpred.py).
+NATIVE_MAX_DENSITY = 0.10
+_VARIANT_CODE = {"CH2": 0, "CH3": 1, "CH3.1": 2}
 
 
 def choose_method(mask: torch.Tensor) -> str:
-    """The evaluation ``ch_l3n(method="auto")`` uses for ``mask``: ``"sparse"`` or ``"dense"``
-    (see ``prefer_sparse``)."""
-    return "sparse" if prefer_sparse(mask) else "dense"
+    """The evaluation ``ch_l3n(method="auto")`` uses for ``mask``: ``"native"``, ``"sparse"`` or
+    ``"dense"`` (see ``prefer_sparse`` and ``NATIVE_MAX_DENSITY``)."""
+    if not prefer_sparse(mask):
+        return "dense"
+    if mask.device.type == "cpu" and int(mask.count_nonzero()) <= NATIVE_MAX_DENSITY * mask.numel() and native.available():
+        return "native"
+    return "sparse"
+
+
+_COUNTING_CODE = {"auto": 0, "gustavson": 1, "bags": 2}
+
+
+def _l3n_native(mask: torch.Tensor, variant: str, counting: str = "auto") -> torch.Tensor:
+    """CH-L3n by the native kernel. ``counting``: how the common neighbours are counted, ``"auto"``
+    (by cost, per side), ``"gustavson"`` (sparse row products) or ``"bags"`` (vectorised bag sums);
+    the tests force each."""
+    rows, cols = neighbours(mask)
+    end = torch.tensor([rows.index.numel()], dtype=torch.int64)
+    row_ptr = torch.cat([rows.offsets, end])
+    col_ptr = torch.cat([cols.offsets, end])
+    return native.load().ch_l3n(row_ptr, rows.index, col_ptr, cols.index, _VARIANT_CODE[variant], _COUNTING_CODE[counting])
 
 
 def _factor(
@@ -158,8 +188,9 @@ def ch_l3n(mask: torch.Tensor, variant: str = "CH2", method: str = "auto") -> to
         mask: ``(n_out, n_in)`` bool tensor, rows = output neurons, columns = input neurons, on any
             device.
         variant: ``"CH2"`` (paper default), ``"CH3"`` or ``"CH3.1"``, case-insensitive.
-        method: ``"auto"`` (by density, see ``choose_method``), ``"dense"`` (four GEMMs) or
-            ``"sparse"`` (sums over neighbour lists). All give the same scores up to float32
+        method: ``"auto"`` (by density, see ``choose_method``), ``"dense"`` (four GEMMs),
+            ``"sparse"`` (sums over neighbour lists) or ``"native"`` (the C++ kernel, CPU only;
+            ``RuntimeError`` where it cannot be built). All give the same scores up to float32
             rounding of the sums.
 
     Returns:
@@ -180,6 +211,12 @@ def ch_l3n(mask: torch.Tensor, variant: str = "CH2", method: str = "auto") -> to
     with torch.no_grad():
         if mask.numel() == 0:
             return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        if how == "native":
+            if mask.device.type != "cpu":
+                raise RuntimeError(f"method='native' runs on CPU only (mask is on {mask.device}); use method='auto'")
+            if not native.available():
+                raise RuntimeError(f"method='native' is unavailable here ({native.reason_unavailable()}); use method='auto'")
+            return _l3n_native(mask, key)
         if how == "sparse":
             return _l3n_sparse(mask, key)
         return _l3n_dense(mask, key)

@@ -80,7 +80,7 @@ def to_sparse(
         optimizer: when given, its dense ``weight`` entries are replaced by the ``values`` Parameters
             and their state is read at the links (see the module docstring). The bias Parameter is
             shared, so it stays as it is.
-        impl: kernel implementation for the new layers (``"auto"``, ``"csr"``, ``"gather"``).
+        impl: kernel implementation for the new layers (``"auto"``, ``"native"``, ``"csr"``, ``"gather"``).
 
     Returns ``{name: new SparseLinear}``.
     """

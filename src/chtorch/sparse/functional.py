@@ -9,11 +9,16 @@ autograd function whose backward is truly sparse as well:
   dense-dense product, SDDMM); the dense ``dy^T x`` is never formed;
 * bias gradient ``dy.sum(0)``.
 
-Two implementations give the same numbers (tests check both):
+Three implementations give the same numbers (tests check each against the others):
 
+``"native"`` C++/OpenMP kernels (:mod:`chtorch.sparse.native`, built at first use) on feature-major
+             activations: the forward and the input gradient are CSR row sweeps whose inner loop is
+             one vectorised pass over the batch, the weight gradient a dot product per link. CPU,
+             float32/float64; ``"auto"`` picks it there when it could be built.
 ``"csr"``    ``torch.sparse`` CSR kernels (MKL on CPU, cuSPARSE on CUDA): ``torch.sparse.mm`` for both
-             products and ``torch.sparse.sampled_addmm`` for the weight gradient. Fastest where available
-             (float32/float64 on CPU and CUDA); measured in ``benchmarks/sparse_training.py``.
+             products and ``torch.sparse.sampled_addmm`` for the weight gradient (float32/float64; the
+             ``"auto"`` choice on CUDA and on a CPU without a C++ toolchain); measured in
+             ``benchmarks/sparse_training.py``.
 ``"gather"`` plain dense tensor ops (row gathers, ``index_add_``, chunked multiply-and-sum): any dtype
              and device, memory ``O(chunk)``; the fallback for half precision and other backends.
 
@@ -29,24 +34,36 @@ import warnings
 
 import torch
 
+from chtorch.sparse import native
 from chtorch.sparse.layout import SparseLayout
 
 __all__ = ["sparse_linear", "resolve_impl", "IMPLEMENTATIONS"]
 
-IMPLEMENTATIONS = ("auto", "csr", "gather")
+IMPLEMENTATIONS = ("auto", "native", "csr", "gather")
 
 # Elements of the (chunk, batch) temporaries of the gather implementation: 2**22 floats = 16 MiB.
 _GATHER_CHUNK_ELEMENTS = 1 << 22
 
 
 def resolve_impl(impl: str, dtype: torch.dtype, device: torch.device) -> str:
-    """The implementation ``impl`` stands for: ``"auto"`` picks ``"csr"`` for float32/float64 on CPU
-    and CUDA (torch.sparse CSR kernels exist there) and ``"gather"`` otherwise."""
+    """The implementation ``impl`` stands for. ``"auto"``: ``"native"`` for float32/float64 on CPU
+    when the native kernels can be built here, else ``"csr"`` for float32/float64 on CPU and CUDA
+    (torch.sparse CSR kernels exist there), else ``"gather"``. An explicit ``"native"`` where the
+    native kernels cannot run raises ``RuntimeError`` naming the reason."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    floating = dtype in (torch.float32, torch.float64)
+    if impl == "native":
+        if device.type != "cpu" or not floating:
+            raise RuntimeError(f"impl='native' runs float32/float64 on CPU only (got {dtype} on {device.type}); use impl='auto'")
+        if not native.available():
+            raise RuntimeError(f"impl='native' is unavailable here ({native.reason_unavailable()}); use impl='auto' or 'csr'")
+        return impl
     if impl != "auto":
         return impl
-    if dtype in (torch.float32, torch.float64) and device.type in ("cpu", "cuda"):
+    if floating and device.type == "cpu" and native.available():
+        return "native"
+    if floating and device.type in ("cpu", "cuda"):
         return "csr"
     return "gather"
 
@@ -139,7 +156,35 @@ def _gather_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.T
     return grad_values
 
 
+# --- implementation "native": C++/OpenMP kernels on feature-major operands ---------------------
+
+
+def _feature_major(t: torch.Tensor) -> torch.Tensor:
+    """``t.t()`` as a contiguous ``(features, batch)`` matrix: free when ``t`` is already the
+    transposed view the native forward returns, one copy otherwise."""
+    return t.t().contiguous()
+
+
+def _native_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+    ops = native.load()
+    bias = None if bias is None else bias.detach().contiguous()
+    out_t = ops.spmm(layout.crow, layout.cols, None, values.detach().contiguous(), _feature_major(x), bias, layout.out_features)
+    return out_t.t()  # (batch, out) view of a feature-major result: the next layer reads it for free
+
+
+def _native_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    ops = native.load()
+    grad_t = _feature_major(grad_out)
+    return ops.spmm(layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_t, None, layout.in_features).t()
+
+
+def _native_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    ops = native.load()
+    return ops.sddmm(layout.crow, layout.cols, _feature_major(grad_out), _feature_major(x))
+
+
 _KERNELS = {
+    "native": (_native_forward, _native_grad_input, _native_grad_values),
     "csr": (_csr_forward, _csr_grad_input, _csr_grad_values),
     "gather": (_gather_forward, _gather_grad_input, _gather_grad_values),
 }

@@ -1,0 +1,108 @@
+"""Training step of one Transformer block, sparse vs dense (issue 12, item 3).
+
+A pre-norm block of the paper's Transformer shapes (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
+§4: d_model 512, FFN 2048, 8 heads): attention projections q, k, v, o (512x512) and the FFN (512x2048,
+2048x512) are the sparse layers (``SparseLinear``, random masks at the given sparsity); layer norms and
+the attention itself stay dense. A step is forward + backward + AdamW step + zero_grad on
+``tokens`` tokens (sequences of 128). Variants are timed interleaved.
+
+    python -m benchmarks.transformer_block --out benchmarks/results/transformer-block-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from benchmarks._common import Session, add_protocol_args, interleave
+from chtorch.sparse import to_sparse
+
+D_MODEL, D_FFN, HEADS, SEQ = 512, 2048, 8, 128
+SPARSE = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(D_MODEL), nn.LayerNorm(D_MODEL)
+        self.q, self.k, self.v, self.o = (nn.Linear(D_MODEL, D_MODEL) for _ in range(4))
+        self.ffn_in, self.ffn_out = nn.Linear(D_MODEL, D_FFN), nn.Linear(D_FFN, D_MODEL)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        h = self.norm1(x)
+
+        def heads(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, t, HEADS, D_MODEL // HEADS).transpose(1, 2)
+
+        att = nn.functional.scaled_dot_product_attention(heads(self.q(h)), heads(self.k(h)), heads(self.v(h)), is_causal=True)
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, D_MODEL))
+        return x + self.ffn_out(nn.functional.gelu(self.ffn_in(self.norm2(x))))
+
+
+def make(kind: str, sparsity: float, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)  # benchmark script: owns the global RNG
+    block = Block()
+    opt = torch.optim.AdamW(block.parameters(), lr=1e-4, weight_decay=0.01)
+    if kind != "dense":
+        g = torch.Generator().manual_seed(seed + 1)
+        masks = {name: torch.rand(block.get_submodule(name).weight.shape, generator=g) >= sparsity for name in SPARSE}
+        to_sparse(block, list(masks), masks, optimizer=opt, impl=kind.split("-", 1)[1])
+    return block, opt
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--impls", nargs="+", default=["native", "csr"], choices=["native", "csr", "gather"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    add_protocol_args(parser)
+    args = parser.parse_args(argv)
+    session = Session(args, "Transformer block (d512, FFN 2048) training step: sparse vs dense")
+    kinds = ["dense"] + [f"sparse-{i}" for i in args.impls]
+    rows = []
+    for sparsity in args.sparsities:
+        for tokens in args.tokens:
+            x = torch.randn(tokens // SEQ, SEQ, D_MODEL, generator=torch.Generator().manual_seed(args.seed))
+            jobs = {}
+            for kind in kinds:
+                block, opt = make(kind, sparsity, args.seed)
+
+                def step(block=block, opt=opt, x=x) -> None:
+                    block(x).square().mean().backward()
+                    opt.step()
+                    opt.zero_grad()
+
+                jobs[kind] = step
+            t = interleave(jobs, args.repeats)
+            rows.append((sparsity, tokens, t))
+            print(f"sparsity {sparsity:.0%} tokens {tokens}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()), flush=True)
+    session.finish()
+    lines = session.header(
+        [
+            f"- block: pre-norm, d_model {D_MODEL}, FFN {D_FFN}, {HEADS} heads, sequences of {SEQ}; sparse layers: "
+            "q, k, v, o, FFN in/out (random masks); step = forward + backward + AdamW + zero_grad; "
+            f"median of {args.repeats} interleaved samples (wall ms, CPU ms in brackets)",
+            "",
+            "| sparsity | tokens | " + " | ".join(kinds) + " | " + " | ".join(f"dense / {k}" for k in kinds[1:]) + " |",
+            "|---:|---:|" + "---:|" * (2 * len(kinds) - 1),
+        ]
+    )
+    for sparsity, tokens, t in rows:
+        lines.append(
+            f"| {sparsity:.0%} | {tokens} | "
+            + " | ".join(t[k].ms() for k in kinds)
+            + " | "
+            + " | ".join(f"{t['dense'].wall / t[k].wall:.2f}x" for k in kinds[1:])
+            + " |"
+        )
+    print("\n".join(lines))
+    session.write(lines)
+
+
+if __name__ == "__main__":
+    main()

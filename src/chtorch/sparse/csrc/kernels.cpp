@@ -1,0 +1,353 @@
+// chtorch native CPU kernels: sparse x dense products of a truly sparse linear layer and
+// node-based Cannistraci-Hebb link prediction (CH-L3n). Built at first use by
+// chtorch/sparse/native.py with torch.utils.cpp_extension; every kernel has a pure-PyTorch twin
+// (chtorch/sparse/functional.py, chtorch/linkpred/l3n.py) that the tests compare it against.
+//
+// Activations are feature-major: a (features, batch) contiguous matrix, so that the batch is the
+// innermost, contiguous dimension and every link's work is one vectorised loop over the batch.
+// Threads: OpenMP with torch's thread count (torch bundles libgomp, and the loader reuses it, so
+// torch.set_num_threads governs these loops as it does torch's own).
+//
+// Reference: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (truly sparse training, §3; CH-L3n,
+// Eq. 3 and App. K).
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+void check_index(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(), name,
+              " must be a contiguous 1-D int64 CPU tensor");
+}
+
+int threads() { return std::max(1, at::get_num_threads()); }
+
+// 64 bytes of scalar_t as one value (GCC/Clang vector extension: one AVX-512 register, or two AVX
+// halves), so that accumulators stay in registers whatever the auto-vectoriser decides.
+template <typename scalar_t>
+struct Vec {
+  typedef scalar_t type __attribute__((vector_size(64)));
+  static constexpr int64_t size = 64 / sizeof(scalar_t);
+  static type load(const scalar_t* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+// out[r, :] = bias[r] + sum_{k in row r} values[perm ? perm[k] : k] * src[index[k], :]; the batch is
+// done in tiles of 4 vectors (64 floats), the tail one element at a time.
+template <typename scalar_t>
+void spmm_rows(const int64_t* crow, const int64_t* index, const int64_t* perm, const scalar_t* values,
+               const scalar_t* src, const scalar_t* bias, scalar_t* out, int64_t n_rows, int64_t batch) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size, tile = 4 * L;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads()) if (n_rows > 16)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const scalar_t b = bias ? bias[r] : scalar_t(0);
+    scalar_t* out_row = out + r * batch;
+    const int64_t begin = crow[r], end = crow[r + 1];
+    int64_t t0 = 0;
+    for (; t0 + tile <= batch; t0 += tile) {
+      typename V::type a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      a0 += b, a1 += b, a2 += b, a3 += b;
+      for (int64_t k = begin; k < end; ++k) {
+        const scalar_t v = values[perm ? perm[k] : k];
+        const scalar_t* s = src + index[k] * batch + t0;
+        a0 += v * V::load(s);
+        a1 += v * V::load(s + L);
+        a2 += v * V::load(s + 2 * L);
+        a3 += v * V::load(s + 3 * L);
+      }
+      V::store(out_row + t0, a0);
+      V::store(out_row + t0 + L, a1);
+      V::store(out_row + t0 + 2 * L, a2);
+      V::store(out_row + t0 + 3 * L, a3);
+    }
+    for (; t0 + L <= batch; t0 += L) {
+      typename V::type a0 = {};
+      a0 += b;
+      for (int64_t k = begin; k < end; ++k) a0 += values[perm ? perm[k] : k] * V::load(src + index[k] * batch + t0);
+      V::store(out_row + t0, a0);
+    }
+    for (; t0 < batch; ++t0) {
+      scalar_t acc = b;
+      for (int64_t k = begin; k < end; ++k) acc += values[perm ? perm[k] : k] * src[index[k] * batch + t0];
+      out_row[t0] = acc;
+    }
+  }
+}
+
+// grad[k] = sum_t a[rows(k), t] * b[cols[k], t]   (rows(k) from the CSR pointer crow)
+template <typename scalar_t>
+void sddmm_rows(const int64_t* crow, const int64_t* cols, const scalar_t* a, const scalar_t* b, scalar_t* grad,
+                int64_t n_rows, int64_t batch) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads()) if (n_rows > 16)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const scalar_t* a_row = a + r * batch;
+    for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
+      const scalar_t* b_row = b + cols[k] * batch;
+      typename V::type acc0 = {}, acc1 = {};
+      int64_t t = 0;
+      for (; t + 2 * L <= batch; t += 2 * L) {
+        acc0 += V::load(a_row + t) * V::load(b_row + t);
+        acc1 += V::load(a_row + t + L) * V::load(b_row + t + L);
+      }
+      for (; t + L <= batch; t += L) acc0 += V::load(a_row + t) * V::load(b_row + t);
+      acc0 += acc1;
+      scalar_t sum = 0;
+      for (int64_t j = 0; j < L; ++j) sum += acc0[j];
+      for (; t < batch; ++t) sum += a_row[t] * b_row[t];
+      grad[k] = sum;
+    }
+  }
+}
+
+// (n_rows, batch) = W (CSR crow/index, values gathered through perm when given) @ src (n_src, batch)
+at::Tensor spmm(const at::Tensor& crow, const at::Tensor& index, const c10::optional<at::Tensor>& perm,
+                const at::Tensor& values, const at::Tensor& src, const c10::optional<at::Tensor>& bias, int64_t n_rows) {
+  check_index(crow, "crow");
+  check_index(index, "index");
+  TORCH_CHECK(crow.numel() == n_rows + 1, "crow must have n_rows + 1 entries");
+  TORCH_CHECK(src.dim() == 2 && src.is_contiguous() && src.device().is_cpu(), "src must be a contiguous 2-D CPU tensor");
+  TORCH_CHECK(values.is_contiguous() && values.scalar_type() == src.scalar_type(), "values must be contiguous, dtype of src");
+  if (perm.has_value()) check_index(*perm, "perm");
+  if (bias.has_value()) TORCH_CHECK(bias->is_contiguous() && bias->numel() == n_rows, "bias must have n_rows entries");
+  const int64_t batch = src.size(1);
+  auto out = at::empty({n_rows, batch}, src.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "chtorch_spmm", [&] {
+    spmm_rows<scalar_t>(crow.data_ptr<int64_t>(), index.data_ptr<int64_t>(),
+                        perm.has_value() ? perm->data_ptr<int64_t>() : nullptr, values.data_ptr<scalar_t>(),
+                        src.data_ptr<scalar_t>(), bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr,
+                        out.data_ptr<scalar_t>(), n_rows, batch);
+  });
+  return out;
+}
+
+// (nnz,) values of a @ b^T at the links (crow, cols): a (n_rows, batch), b (n_cols, batch)
+at::Tensor sddmm(const at::Tensor& crow, const at::Tensor& cols, const at::Tensor& a, const at::Tensor& b) {
+  check_index(crow, "crow");
+  check_index(cols, "cols");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous() && a.size(1) == b.size(1),
+              "a and b must be contiguous (n, batch) matrices with the same batch");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "a and b must have the same dtype");
+  TORCH_CHECK(crow.numel() == a.size(0) + 1, "crow must have a.size(0) + 1 entries");
+  auto grad = at::empty({cols.numel()}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "chtorch_sddmm", [&] {
+    sddmm_rows<scalar_t>(crow.data_ptr<int64_t>(), cols.data_ptr<int64_t>(), a.data_ptr<scalar_t>(),
+                         b.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), a.size(0), a.size(1));
+  });
+  return grad;
+}
+
+// --- CH-L3n ---------------------------------------------------------------------------------------
+
+// Local-community factor f(C, d) of an intermediate node of degree d with C common neighbours
+// (C >= 1): CH2 (1 + C)/(1 + E), CH3 1/(1 + E), CH3.1 (1 + C)/(1 + E)^(2 - 1/(1 + E)), with
+// 1 + E = max(d - C, 1) (see chtorch/linkpred/l3n.py).
+inline float factor(float common, float degree, int64_t variant) {
+  const float one_plus_e = std::max(degree - common, 1.0f);
+  if (variant == 1) return 1.0f / one_plus_e;
+  if (variant == 0) return (1.0f + common) / one_plus_e;
+  return (1.0f + common) / std::pow(one_plus_e, 2.0f - 1.0f / one_plus_e);
+}
+
+constexpr int64_t kBlock = 64;  // columns per block: 64 floats = 4 AVX-512 accumulators
+
+// 16 floats as one value (GCC/Clang vector extension: one AVX-512 register, or two AVX/SSE pairs),
+// so that an accumulator row stays in registers whatever the auto-vectoriser decides.
+typedef float f16v __attribute__((vector_size(64)));
+
+inline f16v load16(const float* p) {
+  f16v v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// out[r, 0:w] = sum_{k in bag r} table[idx[k], 0:kBlock], for r < n_bags (table rows kBlock wide: the
+// block stays in the core's L2 while all bags read it; the accumulators stay in registers).
+inline void bag_block(const int64_t* ptr, const int64_t* idx, const float* table, int64_t n_bags, float* out,
+                      int64_t out_stride, int64_t w) {
+  static_assert(kBlock == 64, "bag_block unrolls four 16-float vectors");
+  for (int64_t r = 0; r < n_bags; ++r) {
+    f16v a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
+      const float* t = table + idx[k] * kBlock;
+      a0 += load16(t);
+      a1 += load16(t + 16);
+      a2 += load16(t + 32);
+      a3 += load16(t + 48);
+    }
+    float acc[kBlock];
+    std::memcpy(acc, &a0, 64);
+    std::memcpy(acc + 16, &a1, 64);
+    std::memcpy(acc + 32, &a2, 64);
+    std::memcpy(acc + 48, &a3, 64);
+    std::memcpy(out + r * out_stride, acc, sizeof(float) * w);
+  }
+}
+
+// One side of the bipartite layer: its nodes' neighbour lists (own) and the other side's (other).
+struct Side {
+  const int64_t* own_ptr;
+  const int64_t* own_idx;
+  const int64_t* other_ptr;
+  const int64_t* other_idx;
+  int64_t n, n_other;
+  bool gustavson;  // count common neighbours by Gustavson's method (sparse) or by bag sums (vectorised)
+};
+
+// Per-thread scratch of one side's factor blocks.
+struct Scratch {
+  std::vector<float> factor;   // (n, kBlock)
+  std::vector<float> table;    // (n_other, kBlock), bag mode
+  std::vector<int32_t> count;  // (n,), Gustavson mode
+  std::vector<int32_t> touched;
+  explicit Scratch(const Side& side)
+      : factor(side.n * kBlock), table(side.gustavson ? 0 : side.n_other * kBlock), count(side.gustavson ? side.n : 0) {
+    touched.reserve(side.gustavson ? side.n : 0);
+  }
+};
+
+// factor[u, j] = f(C[u, v0 + j], d(u)) for the nodes u != v0 + j of the side sharing a neighbour with
+// v0 + j, 0 elsewhere (C = A·Aᵀ or Aᵀ·A, symmetric, so column v of C is row v).
+void factor_block(const Side& side, int64_t v0, int64_t w, int64_t variant, Scratch& sc) {
+  float* F = sc.factor.data();
+  std::fill(sc.factor.begin(), sc.factor.end(), 0.0f);
+  if (side.gustavson) {  // row v of C by a counter: sum over x in own(v) of other(x); cost sum of deg²
+    for (int64_t j = 0; j < w; ++j) {
+      const int64_t v = v0 + j;
+      for (int64_t a = side.own_ptr[v]; a < side.own_ptr[v + 1]; ++a) {
+        const int64_t x = side.own_idx[a];
+        for (int64_t b = side.other_ptr[x]; b < side.other_ptr[x + 1]; ++b) {
+          const int64_t u = side.other_idx[b];
+          if (sc.count[u]++ == 0) sc.touched.push_back(static_cast<int32_t>(u));
+        }
+      }
+      for (int32_t u : sc.touched) {
+        if (u != v) F[u * kBlock + j] = factor(static_cast<float>(sc.count[u]), static_cast<float>(side.own_ptr[u + 1] - side.own_ptr[u]), variant);
+        sc.count[u] = 0;
+      }
+      sc.touched.clear();
+    }
+    return;
+  }
+  // Bag mode: table = incidence of the block's nodes (other-side rows), then C[:, block] as bag sums.
+  std::fill(sc.table.begin(), sc.table.end(), 0.0f);
+  for (int64_t j = 0; j < w; ++j)
+    for (int64_t a = side.own_ptr[v0 + j]; a < side.own_ptr[v0 + j + 1]; ++a) sc.table[side.own_idx[a] * kBlock + j] = 1.0f;
+  bag_block(side.own_ptr, side.own_idx, sc.table.data(), side.n, F, kBlock, kBlock);
+  for (int64_t u = 0; u < side.n; ++u) {
+    const float degree = static_cast<float>(side.own_ptr[u + 1] - side.own_ptr[u]);
+    float* row = F + u * kBlock;
+    for (int64_t j = 0; j < w; ++j) row[j] = (row[j] > 0.0f && u != v0 + j) ? factor(row[j], degree, variant) : 0.0f;
+  }
+}
+
+// Gustavson's counting costs sum_x deg(x)² scalar updates (x over the other side), the bag sums
+// nnz·n/16 vector additions plus the n·n_other table fills; pick the cheaper (constant measured
+// roughly on an AMD EPYC: Gustavson wins below ~5% density on 1024..4096-wide layers).
+bool prefer_gustavson(const int64_t* other_ptr, int64_t n_other, int64_t n) {
+  double sum_sq = 0, nnz = 0;
+  for (int64_t x = 0; x < n_other; ++x) {
+    const double d = static_cast<double>(other_ptr[x + 1] - other_ptr[x]);
+    sum_sq += d * d;
+    nnz += d;
+  }
+  return sum_sq * 4.0 < nnz * static_cast<double>(n) + static_cast<double>(n) * static_cast<double>(n_other) / 4.0;
+}
+
+// S = A·F_iᵀ + F_o·A, 0 at the links (chtorch/linkpred/l3n.py has the formula and the PyTorch twin).
+// row_ptr/row_idx: for each output p its inputs N(p) (increasing); col_ptr/col_idx: for each input c
+// its outputs N(c). Works by blocks of kBlock columns (inputs term) and rows (outputs term) with
+// per-thread buffers, so besides the scores only O(threads · n · kBlock) memory is used.
+// counting: 0 picks per side (prefer_gustavson), 1 forces Gustavson's counting, 2 the bag sums (tests).
+at::Tensor ch_l3n(const at::Tensor& row_ptr, const at::Tensor& row_idx, const at::Tensor& col_ptr,
+                  const at::Tensor& col_idx, int64_t variant, int64_t counting) {
+  check_index(row_ptr, "row_ptr");
+  check_index(row_idx, "row_idx");
+  check_index(col_ptr, "col_ptr");
+  check_index(col_idx, "col_idx");
+  TORCH_CHECK(variant >= 0 && variant <= 2, "variant code must be 0 (CH2), 1 (CH3) or 2 (CH3.1)");
+  TORCH_CHECK(counting >= 0 && counting <= 2, "counting must be 0 (auto), 1 (Gustavson) or 2 (bag sums)");
+  const int64_t n_out = row_ptr.numel() - 1, n_in = col_ptr.numel() - 1;
+  const int64_t* rp = row_ptr.data_ptr<int64_t>();
+  const int64_t* ri = row_idx.data_ptr<int64_t>();
+  const int64_t* cp = col_ptr.data_ptr<int64_t>();
+  const int64_t* ci = col_idx.data_ptr<int64_t>();
+  // inputs side: F_iᵀ[b, c] = f(C_i[b, c], d(b)); outputs side: F_oᵀ[q, p] = F_o[p, q] = f(C_o[p, q], d(q))
+  const bool g_in = counting == 0 ? prefer_gustavson(rp, n_out, n_in) : counting == 1;
+  const bool g_out = counting == 0 ? prefer_gustavson(cp, n_in, n_out) : counting == 1;
+  const Side inputs{cp, ci, rp, ri, n_in, n_out, g_in};
+  const Side outputs{rp, ri, cp, ci, n_out, n_in, g_out};
+  auto scores = at::empty({n_out, n_in}, at::TensorOptions().dtype(at::kFloat));
+  float* s = scores.data_ptr<float>();
+  const int64_t in_blocks = (n_in + kBlock - 1) / kBlock, out_blocks = (n_out + kBlock - 1) / kBlock;
+#pragma omp parallel num_threads(threads())
+  {
+    {
+      // A·F_iᵀ by column blocks of S: S[p, c0 + j] = sum_{b in N(p)} F_iᵀ[b, c0 + j]
+      Scratch sc(inputs);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t blk = 0; blk < in_blocks; ++blk) {
+        const int64_t c0 = blk * kBlock, w = std::min(kBlock, n_in - c0);
+        factor_block(inputs, c0, w, variant, sc);
+        bag_block(rp, ri, sc.factor.data(), n_out, s + c0, n_in, w);
+      }
+    }  // implicit barrier: S holds the inputs term everywhere
+    {
+      // F_o·A by row blocks of S: T[c, j] = sum_{q in N(c)} F_oᵀ[q, p0 + j], then S[p0 + j, c] += T[c, j]
+      Scratch sc(outputs);
+      std::vector<float> t_block(static_cast<size_t>(n_in) * kBlock);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t blk = 0; blk < out_blocks; ++blk) {
+        const int64_t p0 = blk * kBlock, w = std::min(kBlock, n_out - p0);
+        factor_block(outputs, p0, w, variant, sc);
+        bag_block(cp, ci, sc.factor.data(), n_in, t_block.data(), kBlock, kBlock);
+        // transposed add through an L1 tile: contiguous reads of T, contiguous read-modify-writes of S
+        for (int64_t c0 = 0; c0 < n_in; c0 += 16) {
+          const int64_t cw = std::min<int64_t>(16, n_in - c0);
+          float tile[kBlock][16];
+          for (int64_t c = 0; c < cw; ++c) {
+            const float* t_row = t_block.data() + (c0 + c) * kBlock;
+            for (int64_t j = 0; j < kBlock; ++j) tile[j][c] = t_row[j];
+          }
+          for (int64_t j = 0; j < w; ++j) {
+            float* s_row = s + (p0 + j) * n_in + c0;
+#pragma omp simd
+            for (int64_t c = 0; c < cw; ++c) s_row[c] += tile[j][c];
+          }
+        }
+        for (int64_t p = p0; p < p0 + w; ++p)
+          for (int64_t j = rp[p]; j < rp[p + 1]; ++j) s[p * n_in + ri[j]] = 0.0f;
+      }
+    }
+  }
+  return scores;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(chtorch_native, m) {
+  m.def("spmm(Tensor crow, Tensor index, Tensor? perm, Tensor values, Tensor src, Tensor? bias, int n_rows) -> Tensor");
+  m.def("sddmm(Tensor crow, Tensor cols, Tensor a, Tensor b) -> Tensor");
+  m.def("ch_l3n(Tensor row_ptr, Tensor row_idx, Tensor col_ptr, Tensor col_idx, int variant, int counting) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(chtorch_native, CPU, m) {
+  m.impl("spmm", &spmm);
+  m.impl("sddmm", &sddmm);
+  m.impl("ch_l3n", &ch_l3n);
+}

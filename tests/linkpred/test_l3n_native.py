@@ -1,0 +1,56 @@
+"""The native (C++) CH-L3n kernel against the pure-PyTorch evaluations, both counting modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference
+from chtorch.linkpred.l3n import _l3n_native
+from chtorch.sparse import native
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.reason_unavailable()}"),
+]
+
+
+@st.composite
+def masks(draw: st.DrawFn) -> torch.Tensor:
+    n_out = draw(st.integers(1, 150))
+    n_in = draw(st.integers(1, 150))
+    density = draw(st.sampled_from([0.0, 0.01, 0.03, 0.1, 0.3, 0.7, 1.0]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return torch.rand(n_out, n_in, generator=torch.Generator().manual_seed(seed)) < density
+
+
+@settings(max_examples=40, deadline=None)
+@given(mask=masks(), variant=st.sampled_from(["CH2", "CH3", "CH3.1"]), counting=st.sampled_from(["auto", "gustavson", "bags"]))
+def test_native_matches_pytorch(mask: torch.Tensor, variant: str, counting: str) -> None:
+    expected = ch_l3n(mask, variant, method="dense")
+    scores = _l3n_native(mask, variant, counting)
+    assert scores.dtype == torch.float32 and scores.shape == mask.shape
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    assert (scores[mask] == 0).all() and torch.isfinite(scores).all() and (scores >= 0).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_threads_agree(threads: int) -> None:
+    """Blocks are shared among threads; the result must not depend on how many."""
+    mask = torch.rand(300, 200, generator=torch.Generator().manual_seed(3)) < 0.05
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scores = ch_l3n(mask, method="native")
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(scores, ch_l3n_dense_reference(mask), rtol=1e-5, atol=1e-5)
+
+
+def test_native_rejects_cuda_tensor_cleanly() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    with pytest.raises(RuntimeError, match="CPU only"):
+        ch_l3n(torch.ones(4, 4, dtype=torch.bool, device="cuda"), method="native")

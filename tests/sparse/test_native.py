@@ -1,0 +1,147 @@
+"""Native (C++/OpenMP) SparseLinear kernels against the pure-PyTorch ones, and the fallback when
+they cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from chtorch.sparse import SparseLinear, native, resolve_impl
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.reason_unavailable()}")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _layer(n_in: int, n_out: int, density: float, seed: int, dtype: torch.dtype, impl: str) -> SparseLinear:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n_out, n_in, generator=g) < density
+    layer = SparseLinear(n_in, n_out, mask, impl=impl, dtype=dtype, generator=g)
+    return layer
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(
+    n_in=st.integers(1, 90),
+    n_out=st.integers(1, 90),
+    batch=st.sampled_from([1, 3, 16, 17, 64, 65, 130]),
+    density=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_native_forward_and_grads_match_gather(n_in, n_out, batch, density, dtype, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n_out, n_in, generator=g) < density
+    ref = SparseLinear(n_in, n_out, mask, bias=bias, impl="gather", dtype=dtype, generator=g)
+    fast = SparseLinear(n_in, n_out, mask, bias=bias, impl="native", dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, n_in, generator=g, dtype=dtype)
+    grad_out = torch.randn(batch, n_out, generator=g, dtype=dtype)
+    outs = []
+    for layer in (ref, fast):
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi)
+        y.backward(grad_out)
+        outs.append((y.detach(), xi.grad, layer.values.grad, None if layer.bias is None else layer.bias.grad))
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    for expected, got in zip(outs[0], outs[1]):
+        if expected is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, expected, **tol)
+
+
+@needs_native
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_native_training_matches_reference(optimizer):
+    """Three layers, five optimizer steps (momentum / Adam moments on the values), a topology update
+    in between: native and the pure-PyTorch kernels end with the same weights."""
+    torch.manual_seed(0)  # nn.Linear's init draws from the global RNG; the test owns it
+    base = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5))
+    g = torch.Generator().manual_seed(1)
+    masks = {name: torch.rand(base[int(name)].weight.shape, generator=g) < 0.2 for name in ("0", "2")}
+    finals = []
+    for impl in ("gather", "native"):
+        model = nn.Sequential(*[m for m in _copy(base)])
+        for name, mask in masks.items():
+            model[int(name)] = SparseLinear.from_linear(model[int(name)], mask, impl=impl)
+        opt = (
+            torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+            if optimizer == "sgd"
+            else torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+        )
+        data = torch.Generator().manual_seed(2)
+        for step in range(5):
+            x = torch.randn(33, 40, generator=data)
+            y = torch.randint(0, 5, (33,), generator=data)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            if step == 2:
+                layer = model[2]
+                new_mask = layer.weight_mask.clone()
+                new_mask[:, :10] = ~new_mask[:, :10]
+                layer.set_mask(new_mask, opt)
+        finals.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+@needs_native
+def test_auto_picks_native_on_cpu_float():
+    assert resolve_impl("auto", torch.float32, torch.device("cpu")) == "native"
+    assert resolve_impl("auto", torch.float64, torch.device("cpu")) == "native"
+    assert resolve_impl("auto", torch.bfloat16, torch.device("cpu")) == "gather"
+
+
+def test_fallback_when_unavailable(monkeypatch):
+    """With no native kernels, "auto" falls back to torch.sparse CSR and an explicit "native" says why."""
+    monkeypatch.setitem(native._state, "tried", True)
+    monkeypatch.setitem(native._state, "ops", None)
+    monkeypatch.setitem(native._state, "reason", "no C++ compiler (test)")
+    assert resolve_impl("auto", torch.float32, torch.device("cpu")) == "csr"
+    with pytest.raises(RuntimeError, match="no C.. compiler"):
+        resolve_impl("native", torch.float32, torch.device("cpu"))
+    layer = _layer(12, 7, 0.3, 0, torch.float32, "auto")
+    assert layer(torch.randn(4, 12)).shape == (4, 7)
+
+
+@pytest.mark.parametrize(
+    "env, reason",
+    [({"CHTORCH_NATIVE": "0"}, "CHTORCH_NATIVE=0"), ({"CXX": "no-such-compiler-chtorch"}, "no C++ compiler")],
+)
+def test_build_failure_logs_and_falls_back(tmp_path, env, reason):
+    """A fresh process without a usable toolchain logs one warning and trains with the PyTorch kernels."""
+    code = (
+        "import logging, torch; logging.basicConfig(level=logging.WARNING)\n"
+        "from chtorch.sparse import SparseLinear, native\n"
+        "layer = SparseLinear(6, 4, torch.rand(4, 6) < 0.5)\n"
+        "layer(torch.randn(3, 6)).sum().backward()\n"
+        "print('impl', layer.extra_repr().split('->')[-1], native.available())\n"
+    )
+    environ = {**os.environ, "CHTORCH_EXTENSION_DIR": str(tmp_path / "cache"), **env}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "impl 'csr' False" in done.stdout
+    assert "native kernels unavailable" in done.stderr and reason in done.stderr
+    assert done.stderr.count("native kernels unavailable") == 1
+
+
+@needs_native
+def test_native_rejects_non_cpu_or_half():
+    with pytest.raises(RuntimeError, match="CPU only"):
+        resolve_impl("native", torch.float16, torch.device("cpu"))
