@@ -22,7 +22,6 @@ it), so no gradient step is skipped: see docs/decisions.md, "optimizer step on a
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,17 +33,18 @@ from chtorch._checks import check_number
 from chtorch.dst import schedules
 from chtorch.dst.initial import initial_mask
 from chtorch.dst.layer import BACKENDS, Layer, MaskedLayer, choose_backends, make_layer, refuse_sharded
+from chtorch.dst.maskwatch import MaskWatch
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
 from chtorch.dst.registry import get_part
 from chtorch.dst.report import UpdateReport, format_table
-from chtorch.dst.scope import LayerSelector, select_layers
-from chtorch.masks import check_mask
+from chtorch.dst.rollback import Snapshot
+from chtorch.dst.scope import LayerSelector, check_budgets, check_structure, head_groups, select_layers
+from chtorch.dst.state import STATE_VERSION, check_state
+from chtorch.masks import check_mask, keep_bits, zero_off_mask_
 from chtorch.rng import make_generator
 
 __all__ = ["DynamicSparsity", "select_layers", "LayerSelector"]
-
-STATE_VERSION = 1
 
 
 class DynamicSparsity:
@@ -84,9 +84,18 @@ class DynamicSparsity:
         backend: str = "masked",
         masks: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        options = options or SparsityOptions()
+        if options is None:
+            options = SparsityOptions()
+        if not isinstance(options, SparsityOptions):
+            raise OptionError(f"options must be a chtorch SparsityOptions, got {type(options).__name__}")
+        options.validate()  # a field assigned after construction is checked too
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer (built from model.parameters()), got {type(optimizer).__name__}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_number("seed", seed, 0, 2**63 - 1, integer=True, hint="the root of every random choice")
         readers = options.needs().get("dense_gradient", [])
         if backend == "sparse" and readers:
             parts = ", ".join(f"{name}={getattr(options, name)!r}" for name in readers)
@@ -97,6 +106,7 @@ class DynamicSparsity:
             )
         self._validate_args(sparsity, total_steps, options)
         names = select_layers(model, layers, exclude)
+        check_structure(model, names)
         modules = dict(model.named_modules())
         params_in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for name in names:
@@ -108,7 +118,7 @@ class DynamicSparsity:
             refuse_sharded(name, modules[name].weight)
             if hasattr(modules[name], "weight_mask"):
                 raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
-        groups = self._head_groups(options, names, modules)
+        groups = head_groups(options.head_groups, names, modules)
         given = self._check_masks(masks, names, modules)
 
         self.model = model
@@ -124,11 +134,35 @@ class DynamicSparsity:
         self.decay_end = int(options.decay_end_fraction * self.total_steps)
         self.couplings = self._resolve_couplings(names)
         self._hooks: list[Any] = []
+        self._removed = False
+        self._watch = MaskWatch()
         self.backend_request = backend
         self.backend_reason = "requested"
         shapes = [(modules[n].out_features, modules[n].in_features) for n in names]
+        steps = sorted({0, self.decay_end, self.t_end, self.total_steps})
+        check_budgets(
+            names, shapes, groups, given, {step: (self.scheduled_sparsity(step), self._targets_for(shapes, step)) for step in steps}
+        )
         self.backends = self._choose_backends(backend, names, shapes)
-        self.layers: list[Layer] = self._prepare(names, modules, groups, given)
+        # Every mask is drawn before the first write to the model, and the writes are undone on any
+        # failure: sparsify is all or nothing (issue 13).
+        targets = self._targets_for(shapes, 0)
+        planned = {
+            name: given[name]
+            if name in given
+            else initial_mask(
+                options.init, options.init_options, shape, target, groups[name], self.seed, index, modules[name].weight.device
+            )
+            for index, (name, shape, target) in enumerate(zip(names, shapes, targets))
+        }
+        snapshot = Snapshot(model, {n: modules[n] for n in names}, optimizer)
+        try:
+            self.layers: list[Layer] = self._prepare(names, modules, groups, planned, given, snapshot)
+        except BaseException:
+            snapshot.restore()
+            self._hooks.clear()
+            raise
+        self._watch.remember(self.layers)
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
@@ -147,22 +181,11 @@ class DynamicSparsity:
             )
 
     @staticmethod
-    def _head_groups(options: SparsityOptions, names: list[str], modules: dict[str, nn.Module]) -> dict[str, int]:
-        groups = dict.fromkeys(names, 1)
-        for pattern, heads in options.head_groups.items():
-            hits = [name for name in names if name == pattern or fnmatch.fnmatchcase(name, pattern)]
-            if not hits:
-                raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {names}")
-            for name in hits:
-                if modules[name].out_features % heads:
-                    raise OptionError(f"layer {name!r} has {modules[name].out_features} outputs, not divisible into {heads} heads")
-                groups[name] = heads
-        return groups
-
-    @staticmethod
     def _check_masks(masks: Mapping[str, torch.Tensor] | None, names: list[str], modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         if masks is None:
             return {}
+        if not isinstance(masks, Mapping) or not all(torch.is_tensor(m) for m in masks.values()):
+            raise ValueError(f"masks must map layer names to bool tensors (out_features, in_features), got {type(masks).__name__}")
         if sorted(masks) != sorted(names):
             raise ValueError(f"masks are given for layers {sorted(masks)}, but the selected layers are {sorted(names)}")
         out = {}
@@ -185,32 +208,33 @@ class DynamicSparsity:
         return couplings
 
     def _prepare(
-        self, names: list[str], modules: dict[str, nn.Module], groups: dict[str, int], given: dict[str, torch.Tensor]
+        self,
+        names: list[str],
+        modules: dict[str, nn.Module],
+        groups: dict[str, int],
+        planned: dict[str, torch.Tensor],
+        given: dict[str, torch.Tensor],
+        snapshot: Snapshot,
     ) -> list[Layer]:
-        """Register each layer's mask, initialise its weights, mask its optimizer state, then move the
-        layers chosen for the sparse backend onto it and hook the masked ones."""
+        """Register each layer's mask (``planned``), initialise its weights, mask its optimizer
+        state, then move the layers chosen for the sparse backend onto it and hook the masked ones.
+        Every hook goes through ``snapshot`` so that a failure can remove it."""
         opts = self.options
         weight_init = get_part("weight_init", opts.weight_init).fn
         layers: list[Layer] = []
-        for index, (name, target) in enumerate(
-            zip(names, self._targets_for([(modules[n].out_features, modules[n].in_features) for n in names], 0))
-        ):
+        for index, name in enumerate(names):
             module = modules[name]
             weight = module.weight
-            shape = (module.out_features, module.in_features)
-            if name in given:
-                mask = given[name]
-                target = int(torch.count_nonzero(mask))
-            else:
-                mask = initial_mask(opts.init, opts.init_options, shape, target, groups[name], self.seed, index, weight.device)
+            mask = planned[name]
+            target = int(torch.count_nonzero(mask))
             module.register_buffer("weight_mask", mask, persistent=True)
             layer = MaskedLayer(name, index, module, target, groups[name])
             with torch.no_grad():
                 if name not in given:
                     weight_init(weight, mask, generator=make_generator(self.seed, "swi", index))
-                weight.mul_(mask)
+                zero_off_mask_(weight, keep_bits(mask, weight))
                 if weight.grad is not None:
-                    weight.grad.mul_(mask)
+                    zero_off_mask_(weight.grad, keep_bits(mask, weight.grad))
             layer.mask_optimizer_state(self.optimizer)
             layers.append(layer)
         sparse_names = [layer.name for layer in layers if self.backends[layer.name] == "sparse"]
@@ -226,8 +250,9 @@ class DynamicSparsity:
                 layer.history = torch.zeros(layer.shape, dtype=layer.parameter.dtype, device=layer.mask.device)
             hook = layer.grad_hook(self._recording)
             if hook is not None:
-                self._hooks.append(layer.parameter.register_hook(hook))
-        self._hooks.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
+                self._hooks.append(snapshot.track(layer.parameter.register_hook(hook)))
+            self._hooks.append(snapshot.track(layer.module.register_load_state_dict_pre_hook(self._watch.loader(layer.name))))
+        self._hooks.append(snapshot.track(self.optimizer.register_step_post_hook(self._after_optimizer_step)))
         return layers
 
     def _choose_backends(self, request: str, names: list[str], shapes: list[tuple[int, int]]) -> dict[str, str]:
@@ -305,13 +330,22 @@ class DynamicSparsity:
     # ------------------------------------------------------------------ the update
     def step(self) -> UpdateReport | None:
         """Call once after every ``optimizer.step()``. Runs a topology update when one is due and
-        returns its :class:`UpdateReport`; otherwise returns ``None``."""
+        returns its :class:`UpdateReport`; otherwise returns ``None``. Raises ``RuntimeError`` after
+        :meth:`remove` and ``ValueError`` when a mask was replaced by one that breaks the budget."""
+        if self._removed:
+            raise RuntimeError(
+                "sp.step() after sp.remove(): the engine's hooks are detached, so it no longer keeps off-mask entries at zero; "
+                "build a new engine with chtorch.sparsify(..., masks=...) to continue dynamic sparse training"
+            )
+        self._watch.check(self.layers)
         self.step_count += 1
         if not self.is_update_step(self.step_count):
             return None
         from chtorch.dst.update import topology_update
 
-        return topology_update(self, self.step_count)
+        report = topology_update(self, self.step_count)
+        self._watch.remember(self.layers)
+        return report
 
     # Helpers of chtorch.dst.update (engine state it reads and resets).
     def dense_grad(self, layer: Layer) -> torch.Tensor | None:
@@ -422,37 +456,26 @@ class DynamicSparsity:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`. Validates first and changes nothing on a mismatch."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"not a chtorch DynamicSparsity state (version {state.get('version') if isinstance(state, dict) else None!r}, expected {STATE_VERSION})"
-            )
-        if abs(float(state["sparsity"]) - self.sparsity) > 1e-12:
-            raise ValueError(
-                f"sparsity state is for sparsity {state['sparsity']}, but this run uses {self.sparsity}: resume with the same sparsity"
-            )
-        saved, mine = list(state["layers"]), [layer.name for layer in self.layers]
-        if saved != mine:
-            raise ValueError(f"sparsity state is for layers {saved}, but this model's sparse layers are {mine}")
-        for layer in self.layers:
-            entry = state["layers"][layer.name]
-            if tuple(entry["shape"]) != layer.shape:
-                raise ValueError(f"layer {layer.name!r}: saved shape {tuple(entry['shape'])} != model shape {layer.shape}")
+        """Restore :meth:`state_dict`. Validates every entry first (:func:`chtorch.dst.state.check_state`)
+        and changes nothing on a mismatch: a state of another method, options, ``total_steps``,
+        sparsity or model shape is refused with the difference named."""
+        entries = check_state(self, state)
         self.step_count = int(state["step_count"])
         self.update_count = int(state["update_count"])
         for layer in self.layers:
-            entry = state["layers"][layer.name]
+            entry = entries[layer.name]
             device = layer.mask.device
-            layer.target = int(entry["target"])
-            layer.frozen = bool(entry["frozen"])
+            layer.target = entry["target"]
+            layer.frozen = entry["frozen"]
             layer.ever_active = entry["ever_active"].to(device).clone()
-            layer.history = None if entry["history"] is None else entry["history"].to(device).clone()
+            layer.history = None if entry["history"] is None else entry["history"].to(device=device, dtype=layer.parameter.dtype).clone()
             layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
-            layer.grad_count = int(entry["grad_count"])
-            layer.last_overlap = entry.get("last_overlap")
+            layer.grad_count = entry["grad_count"]
+            layer.last_overlap = entry["last_overlap"]
 
     def remove(self) -> None:
-        """Detach the hooks (masks stay on the model)."""
+        """Detach the hooks (masks stay on the model); :meth:`step` refuses to run afterwards."""
+        self._removed = True
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()

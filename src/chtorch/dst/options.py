@@ -196,8 +196,31 @@ class SparsityOptions:
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in self.head_groups.items()
         ):
             raise OptionError(f"head_groups must map layer patterns to positive head counts, got {self.head_groups!r}")
+        for name in ("prune_with_history", "ems", "percolation"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be true or false, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}")
         if not isinstance(self.init_options, Mapping):
             raise OptionError(f"init_options must be a mapping, got {type(self.init_options).__name__}")
+        self._check_init_options()
+
+    def _check_init_options(self) -> None:
+        """``init_options`` keys must be keyword arguments of the ``init`` initialiser (its values are
+        checked by the initialiser itself when the engine draws the first masks)."""
+        import inspect
+
+        from chtorch.topology import get_initializer
+
+        params = inspect.signature(get_initializer(self.init)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        engine_given = {"n_out", "n_in", "sparsity", "n_links", "generator"}
+        valid = [name for name, p in params.items() if name not in engine_given and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        for key in self.init_options:
+            if key not in valid:
+                raise OptionError(
+                    f"init_options key {key!r} is not an option of init={self.init!r}{closest(key, valid)}; "
+                    f"valid keys: {', '.join(valid) if valid else 'none (this initialiser takes no options)'}"
+                )
 
     # -- what the parts need --------------------------------------------------------------------
     def parts_in_use(self) -> dict[str, tuple[str, str]]:

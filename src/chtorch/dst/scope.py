@@ -7,13 +7,13 @@ norms and biases dense (Zhang et al., NeurIPS 2025, arXiv:2501.19107, §4.1).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from chtorch.dst.options import closest
+from chtorch.dst.options import OptionError, closest
 
-__all__ = ["LayerSelector", "select_layers"]
+__all__ = ["LayerSelector", "select_layers", "check_structure", "check_budgets", "head_groups"]
 
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
@@ -40,6 +40,11 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
         chosen = [n for n, m in named if layers(n, m)]
     else:
         patterns = [layers] if isinstance(layers, str) else list(layers)
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise ValueError(
+                    f"layers must be layer names or glob patterns (str) or a callable, got {type(pattern).__name__} {pattern!r}"
+                )
         chosen = []
         all_names = [n for n, _ in named]
         for pattern in patterns:
@@ -55,6 +60,15 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
         chosen.sort(key=order.__getitem__)
     if exclude is not None:
         ex = [exclude] if isinstance(exclude, str) else list(exclude)
+        all_names = [n for n, _ in named]
+        for pattern in ex:
+            if not isinstance(pattern, str):
+                raise ValueError(f"exclude must be layer names or glob patterns (str), got {type(pattern).__name__} {pattern!r}")
+            if not any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in all_names):
+                raise ValueError(
+                    f"exclude pattern {pattern!r} matches no module{closest(pattern, all_names)}; "
+                    f"Linear modules: {', '.join(linear_names[:20])}{' ...' if len(linear_names) > 20 else ''}"
+                )
         chosen = [n for n in chosen if not any(n == p or fnmatch.fnmatchcase(n, p) for p in ex)]
     modules = dict(named)
     for name in chosen:
@@ -66,3 +80,73 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
     if not chosen:
         raise ValueError("the layer selection is empty after exclusions: nothing to sparsify")
     return chosen
+
+
+def check_structure(model: nn.Module, names: Sequence[str]) -> None:
+    """Refuse selected layers whose weight the engine cannot own alone.
+
+    * A **tied** weight (one ``Parameter`` under several names, e.g. ``lm_head.weight`` tied to the
+      input embedding, or two selected layers sharing one weight) would get a mask per layer on one
+      tensor: each update would zero the other layer's links (a selected tied ``lm_head`` zeroes 90%
+      of the embedding at 90% sparsity). chtorch keeps one mask per Parameter, so it refuses the tie
+      and names it; exclude the layer (the paper keeps ``lm_head`` dense) or untie the weights.
+    * A **frozen** weight (``requires_grad=False``) never moves, so links regrown at zero stay zero
+      and the gradient-based parts read nothing: refuse it rather than train it silently dead.
+    """
+    owners: dict[int, list[str]] = {}
+    for param_name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(param_name)
+    modules = dict(model.named_modules())
+    for name in names:
+        weight = modules[name].weight
+        tied = [n for n in owners.get(id(weight), []) if n != f"{name}.weight"]
+        if tied:
+            raise ValueError(
+                f"layer {name!r} has a tied weight: {name}.weight is the same Parameter as {', '.join(tied)}, and chtorch keeps one mask "
+                "per Parameter (masking it for this layer would also zero the tied weights' entries). Exclude it "
+                f"(exclude={name!r}; the paper keeps lm_head and embeddings dense) or untie the weights (e.g. tie_word_embeddings=False)"
+            )
+        if not weight.requires_grad:
+            raise ValueError(
+                f"layer {name!r}: its weight does not require grad (frozen), so dynamic sparse training cannot update it; "
+                f"exclude it (exclude={name!r}) or unfreeze it with weight.requires_grad_(True)"
+            )
+
+
+def check_budgets(
+    names: Sequence[str],
+    shapes: Sequence[tuple[int, int]],
+    groups: Mapping[str, int],
+    given: Mapping[str, object],
+    plan: Mapping[int, tuple[float, Sequence[int]]],
+) -> None:
+    """Refuse a sparsity that leaves a layer (or one of its head blocks) without a link at some step
+    of the run. ``plan``: step -> (scheduled sparsity, each layer's link budget). A layer without
+    links cuts the network in two and no update can regrow it, so this is an error, not a warning
+    (docs/errors.md). Layers started from ``given`` masks keep their own link counts."""
+    for step, (sparsity, targets) in plan.items():
+        for name, (n_out, n_in), target in zip(names, shapes, targets):
+            heads = groups[name]
+            if name in given or target >= heads:
+                continue
+            blocks = f" ({heads} head blocks need a link each)" if heads > 1 else ""
+            raise OptionError(
+                f"sparsity {sparsity:g} leaves layer {name!r} ({n_out}x{n_in}, {n_out * n_in} positions) with {target} link(s) "
+                f"at step {step}{blocks}: a layer without links cuts the network; lower the sparsity (this layer keeps a link "
+                f"up to about {1 - (heads + 0.5) / (n_out * n_in):.6g} with a uniform distribution) or exclude it (exclude={name!r})"
+            )
+
+
+def head_groups(patterns: Mapping[str, int], names: Sequence[str], modules: Mapping[str, nn.Module]) -> dict[str, int]:
+    """Layer name -> number of head blocks (1 unless a ``head_groups`` pattern matches it); every
+    pattern must match a selected layer whose outputs split evenly into its heads."""
+    groups = dict.fromkeys(names, 1)
+    for pattern, heads in patterns.items():
+        hits = [name for name in names if name == pattern or fnmatch.fnmatchcase(name, pattern)]
+        if not hits:
+            raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {list(names)}")
+        for name in hits:
+            if modules[name].out_features % heads:
+                raise OptionError(f"layer {name!r} has {modules[name].out_features} outputs, not divisible into {heads} heads")
+            groups[name] = heads
+    return groups

@@ -1,0 +1,64 @@
+"""Masks written from outside the engine: ``model.load_state_dict`` or an assignment between steps.
+
+The ``weight_mask`` buffers live in ``model.state_dict()``, so a user can load a mask the engine did
+not choose. :class:`MaskWatch` notices (a mask's version counter or identity moved, or a
+``load_state_dict`` pre-hook saw a non-bool mask before torch converted it into the bool buffer)
+and the engine's next ``step()`` refuses a mask that is not bool, has another shape, or holds
+another number of links than the layer's budget, naming the layer (issue 13, item 3). Unchanged
+masks cost a dict lookup per layer and step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MaskWatch"]
+
+_FIX = "load the model state the engine state belongs to (a checkpoint's own weight_mask), or build a new engine"
+
+
+class MaskWatch:
+    """Remembers each layer's mask as the engine left it and checks it before the next step."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.loaded_dtypes: dict[str, torch.dtype] = {}
+
+    def remember(self, layers: Sequence[Any]) -> None:
+        """Record every layer's mask (identity, version counter) as valid."""
+        self.seen = {layer.name: (id(layer.mask), layer.mask._version) for layer in layers}
+        self.loaded_dtypes.clear()
+
+    def loader(self, name: str) -> Callable[..., None]:
+        """A module ``load_state_dict`` pre-hook noting a non-bool ``weight_mask`` of layer ``name``."""
+
+        def hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+            value = state_dict.get(prefix + "weight_mask")
+            if torch.is_tensor(value) and value.dtype != torch.bool:
+                self.loaded_dtypes[name] = value.dtype
+
+        return hook
+
+    def check(self, layers: Sequence[Any]) -> None:
+        """Raise ``ValueError`` naming the first layer whose changed mask is not a bool tensor of the
+        layer's shape with exactly its budget of links; otherwise remember the masks as valid."""
+        for layer in layers:
+            mask = getattr(layer.module, "weight_mask", None)
+            unchanged = torch.is_tensor(mask) and self.seen.get(layer.name) == (id(mask), mask._version)
+            if unchanged and layer.name not in self.loaded_dtypes:
+                continue
+            if not torch.is_tensor(mask):
+                raise ValueError(f"layer {layer.name!r} has no weight_mask tensor any more (got {type(mask).__name__}); {_FIX}")
+            dtype = self.loaded_dtypes.get(layer.name, mask.dtype)
+            if dtype != torch.bool:
+                raise ValueError(f"layer {layer.name!r}: the weight_mask loaded into the model is {dtype}, not torch.bool; {_FIX}")
+            if tuple(mask.shape) != layer.shape:
+                raise ValueError(f"layer {layer.name!r}: weight_mask has shape {tuple(mask.shape)}, the layer is {layer.shape}; {_FIX}")
+            links = int(torch.count_nonzero(mask))
+            if links != layer.target:
+                raise ValueError(f"layer {layer.name!r}: weight_mask holds {links} links but the layer's budget is {layer.target}; {_FIX}")
+        self.remember(layers)
