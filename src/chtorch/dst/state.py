@@ -22,10 +22,28 @@ _RUN_KEYS = ("version", "method", "sparsity", "total_steps", "seed", "step_count
 _LAYER_KEYS = ("shape", "target", "frozen", "ever_active", "history", "grad_sum", "grad_count", "last_overlap")
 
 
+def _show(value: Any) -> str:
+    """A one-line, bounded rendering of a value read from a state (messages stay one line)."""
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of plain option values (a tensor or another odd object in a state is never equal)."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return False
+    try:
+        return bool(type(a) is type(b) and a == b)
+    except Exception:  # an object whose == raises or is not a truth value
+        return False
+
+
 def _count(where: str, value: Any, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (high is not None and value > high):
         limit = f" at most {high}" if high is not None else ""
-        raise ValueError(f"{where} must be an integer >= 0{limit}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{where} must be an integer >= 0{limit}, got {type(value).__name__} {_show(value)}")
     return value
 
 
@@ -45,26 +63,30 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
     per-layer entries with checked types; raise ``ValueError`` naming the first mismatch."""
     if not isinstance(state, dict):
         raise ValueError(f"a DynamicSparsity state must be a dict (from sp.state_dict()), got {type(state).__name__}")
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"not a chtorch DynamicSparsity state (version {state.get('version')!r}, expected {STATE_VERSION})")
+    if not _same(state.get("version"), STATE_VERSION):
+        raise ValueError(f"not a chtorch DynamicSparsity state (version {_show(state.get('version'))}, expected {STATE_VERSION})")
     missing = [key for key in _RUN_KEYS if key not in state]
     if missing:
         raise ValueError(f"the sparsity state lacks {missing}: it is not a complete sp.state_dict()")
     fix = "resume with the run's own settings, or start a new run"
-    if state["method"] != engine.method:
-        raise ValueError(f"the sparsity state is from method {state['method']!r}, but this run uses {engine.method!r}; {fix}")
+    if not _same(state["method"], engine.method):
+        raise ValueError(f"the sparsity state is from method {_show(state['method'])}, but this run uses {engine.method!r}; {fix}")
     sparsity = state["sparsity"]
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or abs(float(sparsity) - engine.sparsity) > 1e-12:
-        raise ValueError(f"the sparsity state is for sparsity {sparsity!r}, but this run uses {engine.sparsity}: resume with the same sparsity")
-    if state["total_steps"] != engine.total_steps:
-        raise ValueError(f"the sparsity state is for total_steps={state['total_steps']!r}, but this run has {engine.total_steps}; {fix}")
+        raise ValueError(
+            f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {engine.sparsity}: resume with the same sparsity"
+        )
+    if not _same(state["total_steps"], engine.total_steps):
+        raise ValueError(
+            f"the sparsity state is for total_steps={_show(state['total_steps'])}, but this run has {engine.total_steps}; {fix}"
+        )
     mine = engine.options.to_dict()
     saved = state["options"]
     if not isinstance(saved, dict):
         raise ValueError(f"the sparsity state's options must be a dict, got {type(saved).__name__}")
-    differ = sorted(k for k in set(mine) | set(saved) if saved.get(k, "<absent>") != mine.get(k, "<absent>"))
+    differ = sorted(k for k in set(mine) | set(saved) if not _same(saved.get(k, "<absent>"), mine.get(k, "<absent>")))
     if differ:
-        shown = ", ".join(f"{k}: state {saved.get(k, '<absent>')!r}, run {mine.get(k, '<absent>')!r}" for k in differ[:5])
+        shown = ", ".join(f"{k}: state {_show(saved.get(k, '<absent>'))}, run {mine.get(k, '<absent>')!r}" for k in differ[:5])
         raise ValueError(f"the sparsity state is from other options ({shown}); {fix}")
     _count("step_count", state["step_count"])
     _count("update_count", state["update_count"])
@@ -82,12 +104,12 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
             raise ValueError(f"{where}: the state entry must be a dict with {list(_LAYER_KEYS)}")
         shape = entry["shape"]
         if not isinstance(shape, (tuple, list)) or tuple(shape) != layer.shape:
-            raise ValueError(f"{where}: saved shape {shape!r} != model shape {layer.shape} (another model)")
+            raise ValueError(f"{where}: saved shape {_show(shape)} != model shape {layer.shape} (another model)")
         overlap = entry["last_overlap"]
         if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= 1):
-            raise ValueError(f"{where}: last_overlap must be None or a fraction in [0, 1], got {overlap!r}")
+            raise ValueError(f"{where}: last_overlap must be None or a fraction in [0, 1], got {_show(overlap)}")
         if not isinstance(entry["frozen"], bool):
-            raise ValueError(f"{where}: frozen must be a bool, got {entry['frozen']!r}")
+            raise ValueError(f"{where}: frozen must be a bool, got {_show(entry['frozen'])}")
         if (entry["history"] is None) != (layer.history is None):
             raise ValueError(f"{where}: history is {'absent' if entry['history'] is None else 'present'} in the state but not in this run")
         entries[layer.name] = {
