@@ -153,7 +153,7 @@ def make_mask(spec):
 def test_link_prediction_fuzz(spec, variant):
     mask = make_mask(spec)
     for predict in (chtorch.linkpred.ch_l3n, chtorch.linkpred.ch_l3p):
-        scores = success_or_clear_error(lambda: predict(mask, variant=variant))
+        scores = success_or_clear_error(lambda predict=predict: predict(mask, variant=variant))
         if torch.is_tensor(scores):
             assert scores.shape == mask.shape and scores.dtype == torch.float32
             assert bool(torch.isfinite(scores).all()) and bool((scores[mask] == 0).all())
