@@ -38,7 +38,7 @@ from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
 from chtorch.dst.registry import get_part
 from chtorch.dst.report import UpdateReport, format_table
-from chtorch.dst.scope import LayerSelector, select_layers
+from chtorch.dst.scope import LayerSelector, is_transposed, layer_shape, logical_weight, select_layers
 from chtorch.masks import check_mask
 from chtorch.rng import make_generator
 
@@ -126,8 +126,12 @@ class DynamicSparsity:
         self._hooks: list[Any] = []
         self.backend_request = backend
         self.backend_reason = "requested"
-        shapes = [(modules[n].out_features, modules[n].in_features) for n in names]
+        shapes = [layer_shape(modules[n]) for n in names]
         self.backends = self._choose_backends(backend, names, shapes)
+        transposed = [n for n in names if is_transposed(modules[n])]
+        if transposed and backend == "sparse":
+            raise OptionError(f"backend='sparse' replaces nn.Linear layers only; {transposed[0]!r} is a GPT-2 Conv1D: use backend='masked'")
+        self.backends.update(dict.fromkeys(transposed, "masked"))  # the truly sparse layer is an nn.Linear replacement
         self.layers: list[Layer] = self._prepare(names, modules, groups, given)
 
     # ------------------------------------------------------------------ set-up
@@ -154,8 +158,8 @@ class DynamicSparsity:
             if not hits:
                 raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {names}")
             for name in hits:
-                if modules[name].out_features % heads:
-                    raise OptionError(f"layer {name!r} has {modules[name].out_features} outputs, not divisible into {heads} heads")
+                if layer_shape(modules[name])[0] % heads:
+                    raise OptionError(f"layer {name!r} has {layer_shape(modules[name])[0]} outputs, not divisible into {heads} heads")
                 groups[name] = heads
         return groups
 
@@ -169,7 +173,7 @@ class DynamicSparsity:
         for name in names:
             weight = modules[name].weight
             mask = masks[name].to(device=weight.device)
-            check_mask(mask, (weight.shape[0], weight.shape[1]))
+            check_mask(mask, layer_shape(modules[name]))
             out[name] = mask.clone()
         return out
 
@@ -192,25 +196,24 @@ class DynamicSparsity:
         opts = self.options
         weight_init = get_part("weight_init", opts.weight_init).fn
         layers: list[Layer] = []
-        for index, (name, target) in enumerate(
-            zip(names, self._targets_for([(modules[n].out_features, modules[n].in_features) for n in names], 0))
-        ):
+        for index, (name, target) in enumerate(zip(names, self._targets_for([layer_shape(modules[n]) for n in names], 0))):
             module = modules[name]
-            weight = module.weight
-            shape = (module.out_features, module.in_features)
+            weight = logical_weight(module)  # (out, in), a view of a Conv1D's (in, out) weight
+            shape = layer_shape(module)
             if name in given:
                 mask = given[name]
                 target = int(torch.count_nonzero(mask))
             else:
                 mask = initial_mask(opts.init, opts.init_options, shape, target, groups[name], self.seed, index, weight.device)
+            # (out, in) for every layer type: a Conv1D's weight (in, out) is masked by weight_mask.T.
             module.register_buffer("weight_mask", mask, persistent=True)
             layer = MaskedLayer(name, index, module, target, groups[name])
             with torch.no_grad():
                 if name not in given:
                     weight_init(weight, mask, generator=make_generator(self.seed, "swi", index))
                 weight.mul_(mask)
-                if weight.grad is not None:
-                    weight.grad.mul_(mask)
+                if module.weight.grad is not None:
+                    (module.weight.grad.T if is_transposed(module) else module.weight.grad).mul_(mask)
             layer.mask_optimizer_state(self.optimizer)
             layers.append(layer)
         sparse_names = [layer.name for layer in layers if self.backends[layer.name] == "sparse"]
