@@ -105,7 +105,8 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
     for name in chosen:
         if not is_sparsifiable(modules[name]):
             raise ValueError(
-                f"selected module {name!r} is a {type(modules[name]).__name__}; chtorch sparsifies {SUPPORTED_LAYERS}: "
+                f"selected module {name!r} is a {type(modules[name]).__name__}, not an nn.Linear or a GPT-2 Conv1D "
+                f"(chtorch sparsifies {SUPPORTED_LAYERS}): "
                 "narrow the layer patterns (for example 'layers.*' → 'layers.*.fc') or use exclude="
             )
     if not chosen:
