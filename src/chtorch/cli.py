@@ -306,6 +306,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse)
     for name, shape in summary["shapes"].items():
         print(f"  {name}: {shape[0]} x {shape[1]}")
+    for note in summary["notes"]:
+        print(f"  {note}")
+    print(f"measured on one evaluation batch: {summary['batch']}")
     print(summary["table"])
     print(f"wrote {path} and {path.with_suffix('.json')}  (load with chtorch.train.export.load_exported(path); no pickle)")
     return 0
