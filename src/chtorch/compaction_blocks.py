@@ -88,7 +88,7 @@ def attention_notes(model: nn.Module) -> list[str]:
     blocks = _siblings(model, ("q_proj", "k_proj", "v_proj", "o_proj"))
     for q, k, v, o in blocks:
         (qw, qm, qb), (kw, km, kb) = layer_links(model.get_submodule(q)), layer_links(model.get_submodule(k))
-        (vw, vm, vb), (ow, om, ob) = layer_links(model.get_submodule(v)), layer_links(model.get_submodule(o))
+        (vw, vm, vb), (_, om, _) = layer_links(model.get_submodule(v)), layer_links(model.get_submodule(o))
         if qm.shape[0] == km.shape[0]:
             qk_dead += int((_unwritten(qw, qm, qb) | _unwritten(kw, km, kb)).sum())
             qk_total += qm.shape[0]

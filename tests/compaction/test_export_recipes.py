@@ -13,12 +13,11 @@ import torch
 
 pytest.importorskip("safetensors")
 
-from train.conftest import LEXICON, VERSE, _llama_raw, _transformer_raw  # noqa: E402
-
 from chtorch.cli import main  # noqa: E402
 from chtorch.config import build_config  # noqa: E402
 from chtorch.train import train  # noqa: E402
 from chtorch.train.export import _model_from_checkpoint, load_exported  # noqa: E402
+from train.conftest import LEXICON, VERSE, _llama_raw, _transformer_raw  # noqa: E402
 
 
 def _corpus(root: Path) -> Path:
