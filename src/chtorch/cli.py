@@ -26,7 +26,7 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-DEMO_HINT = "a CHTs-sparsified MLP on scikit-learn's handwritten digits (offline, about a minute on 2 CPU cores)"
+DEMO_HINT = "a CHTs-sparsified MLP on scikit-learn's handwritten digits (offline, under a minute on 2 CPU cores)"
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,57 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from chtorch import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - chtorch cannot import without torch
+        torch_version = "not installed"
+    return f"chtorch {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
+
+
+def data_hint(exc: BaseException, overrides: Sequence[str] = ()) -> str:
+    """The command-line way out of a missing-data error: ``--set data.dir=...`` (and
+    ``--set data.download=true`` where the recipe can download). The library's own message speaks
+    of ``root=``/``CHTORCH_DATA``; on the command line the config keys are what a user can type."""
+    from chtorch.data.files import DataNotFoundError
+
+    if not isinstance(exc, DataNotFoundError) and "not found" not in str(exc):
+        return ""
+    hint = " On the command line: --set data.dir=<folder holding the files>"
+    if "download=True" in str(exc) or "download" in " ".join(overrides):
+        hint += " or --set data.download=true (checksum-verified download)"
+    return hint + "."
+
+
+def next_hints(result: object, config: object | None, config_path: str | None) -> list[str]:
+    """What to run after ``chtorch train``, following what just ran: the report it wrote, an export
+    of a sparse run, a comparison of this config's method with the baselines, and, after the
+    offline demo, a real dataset."""
+    run = result.run_dir  # type: ignore[attr-defined]
+    cwd = Path.cwd()
+    shown = run.relative_to(cwd) if run.is_relative_to(cwd) else run
+    lines = []
+    if (run / "report.md").is_file():
+        lines.append(f"open {shown / 'report.md'}   # plots and per-layer topology")
+    else:
+        lines.append(f"chtorch report {shown}   # write plots and report.md (this run had train.report=false)")
+    method = getattr(getattr(config, "sparsity", None), "method", None)
+    sparse = method is not None and method != "dense"
+    if sparse:
+        lines.append(f"chtorch export {shown}   # drop dead neurons; size, FLOPs and latency")
+    if config_path is not None:
+        others = ",".join(dict.fromkeys(["dense", "set", "rigl", method if sparse else "chts"]))
+        lines.append(f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method")
+    else:
+        lines.append("chtorch compare configs/digits_chts.yaml --methods dense,set,rigl,chts --seeds 0,1,2")
+        lines.append("chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chtorch",
@@ -50,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `chtorch train` (no arguments): " + DEMO_HINT + ". Data files are looked for in "
         "--set data.dir=... or $CHTORCH_DATA.",
     )
+    parser.add_argument("--version", action="version", version=_version(), help="print chtorch's and torch's versions and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -175,6 +227,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.out:
             return _fail("--out does not apply to --resume: the run continues in RUN_DIR")
         result = resume(args.resume, overrides)
+        config = None
     else:
         config = load_config(args.config, overrides)
         if args.config is None and not args.quiet and _rank() == 0:
@@ -187,15 +240,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     if not args.quiet and _rank() == 0:
-        run = result.run_dir
-        cwd = Path.cwd()
-        shown = run.relative_to(cwd) if run.is_relative_to(cwd) else run
+        if config is None:  # resumed: the run's own config
+            config = _saved_config(result.run_dir)
         print("\nnext:")
-        print(f"  open {shown / 'report.md'}   # plots and per-layer topology")
-        print(f"  chtorch report {shown}   # re-create plots and report")
-        print(f"  chtorch compare {args.config or 'configs/digits_chts.yaml'} --methods dense,set,rigl,chts --seeds 0,1,2")
-        print("  chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
+        for line in next_hints(result, config, args.config or (str(result.run_dir / "config.yaml") if args.resume else None)):
+            print(f"  {line}")
     return 0
+
+
+def _saved_config(run_dir: Path) -> object | None:
+    try:
+        from chtorch.config import load_config
+
+        return load_config(str(run_dir / "config.yaml"), [])
+    except Exception:  # noqa: BLE001 - hints only; the run itself succeeded
+        return None
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -306,6 +365,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse)
     for name, shape in summary["shapes"].items():
         print(f"  {name}: {shape[0]} x {shape[1]}")
+    for note in summary["notes"]:
+        print(f"  {note}")
+    print(f"measured on one evaluation batch: {summary['batch']}")
     print(summary["table"])
     print(f"wrote {path} and {path.with_suffix('.json')}  (load with chtorch.train.export.load_exported(path); no pickle)")
     return 0
@@ -345,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except errors as exc:
-        return _fail(str(exc))
+        return _fail(str(exc) + data_hint(exc, getattr(args, "overrides", ())))
     except KeyboardInterrupt:
         print("\nchtorch: aborted", file=sys.stderr)
         return 130

@@ -37,9 +37,18 @@ from chtorch.dst.maskwatch import MaskWatch
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
 from chtorch.dst.registry import get_part
-from chtorch.dst.report import UpdateReport, format_table
+from chtorch.dst.report import UpdateReport, summary_table
 from chtorch.dst.rollback import Snapshot
-from chtorch.dst.scope import LayerSelector, check_budgets, check_structure, head_groups, select_layers
+from chtorch.dst.scope import (
+    LayerSelector,
+    check_budgets,
+    check_structure,
+    head_groups,
+    is_transposed,
+    layer_shape,
+    logical_weight,
+    select_layers,
+)
 from chtorch.dst.state import STATE_VERSION, check_state
 from chtorch.masks import check_mask, keep_bits, zero_off_mask_
 from chtorch.rng import make_generator
@@ -138,12 +147,16 @@ class DynamicSparsity:
         self._watch = MaskWatch()
         self.backend_request = backend
         self.backend_reason = "requested"
-        shapes = [(modules[n].out_features, modules[n].in_features) for n in names]
+        shapes = [layer_shape(modules[n]) for n in names]
         steps = sorted({0, self.decay_end, self.t_end, self.total_steps})
         check_budgets(
             names, shapes, groups, given, {step: (self.scheduled_sparsity(step), self._targets_for(shapes, step)) for step in steps}
         )
         self.backends = self._choose_backends(backend, names, shapes)
+        transposed = [n for n in names if is_transposed(modules[n])]
+        if transposed and backend == "sparse":
+            raise OptionError(f"backend='sparse' replaces nn.Linear layers only; {transposed[0]!r} is a GPT-2 Conv1D: use backend='masked'")
+        self.backends.update(dict.fromkeys(transposed, "masked"))  # the truly sparse layer is an nn.Linear replacement
         # Every mask is drawn before the first write to the model, and the writes are undone on any
         # failure: sparsify is all or nothing (issue 13).
         targets = self._targets_for(shapes, 0)
@@ -192,7 +205,7 @@ class DynamicSparsity:
         for name in names:
             weight = modules[name].weight
             mask = masks[name].to(device=weight.device)
-            check_mask(mask, (weight.shape[0], weight.shape[1]))
+            check_mask(mask, layer_shape(modules[name]))
             out[name] = mask.clone()
         return out
 
@@ -224,17 +237,20 @@ class DynamicSparsity:
         layers: list[Layer] = []
         for index, name in enumerate(names):
             module = modules[name]
-            weight = module.weight
+            weight = logical_weight(module)  # (out, in), a view of a Conv1D's (in, out) weight
             mask = planned[name]
             target = int(torch.count_nonzero(mask))
+            # (out, in) for every layer type: a Conv1D's weight (in, out) is masked by weight_mask.T.
             module.register_buffer("weight_mask", mask, persistent=True)
             layer = MaskedLayer(name, index, module, target, groups[name])
             with torch.no_grad():
                 if name not in given:
                     weight_init(weight, mask, generator=make_generator(self.seed, "swi", index))
                 zero_off_mask_(weight, keep_bits(mask, weight))
-                if weight.grad is not None:
-                    zero_off_mask_(weight.grad, keep_bits(mask, weight.grad))
+                grad = module.weight.grad
+                if grad is not None:
+                    grad = grad.T if is_transposed(module) else grad
+                    zero_off_mask_(grad, keep_bits(mask, grad))
             layer.mask_optimizer_state(self.optimizer)
             layers.append(layer)
         sparse_names = [layer.name for layer in layers if self.backends[layer.name] == "sparse"]
@@ -394,35 +410,7 @@ class DynamicSparsity:
 
     def summary(self) -> str:
         """Per-layer table: shape, target and actual density, active neurons, ITOP, frozen."""
-        rows = []
-        for layer in self.layers:
-            n = layer.mask.numel()
-            a_in, a_out = active_neuron_fraction(layer.mask)
-            rows.append(
-                [
-                    layer.name,
-                    f"{layer.shape[0]}x{layer.shape[1]}",
-                    layer.target,
-                    int(torch.count_nonzero(layer.mask)),
-                    f"{layer.target / n:.4f}",
-                    f"{int(torch.count_nonzero(layer.mask)) / n:.4f}",
-                    f"{a_in:.1%}",
-                    f"{a_out:.1%}",
-                    f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}",
-                    "-" if layer.last_overlap is None else f"{layer.last_overlap:.1%}",
-                    "yes" if layer.frozen else "",
-                    layer.backend,
-                ]
-            )
-        head = (
-            f"chtorch {self.method or 'custom'}: sparsity {self.sparsity}, step {self.step_count}/{self.total_steps}, "
-            f"{self.update_count} updates (every {self.options.update_interval} steps until {self.t_end}), "
-            f"density {self.density():.4f}, ITOP {self.itop_rate():.1%}"
-        )
-        table = format_table(
-            ["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "overlap", "frozen", "backend"], rows
-        )
-        return head + "\n" + table
+        return summary_table(self)
 
     def __repr__(self) -> str:
         return f"DynamicSparsity(method={self.method!r}, sparsity={self.sparsity}, layers={len(self.layers)}, step={self.step_count})"

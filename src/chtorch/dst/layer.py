@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chtorch.dst.scope import is_transposed, layer_shape, logical_weight
 from chtorch.masks import keep_bits, zero_off_mask, zero_off_mask_
 
 __all__ = ["Layer", "MaskedLayer", "TrulySparseLayer", "make_layer", "choose_backends", "refuse_sharded", "split", "BACKENDS"]
@@ -71,6 +72,9 @@ class Layer:
         self.target = int(target)
         self.groups = int(groups)
         self.frozen = False
+        # GPT-2's Conv1D stores its weight (in, out); its mask stays (out, in) like every engine
+        # tensor, and only what touches the weight, its gradient and its optimizer state uses ``.T``.
+        self.transposed = is_transposed(module)
         self.ever_active: torch.Tensor = self.mask.clone()
         self.history: torch.Tensor | None = None
         self.grad_sum: torch.Tensor | None = None
@@ -79,17 +83,18 @@ class Layer:
 
     @property
     def mask(self) -> torch.Tensor:
-        """The live bool buffer ``weight_mask`` ``(out_features, in_features)``."""
+        """The live bool buffer ``weight_mask`` ``(out_features, in_features)`` (also for ``Conv1D``,
+        whose ``(in, out)`` weight it masks as ``weight_mask.T``)."""
         return self.module.weight_mask
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.module.out_features, self.module.in_features)
+        return layer_shape(self.module)
 
     def blocks(self) -> list[slice]:
         """Row blocks that are budgeted and updated separately (one per attention head, or the
         whole layer)."""
-        size = self.module.out_features // self.groups
+        size = self.shape[0] // self.groups
         return [slice(g * size, (g + 1) * size) for g in range(self.groups)]
 
     @property
@@ -115,7 +120,8 @@ class Layer:
         return None
 
     def record_grad(self, dense: torch.Tensor) -> None:
-        dense = dense.detach().float()
+        """Add a dense gradient in the weight's own layout to the running sum (kept ``(out, in)``)."""
+        dense = (dense.T.contiguous() if self.transposed else dense).detach().float()
         self.grad_sum = dense.clone() if self.grad_sum is None else self.grad_sum + dense
         self.grad_count += 1
 
@@ -141,7 +147,8 @@ class MaskedLayer(Layer):
         mask = self.mask
         key = (mask._version, id(mask), like.dtype, like.device)
         if self._multiplier is None or self._multiplier_key != key:
-            self._multiplier = keep_bits(mask, like)
+            # in the weight's own layout: it masks the weight, its gradient and optimizer moments
+            self._multiplier = keep_bits(mask.T if self.transposed else mask, like)
             self._multiplier_key = key
         return self._multiplier
 
@@ -150,14 +157,18 @@ class MaskedLayer(Layer):
         return self.module.weight
 
     def dense_weight(self) -> torch.Tensor:
-        return self.module.weight.detach()
+        weight = logical_weight(self.module).detach()
+        return weight.contiguous() if self.transposed else weight
 
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer, reset: torch.Tensor | None = None) -> None:
-        """Zero every optimizer state tensor shaped like the weight off the mask, and at ``reset``."""
+        """Zero every optimizer state tensor shaped like the weight off the mask, and at ``reset``
+        (``(out, in)``)."""
         weight = self.module.weight
         state = optimizer.state.get(weight)
         if not state:
             return
+        if reset is not None and self.transposed:
+            reset = reset.T
         with torch.no_grad():
             for value in state.values():
                 if torch.is_tensor(value) and value.shape == weight.shape:
@@ -167,11 +178,12 @@ class MaskedLayer(Layer):
 
     @torch.no_grad()
     def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        weight = self.module.weight
+        weight = logical_weight(self.module)  # (out, in), a view of a Conv1D's (in, out) weight
         weight.copy_(torch.where(final, torch.where(fresh, init, weight), 0))
         self.mask.copy_(final)
-        if weight.grad is not None:
-            weight.grad.masked_fill_(~final, 0)
+        grad = self.module.weight.grad
+        if grad is not None:
+            (grad.T if self.transposed else grad).masked_fill_(~final, 0)
         self.mask_optimizer_state(optimizer, fresh)
 
     @torch.no_grad()

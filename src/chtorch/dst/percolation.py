@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from chtorch.dst.scope import layer_shape
 from chtorch.masks import in_degree, out_degree
 
 __all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction", "active_neuron_count"]
@@ -104,7 +105,15 @@ def percolate(masks: Mapping[str, torch.Tensor], couplings: Sequence[Coupling]) 
 # Child-name groups that identify attention and gated feed-forward blocks (LLaMA / Hugging Face
 # naming and chtorch's own seq2seq Transformer); anything else falls back to an MLP chain.
 _ROW_PAIRS = (("q_proj", "k_proj"), ("gate_proj", "up_proj"))
-_CHAIN_PAIRS = (("v_proj", "o_proj"), ("gate_proj", "down_proj"), ("up_proj", "down_proj"), ("w_1", "w_2"), ("fc1", "fc2"))
+# GPT-2's feed-forward is ``mlp.c_fc → mlp.c_proj``; its fused ``attn.c_attn`` (q|k|v) stays uncoupled.
+_CHAIN_PAIRS = (
+    ("v_proj", "o_proj"),
+    ("gate_proj", "down_proj"),
+    ("up_proj", "down_proj"),
+    ("w_1", "w_2"),
+    ("fc1", "fc2"),
+    ("c_fc", "c_proj"),
+)
 
 
 def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]:
@@ -127,8 +136,8 @@ def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]
             for a, b in group:
                 na, nb = prefix + a, prefix + b
                 if na in chosen and nb in chosen:
-                    ma, mb = modules[na], modules[nb]
-                    ok = ma.out_features == mb.out_features if make is rows else ma.out_features == mb.in_features
+                    (a_out, _), (b_out, b_in) = layer_shape(modules[na]), layer_shape(modules[nb])
+                    ok = a_out == b_out if make is rows else a_out == b_in
                     if ok:
                         found.append(make(na, nb))
     if found:
@@ -136,7 +145,7 @@ def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]
     chains: list[Coupling] = []
     current = [selected[0]] if selected else []
     for prev, name in zip(selected, selected[1:]):
-        if modules[prev].out_features == modules[name].in_features:
+        if layer_shape(modules[prev])[0] == layer_shape(modules[name])[1]:
             current.append(name)
         else:
             if len(current) > 1:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["LayerUpdate", "UpdateReport", "format_table"]
+import torch
+
+from chtorch.dst.percolation import active_neuron_fraction
+
+__all__ = ["LayerUpdate", "UpdateReport", "format_table", "summary_table"]
 
 
 @dataclass
@@ -100,3 +105,37 @@ def format_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def summary_table(engine: Any) -> str:
+    """``DynamicSparsity.summary()``: a per-layer table (shape, target and actual density, active
+    neurons, ITOP, overlap, frozen, backend) under a one-line header."""
+    rows = []
+    for layer in engine.layers:
+        n = layer.mask.numel()
+        a_in, a_out = active_neuron_fraction(layer.mask)
+        rows.append(
+            [
+                layer.name,
+                f"{layer.shape[0]}x{layer.shape[1]}",
+                layer.target,
+                int(torch.count_nonzero(layer.mask)),
+                f"{layer.target / n:.4f}",
+                f"{int(torch.count_nonzero(layer.mask)) / n:.4f}",
+                f"{a_in:.1%}",
+                f"{a_out:.1%}",
+                f"{torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel():.1%}",
+                "-" if layer.last_overlap is None else f"{layer.last_overlap:.1%}",
+                "yes" if layer.frozen else "",
+                layer.backend,
+            ]
+        )
+    head = (
+        f"chtorch {engine.method or 'custom'}: sparsity {engine.sparsity}, step {engine.step_count}/{engine.total_steps}, "
+        f"{engine.update_count} updates (every {engine.options.update_interval} steps until {engine.t_end}), "
+        f"density {engine.density():.4f}, ITOP {engine.itop_rate():.1%}"
+    )
+    table = format_table(
+        ["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "overlap", "frozen", "backend"], rows
+    )
+    return head + "\n" + table

@@ -1,7 +1,14 @@
-"""Which modules of a model to sparsify: every ``nn.Linear`` but the last by default, or a chosen set.
+"""Which modules of a model to sparsify: every linear layer but the last by default, or a chosen set.
 
 The paper sparsifies every Linear layer except the classifier / ``lm_head`` and keeps embeddings,
 norms and biases dense (Zhang et al., NeurIPS 2025, arXiv:2501.19107, §4.1).
+
+Supported layer types (:data:`SUPPORTED_LAYERS`): ``torch.nn.Linear`` (weight ``(out, in)``) and the
+GPT-2 family's ``transformers.pytorch_utils.Conv1D`` (weight ``(in, out)``: ``y = x @ W + b``).
+Whatever the weight's layout, masks (the ``weight_mask`` buffer included), scores and budgets use
+the ``(out_features, in_features)`` layout (:func:`layer_shape`, :func:`logical_weight`): a ``Conv1D``
+weight is masked by ``weight_mask.T``. One layout keeps every topology, link-prediction and
+percolation routine unaware of the layer type.
 """
 
 from __future__ import annotations
@@ -9,11 +16,59 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from chtorch.dst.options import OptionError, closest
 
-__all__ = ["LayerSelector", "select_layers", "check_structure", "check_budgets", "head_groups"]
+__all__ = [
+    "LayerSelector",
+    "SUPPORTED_LAYERS",
+    "is_transposed",
+    "is_sparsifiable",
+    "layer_shape",
+    "logical_weight",
+    "select_layers",
+    "check_structure",
+    "check_budgets",
+    "head_groups",
+]
+
+#: What the error messages and the docs name as sparsifiable.
+SUPPORTED_LAYERS = "torch.nn.Linear and transformers' GPT-2 Conv1D (transformers.pytorch_utils.Conv1D)"
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """Whether ``module`` is a GPT-2-style ``Conv1D`` (``weight`` of shape ``(nx, nf)`` = ``(in, out)``).
+
+    Recognised by its class name and attributes, so the core needs no ``transformers`` import."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(getattr(module, "nf", None), int)
+        and isinstance(getattr(module, "nx", None), int)
+        and isinstance(weight, nn.Parameter)
+        and tuple(weight.shape) == (module.nx, module.nf)
+    )
+
+
+def is_sparsifiable(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a GPT-2 ``Conv1D`` (:data:`SUPPORTED_LAYERS`)."""
+    return isinstance(module, nn.Linear) or is_transposed(module)
+
+
+def layer_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a supported layer, whatever its weight layout."""
+    if is_transposed(module):
+        return (int(module.nf), int(module.nx))
+    return (int(module.out_features), int(module.in_features))
+
+
+def logical_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as an ``(out_features, in_features)`` view (``weight.T`` for ``Conv1D``; in-place
+    writes to the view reach the parameter)."""
+    return module.weight.T if is_transposed(module) else module.weight
+
 
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
@@ -21,21 +76,22 @@ LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str | Sequence[str] | None = None) -> list[str]:
     """Names of the modules to sparsify.
 
-    ``layers``: ``None`` = every ``nn.Linear`` except the model's last one (the classifier or
-    ``lm_head``, which the paper keeps dense); a glob pattern or exact name, or a list of them; or a
+    ``layers``: ``None`` = every supported layer (:data:`SUPPORTED_LAYERS`) except the model's last
+    ``nn.Linear`` (the classifier or ``lm_head``, which the paper keeps dense); a glob pattern or exact name, or a list of them; or a
     callable ``(name, module) -> bool``. ``exclude``: patterns removed from the selection. Raises
-    ``ValueError`` when a pattern selects nothing, a selected module is not an ``nn.Linear``, or
+    ``ValueError`` when a pattern selects nothing, a selected module is not a supported layer, or
     nothing is left.
     """
     named = [(n, m) for n, m in model.named_modules() if n]
-    linear_names = [n for n, m in named if isinstance(m, nn.Linear)]
+    linear_names = [n for n, m in named if is_sparsifiable(m)]
     if layers is None:
-        if len(linear_names) < 2:
+        plain = [n for n, m in named if isinstance(m, nn.Linear)]
+        chosen = [n for n in linear_names if not plain or n != plain[-1]]
+        if not chosen:
             raise ValueError(
-                f"the model has {len(linear_names)} nn.Linear layer(s); by default the last one stays dense, "
-                "so nothing would be sparsified: pass layers=... to choose layers explicitly"
+                f"the model has {len(linear_names)} sparsifiable layer(s) ({SUPPORTED_LAYERS}); by default the last "
+                "nn.Linear stays dense, so nothing would be sparsified: pass layers=... to choose layers explicitly"
             )
-        chosen = linear_names[:-1]
     elif callable(layers):
         chosen = [n for n, m in named if layers(n, m)]
     else:
@@ -72,9 +128,10 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
         chosen = [n for n in chosen if not any(n == p or fnmatch.fnmatchcase(n, p) for p in ex)]
     modules = dict(named)
     for name in chosen:
-        if not isinstance(modules[name], nn.Linear):
+        if not is_sparsifiable(modules[name]):
             raise ValueError(
-                f"selected module {name!r} is a {type(modules[name]).__name__}, not an nn.Linear; "
+                f"selected module {name!r} is a {type(modules[name]).__name__}, not an nn.Linear or a GPT-2 Conv1D "
+                f"(chtorch sparsifies {SUPPORTED_LAYERS}): "
                 "narrow the layer patterns (for example 'layers.*' → 'layers.*.fc') or use exclude="
             )
     if not chosen:
@@ -146,7 +203,7 @@ def head_groups(patterns: Mapping[str, int], names: Sequence[str], modules: Mapp
         if not hits:
             raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {list(names)}")
         for name in hits:
-            if modules[name].out_features % heads:
-                raise OptionError(f"layer {name!r} has {modules[name].out_features} outputs, not divisible into {heads} heads")
+            if layer_shape(modules[name])[0] % heads:
+                raise OptionError(f"layer {name!r} has {layer_shape(modules[name])[0]} outputs, not divisible into {heads} heads")
             groups[name] = heads
     return groups

@@ -8,12 +8,18 @@ The callback builds :func:`chtorch.sparsify` at ``on_train_begin`` from the Trai
 optimizer with ``total_steps = state.max_steps``; calls ``sp.step()`` after every optimizer step
 (``on_optimizer_step``: after ``optimizer.step()``, before the LR scheduler and ``zero_grad``, which
 is where the engine expects it); adds ``chtorch/density``, ``chtorch/itop`` and
-``chtorch/active_neurons`` (the paper's ANP) to the Trainer's logs; and writes ``chtorch_sparsity.pt``
+``chtorch/active_neurons`` (the paper's ANP) to the Trainer's logs, ahead of the reporting
+callbacks (TensorBoard, W&B, ...: see :meth:`ChtorchCallback.on_init_end`); and writes ``chtorch_sparsity.pt``
 (the masks and the engine state) into every checkpoint directory. A resumed run builds the engine
 from those masks (``sparsify(..., masks=...)``), which keeps the weights and optimizer moments the
-Trainer loaded, and restores the engine's counters. The layers are every ``nn.Linear`` but the output embedding (``lm_head``), selected by
-name patterns, with percolation couplings inferred from the child names (q/k and gate/up rows,
-v→o and gate|up→down chains; Zhang et al., NeurIPS 2025, arXiv:2501.19107, §4.3 / App. F).
+Trainer loaded, and restores the engine's counters. The layers are every ``nn.Linear`` and GPT-2
+``Conv1D`` but the output embedding (``lm_head``), with percolation couplings inferred from the
+child names (q/k and gate/up rows, v→o, gate|up→down and c_fc→c_proj chains; Zhang et al.,
+NeurIPS 2025, arXiv:2501.19107, §4.3 / App. F).
+
+:func:`save_pretrained_sparse` saves a trained model without its ``weight_mask`` buffers (so
+``from_pretrained`` loads it cleanly) plus a small bit-packed mask file; :func:`restore_masks` gives
+the masks back (exactly from that file, or from the zero weights) to continue sparse training.
 
 ``transformers`` is an optional dependency: ``pip install 'chtorch[hf]'``.
 """
@@ -22,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "chtorch.integrations.hf needs Hugging Face transformers (and accelerate for its Trainer): pip install 'chtorch[hf]'"
     ) from exc
 
-__all__ = ["ChtorchCallback", "STATE_NAME", "default_layers", "head_groups_for"]
+from chtorch.integrations.hf_save import MASKS_NAME, restore_masks, save_pretrained_sparse  # noqa: E402
+
+__all__ = [
+    "ChtorchCallback",
+    "MASKS_NAME",
+    "STATE_NAME",
+    "default_layers",
+    "head_groups_for",
+    "restore_masks",
+    "save_pretrained_sparse",
+]
 
 log = logging.getLogger("chtorch.integrations.hf")
 
@@ -46,16 +63,16 @@ _HAS_OPTIMIZER_STEP = hasattr(TrainerCallback, "on_optimizer_step")
 
 
 def default_layers(model: nn.Module) -> list[str]:
-    """Every ``nn.Linear`` of ``model`` except its output embedding (``get_output_embeddings()``,
-    the ``lm_head`` of a causal LM, kept dense as in the paper §4.1); without one, every Linear but
-    the last."""
-    from chtorch.dst.scope import select_layers
+    """Every ``nn.Linear`` and GPT-2 ``Conv1D`` of ``model`` except its output embedding
+    (``get_output_embeddings()``, the ``lm_head`` of a causal LM, kept dense as in the paper §4.1);
+    without one, every such layer but the last ``nn.Linear``."""
+    from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, select_layers
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, nn.Linear):
-        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    if isinstance(head, nn.Module) and is_sparsifiable(head):
+        names = [n for n, m in model.named_modules() if n and is_sparsifiable(m) and m is not head]
         if not names:
-            raise ValueError("the model has no nn.Linear layer besides its output embedding: nothing to sparsify")
+            raise ValueError(f"the model has no layer chtorch can sparsify ({SUPPORTED_LAYERS}) besides its output embedding")
         return names
     return select_layers(model)
 
@@ -102,13 +119,19 @@ class ChtorchCallback(TrainerCallback):
             Trainer is usually a pretrained or HF-initialised Transformer, whose official code keeps the
             model's own initialisation: ``weight_init`` defaults to ``"keep"`` here (pass ``"swi"`` to
             redraw the weights at the links, as the MLP code does).
+        masks: start from these topologies (layer name → bool ``(out_features, in_features)``), e.g.
+            :func:`restore_masks` of a model saved with :func:`save_pretrained_sparse`; ``layers``
+            defaults to their names. A resumed Trainer checkpoint takes precedence.
 
     Attributes: ``sparsity`` (the :class:`~chtorch.DynamicSparsity`, after train begin) and
     ``last_report`` (the last :class:`~chtorch.UpdateReport`).
 
-    Note: the Trainer calls reporting integrations (TensorBoard, W&B, ...) before user callbacks,
-    so the ``chtorch/*`` values reach the console logs and ``state.log_history`` (trainer_state.json);
-    the integrations see them from the next log on.
+    Logging: the Trainer places its reporting integrations (TensorBoard, W&B, ...) before user
+    callbacks and hands every callback the same ``logs`` dict in list order, so a callback that adds
+    values in ``on_log`` normally adds them too late. This callback therefore moves itself to the
+    front of the Trainer's ``CallbackHandler.callbacks`` when the Trainer announces it
+    (``on_init_end``, or ``on_train_begin`` for a callback added later with ``trainer.add_callback``):
+    the ``chtorch/*`` values reach every integration, the console and ``state.log_history``.
     """
 
     def __init__(
@@ -122,6 +145,7 @@ class ChtorchCallback(TrainerCallback):
         update_interval: int | None = None,
         per_head: bool = False,
         rewarmup_steps: int = 0,
+        masks: Mapping[str, torch.Tensor] | None = None,
         **options: Any,
     ) -> None:
         from chtorch._checks import check_number
@@ -141,6 +165,9 @@ class ChtorchCallback(TrainerCallback):
         self.per_head = per_head
         self.rewarmup_steps = rewarmup_steps
         self.options = options
+        self.initial_masks = None if masks is None else dict(masks)
+        if self.initial_masks is not None and layers is None:
+            self.layers = list(self.initial_masks)
         self.sparsity: Any = None
         self.last_report: Any = None
         self._pending: dict[str, float] = {}
@@ -172,7 +199,7 @@ class ChtorchCallback(TrainerCallback):
             seed=seed,
             layers=layers,
             exclude=self.exclude,
-            masks=None if payload is None else payload["masks"],
+            masks=self.initial_masks if payload is None else payload["masks"],
             **options,
         )
         if payload is not None:
@@ -230,6 +257,30 @@ class ChtorchCallback(TrainerCallback):
             group["lr"] = base_lr * f(step)
 
     # -- events -----------------------------------------------------------------------------------
+    def _move_to_front(self) -> None:
+        """Put this callback first in the calling ``CallbackHandler`` so its ``on_log`` adds the
+        ``chtorch/*`` values before the reporting integrations read the logs. The handler is the
+        ``self`` of the ``call_event`` frame that is calling us (transformers has no public hook that
+        hands a callback its handler); moving an element to the front while ``call_event`` iterates
+        keeps every later callback at its index, so none is skipped or called twice."""
+        from transformers.trainer_callback import CallbackHandler
+
+        frame = sys._getframe(1)
+        for _ in range(8):
+            if frame is None:
+                break
+            handler = frame.f_locals.get("self")
+            if isinstance(handler, CallbackHandler):
+                if self in handler.callbacks and handler.callbacks[0] is not self:
+                    handler.callbacks.remove(self)
+                    handler.callbacks.insert(0, self)
+                return
+            frame = frame.f_back
+        log.warning("chtorch: Trainer callback handler not found; chtorch/* values may reach TensorBoard/W&B one log late")
+
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._move_to_front()
+
     def on_train_begin(
         self,
         args: Any,
@@ -240,6 +291,7 @@ class ChtorchCallback(TrainerCallback):
         lr_scheduler: Any = None,
         **kwargs: Any,
     ) -> None:
+        self._move_to_front()
         if self.sparsity is not None:
             return  # a second train() call on the same Trainer keeps the engine
         if model is None:

@@ -282,6 +282,19 @@ class LanguageModeling(Recipe):
         loss = total / max(1, count)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
+    def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
+        """No plain chains: the SwiGLU feed-forwards are gated blocks, compacted by
+        :func:`chtorch.compaction_blocks.compact_gated`."""
+        return [], None
+
+    def example_input(self) -> Any:
+        """The first validation batch: ``data.eval_batch_size`` windows of ``data.seq_len`` tokens."""
+        from chtorch.data import SequentialWindows
+
+        cfg = self.config.data
+        x, _ = next(iter(SequentialWindows(self.val_tokens, cfg.seq_len, cfg.eval_batch_size)))
+        return x.to(self.device)
+
     def describe(self) -> dict[str, Any]:
         cfg = self.config.data
         return {

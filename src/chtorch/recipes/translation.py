@@ -414,6 +414,21 @@ class Translation(Recipe):
             return
         atomic_write_text(folder / "test_translations.txt", "".join(h.replace("\n", " ") + "\n" for h in hyps))
 
+    def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
+        """Each feed-forward ``w_1 → ReLU → w_2`` is a chain (its hidden neurons are what percolation
+        frees); attention is accounted for by :func:`chtorch.compaction_blocks.attention_notes`."""
+        modules = dict(model.named_modules())
+        chains = [[name, name[: -len("w_1")] + "w_2"] for name in modules if name.endswith(".ffn.w_1")]
+        return [c for c in chains if c[1] in modules], torch.relu
+
+    def example_input(self) -> Any:
+        """The first validation batch (``data.eval_batch_tokens`` tokens): ``(src, tgt_in)``."""
+        from chtorch.data.translation import collate_pairs, token_batch_indices
+
+        indices = token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens)[0]
+        batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(self.device)
+        return (batch.src, batch.tgt_in)
+
     def describe(self) -> dict[str, Any]:
         cfg = self.config.data
         return {

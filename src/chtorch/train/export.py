@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
+from chtorch.compaction import layer_links
 from chtorch.config import build_config
 from chtorch.data.files import atomic_write_bytes
 from chtorch.recipes.base import get_recipe
@@ -232,6 +233,12 @@ def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
     return recipe, model.eval(), sparse
 
 
+def describe_batch(example: Any) -> str:
+    """The measurement batch in words: the shape of each input tensor."""
+    tensors = list(example) if isinstance(example, tuple) else list(example.values()) if isinstance(example, dict) else [example]
+    return ", ".join(" x ".join(str(d) for d in t.shape) + f" {str(t.dtype).removeprefix('torch.')}" for t in tensors)
+
+
 def export_run(
     run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, sparse_storage: bool = False
 ) -> tuple[Path, dict[str, Any]]:
@@ -240,8 +247,16 @@ def export_run(
     With ``sparse_storage`` the remaining sparse layers are also stored in CSR for inference
     (:func:`chtorch.compaction.to_sparse_inference`). Returns the path and a summary (parameters, FLOPs,
     measured latency against the original model, largest output difference, and the Markdown table
-    of :class:`chtorch.compaction.ExportReport`)."""
+    of :class:`chtorch.compaction.ExportReport`), the batch it was measured on (``batch``) and one line
+    per part that could not be compacted (``notes``).
+
+    What is compacted: the recipe's chains (an MLP's hidden layers, a Transformer's ``w_1 → w_2``
+    feed-forwards) and every gated feed-forward (LLaMA's ``gate|up → down``,
+    :func:`chtorch.compaction_blocks.compact_gated`); attention projections keep their size."""
+    import copy
+
     from chtorch.compaction import compact, export_report, to_sparse_inference
+    from chtorch.compaction_blocks import attention_notes, compact_gated, find_gated_blocks
 
     _safetensors()  # before the work, not after it
     run_dir = Path(run_dir)
@@ -250,15 +265,21 @@ def export_run(
         raise ExportFileError(f"--out {path}: an exported model is a .safetensors file (its description goes beside it as .json)")
     recipe, model, sparse = _model_from_checkpoint(run_dir)
     chains, activation = recipe.export_chains(model, sparse)
-    compacted = compact(model, chains, activation)
+    compacted = compact(model, chains, activation) if chains else copy.deepcopy(model)
+    gated = find_gated_blocks(compacted)
+    compacted = compact_gated(compacted, gated, inplace=True)
+    tail = "; stored in CSR where density <= 20%" if sparse_storage else "; --sparse stores them in CSR"
+    notes = [note + tail for note in attention_notes(compacted)]
     if sparse_storage:
         compacted = to_sparse_inference(compacted, inplace=True)
-    report = export_report(model, compacted, recipe.example_input(), repeats=20, warmup=2)
-    shapes = {
-        name: (compacted.get_submodule(name).out_features, compacted.get_submodule(name).in_features) for chain in chains for name in chain
-    }
+    example = recipe.example_input()
+    report = export_report(model, compacted, example, repeats=20, warmup=2)
+    names = [name for chain in chains for name in chain] + [name for block in gated for name in block]
+    shapes = {name: tuple(layer_links(compacted.get_submodule(name))[0].shape) for name in names}
     summary = {
         "shapes": shapes,
+        "notes": notes,
+        "batch": describe_batch(example),
         "params_before": report.original.params_stored,
         "params_after": report.exported.params_stored,
         "flops_before": report.original.flops,
