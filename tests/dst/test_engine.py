@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import chtorch
-from chtorch.dst.update import core_targets
 from chtorch.dst import schedules
 from chtorch.dst.options import OptionError
+from chtorch.dst.update import core_targets
 from chtorch.masks import link_budget
 
 METHODS = chtorch.methods()
