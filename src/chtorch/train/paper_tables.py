@@ -69,11 +69,25 @@ TABLES: dict[str, dict[str, tuple[float, float, float | None]]] = {f"table7-{nam
 _FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "granet": "GraNet", "gmp": "GMP"}
 
 
+def _family(method: str) -> str:
+    """The built-in preset ``method`` descends from (``chts_mlp`` -> ``chts``), via ``based_on``."""
+    from chtorch.dst.methods import get_method
+
+    try:
+        preset = get_method(method)
+    except ValueError:
+        return method
+    while preset.based_on is not None and preset.name not in _FIXED_ROWS and preset.name not in ("chts", "chtss"):
+        preset = get_method(preset.based_on)
+    return preset.name
+
+
 def paper_row(method: str, options: Mapping[str, Any] | Any | None = None) -> str | None:
     """The paper's row name for chtorch ``method`` with its resolved sparsity ``options`` (the
-    link predictor decides between CHTsp and CHTsn), or None where the paper has no such row
-    (MEST, static, CHTss with CH3-L3p)."""
-    method = method.lower()
+    link predictor decides between CHTsp and CHTsn; a preset ``based_on`` chts, such as
+    ``chts_mlp``, is a CHTs row), or None where the paper has no such row (MEST, static, CHTss
+    with CH3-L3p)."""
+    method = _family(method.lower())
     if method in _FIXED_ROWS:
         return _FIXED_ROWS[method]
     if options is None:
