@@ -209,7 +209,7 @@ def test_network_early_stop_waits_for_every_layer_then_stops_all():
     assert not network_stopped(sp)
     g = torch.Generator().manual_seed(0)
     frozen_at = None
-    for step in range(40):
+    for _ in range(40):
         x = torch.randn(16, 20, generator=g)
         nn.functional.cross_entropy(model(x), torch.randint(0, 4, (16,), generator=g)).backward()
         opt.step()
@@ -277,3 +277,19 @@ def test_llama_recipe_defaults_are_the_llama_codes():
 
     opts = get_method("chts").build_options(**LLAMA_CODE_DEFAULTS)
     assert (opts.regrowth_selection, opts.percolation, opts.temperature_end, opts.weight_init) == ("topk", False, 9.0, "keep")
+
+
+def test_best_after_final_topology_ignores_epochs_before_the_last_update():
+    from chtorch.train.paper_tables import best_after_final_topology
+
+    epochs = [
+        {"epoch": 0, "updates": 0, "acc": 0.5},
+        {"epoch": 1, "updates": 1, "acc": 0.99},  # best overall, but the topology still moves
+        {"epoch": 2, "updates": 2, "acc": 0.90},
+        {"epoch": 3, "updates": 2, "acc": 0.93},
+        {"epoch": 4, "updates": 2, "acc": 0.92},
+    ]
+    assert best_after_final_topology(epochs, "acc") == (0.93, 3)
+    assert best_after_final_topology(epochs, "acc", higher_is_better=False) == (0.90, 2)
+    assert best_after_final_topology([{"epoch": 0, "acc": 0.7}, {"epoch": 1, "acc": 0.8}], "acc") == (0.8, 1)  # dense
+    assert best_after_final_topology([{"epoch": 0}], "acc") is None
