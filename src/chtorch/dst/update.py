@@ -6,7 +6,9 @@ For every sparsified layer, each head block on its own (shapes ``(n_out, n_in)``
 
 1. **density pruning** — a density schedule (CHTss, GMP, GraNet, MEST EM&S) lowers the budget: keep
    the best links by ``prune_score`` (top-k), optionally letting pruned weights compete again with
-   their last value (GMP);
+   their last value (GMP); under MEST's EM&S in ``ems_mode="official"`` this step and the next are
+   one: keep only the target-density core by the removal score (ζ ignored), and step 4 grows exactly
+   the extra density (nothing at the last stage);
 2. **removal** — drop ``ζ_t`` of the active links by the ``removal`` score and ``removal_selection``
    (top-k, or soft sampling of the kept links with p ∝ score^T);
 
@@ -18,7 +20,7 @@ then, across layers,
 and per layer again
 
 4. **regrowth** — grow back to the exact budget by the ``regrowth`` score and
-   ``regrowth_selection``;
+   ``regrowth_selection``, among ``regrowth_candidates`` (every non-link, or live neurons only);
 5. **install** — the new links start at zero (or their history) with zero optimizer state; removed
    weights are remembered when a part needs their history.
 
