@@ -59,6 +59,8 @@ def test_table_formats_last_best_anp_and_paper_columns() -> None:
         "stderr": 0.01,
         "best_mean": 0.95,
         "best_stderr": None,
+        "best_final_mean": 0.94,
+        "best_final_stderr": 0.005,
         "active_neurons": 0.5,
         "active_neurons_stderr": 0.02,
         "density": 0.01,
@@ -68,8 +70,8 @@ def test_table_formats_last_best_anp_and_paper_columns() -> None:
     }
     table = format_table([row, {**row, "method": "mest", "paper": None, "planned": 2}], "test_accuracy")
     lines = table.splitlines()
-    assert "last epoch" in lines[0] and "best epoch" in lines[0] and "paper" in lines[0]
-    assert lines[2] == "| chts | 90.00 ± 1.00 | 95.00 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | 98.76 ± 0.05 (CHTsn) | 27 |"
+    assert "last epoch" in lines[0] and "best epoch" in lines[0] and "best after T_end" in lines[0] and "paper" in lines[0]
+    assert lines[2] == "| chts | 90.00 ± 1.00 | 95.00 | 94.00 ± 0.50 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | 98.76 ± 0.05 (CHTsn) | 27 |"
     assert lines[3].endswith("| 2 | — | — |")
 
 

@@ -321,7 +321,8 @@ class DynamicSparsity:
         opts = self.options
         if opts.removal_selection == "topk":
             return 1.0
-        return get_part("temperature_schedule", opts.temperature_schedule).fn(step, self.t_end, opts.delta_start, opts.delta_end)
+        part = get_part("temperature_schedule", opts.temperature_schedule)
+        return part.fn(step, self.t_end, opts.delta_start, opts.delta_end, **part.kwargs(opts))
 
     def is_update_step(self, step: int) -> bool:
         return schedules.is_update_step(step, self.options.update_interval, self.t_end)
@@ -438,6 +439,7 @@ class DynamicSparsity:
                     "grad_sum": None if layer.grad_sum is None else layer.grad_sum.clone(),
                     "grad_count": layer.grad_count,
                     "last_overlap": layer.last_overlap,
+                    "early_stop_flag": layer.early_stop_flag,
                 }
                 for layer in self.layers
             },
@@ -460,6 +462,7 @@ class DynamicSparsity:
             layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
             layer.grad_count = entry["grad_count"]
             layer.last_overlap = entry["last_overlap"]
+            layer.early_stop_flag = entry["early_stop_flag"]
 
     def remove(self) -> None:
         """Detach the hooks (masks stay on the model); :meth:`step` refuses to run afterwards."""

@@ -39,6 +39,16 @@ def sparse_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: torc
     swi_(weight, mask, generator=generator)
 
 
+@WEIGHT_INITS.register(
+    "swi_out", summary="SWI with density·fan_out: N(0, 2/(density·out_features)), as the official MLP code's DSTScheduler"
+)
+def sparse_weight_init_fan_out(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
+    """SWI in place with ``fan="out"`` (:func:`chtorch.topology.swi_`; docs/decisions.md, SWI fan)."""
+    from chtorch.topology import swi_
+
+    swi_(weight, mask, generator=generator, fan="out")
+
+
 def initial_mask(
     init: str,
     init_options: Mapping[str, Any],

@@ -80,6 +80,8 @@ class Layer:
         self.grad_sum: torch.Tensor | None = None
         self.grad_count = 0
         self.last_overlap: float | None = None  # |removed ∩ regrown| / |regrown| at the last update
+        # overlap > early_stop seen at least once (the official network-wide early stop, docs/decisions.md)
+        self.early_stop_flag = False
 
     @property
     def mask(self) -> torch.Tensor:

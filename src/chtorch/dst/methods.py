@@ -170,11 +170,19 @@ _SHARED_DECISIONS = (
     "percolation pairs only identical row indices of q/k (docs/decisions.md)"
 )
 _SOFT_DECISIONS = (
-    "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T = δ/(1−δ), δ linear 0.5→0.9 until "
-    "T_end (temperature_schedule='delta'; neither the paper's 1/(1−δ) nor the code's linear T exactly); soft regrowth "
-    "samples new links with p ∝ CH score and adds 1e-5 to every live candidate when too few scores are positive, as "
-    "the paper and the MLP/Transformer code do, not the LLaMA code's top-k; BRF gives each node of the smaller side its "
-    "degree, as the code does; SWI with density·fan_in, as the original CHT layer (docs/decisions.md)"
+    "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T linear in the step from 1 to 3 until "
+    "T_end as the official MLP/Transformer code (temperature_schedule='linear'; the LLaMA recipe sets temperature_end=9 "
+    "as the LLaMA code; 'paper' gives the paper's T = 1/(1−δ)); soft regrowth samples new links with p ∝ CH score and, "
+    "when too few scores are positive, adds 1e-5 to every non-link, so a neuron that percolation disconnected can come "
+    "back, as the MLP/Transformer code (regrowth_candidates='live' keeps to live neurons; the LLaMA recipe uses the LLaMA "
+    "code's top-k); BRF gives each node of the smaller side its degree, as the code does; SWI with density·fan_in, as the "
+    "original CHT layer (the MLP recipe: fan_out, as the MLP code) (docs/decisions.md)"
+)
+_EMS_DECISIONS = (
+    "EM&S as the official code (ems_mode='official'): every update keeps only the target-density core by the removal "
+    "score (ζ ignored), percolates, then regrows the extra density (5% of the layer, then 2.5%) without compensating "
+    "percolated links; the update at T_end − ΔT cuts to the core and regrows nothing (ems_mode='schedule': chtorch "
+    "before issue 11) (docs/decisions.md, MEST EM&S)"
 )
 
 register_method(
@@ -195,11 +203,13 @@ register_method(
 
 register_method(
     "set",
-    "SET: remove the smallest positive and largest negative weights (ζ=0.3), regrow at random, whole run",
+    "SET: remove the smallest-|W| links (ζ=0.3), regrow at random, whole run",
     "Mocanu et al., 'Scalable training of artificial neural networks with adaptive sparse connectivity "
     "inspired by network science', Nat. Commun. 9, 2383 (2018)",
+    decisions="removes by |W| top-k as the official MLP code that produced Table 7, not the SET paper's sign rule "
+    "(removal='set': smallest positive and largest negative weights) (docs/decisions.md, SET removal)",
     init="erdos_renyi",
-    removal="set",
+    removal="magnitude",
     regrowth="random",
     zeta=0.3,
     zeta_anneal="constant",
@@ -220,9 +230,9 @@ register_method(
 
 register_method(
     "mest",
-    "MEST with EM&S: remove by |W|+0.01|∇W|, regrow at random, extra density 5%→2.5%→0 (soft memory bound)",
+    "MEST with EM&S: keep the target-density core by |W|+0.01|∇W|, regrow the extra density at random (5%→2.5%→0)",
     "Yuan et al., 'MEST: Accurate and Fast Memory-Economic Sparse Training Framework on the Edge', NeurIPS 2021",
-    decisions="EM&S removes ζ on top of the surplus and prunes the surplus by magnitude (docs/decisions.md, MEST EM&S)",
+    decisions=_EMS_DECISIONS,
     init="erdos_renyi",
     removal="mest",
     mest_lambda=0.01,
@@ -237,7 +247,8 @@ register_method(
     "gmp",
     "GMP: gradual magnitude pruning from 50% sparsity on the cubic schedule; pruned weights may return",
     "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
-    decisions="pruned weights compete again with their last value (prune_with_history; docs/decisions.md, GMP)",
+    decisions="pruned weights compete again with their last value (prune_with_history) and a revived weight restarts at "
+    "zero, as the official LLaMA code (revived_init='history': at its last value) (docs/decisions.md, GMP)",
     init="erdos_renyi",
     density_schedule="cubic",
     initial_sparsity=0.5,
@@ -271,7 +282,8 @@ register_method(
     "Zhang et al., 'Epitopological learning and Cannistraci-Hebb network shape intelligence brain-inspired theory "
     "for ultra-sparse advantage in deep learning', ICLR 2024",
     decisions="path-based CH3-L3p with the local-community bookkeeping of the official CH_scores_new_v2.cpp, top-k; "
-    "early stop freezes a layer once |removed ∩ regrown| / |regrown| >= 0.9 (Definition 1), layer by layer; BSW by "
+    "early stop (Definition 1) as the official code: the whole topology stops evolving once every layer's "
+    "|removed ∩ regrown| / |regrown| has been > 0.9 (early_stop_scope='layer': each layer freezes at >= 0.9); BSW by "
     "default because CSTI needs the input correlation (recipes pass it: init='csti', init_options={'correlation': C}); "
     "SWI with density·fan_in; " + _SHARED_DECISIONS,
     init="bsw",
@@ -292,7 +304,7 @@ register_method(
 
 register_method(
     "chts",
-    "CHTs: BRF init, SWI, soft magnitude removal (T=δ/(1−δ), δ 0.5→0.9), percolation, soft CH2-L3n regrowth, cosine ζ",
+    "CHTs: BRF init, SWI, soft magnitude removal (T 1→3), percolation, soft CH2-L3n regrowth, cosine ζ (the paper's text)",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
     decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; " + _SHARED_DECISIONS,
@@ -301,8 +313,9 @@ register_method(
     weight_init="swi",
     removal="magnitude",
     removal_selection="soft",
-    delta_start=0.5,
-    delta_end=0.9,
+    temperature_schedule="linear",
+    temperature_start=1.0,
+    temperature_end=3.0,
     regrowth="ch",
     ch_predictor="l3n",
     ch_variant="CH2",
@@ -329,4 +342,37 @@ register_method(
     sigmoid_k=6.0,
     prune_score="ri",
     decay_end_fraction=0.75,
+)
+
+register_method(
+    "chts_mlp",
+    "CHTs as the official MLP code runs it for Table 7: CSTI, SWI fan-out, EM&S, hard |W| removal, percolation, soft CH3-L3p",
+    "Zhang et al., NeurIPS 2025 (arXiv:2501.19107), Table 7 (CHTsp), as the official MLP code's README command "
+    "(biomedical-cybernetics/Cannistraci-Hebb-training, mlp_and_cnn)",
+    decisions="the README 'CHTs' recipe: CSTI on every sparse layer (the MLP configs set init='csti' and the recipe passes "
+    "the input correlation; the preset alone keeps chts's BRF, since CSTI needs data), SWI "
+    "with density·fan_out at the 6% start density, MEST's EM&S: " + _EMS_DECISIONS + "; hard top-|W| removal (T unused), "
+    "percolation, soft CH3-L3p regrowth with the 1e-5 floor on every non-link, constant ζ (unused under EM&S), one "
+    "update per epoch until 0.75 of training; the classifier stays dense; " + _SHARED_DECISIONS,
+    based_on="chts",
+    weight_init="swi_out",
+    removal="magnitude",
+    removal_selection="topk",
+    ch_predictor="l3p",
+    ch_variant="CH3",
+    regrowth_selection="soft",
+    regrowth_candidates="all",
+    ems=True,
+    ems_mode="official",
+    zeta_anneal="constant",
+)
+
+register_method(
+    "chtsn_mlp",
+    "chts_mlp with soft CH2-L3n regrowth (Table 7's CHTsn row)",
+    "Zhang et al., NeurIPS 2025 (arXiv:2501.19107), Table 7 (CHTsn), the official MLP code with --regrow_method CH2_L3n_soft",
+    decisions="as chts_mlp, with the matrix CH2-L3n predictor",
+    based_on="chts_mlp",
+    ch_predictor="l3n",
+    ch_variant="CH2",
 )

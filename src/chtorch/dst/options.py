@@ -22,6 +22,10 @@ PREDICTORS = ("l3n", "l3p")
 CH_VARIANTS = ("CH2", "CH3", "CH3.1", "RA")
 DISTRIBUTIONS = ("uniform", "erk")
 ZETA_ANNEALS = ("constant", "cosine")
+REGROWTH_CANDIDATES = ("all", "live")
+EMS_MODES = ("official", "schedule")
+EARLY_STOP_SCOPES = ("network", "layer")
+REVIVED_INITS = ("zero", "history")
 
 #: Option name -> kind of registered part it names (see :mod:`chtorch.dst.registry`).
 PART_OPTIONS = {
@@ -57,8 +61,12 @@ class SparsityOptions:
         "sigmoid" = CHTss) from ``initial_sparsity`` to the target, ending at
         ``decay_end_fraction * total_steps``, with curvature ``sigmoid_k``; ``prune_score`` ranks links
         for that decay (top-k); ``prune_with_history`` lets previously pruned weights compete with
-        their last value (GMP's moving threshold). ``ems``: MEST's elastic mutation & soft memory
-        bound (extra density 5% then 2.5% before the target).
+        their last value (GMP's moving threshold), and ``revived_init`` says what value such a revived
+        weight restarts from ("zero", as the official code, or "history"). ``ems``: MEST's elastic
+        mutation & soft memory bound (extra density 5% then 2.5% before the target); ``ems_mode``:
+        "official" (each update keeps only the target-density core by the removal score, ζ ignored,
+        percolates, then regrows the extra density; the last stage keeps the core only) or
+        "schedule" (chtorch before issue 11: the extra only raises the budget, ζ removal on top).
     Initial topology
         ``init``: "erdos_renyi", "bsw", "brf", "bsf" or "csti"; ``init_options`` go to the
         initializer (``beta``, ``r``, ``degree``, ``correlation``); ``weight_init``: "keep" (mask the
@@ -67,14 +75,18 @@ class SparsityOptions:
         ``removal``: "magnitude", "set" (smallest positive and largest negative separately), "ri"
         (relative importance) or "mest" (|W| + λ|∇W|, λ = ``mest_lambda``); ``removal_selection``:
         "topk" or "soft" (sample the kept links with p ∝ score^T); ``temperature_schedule``: how T
-        moves until T_end ("delta": δ linear from ``delta_start`` to ``delta_end``, T = δ/(1−δ);
-        "temperature": T itself linear between the same ends).
+        moves until T_end ("linear": T linear from ``temperature_start`` to ``temperature_end``, as
+        both official codes; "paper": δ linear from ``delta_start`` to ``delta_end``, T = 1/(1−δ);
+        "delta": the same δ, T = δ/(1−δ); "temperature": T linear between δ/(1−δ) at the two ends).
     Regrowth
         ``regrowth``: "random", "gradient" (|dense gradient| accumulated over the last
         ``grad_accumulation`` steps before an update), "ch" (Cannistraci-Hebb link prediction with
         ``ch_predictor`` "l3n"/"l3p" and ``ch_variant``) or "none"; ``regrowth_selection``: "topk" or
         "soft" (p ∝ score, with ``soft_floor`` added to every candidate when too few scores are
-        positive); ``regrown_init``: "zero" or "history" (last value before removal).
+        positive); ``regrowth_candidates``: "all" (every non-link, so a neuron that percolation
+        disconnected can be reconnected through the floor, as the official MLP/Transformer code) or
+        "live" (non-links between neurons that keep a link on each side, widening to every non-link
+        only when too few); ``regrown_init``: "zero" or "history" (last value before removal).
     Attention heads
         ``head_groups``: glob pattern → number of heads, e.g. ``{"*.q_proj": 8, "*.k_proj": 8,
         "*.v_proj": 8}``: the rows of a matching layer are split into that many equal blocks (one per
@@ -82,8 +94,10 @@ class SparsityOptions:
         graph (the official code's ``--attn_qkv_per_head_dst``).
     Percolation and early stop
         ``percolation``: remove the links of neurons left without links on one side, along
-        ``couplings`` (None = consecutive selected layers form one chain); ``early_stop``: freeze a
-        layer's topology once |removed ∩ regrown| / |regrown| ≥ this threshold (None = never).
+        ``couplings`` (None = consecutive selected layers form one chain); ``early_stop``: the CHT
+        overlap threshold θ on |removed ∩ regrown| / |regrown| (None = never); ``early_stop_scope``:
+        "network" (every layer's overlap has once been > θ: the topology stops evolving, as the
+        official code) or "layer" (each layer freezes once its overlap is ≥ θ).
     """
 
     update_interval: int = 100
@@ -99,7 +113,9 @@ class SparsityOptions:
     sigmoid_k: float = 6.0
     prune_score: str = "magnitude"
     prune_with_history: bool = False
+    revived_init: str = "zero"
     ems: bool = False
+    ems_mode: str = "official"
 
     init: str = "erdos_renyi"
     init_options: dict = field(default_factory=dict)
@@ -107,7 +123,9 @@ class SparsityOptions:
 
     removal: str = "magnitude"
     removal_selection: str = "topk"
-    temperature_schedule: str = "delta"
+    temperature_schedule: str = "linear"
+    temperature_start: float = 1.0
+    temperature_end: float = 3.0
     delta_start: float = 0.5
     delta_end: float = 0.9
     mest_lambda: float = 0.01
@@ -117,12 +135,14 @@ class SparsityOptions:
     ch_predictor: str = "l3n"
     ch_variant: str = "CH2"
     soft_floor: float = 1e-5
+    regrowth_candidates: str = "all"
     grad_accumulation: int = 1
     regrown_init: str = "zero"
 
     percolation: bool = False
     couplings: Any = None
     early_stop: float | None = None
+    early_stop_scope: str = "network"
     head_groups: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,11 +189,17 @@ class SparsityOptions:
         number("delta_start", 0, 1, high_open=True)
         number("delta_end", 0, 1, high_open=True)
         number("mest_lambda", 0)
+        number("temperature_start", 0, hint="the removal temperature T at step 0 (temperature_schedule='linear')")
+        number("temperature_end", 0, hint="the removal temperature T at T_end (temperature_schedule='linear')")
         number("soft_floor", 0)
         number("early_stop", 0, 1, allow_none=True)
         check_choice("zeta_anneal", self.zeta_anneal, ZETA_ANNEALS, error=OptionError)
         check_choice("distribution", self.distribution, DISTRIBUTIONS, error=OptionError)
         check_choice("ch_predictor", self.ch_predictor, PREDICTORS, error=OptionError)
+        check_choice("regrowth_candidates", self.regrowth_candidates, REGROWTH_CANDIDATES, error=OptionError)
+        check_choice("ems_mode", self.ems_mode, EMS_MODES, error=OptionError)
+        check_choice("early_stop_scope", self.early_stop_scope, EARLY_STOP_SCOPES, error=OptionError)
+        check_choice("revived_init", self.revived_init, REVIVED_INITS, error=OptionError)
         for name, kind in PART_OPTIONS.items():
             value = getattr(self, name)
             if value not in registry(kind):
@@ -225,10 +251,10 @@ class SparsityOptions:
     # -- what the parts need --------------------------------------------------------------------
     def parts_in_use(self) -> dict[str, tuple[str, str]]:
         """Option name -> (kind, part name) of every part these options actually run: removal only
-        when ζ > 0, the prune score only under a density decay or EM&S, the temperature only for a
-        soft removal."""
+        when ζ > 0 or under the official EM&S, the prune score only under a density decay or EM&S,
+        the temperature only for a soft removal."""
         used = {"init", "weight_init", "regrowth", "regrowth_selection", "regrown_init"}
-        if self.zeta > 0:
+        if self.zeta > 0 or (self.ems and self.ems_mode == "official"):  # official EM&S removes by the removal score, ζ or not
             used |= {"removal", "removal_selection"}
             if self.removal_selection != "topk":
                 used.add("temperature_schedule")

@@ -26,7 +26,7 @@ from torch import nn
 from chtorch.dst.scope import layer_shape
 from chtorch.masks import in_degree, out_degree
 
-__all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction", "active_neuron_count"]
+__all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction", "active_neuron_count", "ANP_COUNTS"]
 
 
 @dataclass(frozen=True)
@@ -162,15 +162,24 @@ def active_neuron_fraction(mask: torch.Tensor) -> tuple[float, float]:
     return (int(torch.count_nonzero(mask.any(dim=0))) / max(1, n_in), int(torch.count_nonzero(mask.any(dim=1))) / max(1, n_out))
 
 
-def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = ()) -> tuple[int, int]:
+ANP_COUNTS = ("official", "both_sides")
+
+
+def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = (), count: str = "official") -> tuple[int, int]:
     """(active, total) neurons of the sparse layers' bipartite graphs — the paper's ANP is
     ``active / total``.
 
     Neurons are counted once per neuron layer: along a ``chain(a, b, c)`` the groups are the inputs
-    of ``a``, the hidden neurons between ``a`` and ``b`` and between ``b`` and ``c`` (active when they
-    keep a link on *both* sides), and the outputs of ``c``. A layer outside any chain contributes
-    its inputs and its outputs (each active when it keeps a link).
+    of ``a``, the hidden neurons between ``a`` and ``b`` and between ``b`` and ``c``, and the outputs
+    of ``c``. A hidden neuron is active when it keeps an *outgoing* link (``count="official"``, the
+    official MLP code's ``--record_anp``: each sparse layer's inputs with a link, plus the last
+    layer's outputs) or a link on *both* sides (``count="both_sides"``). The two agree on percolated
+    masks; they differ after a regrowth that linked a neuron on one side only. A layer outside any
+    chain contributes its inputs and its outputs (each active when it keeps a link).
+    E.g. chain a → b with hidden neuron h linked only into b: official counts h, both_sides does not.
     """
+    if count not in ANP_COUNTS:
+        raise ValueError(f"count must be one of {ANP_COUNTS}, got {count!r}")
     active = total = 0
     chained: set[str] = set()
     for coupling in couplings:
@@ -183,7 +192,8 @@ def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[C
         first, last = masks[names[0]], masks[names[-1]]
         groups = [in_degree(first) > 0]
         for a, b in zip(names, names[1:]):
-            groups.append((out_degree(masks[a]) > 0) & (in_degree(masks[b]) > 0))
+            feeds_on = in_degree(masks[b]) > 0
+            groups.append(feeds_on if count == "official" else (out_degree(masks[a]) > 0) & feeds_on)
         groups.append(out_degree(last) > 0)
         for g in groups:
             active += int(g.sum())

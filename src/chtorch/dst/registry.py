@@ -1,8 +1,8 @@
 """The registries of the parts a method is made of, one per option that names a part.
 
-==========================  ===================================  =====================================
+==========================  ===================================  ==============================================
 option                      registry                             a part is called as
-==========================  ===================================  =====================================
+==========================  ===================================  ==============================================
 ``init``                    :data:`chtorch.topology.INITIALIZERS`  ``fn(n_out, n_in, n_links=, generator=, **init_options)``
 ``weight_init``             :data:`WEIGHT_INITS`                 ``fn(weight, mask, generator=)`` (in place)
 ``removal``, ``prune_score``  :data:`REMOVALS`                   ``fn(weight, mask, *, grad=None, **params)`` → scores
@@ -10,9 +10,9 @@ option                      registry                             a part is calle
 ``removal_selection``,      :data:`SELECTIONS`                   ``fn(scores, k, generator, *, temperature=, floor=)``
 ``regrowth_selection``                                           → indices
 ``density_schedule``        :data:`DENSITY_SCHEDULES`            ``fn(tau, n, s_i, s_f, **params)`` → sparsity
-``temperature_schedule``    :data:`TEMPERATURE_SCHEDULES`        ``fn(step, t_end, start_delta, end_delta)`` → T
+``temperature_schedule``    :data:`TEMPERATURE_SCHEDULES`        ``fn(step, t_end, start_delta, end_delta, **params)`` → T
 ``regrown_init``            :data:`REGROWN_INITS`                ``fn(history, new)`` → initial values
-==========================  ===================================  =====================================
+==========================  ===================================  ==============================================
 
 Each part declares what it needs (:class:`chtorch._registry.Part`): ``"dense_gradient"`` (the engine
 records the dense gradient before an update; the truly sparse backend cannot serve it),

@@ -7,7 +7,12 @@ Scores for a candidate (non-link) (i, j):
   (RigL, Evci et al., ICML 2020; GraNet).
 - ``ch``: Cannistraci-Hebb link prediction on the layer's bipartite graph after removal, either the
   matrix CH2-L3n / CH3-L3n or the path-based CH3-L3p (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
-  §3.1 and App. K; CHT, ICLR 2024). Neurons left without links on one side get no new links.
+  §3.1 and App. K; CHT, ICLR 2024). A neuron left without links on one side has CH score 0.
+
+Candidates: ``all`` non-links (the official MLP/Transformer code: its 1e-5 floor reaches every
+non-link, so a neuron that percolation disconnected can be reconnected), or, for a regrowth that
+declares ``"live_neurons"`` (CH), ``live``: the non-links between neurons that keep a link on each
+side (widening to every non-link only when too few), so the active-neuron count can only fall.
 
 Selection: ``topk``, or ``soft`` (sample without replacement with p ∝ score; when fewer candidates
 have a positive score than links are needed, ``floor`` = 1e-5 is added to every candidate's score,
@@ -47,7 +52,7 @@ def gradient_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> t
 
 @REGROWTHS.register(
     "ch",
-    summary="Cannistraci-Hebb link prediction (CH2/CH3-L3n matrix or CH3-L3p path) between live neurons",
+    summary="Cannistraci-Hebb link prediction (CH2/CH3-L3n matrix or CH3-L3p path); live neurons only with regrowth_candidates='live'",
     needs=("live_neurons",),
     params={"predictor": "ch_predictor", "variant": "ch_variant"},
 )
@@ -83,13 +88,15 @@ def grow_links(
     variant: str = "CH2",
     floor: float = 1e-5,
     scores: torch.Tensor | None = None,
+    candidates: str = "all",
 ) -> torch.Tensor:
     """Bool mask of exactly ``n_new`` new links, disjoint from ``keep``.
 
-    For a regrowth that declares ``"live_neurons"`` (CH) the candidates are the non-links between
-    live neurons (at least one link on each side); only if there are fewer of those than ``n_new``
-    does the search widen to every non-link, so the budget is always met. ``scores`` may be given
-    precomputed (dense, same shape).
+    ``candidates="all"``: every non-link may be drawn (with the soft ``floor`` when too few scores
+    are positive, a dead neuron can come back). ``candidates="live"`` and a regrowth that declares
+    ``"live_neurons"`` (CH): the non-links between live neurons (at least one link on each side);
+    only if there are fewer of those than ``n_new`` does the search widen to every non-link, so the
+    budget is always met. ``scores`` may be given precomputed (dense, same shape).
     """
     part = REGROWTHS.part(kind)
     n_new = int(n_new)
@@ -102,20 +109,22 @@ def grow_links(
         return new
     if scores is None:
         scores = regrowth_scores(keep, kind, grad=grad, predictor=predictor, variant=variant)
-    candidates = free
-    if "live_neurons" in part.needs_for():
+    if candidates not in ("all", "live"):
+        raise ValueError(f"candidates must be 'all' or 'live', got {candidates!r}")
+    allowed = free
+    if candidates == "live" and "live_neurons" in part.needs_for():
         live_free = free & keep.any(dim=1, keepdim=True) & keep.any(dim=0, keepdim=True)
         if int(torch.count_nonzero(live_free)) >= n_new:
-            candidates = live_free
+            allowed = live_free
     flat_scores = scores.flatten()
     # Usually far fewer candidates have a positive score than the layer has positions (CH scores
     # vanish beyond 3 hops); when they suffice, the zero-score ones can never be drawn, so select
     # among the positive ones only: same distribution, a fraction of the work.
-    positive = candidates.flatten() & (flat_scores > 0)
+    positive = allowed.flatten() & (flat_scores > 0)
     if "uniform" not in part.flags and int(torch.count_nonzero(positive)) >= n_new:
         index = torch.nonzero(positive).flatten()
     else:
-        index = torch.nonzero(candidates.flatten()).flatten()
+        index = torch.nonzero(allowed.flatten()).flatten()
     chosen = select(flat_scores[index], n_new, selection, generator, floor=floor)
     new.view(-1)[index[chosen]] = True
     return new

@@ -25,6 +25,8 @@ __all__ = [
     "delta_schedule",
     "temperature_from_delta",
     "temperature",
+    "temperature_linear",
+    "temperature_paper",
     "TEMPERATURE_SCHEDULES",
     "get_temperature_schedule",
     "decay_events",
@@ -121,21 +123,54 @@ def temperature_from_delta(delta: float) -> float:
     return delta / (1.0 - delta)
 
 
-@TEMPERATURE_SCHEDULES.register("delta", summary="δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)")
+@TEMPERATURE_SCHEDULES.register(
+    "linear",
+    summary="T linear in the step from temperature_start to temperature_end until T_end (both official codes: MLP/Transformer 1 → 3, LLaMA 1 → 9)",
+    params={"start": "temperature_start", "end": "temperature_end"},
+)
+def temperature_linear(
+    step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9, *, start: float = 1.0, end: float = 3.0
+) -> float:
+    """``T = start + (end − start) · min(step, t_end) / t_end``: the official MLP/Transformer code's
+    ``T = 1 + 2t/T_end`` with ``start=1, end=3`` (the default), the LLaMA code's ``start_T → end_T``
+    with ``end=9`` (docs/decisions.md, removal temperature). The δ arguments are not read.
+    E.g. t_end=1000, 1 → 3: 1.0 at step 0, 2.0 at 500, 3.0 at 1000 and after."""
+    step = _int("step", step)
+    t_end = _int("t_end", t_end)
+    start = _real("start", start, 0.0)
+    end = _real("end", end, 0.0)
+    if t_end == 0:
+        return end
+    return start + (end - start) * min(step, t_end) / t_end
+
+
+@TEMPERATURE_SCHEDULES.register("paper", summary="the paper's text: δ linear from delta_start to delta_end until T_end, T = 1/(1−δ)")
+def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
+    """``T = 1/(1 − δ)`` with δ linear in the step (Zhang et al., NeurIPS 2025, §3.1 / App. H):
+    T = 2 at δ = 0.5, 4 at 0.75, 10 at 0.9. ``δ = 1`` gives ``inf`` (hard top-k).
+    E.g. t_end=1000, δ 0.5 → 0.75: 2.0 at step 0, 1/(1−0.625) = 8/3 at 500, 4.0 at 1000."""
+    delta = delta_schedule(step, t_end, start_delta, end_delta)
+    return math.inf if delta == 1.0 else 1.0 / (1.0 - delta)
+
+
+@TEMPERATURE_SCHEDULES.register(
+    "delta", summary="chtorch before issue 11: δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)"
+)
 def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
-    """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``)."""
+    """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``): neither
+    the paper's formula nor the codes' linear T; kept as an option to reproduce earlier chtorch runs."""
     return temperature(step, t_end, start_delta, end_delta, linear_in="delta")
 
 
-@TEMPERATURE_SCHEDULES.register("temperature", summary="T itself linear from T(delta_start) to T(delta_end) until T_end")
+@TEMPERATURE_SCHEDULES.register("temperature", summary="T itself linear from T(delta_start) to T(delta_end) until T_end, T(δ) = δ/(1−δ)")
 def temperature_linear_t(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T linear in the step between ``δ/(1−δ)`` at the two ends (:func:`temperature` with
-    ``linear_in="temperature"``)."""
+    ``linear_in="temperature"``): ``linear`` with its end points given as δ."""
     return temperature(step, t_end, start_delta, end_delta, linear_in="temperature")
 
 
 def get_temperature_schedule(name: str) -> Callable[..., float]:
-    """The removal-temperature schedule ``f(step, t_end, start_delta, end_delta) -> T`` registered as ``name``."""
+    """The removal-temperature schedule ``f(step, t_end, start_delta, end_delta, **params) -> T`` registered as ``name``."""
     return TEMPERATURE_SCHEDULES.part(name).fn
 
 

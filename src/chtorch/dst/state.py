@@ -110,6 +110,9 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
             raise ValueError(f"{where}: last_overlap must be None or a fraction in [0, 1], got {_show(overlap)}")
         if not isinstance(entry["frozen"], bool):
             raise ValueError(f"{where}: frozen must be a bool, got {_show(entry['frozen'])}")
+        flag = entry.get("early_stop_flag", False)  # absent in states written before the network-wide early stop
+        if not isinstance(flag, bool):
+            raise ValueError(f"{where}: early_stop_flag must be a bool, got {_show(flag)}")
         if (entry["history"] is None) != (layer.history is None):
             raise ValueError(f"{where}: history is {'absent' if entry['history'] is None else 'present'} in the state but not in this run")
         entries[layer.name] = {
@@ -120,5 +123,6 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
             "grad_sum": _tensor(f"{where}: grad_sum", entry["grad_sum"], layer.shape, ("float",), True),
             "grad_count": _count(f"{where}: grad_count", entry["grad_count"]),
             "last_overlap": overlap,
+            "early_stop_flag": flag,
         }
     return entries

@@ -6,7 +6,9 @@ For every sparsified layer, each head block on its own (shapes ``(n_out, n_in)``
 
 1. **density pruning** — a density schedule (CHTss, GMP, GraNet, MEST EM&S) lowers the budget: keep
    the best links by ``prune_score`` (top-k), optionally letting pruned weights compete again with
-   their last value (GMP);
+   their last value (GMP); under MEST's EM&S in ``ems_mode="official"`` this step and the next are
+   one: keep only the target-density core by the removal score (ζ ignored), and step 4 grows exactly
+   the extra density (nothing at the last stage);
 2. **removal** — drop ``ζ_t`` of the active links by the ``removal`` score and ``removal_selection``
    (top-k, or soft sampling of the kept links with p ∝ score^T);
 
@@ -18,7 +20,7 @@ then, across layers,
 and per layer again
 
 4. **regrowth** — grow back to the exact budget by the ``regrowth`` score and
-   ``regrowth_selection``;
+   ``regrowth_selection``, among ``regrowth_candidates`` (every non-link, or live neurons only);
 5. **install** — the new links start at zero (or their history) with zero optimizer state; removed
    weights are remembered when a part needs their history.
 
@@ -138,6 +140,7 @@ def regrow_links(sp: DynamicSparsity, keep: torch.Tensor, n_new: int, grad: torc
         grad=grad,
         floor=opts.soft_floor,
         scores=scores,
+        candidates=opts.regrowth_candidates,
     )
 
 
@@ -152,10 +155,57 @@ def install(sp: DynamicSparsity, layer: Layer, old: torch.Tensor, keep: torch.Te
             dropped = old & ~keep
             layer.history[dropped] = weight[dropped]
         init = REGROWN_INITS.part(sp.options.regrown_init).fn(layer.history, new, weight)
-        if layer.history is not None and revived.any():
+        if layer.history is not None and revived.any() and sp.options.revived_init == "history":
+            # a pruned weight that wins again restarts from its last value (App. J); the official
+            # code restarts it at 0 (the default, revived_init="zero": it is a new link like any other)
             init = torch.where(revived, layer.history, init)
         layer.install(final, new | revived, init, sp.optimizer)
         layer.ever_active |= final
+
+
+def core_targets(sp: DynamicSparsity) -> list[int]:
+    """Each layer's link budget at the final sparsity: the core that MEST's EM&S keeps at every
+    update in ``ems_mode="official"`` (the scheduled targets add the extra density on top)."""
+    from chtorch import topology
+
+    shapes = [layer.shape for layer in sp.layers]
+    return list(topology.allocate_budgets(shapes, sp.sparsity, distribution=sp.options.distribution))
+
+
+def keep_core(
+    sp: DynamicSparsity,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    n_core: int,
+    grad: torch.Tensor | None,
+    key: tuple[int, ...],
+    temperature: float,
+) -> torch.Tensor:
+    """Official EM&S removal on one row block: the ``n_core`` links of ``mask`` that the removal
+    score and selection keep (all of them when it holds fewer). The official code's drop fraction
+    ``extra/(density + extra)`` is exactly "keep the target-density core"; ζ is not read."""
+    opts = sp.options
+    n_keep = min(int(n_core), int(torch.count_nonzero(mask)))
+    generator = make_generator(sp.seed, "remove", *key)
+    return _keep_best(weight, mask, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature)
+
+
+def network_stopped(sp: DynamicSparsity) -> bool:
+    """True once CHT's network-wide early stop has frozen every layer: the update changes nothing."""
+    opts = sp.options
+    return opts.early_stop is not None and opts.early_stop_scope == "network" and all(layer.frozen for layer in sp.layers)
+
+
+def flag_early_stop(layer: Layer, overlap: float, threshold: float, scope: str) -> None:
+    """CHT's early stop (Definition 1, an epitopological local minimum). ``scope="layer"``: the
+    layer freezes once its overlap is >= θ. ``scope="network"`` (the official code): the layer is
+    flagged once its overlap is > θ (strictly) and keeps evolving; the flags are never reset, and
+    the caller freezes every layer once all are flagged."""
+    if scope == "layer":
+        if overlap >= threshold:
+            layer.frozen = True
+    elif overlap > threshold:
+        layer.early_stop_flag = True
 
 
 def _block_key(index: int, layer: Layer, block: int) -> tuple[int, ...]:
@@ -181,15 +231,27 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
 
     # 1-2: density pruning and removal, per layer and head block
     old_masks, keeps, infos, revived_by_layer = {}, {}, {}, {}
-    for layer, target in zip(sp.layers, sp.targets(step)):
+    ems_official = opts.ems and opts.ems_mode == "official"
+    cores = core_targets(sp) if ems_official else [None] * len(sp.layers)
+    core_of = {layer.name: core for layer, core in zip(sp.layers, cores)}
+    stopped = network_stopped(sp)
+    for layer, target, core in zip(sp.layers, sp.targets(step), cores):
         t0 = time.perf_counter()
         mask, grad, weight = layer.mask, grads[layer.name], layer.dense_weight()
         old_masks[layer.name] = mask.clone()
         info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
         keep, revived = torch.zeros_like(mask), torch.zeros_like(mask)
-        for b, (rows, block_target) in enumerate(zip(layer.blocks(), split(target, layer.groups))):
+        core_blocks = split(core, layer.groups) if core is not None else [None] * layer.groups
+        for b, (rows, block_target, block_core) in enumerate(zip(layer.blocks(), split(target, layer.groups), core_blocks)):
             key = _block_key(index, layer, b)
             block_grad = None if grad is None else grad[rows]
+            if block_core is not None and not layer.frozen:
+                # MEST EM&S as the official code: keep only the target-density core by the removal
+                # score (ζ ignored); the extra density is regrown below (docs/decisions.md, MEST EM&S)
+                block_keep = keep_core(sp, weight[rows], mask[rows], block_core, block_grad, key, temperature)
+                info.removed += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep))
+                keep[rows] = block_keep
+                continue
             block_keep, block_revived = prune_to_density(sp, layer, weight, rows, block_target, block_grad, key)
             info.pruned += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep & mask[rows]))
             if not layer.frozen and opts.zeta > 0:
@@ -202,8 +264,8 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         info.seconds = time.perf_counter() - t0
         infos[layer.name] = info
 
-    # 3: percolation across coupled layers
-    if sp.couplings:
+    # 3: percolation across coupled layers (not once a network-wide early stop froze the topology)
+    if sp.couplings and not stopped:
         percolated = percolate(keeps, sp.couplings)
         for name, new_keep in percolated.items():
             infos[name].percolated = int(torch.count_nonzero(keeps[name])) - int(torch.count_nonzero(new_keep))
@@ -214,15 +276,21 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         t0 = time.perf_counter()
         info, keep, old, grad = infos[layer.name], keeps[layer.name], old_masks[layer.name], grads[layer.name]
         new = torch.zeros_like(keep)
-        for b, (rows, block_target) in enumerate(zip(layer.blocks(), split(layer.target, layer.groups))):
-            n_new = block_target - int(torch.count_nonzero(keep[rows]))
+        core = core_of[layer.name] if ems_official and not layer.frozen else None
+        core_blocks = split(core, layer.groups) if core is not None else [None] * layer.groups
+        for b, (rows, block_target, block_core) in enumerate(zip(layer.blocks(), split(layer.target, layer.groups), core_blocks)):
+            if block_core is None:
+                n_new = block_target - int(torch.count_nonzero(keep[rows]))
+            else:
+                # official EM&S: grow exactly the extra density; links lost to percolation are not
+                # compensated, so a layer may end below its budget (the last stage grows nothing)
+                n_new = min(block_target - block_core, int(torch.count_nonzero(~keep[rows])))
             new[rows] = regrow_links(sp, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b))
         info.regrown = int(torch.count_nonzero(new))
         info.overlap = int(torch.count_nonzero(new & old & ~keep))
         install(sp, layer, old, keep, new, revived_by_layer[layer.name])
-        if opts.early_stop is not None and not layer.frozen and info.regrown > 0 and info.overlap_rate >= opts.early_stop:
-            layer.frozen = True
-        info.frozen = layer.frozen
+        if opts.early_stop is not None and not layer.frozen and info.regrown > 0:
+            flag_early_stop(layer, info.overlap_rate, opts.early_stop, opts.early_stop_scope)
         if info.regrown:  # an update that regrew nothing (ζ annealed to 0) has no overlap to report
             layer.last_overlap = info.overlap_rate
         info.n_links = int(torch.count_nonzero(layer.mask))
@@ -230,6 +298,12 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         info.itop = torch.count_nonzero(layer.ever_active).item() / layer.ever_active.numel()
         info.seconds += time.perf_counter() - t0
         report.layers[layer.name] = info
+
+    if opts.early_stop is not None and opts.early_stop_scope == "network" and all(layer.early_stop_flag for layer in sp.layers):
+        for layer in sp.layers:  # every layer has reached its epitopological local minimum: stop evolving
+            layer.frozen = True
+    for layer in sp.layers:
+        report.layers[layer.name].frozen = layer.frozen
 
     from chtorch.dst import ranks
 

@@ -99,9 +99,21 @@ LlamaModelConfig = model_schema(
 )
 
 
-# The official LLaMA code keeps the model's default initialisation for every method (docs/decisions.md,
-# "initial weights"), so the CH presets' SWI does not apply here unless a config asks for it.
-register_recipe_schema("lm", LMDataConfig, ["llama"], sparsity_defaults={"weight_init": "keep"})
+# The official LLaMA code (docs/decisions.md) is the family's default, for every method: the model's own
+# initialisation (not SWI); soft removal with T linear 1 -> 9 (its README/script); top-k CH regrowth even
+# for its "soft" methods; no percolation (the README and script commands do not pass --chain_removal);
+# CHT's early-stop flag is never set there. The paper's text (soft regrowth, percolation) is one override away:
+# sparsity.options: {regrowth_selection: soft, percolation: true}.
+LLAMA_CODE_DEFAULTS = {
+    "weight_init": "keep",
+    "temperature_schedule": "linear",
+    "temperature_start": 1.0,
+    "temperature_end": 9.0,
+    "regrowth_selection": "topk",
+    "percolation": False,
+    "early_stop": None,
+}
+register_recipe_schema("lm", LMDataConfig, ["llama"], sparsity_defaults=LLAMA_CODE_DEFAULTS)
 register_model_schema("llama", LlamaModelConfig)
 
 

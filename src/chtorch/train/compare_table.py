@@ -2,7 +2,9 @@
 
 For each method, over its seeds: mean ± standard error (sample standard deviation / √n, the
 paper's "±") of the recipe's primary metric at the last epoch and at the best epoch (the best
-evaluated epoch of each run: highest accuracy/BLEU, lowest perplexity), the active-neuron
+evaluated epoch of each run: highest accuracy/BLEU, lowest perplexity) and at the best epoch once
+the topology is final (after T_end: what the official MLP code keeps, so the column to read beside
+the paper's cell, :data:`chtorch.train.paper_tables.REPORTED`), the active-neuron
 percentage (ANP) and density at the end — and, where the comparison names a paper table
 (``run.paper_table``), the paper's cell beside it (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
 Table 7). Written as ``compare.md``, ``compare.csv`` and ``compare.json`` with the overlay plots of
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chtorch.train.metrics import read_metrics
-from chtorch.train.paper_tables import paper_cell
+from chtorch.train.paper_tables import REPORTED, best_after_final_topology, paper_cell
 
 __all__ = ["PLAN_NAME", "mean_stderr", "load_plan", "collect_rows", "format_table", "write_compare", "is_compare_dir"]
 
@@ -79,6 +81,7 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
         metric = summary["primary_metric"]
         epochs = [r for r in read_metrics(entry["dir"]) if r.get("kind") == "epoch"]
         best = best_epoch_value(epochs, metric, bool(summary.get("higher_is_better", True)))
+        settled = best_after_final_topology(epochs, metric, bool(summary.get("higher_is_better", True)))
         runs.append(
             {
                 **entry,
@@ -87,6 +90,7 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
                 "last": float(summary["final"][metric]),
                 "best": best[0] if best else float(summary["final"][metric]),
                 "best_epoch": best[1] if best else summary["epochs"],
+                "best_final": settled[0] if settled else float(summary["final"][metric]),
                 "active_neurons": float(summary["final"].get("active_neurons", 1.0)),
                 "density": float(summary["final"].get("density", 1.0)),
                 "epochs": summary["epochs"],
@@ -103,6 +107,7 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
             continue
         last, last_se = mean_stderr([r["last"] for r in mine])
         best_mean, best_se = mean_stderr([r["best"] for r in mine])
+        final_mean, final_se = mean_stderr([r["best_final"] for r in mine])
         anp, anp_se = mean_stderr([r["active_neurons"] for r in mine])
         cell = paper_cell(plan.get("paper_table"), (plan.get("paper_rows") or {}).get(method))
         rows.append(
@@ -113,6 +118,8 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
                 "stderr": last_se,
                 "best_mean": best_mean,
                 "best_stderr": best_se,
+                "best_final_mean": final_mean,
+                "best_final_stderr": final_se,
                 "active_neurons": anp,
                 "active_neurons_stderr": anp_se,
                 "density": sum(r["density"] for r in mine) / len(mine),
@@ -140,8 +147,8 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
     scale = _scale(metric)
     name = (metric or "metric").replace("_", " ") + (" (%)" if scale == 100.0 else "")
     paper = any(r.get("paper") for r in rows)
-    head = f"| method | {name}, last epoch | {name}, best epoch | active neurons (%) | density | runs |"
-    rule = "|---|---:|---:|---:|---:|---:|"
+    head = f"| method | {name}, last epoch | {name}, best epoch | {name}, {REPORTED} | active neurons (%) | density | runs |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
     if paper:
         head += " paper (row) | paper ANP (%) |"
         rule += "---:|---:|"
@@ -150,6 +157,7 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
         runs = f"{row['runs']}" + (f" of {row['planned']}" if row.get("planned", row["runs"]) != row["runs"] else "")
         line = (
             f"| {row['method']} | {_pm(row['mean'], row['stderr'], scale)} | {_pm(row['best_mean'], row['best_stderr'], scale)} | "
+            f"{_pm(row['best_final_mean'], row['best_final_stderr'], scale)} | "
             f"{_pm(row['active_neurons'], row['active_neurons_stderr'], 100.0, 1)} | {row['density']:.4f} | {runs} |"
         )
         if paper:
@@ -199,7 +207,8 @@ def write_compare(
     budget = (
         f"Budget for every method: {first['epochs']} epochs = {first['steps']} optimizer steps, sparsity {plan.get('sparsity')} "
         f"for the sparse methods, seeds {', '.join(map(str, plan['seeds']))}; dataset `{first.get('dataset') or '?'}`. "
-        "± is the standard error over seeds; the best epoch is each run's best evaluated epoch."
+        "± is the standard error over seeds; the best epoch is each run's best evaluated epoch; the best after T_end is the "
+        "best epoch once the topology is final (what the official MLP code keeps, the column to compare with the paper)."
     )
     if plan.get("paper_table"):
         budget += f" Paper cells: {plan['paper_table']} (Zhang et al., NeurIPS 2025), accuracy ± SE over 3 seeds and ANP."

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PaperCell", "TABLES", "paper_row", "paper_cell"]
+__all__ = ["PaperCell", "TABLES", "REPORTED", "paper_row", "paper_cell", "best_after_final_topology"]
+
+#: Which of a run's values the paper's MLP cells correspond to: the official MLP code keeps the best
+#: epoch only once the topology is final ("Only save the best results after sparsity reached the preset
+#: value", its run.py), so chtorch compares Table 7 with the best epoch after T_end (docs/decisions.md,
+#: reported accuracy). The compare table shows the last and the best epoch beside it.
+REPORTED = "best after T_end"
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,25 @@ TABLES: dict[str, dict[str, tuple[float, float, float | None]]] = {f"table7-{nam
 _FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "granet": "GraNet", "gmp": "GMP"}
 
 
+def _family(method: str) -> str:
+    """The built-in preset ``method`` descends from (``chts_mlp`` -> ``chts``), via ``based_on``."""
+    from chtorch.dst.methods import get_method
+
+    try:
+        preset = get_method(method)
+    except ValueError:
+        return method
+    while preset.based_on is not None and preset.name not in _FIXED_ROWS and preset.name not in ("chts", "chtss"):
+        preset = get_method(preset.based_on)
+    return preset.name
+
+
 def paper_row(method: str, options: Mapping[str, Any] | Any | None = None) -> str | None:
     """The paper's row name for chtorch ``method`` with its resolved sparsity ``options`` (the
-    link predictor decides between CHTsp and CHTsn), or None where the paper has no such row
-    (MEST, static, CHTss with CH3-L3p)."""
-    method = method.lower()
+    link predictor decides between CHTsp and CHTsn; a preset ``based_on`` chts, such as
+    ``chts_mlp``, is a CHTs row), or None where the paper has no such row (MEST, static, CHTss
+    with CH3-L3p)."""
+    method = _family(method.lower())
     if method in _FIXED_ROWS:
         return _FIXED_ROWS[method]
     if options is None:
@@ -97,3 +117,18 @@ def paper_cell(table: str | None, row: str | None) -> PaperCell | None:
     if values is None:
         return None
     return PaperCell(row, *values)
+
+
+def best_after_final_topology(epochs: list[dict[str, Any]], metric: str, higher_is_better: bool = True) -> tuple[float, int] | None:
+    """(best ``metric``, its epoch) over the epoch records evaluated once the topology is final:
+    from the first epoch whose cumulative ``updates`` count equals the run's last (every epoch when
+    no record counts updates: dense and static runs). None when no epoch has the metric.
+    E.g. updates 0, 1, 2, 2, 2 over epochs 0…4: epochs 2, 3 and 4 compete."""
+    scored = [r for r in epochs if isinstance(r.get(metric), (int, float))]
+    if not scored:
+        return None
+    counts = [int(r.get("updates", 0) or 0) for r in scored]
+    final = max(counts)
+    first = next(i for i, c in enumerate(counts) if c == final)
+    window = [(float(r[metric]), int(r["epoch"])) for r in scored[first:]]
+    return max(window) if higher_is_better else min(window, key=lambda t: (t[0], -t[1]))

@@ -77,14 +77,17 @@ def layer_state(sparsity: Any) -> dict[str, dict[str, Any]]:
 
 
 def topology_state(sparsity: Any, chains: Any) -> dict[str, Any]:
-    """Overall density, active-neuron fraction (the paper's ANP over ``chains``), ITOP rate and
-    number of topology updates; a dense run is density 1 with every neuron active."""
+    """Overall density, active-neuron fraction (the paper's ANP over ``chains``, counted as the
+    official MLP code counts it; ``active_neurons_both_sides``: hidden neurons need a link on each
+    side), ITOP rate and number of topology updates; a dense run is density 1 with every neuron active."""
     if sparsity is None:
-        return {"density": 1.0, "active_neurons": 1.0}
-    active, total = active_neuron_count(sparsity.masks, chains)
+        return {"density": 1.0, "active_neurons": 1.0, "active_neurons_both_sides": 1.0}
+    active, total = active_neuron_count(sparsity.masks, chains, count="official")
+    both, _ = active_neuron_count(sparsity.masks, chains, count="both_sides")
     return {
         "density": sparsity.density(),
         "active_neurons": active / max(1, total),
+        "active_neurons_both_sides": both / max(1, total),
         "itop": sparsity.itop_rate(),
         "updates": sparsity.update_count,
     }
