@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import chtorch
-from chtorch.dst.options import OptionError
 from chtorch.sparse import SparseLinear
 
 
@@ -57,13 +56,13 @@ def test_sparse_backend_follows_the_masked_backend(method, opt_kind):
         torch.testing.assert_close(m_state[key].float(), s_state[key].float(), rtol=1e-4, atol=1e-5)
 
 
-def test_sparse_backend_refuses_dense_gradient_methods():
-    for method in ("rigl", "granet"):
+def test_sparse_backend_serves_dense_gradient_methods():
+    # (equivalence with the masked backend: tests/dst/test_backend_equivalence.py)
+    for method in ("rigl", "granet", "mest"):
         model = make()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        with pytest.raises(OptionError, match="dense gradient"):
-            chtorch.sparsify(model, opt, method=method, sparsity=0.9, total_steps=10, backend="sparse")
-        assert isinstance(model[0], nn.Linear) and not hasattr(model[0], "weight_mask")
+        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.9, total_steps=10, backend="sparse")
+        assert sp.options.needs_dense_gradient and isinstance(model[0], SparseLinear)
 
 
 def test_auto_backend_picks_by_method_density_and_size(caplog):
@@ -76,9 +75,9 @@ def test_auto_backend_picks_by_method_density_and_size(caplog):
 
     assert set(build("chts", 0.95).backends.values()) == {"sparse"}
     assert "sparse" in caplog.text
-    assert set(build("rigl", 0.95).backends.values()) == {"masked"}
+    assert set(build("rigl", 0.95).backends.values()) == {"sparse"}  # dense gradients only before an update
     assert set(build("chts", 0.5).backends.values()) == {"masked"}
-    # CHTss spends most of the run far denser than its final 5% (decay from 50%): masked
+    # CHTss starts at 50% density (decay to 5%): masked until an update crosses the threshold
     assert set(build("chtss", 0.95).backends.values()) == {"masked"}
     assert set(build("chts", 0.95, width=32).backends.values()) == {"masked"}
     assert "backend" in build("chts", 0.95).summary()

@@ -33,7 +33,7 @@ from torch import nn
 from chtorch._checks import check_number
 from chtorch.dst import schedules
 from chtorch.dst.initial import initial_mask
-from chtorch.dst.layer import BACKENDS, Layer, MaskedLayer, choose_backends, make_layer, refuse_sharded
+from chtorch.dst.layer import BACKENDS, Layer, MaskedLayer, auto_backend, choose_backends, make_layer, refuse_sharded, switch_backend
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
 from chtorch.dst.registry import get_part
@@ -87,14 +87,6 @@ class DynamicSparsity:
         options = options or SparsityOptions()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        readers = options.needs().get("dense_gradient", [])
-        if backend == "sparse" and readers:
-            parts = ", ".join(f"{name}={getattr(options, name)!r}" for name in readers)
-            raise OptionError(
-                f"backend='sparse' cannot serve {method or 'this method'}: its {parts} reads the dense gradient, which a truly "
-                "sparse layer never computes. Use backend='masked' (or 'auto', which picks it), or parts that need only the "
-                "topology (e.g. static, set, cht, chts, chtss, mest with mest_lambda=0)"
-            )
         self._validate_args(sparsity, total_steps, options)
         names = select_layers(model, layers, exclude)
         modules = dict(model.named_modules())
@@ -224,26 +216,33 @@ class DynamicSparsity:
         for layer in layers:
             if opts.needs_weight_history:
                 layer.history = torch.zeros(layer.shape, dtype=layer.parameter.dtype, device=layer.mask.device)
-            hook = layer.grad_hook(self._recording)
-            if hook is not None:
-                self._hooks.append(layer.parameter.register_hook(hook))
+            self._hooks.append(layer.watch_gradients(self._recording, opts.needs_dense_gradient))
         self._hooks.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
         return layers
 
     def _choose_backends(self, request: str, names: list[str], shapes: list[tuple[int, int]]) -> dict[str, str]:
-        choice, self.backend_reason = choose_backends(request, names, shapes, self.options.needs_dense_gradient, self._mean_densities)
+        densities = [c / (a * b) for c, (a, b) in zip(self._targets_for(shapes, 0), shapes)]
+        choice, self.backend_reason = choose_backends(request, names, shapes, densities)
         return choice
 
-    def _mean_densities(self, shapes: list[tuple[int, int]]) -> list[float]:
-        """Each layer's density averaged over the run (a density decay such as CHTss's spends much
-        of the run far denser than its final density, where sparse kernels lose to dense ones)."""
-        samples = max(1, min(200, self.total_steps))
-        totals = [0.0] * len(shapes)
-        for i in range(samples):
-            step = i * self.total_steps // samples
-            for j, (c, (a, b)) in enumerate(zip(self._targets_for(shapes, step), shapes)):
-                totals[j] += c / (a * b) / samples
-        return totals
+    def _switch_backends(self, wanted: Mapping[str, str] | None = None) -> None:
+        """Move layers to the backend ``wanted`` names (default: what ``auto`` picks for each layer's
+        current budget), carrying weights and optimizer state exactly (:func:`switch_backend`).
+        Runs after every update of an ``auto`` run, and when a state is loaded. Under
+        ``torch.distributed`` the layers stay where they are: DDP holds the Parameters it syncs."""
+        from chtorch.dst import ranks
+
+        if wanted is None:
+            if self.backend_request != "auto" or ranks.is_distributed():
+                return
+            wanted = {layer.name: auto_backend(layer.target / layer.mask.numel(), layer.mask.numel()) for layer in self.layers}
+        for i, layer in enumerate(self.layers):
+            backend = wanted.get(layer.name, layer.backend)
+            if backend != layer.backend:
+                new = switch_backend(layer, backend, self.model, self.optimizer, self._recording, self.options.needs_dense_gradient)
+                self._hooks.append(new._watch)
+                self.layers[i] = new
+                self.backends[layer.name] = backend
 
     # ------------------------------------------------------------------ schedules
     def scheduled_sparsity(self, step: int) -> float:
@@ -311,7 +310,9 @@ class DynamicSparsity:
             return None
         from chtorch.dst.update import topology_update
 
-        return topology_update(self, self.step_count)
+        report = topology_update(self, self.step_count)
+        self._switch_backends()
+        return report
 
     # Helpers of chtorch.dst.update (engine state it reads and resets).
     def dense_grad(self, layer: Layer) -> torch.Tensor | None:
@@ -416,6 +417,8 @@ class DynamicSparsity:
                     "grad_sum": None if layer.grad_sum is None else layer.grad_sum.clone(),
                     "grad_count": layer.grad_count,
                     "last_overlap": layer.last_overlap,
+                    "backend": layer.backend,
+                    "capacity": int(layer.parameter.numel()) if layer.backend == "sparse" else None,
                 }
                 for layer in self.layers
             },
@@ -440,6 +443,7 @@ class DynamicSparsity:
                 raise ValueError(f"layer {layer.name!r}: saved shape {tuple(entry['shape'])} != model shape {layer.shape}")
         self.step_count = int(state["step_count"])
         self.update_count = int(state["update_count"])
+        self._restore_backends(state["layers"])
         for layer in self.layers:
             entry = state["layers"][layer.name]
             device = layer.mask.device
@@ -450,6 +454,16 @@ class DynamicSparsity:
             layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
             layer.grad_count = int(entry["grad_count"])
             layer.last_overlap = entry.get("last_overlap")
+
+    def _restore_backends(self, saved: Mapping[str, Any]) -> None:
+        """Put each layer on the backend it had when ``saved`` was written (an ``auto`` run may have
+        switched it) with the same ``values`` length, so the optimizer state saved beside it fits.
+        Works before or after ``model.load_state_dict`` and ``optimizer.load_state_dict``."""
+        self._switch_backends({name: entry.get("backend") or self.backends[name] for name, entry in saved.items()})
+        for layer in self.layers:
+            capacity = saved[layer.name].get("capacity")
+            if layer.backend == "sparse" and capacity is not None:
+                layer.module.set_capacity(int(capacity))
 
     def remove(self) -> None:
         """Detach the hooks (masks stay on the model)."""
