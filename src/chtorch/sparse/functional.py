@@ -220,25 +220,35 @@ class _SparseLinearFunction(torch.autograd.Function):
         forward, _, _ = _KERNELS[impl]
         ctx.layout, ctx.impl, ctx.has_bias, ctx.watch = layout, impl, bias is not None, watch
         ctx.save_for_backward(x, values)
-        # The kernels run in the weight's dtype: autocast must not recast their operands.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return forward(x, values, bias, layout)
+        # The kernels run in the weight's dtype: autocast must not recast their operands. Entering
+        # a disabled autocast context costs as much as a small sparse product, so only when needed.
+        if _autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return forward(x, values, bias, layout)
+        return forward(x, values, bias, layout)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
+        if _autocast_enabled(grad_out.device.type):
+            with torch.autocast(device_type=grad_out.device.type, enabled=False):
+                return _SparseLinearFunction._backward(ctx, grad_out)
+        return _SparseLinearFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, values = ctx.saved_tensors
         _, grad_input_fn, grad_values_fn = _KERNELS[ctx.impl]
         grad_x = grad_values = grad_bias = None
         grad_out = grad_out.to(values.dtype)
-        with torch.autocast(device_type=grad_out.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                grad_x = grad_input_fn(grad_out, values, ctx.layout)
-            if ctx.needs_input_grad[1]:
-                grad_values = grad_values_fn(grad_out, x, values, ctx.layout)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_bias = grad_out.sum(0)
-            if ctx.watch is not None:
-                ctx.watch(grad_out, x)
+        needs = ctx.needs_input_grad
+        if needs[0]:
+            grad_x = grad_input_fn(grad_out, values, ctx.layout)
+        if needs[1]:
+            grad_values = grad_values_fn(grad_out, x, values, ctx.layout)
+        if ctx.has_bias and needs[2]:
+            grad_bias = grad_out.sum(0)
+        if ctx.watch is not None:
+            ctx.watch(grad_out, x)
         return grad_x, grad_values, grad_bias, None, None, None
 
 
@@ -269,6 +279,8 @@ def sparse_linear(
         # float32-list ops do; the gradient flows back to x in x's dtype.
         x = x.to(values.dtype)
     impl = resolve_impl(impl, values.dtype, values.device)
+    if x.dim() == 2:  # the common case: no reshape nodes in the autograd graph
+        return _SparseLinearFunction.apply(x, values, bias, layout, impl, watch)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, layout.in_features)
     out = _SparseLinearFunction.apply(x2d, values, bias, layout, impl, watch)

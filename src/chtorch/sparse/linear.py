@@ -143,13 +143,28 @@ class SparseLinear(nn.Module):
     def _set_layout(self, layout: SparseLayout) -> None:
         for name in _INDEX_BUFFERS:
             self.register_buffer(name, getattr(layout, name), persistent=False)
+        self._refresh_layout()
+
+    def _refresh_layout(self) -> None:
+        # One tuple built per topology change (and device move), not per forward: reading six
+        # buffers through nn.Module.__getattr__ on every call is measurable at batch 32.
+        self._layout = SparseLayout(self.out_features, self.in_features, *(getattr(self, n) for n in _INDEX_BUFFERS))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        module = super()._apply(fn, recurse)
+        self._refresh_layout()  # .to(device), .double(), ... replace the index buffers
+        return module
 
     # --- views --------------------------------------------------------------------------------
 
     @property
     def layout(self) -> SparseLayout:
-        """Current index layout (a cheap view of the index buffers)."""
-        return SparseLayout(self.out_features, self.in_features, *(getattr(self, n) for n in _INDEX_BUFFERS))
+        """Current index layout (a view of the index buffers, rebuilt when they change)."""
+        layout = self._layout
+        if layout.rows is not self.rows:  # a buffer replaced behind our back (e.g. assigned directly)
+            self._refresh_layout()
+            layout = self._layout
+        return layout
 
     @property
     def nnz(self) -> int:
