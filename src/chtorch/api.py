@@ -61,7 +61,7 @@ def sparsify(
     indices, sparse forward and backward, optimizer state only for existing links; a method that reads
     dense gradients, as RigL's and GraNet's regrowth and MEST's removal do, gets them from the layer's
     backward pass only in the ``grad_accumulation`` steps before an update), or ``"auto"`` (sparse where
-    a layer's current density is at most 10%, masked elsewhere, re-decided at every update: a density
+    a layer's current density is at most 20%, masked elsewhere, re-decided at every update: a density
     decay moves a layer to the sparse backend, weights and optimizer state exactly, at the update where
     it crosses the threshold; the choice is logged and kept in ``sp.backends``).
 

@@ -88,7 +88,7 @@ class SparsityConfig:
         "masked",
         "execution of the sparse layers: masked (dense weight x mask, every method), "
         "sparse (truly sparse kernels; dense gradients only before an update) or auto (sparse where a layer is at "
-        "<= 10% density, re-decided at every update)",
+        "<= 20% density, re-decided at every update)",
         choices=("masked", "sparse", "auto"),
     )
     options: dict[str, Any] = setting(
