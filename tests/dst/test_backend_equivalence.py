@@ -225,3 +225,18 @@ def test_auto_resumes_exactly_across_a_switch(small_layers_run_sparse, method, o
     train(model, opt, sp, k, STEPS)
     for key, value in reference.items():
         assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_a_copy_of_a_watched_sparse_model_is_not_watched():
+    import copy
+    import pickle
+
+    model, opt, sp = build("sparse", "rigl")
+    assert model[0]._dense_grad_watch is not None
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone[0]._dense_grad_watch is None
+        x, y = batch(0)
+        nn.functional.cross_entropy(clone(x), y).backward()
+        torch.testing.assert_close(clone(x), model(x))
+    sp.remove()
+    assert model[0]._dense_grad_watch is None

@@ -211,6 +211,18 @@ class DenseGradWatch:
         if self.active and self.wanted():
             self.receive(grad_out.t() @ x)
 
+    # A copy of the layer (copy.deepcopy, pickling with torch.save(model)) is not watched: the
+    # callbacks belong to the engine that installed them, which must not be copied along.
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def __reduce__(self):
+        return (_no_watch, ())
+
+
+def _no_watch() -> None:
+    return None
+
 
 class _SparseLinearFunction(torch.autograd.Function):
     """``y = x @ W^T + b`` with ``W`` given by ``(values, layout)``; ``x`` is 2-D ``(batch, in)``."""
