@@ -58,10 +58,12 @@ def sparsify(
 
     ``backend``: ``"masked"`` (dense weights times a mask; works with every method), ``"sparse"``
     (selected layers become :class:`chtorch.sparse.SparseLinear`: weights stored as values plus
-    indices, sparse forward and backward, optimizer state only for existing links; refused when a part
-    reads dense gradients, as RigL's and GraNet's regrowth do), or ``"auto"`` (sparse where the method
-    allows it and a layer's density averaged over the run is at most 10%, masked elsewhere; the choice
-    is logged and kept in ``sp.backends``).
+    indices, sparse forward and backward, optimizer state only for existing links; a method that reads
+    dense gradients, as RigL's and GraNet's regrowth and MEST's removal do, gets them from the layer's
+    backward pass only in the ``grad_accumulation`` steps before an update), or ``"auto"`` (sparse where
+    a layer's current density is at most 20%, masked elsewhere, re-decided at every update: a density
+    decay moves a layer to the sparse backend, weights and optimizer state exactly, at the update where
+    it crosses the threshold; the choice is logged and kept in ``sp.backends``).
 
     ``masks``: start from saved topologies (layer name → bool ``(out_features, in_features)``, e.g.
     from a checkpoint) instead of drawing new ones; the weights and optimizer state are kept as they

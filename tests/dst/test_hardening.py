@@ -352,3 +352,20 @@ def test_step_after_remove_is_an_error():
     sp.remove()
     with pytest.raises(RuntimeError, match=r"sp.step\(\) after sp.remove\(\)"):
         sp.step()
+
+
+@pytest.mark.parametrize("backend", ["masked", "sparse"])
+def test_a_sparsified_model_can_be_pickled_and_copied(backend):
+    """torch.save(model) pickles the module hooks: the engine's must not make that fail, and a copy
+    is not watched by the engine of the original."""
+    import copy
+    import pickle
+
+    model = nn.Sequential(nn.Linear(40, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.9, total_steps=10, backend=backend)
+    x = torch.randn(5, 40)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        torch.testing.assert_close(clone(x), model(x))
+        clone.load_state_dict(model.state_dict())
+    assert sp.step_count == 0

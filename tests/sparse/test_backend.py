@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import chtorch
-from chtorch.dst.options import OptionError
 from chtorch.sparse import SparseLinear
 
 
@@ -57,13 +56,13 @@ def test_sparse_backend_follows_the_masked_backend(method, opt_kind):
         torch.testing.assert_close(m_state[key].float(), s_state[key].float(), rtol=1e-4, atol=1e-5)
 
 
-def test_sparse_backend_refuses_dense_gradient_methods():
-    for method in ("rigl", "granet"):
+def test_sparse_backend_serves_dense_gradient_methods():
+    # (equivalence with the masked backend: tests/dst/test_backend_equivalence.py)
+    for method in ("rigl", "granet", "mest"):
         model = make()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        with pytest.raises(OptionError, match="dense gradient"):
-            chtorch.sparsify(model, opt, method=method, sparsity=0.9, total_steps=10, backend="sparse")
-        assert isinstance(model[0], nn.Linear) and not hasattr(model[0], "weight_mask")
+        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.9, total_steps=10, backend="sparse")
+        assert sp.options.needs_dense_gradient and isinstance(model[0], SparseLinear)
 
 
 def test_auto_backend_picks_by_method_density_and_size(caplog):
@@ -76,9 +75,9 @@ def test_auto_backend_picks_by_method_density_and_size(caplog):
 
     assert set(build("chts", 0.95).backends.values()) == {"sparse"}
     assert "sparse" in caplog.text
-    assert set(build("rigl", 0.95).backends.values()) == {"masked"}
+    assert set(build("rigl", 0.95).backends.values()) == {"sparse"}  # dense gradients only before an update
     assert set(build("chts", 0.5).backends.values()) == {"masked"}
-    # CHTss spends most of the run far denser than its final 5% (decay from 50%): masked
+    # CHTss starts at 50% density (decay to 5%): masked until an update crosses the threshold
     assert set(build("chtss", 0.95).backends.values()) == {"masked"}
     assert set(build("chts", 0.95, width=32).backends.values()) == {"masked"}
     assert "backend" in build("chts", 0.95).summary()
@@ -119,3 +118,33 @@ def test_sparse_backend_resumes_exactly(method):
     train(model, opt, sp, k, total)
     for key, value in reference.items():
         assert torch.equal(value, model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_fused_optimizers_train_the_values_as_the_for_loop_ones(kind):
+    # fused=True (one kernel over all of a group's tensors) measured faster for AdamW at batch 32;
+    # topology updates must carry its state (tensor `step` included) as they do the default's
+    def build(fused):
+        model = make()
+        cls = torch.optim.SGD if kind == "sgd" else torch.optim.AdamW
+        extra = {"momentum": 0.9} if kind == "sgd" else {}
+        opt = cls(model.parameters(), lr=1e-2, fused=fused, **extra)
+        sp = chtorch.sparsify(model, opt, method="chtss", sparsity=0.8, total_steps=24, update_interval=4, seed=5, backend="sparse")
+        return model, opt, sp
+
+    runs = []
+    for fused in (False, True):
+        model, opt, sp = build(fused)
+        for t in range(24):
+            g = torch.Generator().manual_seed(t)
+            x, y = torch.randn(16, 20, generator=g), torch.randint(0, 3, (16,), generator=g)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sp.step()
+            opt.zero_grad()
+        runs.append((model.state_dict(), sp))
+    (a, a_sp), (b, b_sp) = runs
+    for name in a_sp.masks:
+        assert torch.equal(a_sp.masks[name], b_sp.masks[name])
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-5)

@@ -87,7 +87,8 @@ class SparsityConfig:
     backend: str = setting(
         "masked",
         "execution of the sparse layers: masked (dense weight x mask, every method), "
-        "sparse (truly sparse kernels; not for rigl/granet) or auto (sparse where it pays off)",
+        "sparse (truly sparse kernels; dense gradients only before an update) or auto (sparse where a layer is at "
+        "<= 20% density, re-decided at every update)",
         choices=("masked", "sparse", "auto"),
     )
     options: dict[str, Any] = setting(

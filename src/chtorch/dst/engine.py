@@ -23,7 +23,7 @@ it), so no gradient step is skipped: see docs/decisions.md, "optimizer step on a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,8 +31,8 @@ from torch import nn
 
 from chtorch._checks import check_number
 from chtorch.dst import schedules
-from chtorch.dst.initial import initial_mask
-from chtorch.dst.layer import BACKENDS, Layer, MaskedLayer, choose_backends, make_layer, refuse_sharded
+from chtorch.dst.initial import given_masks, initial_mask
+from chtorch.dst.layer import BACKENDS, Layer, MaskedLayer, auto_backend, choose_backends, make_layer, refuse_sharded, switch_backend
 from chtorch.dst.maskwatch import MaskWatch
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
@@ -50,7 +50,7 @@ from chtorch.dst.scope import (
     select_layers,
 )
 from chtorch.dst.state import STATE_VERSION, check_state
-from chtorch.masks import check_mask, keep_bits, zero_off_mask_
+from chtorch.masks import keep_bits, zero_off_mask_
 from chtorch.rng import make_generator
 
 __all__ = ["DynamicSparsity", "select_layers", "LayerSelector"]
@@ -105,14 +105,6 @@ class DynamicSparsity:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         check_number("seed", seed, 0, 2**63 - 1, integer=True, hint="the root of every random choice")
-        readers = options.needs().get("dense_gradient", [])
-        if backend == "sparse" and readers:
-            parts = ", ".join(f"{name}={getattr(options, name)!r}" for name in readers)
-            raise OptionError(
-                f"backend='sparse' cannot serve {method or 'this method'}: its {parts} reads the dense gradient, which a truly "
-                "sparse layer never computes. Use backend='masked' (or 'auto', which picks it), or parts that need only the "
-                "topology (e.g. static, set, cht, chts, chtss, mest with mest_lambda=0)"
-            )
         self._validate_args(sparsity, total_steps, options)
         names = select_layers(model, layers, exclude)
         check_structure(model, names)
@@ -128,7 +120,7 @@ class DynamicSparsity:
             if hasattr(modules[name], "weight_mask"):
                 raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
         groups = head_groups(options.head_groups, names, modules)
-        given = self._check_masks(masks, names, modules)
+        given = given_masks(masks, names, modules)
 
         self.model = model
         self.optimizer = optimizer
@@ -193,22 +185,6 @@ class DynamicSparsity:
                 "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
             )
 
-    @staticmethod
-    def _check_masks(masks: Mapping[str, torch.Tensor] | None, names: list[str], modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-        if masks is None:
-            return {}
-        if not isinstance(masks, Mapping) or not all(torch.is_tensor(m) for m in masks.values()):
-            raise ValueError(f"masks must map layer names to bool tensors (out_features, in_features), got {type(masks).__name__}")
-        if sorted(masks) != sorted(names):
-            raise ValueError(f"masks are given for layers {sorted(masks)}, but the selected layers are {sorted(names)}")
-        out = {}
-        for name in names:
-            weight = modules[name].weight
-            mask = masks[name].to(device=weight.device)
-            check_mask(mask, layer_shape(modules[name]))
-            out[name] = mask.clone()
-        return out
-
     def _resolve_couplings(self, names: list[str]) -> list[Coupling]:
         if not self.options.percolation:
             return []
@@ -264,27 +240,40 @@ class DynamicSparsity:
         for layer in layers:
             if opts.needs_weight_history:
                 layer.history = torch.zeros(layer.shape, dtype=layer.parameter.dtype, device=layer.mask.device)
-            hook = layer.grad_hook(self._recording)
-            if hook is not None:
-                self._hooks.append(snapshot.track(layer.parameter.register_hook(hook)))
-            self._hooks.append(snapshot.track(layer.module.register_load_state_dict_pre_hook(self._watch.loader(layer.name))))
+            self._watch_layer(layer, snapshot.track)
         self._hooks.append(snapshot.track(self.optimizer.register_step_post_hook(self._after_optimizer_step)))
         return layers
 
+    def _watch_layer(self, layer: Layer, track: Callable[[Any], Any] = lambda handle: handle) -> None:
+        """Hook ``layer``'s module: its gradients (masking, and the dense gradient a method reads) and
+        the ``load_state_dict`` pre-hook of the mask watch. ``track`` registers each handle with a
+        rollback snapshot during set-up."""
+        self._hooks.append(track(layer.watch_gradients(self._recording, self.options.needs_dense_gradient)))
+        self._hooks.append(track(layer.module.register_load_state_dict_pre_hook(self._watch.loader(layer.name))))
+
     def _choose_backends(self, request: str, names: list[str], shapes: list[tuple[int, int]]) -> dict[str, str]:
-        choice, self.backend_reason = choose_backends(request, names, shapes, self.options.needs_dense_gradient, self._mean_densities)
+        densities = [c / (a * b) for c, (a, b) in zip(self._targets_for(shapes, 0), shapes)]
+        choice, self.backend_reason = choose_backends(request, names, shapes, densities)
         return choice
 
-    def _mean_densities(self, shapes: list[tuple[int, int]]) -> list[float]:
-        """Each layer's density averaged over the run (a density decay such as CHTss's spends much
-        of the run far denser than its final density, where sparse kernels lose to dense ones)."""
-        samples = max(1, min(200, self.total_steps))
-        totals = [0.0] * len(shapes)
-        for i in range(samples):
-            step = i * self.total_steps // samples
-            for j, (c, (a, b)) in enumerate(zip(self._targets_for(shapes, step), shapes)):
-                totals[j] += c / (a * b) / samples
-        return totals
+    def _switch_backends(self, wanted: Mapping[str, str] | None = None) -> None:
+        """Move layers to the backend ``wanted`` names (default: what ``auto`` picks for each layer's
+        current budget), carrying weights and optimizer state exactly (:func:`switch_backend`).
+        Runs after every update of an ``auto`` run, and when a state is loaded. Under
+        ``torch.distributed`` the layers stay where they are: DDP holds the Parameters it syncs."""
+        from chtorch.dst import ranks
+
+        if wanted is None:
+            if self.backend_request != "auto" or ranks.is_distributed():
+                return
+            wanted = {layer.name: auto_backend(layer.target / layer.mask.numel(), layer.mask.numel()) for layer in self.layers}
+        for i, layer in enumerate(self.layers):
+            backend = wanted.get(layer.name, layer.backend)
+            if backend != layer.backend:
+                new = switch_backend(layer, backend, self.model, self.optimizer)
+                self._watch_layer(new)
+                self.layers[i] = new
+                self.backends[layer.name] = backend
 
     # ------------------------------------------------------------------ schedules
     def scheduled_sparsity(self, step: int) -> float:
@@ -361,6 +350,7 @@ class DynamicSparsity:
         from chtorch.dst.update import topology_update
 
         report = topology_update(self, self.step_count)
+        self._switch_backends()
         self._watch.remember(self.layers)
         return report
 
@@ -440,6 +430,8 @@ class DynamicSparsity:
                     "grad_count": layer.grad_count,
                     "last_overlap": layer.last_overlap,
                     "early_stop_flag": layer.early_stop_flag,
+                    "backend": layer.backend,
+                    "capacity": int(layer.parameter.numel()) if layer.backend == "sparse" else None,
                 }
                 for layer in self.layers
             },
@@ -452,6 +444,7 @@ class DynamicSparsity:
         entries = check_state(self, state)
         self.step_count = int(state["step_count"])
         self.update_count = int(state["update_count"])
+        self._restore_backends(state["layers"])
         for layer in self.layers:
             entry = entries[layer.name]
             device = layer.mask.device
@@ -463,6 +456,16 @@ class DynamicSparsity:
             layer.grad_count = entry["grad_count"]
             layer.last_overlap = entry["last_overlap"]
             layer.early_stop_flag = entry["early_stop_flag"]
+
+    def _restore_backends(self, saved: Mapping[str, Any]) -> None:
+        """Put each layer on the backend it had when ``saved`` was written (an ``auto`` run may have
+        switched it) with the same ``values`` length, so the optimizer state saved beside it fits.
+        Works before or after ``model.load_state_dict`` and ``optimizer.load_state_dict``."""
+        self._switch_backends({name: entry.get("backend") or self.backends[name] for name, entry in saved.items()})
+        for layer in self.layers:
+            capacity = saved[layer.name].get("capacity")
+            if layer.backend == "sparse" and capacity is not None:
+                layer.module.set_capacity(int(capacity))
 
     def remove(self) -> None:
         """Detach the hooks (masks stay on the model); :meth:`step` refuses to run afterwards."""

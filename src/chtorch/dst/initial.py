@@ -20,10 +20,11 @@ import torch
 
 from chtorch.dst.layer import split
 from chtorch.dst.registry import WEIGHT_INITS
+from chtorch.dst.scope import layer_shape
 from chtorch.masks import check_mask
 from chtorch.rng import make_generator
 
-__all__ = ["initial_mask", "keep_weights", "sparse_weight_init"]
+__all__ = ["initial_mask", "given_masks", "keep_weights", "sparse_weight_init"]
 
 
 @WEIGHT_INITS.register("keep", summary="the model's own weights, masked")
@@ -71,3 +72,21 @@ def initial_mask(
     mask = torch.cat(blocks).to(device=device, dtype=torch.bool)
     check_mask(mask, shape, target)
     return mask
+
+
+def given_masks(masks: Mapping[str, torch.Tensor] | None, names: list[str], modules: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The starting topologies given to ``sparsify(..., masks=...)``: one bool ``(out_features,
+    in_features)`` mask per selected layer, checked and copied onto the weight's device."""
+    if masks is None:
+        return {}
+    if not isinstance(masks, Mapping) or not all(torch.is_tensor(m) for m in masks.values()):
+        raise ValueError(f"masks must map layer names to bool tensors (out_features, in_features), got {type(masks).__name__}")
+    if sorted(masks) != sorted(names):
+        raise ValueError(f"masks are given for layers {sorted(masks)}, but the selected layers are {sorted(names)}")
+    out = {}
+    for name in names:
+        weight = modules[name].weight
+        mask = masks[name].to(device=weight.device)
+        check_mask(mask, layer_shape(modules[name]))
+        out[name] = mask.clone()
+    return out

@@ -5,7 +5,9 @@ state by the ``weight_mask`` buffer; a :class:`TrulySparseLayer` holds a
 :class:`chtorch.sparse.SparseLinear` whose weights exist only at the links. The engine picks the
 backend once per layer (:func:`make_layer`) and then talks to both through the same methods:
 ``mask``, ``parameter``, ``dense_weight()``, ``install(...)`` (a topology change),
-``after_optimizer_step(...)`` and ``grad_hook()``, so no other code asks which backend a layer has.
+``after_optimizer_step(...)`` and ``watch_gradients(...)`` (dense gradients recorded before an
+update), so no other code asks which backend a layer has. With ``backend="auto"`` the engine may move
+a layer between backends at an update (:func:`switch_backend`), weights and optimizer state exactly.
 """
 
 from __future__ import annotations
@@ -20,12 +22,28 @@ from torch import nn
 from chtorch.dst.scope import is_transposed, layer_shape, logical_weight
 from chtorch.masks import keep_bits, zero_off_mask, zero_off_mask_
 
-__all__ = ["Layer", "MaskedLayer", "TrulySparseLayer", "make_layer", "choose_backends", "refuse_sharded", "split", "BACKENDS"]
+__all__ = [
+    "Layer",
+    "MaskedLayer",
+    "TrulySparseLayer",
+    "make_layer",
+    "choose_backends",
+    "auto_backend",
+    "switch_backend",
+    "refuse_sharded",
+    "split",
+    "BACKENDS",
+]
 
 BACKENDS = ("auto", "masked", "sparse")
-# The truly sparse kernels beat a dense layer up to ~10-15% density on CPU
-# (benchmarks/results/sparse-training-*.md); "auto" uses them at or below this mean density.
-AUTO_SPARSE_MAX_DENSITY = 0.1
+# "auto" runs a layer sparse at or below this density. What it chooses between is the masked layer
+# (dense GEMMs plus re-masking), not a plain dense one. Measured 2026-11-26 with
+# benchmarks/sparse_training.py (MLP 784-1568³-10, SGD momentum, native kernels, 1-minute load 2.5-3.7,
+# so not a quiet-machine claim): sparse step vs masked step is 4.2× / 3.6× at 10% density and 2.5× /
+# 2.0× at 20% (batch 32 / 256, one thread), 4.1× / 3.6× and 2.7× / 2.1× at two threads, and still
+# 1.5× / 1.2× at 35% (one thread). 20% leaves margin for machines whose dense GEMMs scale better with
+# cores. GPUs (torch.sparse CSR / cuSPARSE) were not measured: set backend="masked" there if in doubt.
+AUTO_SPARSE_MAX_DENSITY = 0.2
 # Below this many positions a layer is too small for sparse kernels to pay off (launch overhead).
 AUTO_SPARSE_MIN_POSITIONS = 128 * 128
 
@@ -116,10 +134,18 @@ class Layer:
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore "off-mask entries are exactly zero" after an optimizer step."""
 
-    def grad_hook(self, record: Callable[[], bool]) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """A tensor hook for the dense weight's gradient (``None``: the backend needs none).
-        ``record()`` says whether this backward pass must keep the dense gradient."""
-        return None
+    def watch_gradients(self, record: Callable[[], bool], dense_gradient: bool) -> Any:
+        """Start the layer's gradient hooks; returns a handle with ``remove()`` (also kept on the layer
+        and removed by :meth:`unwatch`). ``dense_gradient``: the method reads dense gradients, and
+        ``record()`` says whether this backward pass must keep them (:meth:`record_grad`)."""
+        self._watch = _NoWatch()
+        return self._watch
+
+    def unwatch(self) -> None:
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.remove()
+        self._watch = None
 
     def record_grad(self, dense: torch.Tensor) -> None:
         """Add a dense gradient in the weight's own layout to the running sum (kept ``(out, in)``)."""
@@ -195,21 +221,34 @@ class MaskedLayer(Layer):
         zero_off_mask_(weight, self.multiplier(weight))
         self.mask_optimizer_state(optimizer)
 
-    def grad_hook(self, record: Callable[[], bool]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def watch_gradients(self, record: Callable[[], bool], dense_gradient: bool) -> Any:
+        """A tensor hook on the weight: masks its gradient, and records it (unmasked) when asked."""
+
         def hook(grad: torch.Tensor) -> torch.Tensor:
             refuse_sharded(self.name, grad)
-            if record():
+            if dense_gradient and record():
                 self.record_grad(grad)
             return zero_off_mask(grad, self.multiplier(grad))
 
-        return hook
+        self._watch = self.module.weight.register_hook(hook)
+        return self._watch
 
 
 class TrulySparseLayer(Layer):
     """A :class:`chtorch.sparse.SparseLinear`: values at the links only, sparse kernels, optimizer
-    state only for existing links (methods that read no dense gradient)."""
+    state only for existing links. A method that reads dense gradients (RigL, GraNet, MEST with
+    λ > 0) gets ``dy^T x`` from the layer's backward pass only in the ``grad_accumulation`` steps
+    before an update; every other step stays truly sparse."""
 
     backend = "sparse"
+
+    def watch_gradients(self, record: Callable[[], bool], dense_gradient: bool) -> Any:
+        if not dense_gradient:
+            return super().watch_gradients(record, dense_gradient)
+        module = self.module
+        module.watch_dense_grad(record, self.record_grad)
+        self._watch = _SparseWatch(module)
+        return self._watch
 
     @property
     def parameter(self) -> nn.Parameter:
@@ -225,41 +264,85 @@ class TrulySparseLayer(Layer):
         self.module.set_mask(final, optimizer, new_values=init, reset=fresh)
 
 
+class _NoWatch:
+    def remove(self) -> None:
+        pass
+
+
+class _SparseWatch:
+    """Handle of a :meth:`SparseLinear.watch_dense_grad` (``remove()`` is idempotent, as torch's hook handles)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        if self.module is not None:
+            self.module.unwatch_dense_grad()
+            self.module = None
+
+
 def make_layer(backend: str, name: str, index: int, module: nn.Module, target: int, groups: int = 1) -> Layer:
     """The layer object for ``backend`` ("masked" or "sparse")."""
     cls = {"masked": MaskedLayer, "sparse": TrulySparseLayer}[backend]
     return cls(name, index, module, target, groups)
 
 
+def auto_backend(density: float, positions: int) -> str:
+    """The backend ``auto`` gives a layer of ``positions`` weights at ``density``: "sparse" at or
+    below :data:`AUTO_SPARSE_MAX_DENSITY` when the layer has at least
+    :data:`AUTO_SPARSE_MIN_POSITIONS` positions, else "masked". (The kernels are device-agnostic, so
+    the device does not change the rule; it was measured on CPU.)"""
+    return "sparse" if density <= AUTO_SPARSE_MAX_DENSITY and positions >= AUTO_SPARSE_MIN_POSITIONS else "masked"
+
+
 def choose_backends(
     request: str,
     names: Sequence[str],
     shapes: Sequence[tuple[int, int]],
-    needs_dense_gradient: bool,
-    mean_densities: Callable[[list[tuple[int, int]]], list[float]],
+    densities: Sequence[float],
 ) -> tuple[dict[str, str], str]:
-    """(layer name → "masked" or "sparse", the reason). ``auto`` runs a layer truly sparse when no
-    part in use needs the dense gradient and the layer's density, averaged over the run
-    (``mean_densities(shapes)``), is at most ``AUTO_SPARSE_MAX_DENSITY`` and it is large enough for
-    sparse kernels to pay off; it logs what it chose and why. (The kernels are device-agnostic, so
-    the device does not change the rule; a GPU's dense GEMMs are faster, which the 10% threshold
-    already reflects.) The choice is made once, when the engine is built."""
+    """(layer name → "masked" or "sparse", the reason) at the start of a run. ``auto`` applies
+    :func:`auto_backend` to each layer's starting density (``densities``) and logs what it chose; the
+    engine applies the same rule again after every topology update, so a density decay (CHTss, GMP,
+    GraNet, MEST EM&S) moves a layer to the sparse backend at the update where it crosses the
+    threshold. Every method runs on either backend: a sparse layer computes the dense gradient only
+    before an update of a method that reads it."""
     if request != "auto":
         return dict.fromkeys(names, request), "requested"
-    final = dict(zip(names, mean_densities(list(shapes))))
-    sizes = {name: a * b for name, (a, b) in zip(names, shapes)}
-    if needs_dense_gradient:
-        reason = "the method reads dense gradients"
-        choice = dict.fromkeys(final, "masked")
-    else:
-        reason = (
-            f"layers with mean density over the run <= {AUTO_SPARSE_MAX_DENSITY} and at least "
-            f"{AUTO_SPARSE_MIN_POSITIONS} positions run sparse"
-        )
-        choice = {
-            name: "sparse" if d <= AUTO_SPARSE_MAX_DENSITY and sizes[name] >= AUTO_SPARSE_MIN_POSITIONS else "masked"
-            for name, d in final.items()
-        }
+    choice = {name: auto_backend(d, a * b) for name, (a, b), d in zip(names, shapes, densities)}
+    reason = (
+        f"layers at density <= {AUTO_SPARSE_MAX_DENSITY} with at least {AUTO_SPARSE_MIN_POSITIONS} positions run sparse, "
+        "re-decided at every update"
+    )
     n_sparse = sum(v == "sparse" for v in choice.values())
     logger.info("chtorch backend auto: %d of %d layers sparse, %d masked (%s)", n_sparse, len(choice), len(choice) - n_sparse, reason)
     return choice, reason
+
+
+_CARRIED = ("frozen", "ever_active", "history", "grad_sum", "grad_count", "last_overlap", "early_stop_flag")
+
+
+def switch_backend(layer: Layer, backend: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> Layer:
+    """Move ``layer`` to ``backend`` ("masked" or "sparse") in ``model`` and ``optimizer``: the module
+    is swapped (:func:`chtorch.sparse.to_sparse` / :func:`~chtorch.sparse.to_dense`), its weights and
+    every optimizer state tensor are carried exactly (read at the links / scattered with zeros off
+    them; the Parameter keeps its place in its param group), and so is the engine's book-keeping
+    (ITOP record, history, recorded gradients, early-stop flag). The old layer's gradient hooks are
+    removed; the caller hooks the new one (the engine's ``_watch_layer``). Call it
+    between steps (after ``optimizer.step()``), as the engine does at an update. Returns the new layer."""
+    if backend == layer.backend:
+        return layer
+    from chtorch.sparse import to_dense, to_sparse
+
+    layer.unwatch()
+    if backend == "sparse":
+        module = to_sparse(model, [layer.name], optimizer=optimizer)[layer.name]
+    elif backend == "masked":
+        module = to_dense(model, [layer.name], optimizer=optimizer)[layer.name]
+    else:
+        raise ValueError(f"backend must be 'masked' or 'sparse', got {backend!r}")
+    new = make_layer(backend, layer.name, layer.index, module, layer.target, layer.groups)
+    for name in _CARRIED:
+        setattr(new, name, getattr(layer, name))
+    logger.info("chtorch backend: layer %r moved to %s at density %.4g", layer.name, backend, layer.target / max(1, layer.mask.numel()))
+    return new

@@ -35,13 +35,7 @@ class MaskWatch:
 
     def loader(self, name: str) -> Callable[..., None]:
         """A module ``load_state_dict`` pre-hook noting a non-bool ``weight_mask`` of layer ``name``."""
-
-        def hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-            value = state_dict.get(prefix + "weight_mask")
-            if torch.is_tensor(value) and value.dtype != torch.bool:
-                self.loaded_dtypes[name] = value.dtype
-
-        return hook
+        return _LoadHook(self, name)
 
     def check(self, layers: Sequence[Any]) -> None:
         """Raise ``ValueError`` naming the first layer whose changed mask is not a bool tensor of the
@@ -62,3 +56,29 @@ class MaskWatch:
             if links != layer.target:
                 raise ValueError(f"layer {layer.name!r}: weight_mask holds {links} links but the layer's budget is {layer.target}; {_FIX}")
         self.remember(layers)
+
+
+class _LoadHook:
+    """:meth:`MaskWatch.loader`'s hook. A class rather than a closure so that a sparsified model can
+    still be pickled (``torch.save(model)``) or deep-copied; the copy gets a no-op in its place, since
+    the engine watches its own model only."""
+
+    def __init__(self, watch: MaskWatch, name: str) -> None:
+        self.watch = watch
+        self.name = name
+
+    def __call__(self, module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        value = state_dict.get(prefix + "weight_mask")
+        if torch.is_tensor(value) and value.dtype != torch.bool:
+            self.watch.loaded_dtypes[self.name] = value.dtype
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        return (_detached, ())
+
+
+def _detached() -> Callable[..., None]:
+    return _ignore
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """The hook a copied model carries instead of the engine's watch."""

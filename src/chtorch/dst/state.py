@@ -110,6 +110,12 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
             raise ValueError(f"{where}: last_overlap must be None or a fraction in [0, 1], got {_show(overlap)}")
         if not isinstance(entry["frozen"], bool):
             raise ValueError(f"{where}: frozen must be a bool, got {_show(entry['frozen'])}")
+        backend = entry.get("backend")  # absent in states written before backends could switch
+        if backend not in (None, "masked", "sparse"):
+            raise ValueError(f"{where}: backend must be 'masked' or 'sparse', got {_show(backend)}")
+        capacity = entry.get("capacity")
+        if capacity is not None:
+            _count(f"{where}: capacity", capacity)
         flag = entry.get("early_stop_flag", False)  # absent in states written before the network-wide early stop
         if not isinstance(flag, bool):
             raise ValueError(f"{where}: early_stop_flag must be a bool, got {_show(flag)}")

@@ -57,8 +57,11 @@ from chtorch.sparse import native
 __all__ = ["ch_l3n", "ch_l3n_dense_reference", "choose_method", "NATIVE_MAX_DENSITY"]
 
 # Above this density the native kernel's Gustavson counting stops paying and the embedding_bag sums
-# of method "sparse" are as fast (measured in CPU time at 1024² and 1568², benchmarks/linkpred.py).
-NATIVE_MAX_DENSITY = 0.10
+# of method "sparse" are faster. Re-measured 2026-11-26 (CPU time, 1 thread, CH2, interleaved, 1-minute
+# load 5-6, so not a quiet-machine claim): native/sparse = 0.56 / 0.95 / 1.32 / 1.39 at 1024² and
+# 0.72 / 1.04 / 1.32 / 1.36 at 1568² for densities 1 / 2 / 3 / 4%, and 1.4-1.7 from 5% to 20%; both
+# stay far below the dense four-GEMM form (0.05-0.25×) there. The earlier 0.10 cost up to 1.4× at 3-10%.
+NATIVE_MAX_DENSITY = 0.02
 _VARIANT_CODE = {"CH2": 0, "CH3": 1, "CH3.1": 2}
 
 

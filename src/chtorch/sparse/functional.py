@@ -7,7 +7,10 @@ autograd function whose backward is truly sparse as well:
 * input gradient  ``dx = dy @ W``, computed as the sparse x dense product ``W^T dy^T``;
 * weight gradient only at the links: ``dvalues[k] = sum_n dy[n, rows[k]] * x[n, cols[k]]`` (a sampled
   dense-dense product, SDDMM); the dense ``dy^T x`` is never formed;
-* bias gradient ``dy.sum(0)``.
+* bias gradient ``dy.sum(0)``;
+* the dense weight gradient ``dy^T x`` ``(out, in)`` only when a :class:`DenseGradWatch` asks for it
+  (the steps before a RigL/GraNet/MEST update, whose regrowth or removal reads it): one dense GEMM
+  on those steps, none otherwise.
 
 Three implementations give the same numbers (tests check each against the others):
 
@@ -31,13 +34,14 @@ Reference: the CHT family regrows links from the topology alone, so no dense gra
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 
 from chtorch.sparse import native
 from chtorch.sparse.layout import SparseLayout
 
-__all__ = ["sparse_linear", "resolve_impl", "IMPLEMENTATIONS"]
+__all__ = ["sparse_linear", "resolve_impl", "IMPLEMENTATIONS", "DenseGradWatch"]
 
 IMPLEMENTATIONS = ("auto", "native", "csr", "gather")
 
@@ -190,32 +194,74 @@ _KERNELS = {
 }
 
 
+class DenseGradWatch:
+    """Asks a sparse layer's backward pass for the dense weight gradient ``dy^T x`` ``(out, in)``.
+
+    ``wanted()`` is called once per backward pass (cheap; e.g. "is this step in the accumulation
+    window before a topology update?"); only when it returns True is the dense product formed and
+    handed to ``receive(grad)``. Installed with :meth:`chtorch.sparse.SparseLinear.watch_dense_grad`.
+    """
+
+    __slots__ = ("wanted", "receive", "active")
+
+    def __init__(self, wanted: Callable[[], bool], receive: Callable[[torch.Tensor], None]) -> None:
+        self.wanted, self.receive, self.active = wanted, receive, True
+
+    def __call__(self, grad_out: torch.Tensor, x: torch.Tensor) -> None:
+        if self.active and self.wanted():
+            self.receive(grad_out.t() @ x)
+
+    # A copy of the layer (copy.deepcopy, pickling with torch.save(model)) is not watched: the
+    # callbacks belong to the engine that installed them, which must not be copied along.
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def __reduce__(self):
+        return (_no_watch, ())
+
+
+def _no_watch() -> None:
+    return None
+
+
 class _SparseLinearFunction(torch.autograd.Function):
     """``y = x @ W^T + b`` with ``W`` given by ``(values, layout)``; ``x`` is 2-D ``(batch, in)``."""
 
     @staticmethod
-    def forward(ctx, x, values, bias, layout, impl):  # type: ignore[override]
+    def forward(ctx, x, values, bias, layout, impl, watch=None):  # type: ignore[override]
         forward, _, _ = _KERNELS[impl]
-        ctx.layout, ctx.impl, ctx.has_bias = layout, impl, bias is not None
+        ctx.layout, ctx.impl, ctx.has_bias, ctx.watch = layout, impl, bias is not None, watch
         ctx.save_for_backward(x, values)
-        # The kernels run in the weight's dtype: autocast must not recast their operands.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return forward(x, values, bias, layout)
+        # The kernels run in the weight's dtype: autocast must not recast their operands. Entering
+        # a disabled autocast context costs as much as a small sparse product, so only when needed.
+        if _autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return forward(x, values, bias, layout)
+        return forward(x, values, bias, layout)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
+        if _autocast_enabled(grad_out.device.type):
+            with torch.autocast(device_type=grad_out.device.type, enabled=False):
+                return _SparseLinearFunction._backward(ctx, grad_out)
+        return _SparseLinearFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, values = ctx.saved_tensors
         _, grad_input_fn, grad_values_fn = _KERNELS[ctx.impl]
         grad_x = grad_values = grad_bias = None
         grad_out = grad_out.to(values.dtype)
-        with torch.autocast(device_type=grad_out.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                grad_x = grad_input_fn(grad_out, values, ctx.layout)
-            if ctx.needs_input_grad[1]:
-                grad_values = grad_values_fn(grad_out, x, values, ctx.layout)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                grad_bias = grad_out.sum(0)
-        return grad_x, grad_values, grad_bias, None, None
+        needs = ctx.needs_input_grad
+        if needs[0]:
+            grad_x = grad_input_fn(grad_out, values, ctx.layout)
+        if needs[1]:
+            grad_values = grad_values_fn(grad_out, x, values, ctx.layout)
+        if ctx.has_bias and needs[2]:
+            grad_bias = grad_out.sum(0)
+        if ctx.watch is not None:
+            ctx.watch(grad_out, x)
+        return grad_x, grad_values, grad_bias, None, None, None
 
 
 def sparse_linear(
@@ -224,12 +270,14 @@ def sparse_linear(
     bias: torch.Tensor | None,
     layout: SparseLayout,
     impl: str = "auto",
+    watch: DenseGradWatch | None = None,
 ) -> torch.Tensor:
     """``x @ W^T + bias`` with the sparse weight ``W`` ``(out, in)`` given by ``values`` ``(nnz,)`` in
     the CSR order of ``layout``.
 
     ``x``: ``(..., in_features)`` (any leading dims, or 1-D); returns ``(..., out_features)``.
     Differentiable in ``x``, ``values`` and ``bias``; gradients are computed only where needed.
+    ``watch``: optional :class:`DenseGradWatch` that may ask the backward pass for ``dy^T x``.
     """
     if x.shape[-1] != layout.in_features:
         raise ValueError(f"input has {x.shape[-1]} features in its last dim, the layer expects {layout.in_features}")
@@ -243,7 +291,9 @@ def sparse_linear(
         # float32-list ops do; the gradient flows back to x in x's dtype.
         x = x.to(values.dtype)
     impl = resolve_impl(impl, values.dtype, values.device)
+    if x.dim() == 2:  # the common case: no reshape nodes in the autograd graph
+        return _SparseLinearFunction.apply(x, values, bias, layout, impl, watch)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, layout.in_features)
-    out = _SparseLinearFunction.apply(x2d, values, bias, layout, impl)
+    out = _SparseLinearFunction.apply(x2d, values, bias, layout, impl, watch)
     return out.reshape(*lead, layout.out_features)

@@ -19,12 +19,13 @@ to the same object.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from chtorch.sparse.functional import IMPLEMENTATIONS, resolve_impl, sparse_linear
+from chtorch.sparse.functional import IMPLEMENTATIONS, DenseGradWatch, resolve_impl, sparse_linear
 from chtorch.sparse.layout import SparseLayout, build_layout, link_keys
 
 __all__ = ["SparseLinear", "TopologyChange"]
@@ -69,6 +70,8 @@ class SparseLinear(nn.Module):
 
     values: torch.Tensor
     weight_mask: torch.Tensor
+    # Set by watch_dense_grad (a DST engine whose method reads dense gradients before an update).
+    _dense_grad_watch: DenseGradWatch | None = None
 
     def __init__(
         self,
@@ -140,13 +143,28 @@ class SparseLinear(nn.Module):
     def _set_layout(self, layout: SparseLayout) -> None:
         for name in _INDEX_BUFFERS:
             self.register_buffer(name, getattr(layout, name), persistent=False)
+        self._refresh_layout()
+
+    def _refresh_layout(self) -> None:
+        # One tuple built per topology change (and device move), not per forward: reading six
+        # buffers through nn.Module.__getattr__ on every call is measurable at batch 32.
+        self._layout = SparseLayout(self.out_features, self.in_features, *(getattr(self, n) for n in _INDEX_BUFFERS))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        module = super()._apply(fn, recurse)
+        self._refresh_layout()  # .to(device), .double(), ... replace the index buffers
+        return module
 
     # --- views --------------------------------------------------------------------------------
 
     @property
     def layout(self) -> SparseLayout:
-        """Current index layout (a cheap view of the index buffers)."""
-        return SparseLayout(self.out_features, self.in_features, *(getattr(self, n) for n in _INDEX_BUFFERS))
+        """Current index layout (a view of the index buffers, rebuilt when they change)."""
+        layout = self._layout
+        if layout.rows is not self.rows:  # a buffer replaced behind our back (e.g. assigned directly)
+            self._refresh_layout()
+            layout = self._layout
+        return layout
 
     @property
     def nnz(self) -> int:
@@ -175,7 +193,22 @@ class SparseLinear(nn.Module):
         return dense.index_put((self.rows, self.cols), self.active_values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sparse_linear(x, self.active_values(), self.bias, self.layout, self.impl)
+        return sparse_linear(x, self.active_values(), self.bias, self.layout, self.impl, self._dense_grad_watch)
+
+    def watch_dense_grad(self, wanted: Callable[[], bool], receive: Callable[[torch.Tensor], None]) -> DenseGradWatch:
+        """Let each backward pass hand the dense weight gradient ``dy^T x`` ``(out_features,
+        in_features)`` to ``receive`` when ``wanted()`` says so (checked once per backward pass; the
+        dense product is formed only then). What RigL/GraNet regrowth and MEST's λ|∇W| removal read
+        in the ``grad_accumulation`` steps before an update (Evci et al. 2020; Zhang et al., NeurIPS
+        2025, arXiv:2501.19107, App. baselines). Replaces any earlier watch; ``unwatch_dense_grad``
+        (or the returned object's ``active = False``) stops it."""
+        self._dense_grad_watch = DenseGradWatch(wanted, receive)
+        return self._dense_grad_watch
+
+    def unwatch_dense_grad(self) -> None:
+        if self._dense_grad_watch is not None:
+            self._dense_grad_watch.active = False
+        self._dense_grad_watch = None
 
     def extra_repr(self) -> str:
         return (
@@ -255,6 +288,21 @@ class SparseLinear(nn.Module):
         self._set_layout(layout)
         self.weight_mask.copy_(new_mask)
         return change
+
+    @torch.no_grad()
+    def set_capacity(self, capacity: int) -> None:
+        """Make ``values`` exactly ``capacity`` long (at least ``nnz``): the link weights stay, the tail
+        is zero, the gradient is dropped. Used on resume so that ``values`` has the length of the
+        optimizer state saved beside it (see :meth:`active_values`); the Parameter object stays."""
+        capacity = int(capacity)
+        if capacity < self.nnz:
+            raise ValueError(f"capacity {capacity} is below the layer's {self.nnz} links")
+        if capacity == self.values.numel():
+            return
+        data = self.values.data.new_zeros(capacity)
+        data[: self.nnz] = self.values.data[: self.nnz]
+        self.values.grad = None
+        self.values.data = data
 
     def _new_link_values(self, new_values: float | torch.Tensor, layout: SparseLayout, added: torch.Tensor, n_added: int) -> torch.Tensor:
         if not isinstance(new_values, torch.Tensor):
