@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["check_number", "check_choice", "closest"]
@@ -40,7 +40,7 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
     allow_none: bool = False,
-    error: type[Exception] = ValueError,
+    error: Callable[[str], Exception] = ValueError,
     hint: str = "",
 ) -> Any:
     """Return ``value`` (an ``int`` when ``integer``, else a ``float``; ``None`` when ``allow_none``

@@ -322,6 +322,7 @@ def test_auto_method_choice() -> None:
     assert choose_method(random_mask(1024, 1024, 0.01, seed=0)) == ("native" if native.available() else "sparse")
     assert choose_method(random_mask(1024, 1024, 0.05, seed=0)) == "sparse"  # above NATIVE_MAX_DENSITY
     assert choose_method(random_mask(1024, 1024, 0.2, seed=0)) == "sparse"
+    assert choose_method(random_mask(1024, 1024, 0.3, seed=0)) == "dense"  # the dense form scales better with cores there
     assert choose_method(random_mask(1024, 1024, 0.5, seed=0)) == "dense"
     assert choose_method(random_mask(32, 32, 0.01, seed=0)) == "dense"  # overheads dominate
     assert choose_method(torch.zeros(0, 5, dtype=torch.bool)) == "dense"

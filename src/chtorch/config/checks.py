@@ -7,10 +7,10 @@ out-of-range value always reads ``key=value is out of range: must be in [lo, hi)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from chtorch._checks import check_number as _check_number
 from chtorch.config.errors import ConfigError
 from chtorch.dst.options import closest
 
@@ -34,16 +34,15 @@ def check_number(
     shown: Any = None,
     why: str = "",
 ) -> float:
-    """``value`` if it is a real number (not NaN) inside the interval, else a :class:`ConfigError`
-    naming ``key`` (``shown`` is what the message prints, default ``value``; ``why`` is appended)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{key} must be a number, got {value!r}", key)
-    low_bad = min is not None and (value <= min if min_open else value < min)
-    high_bad = max is not None and (value >= max if max_open else value > max)
-    if low_bad or high_bad:
-        raise ConfigError(
-            f"{key}={value if shown is None else shown!r} is out of range: must be in {span(min, max, min_open, max_open)}{why}", key
-        )
+    """``value`` if it is a finite real number inside the interval, else a :class:`ConfigError` naming
+    ``key``. The check and its wording are chtorch's one number check (:func:`chtorch._checks.check_number`);
+    ``shown`` names the whole setting when ``value`` is one item of a list, ``why`` says what the bound means."""
+
+    def error(message: str) -> ConfigError:
+        context = f" (in {key}={shown!r})" if shown is not None and shown is not value else ""
+        return ConfigError(message + context, key)
+
+    _check_number(key, value, min, max, low_open=min_open, high_open=max_open, error=error, hint=why.strip(" ()"))
     return value
 
 

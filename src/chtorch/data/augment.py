@@ -18,7 +18,7 @@ def random_crop_flip(
     fill: Sequence[float] | float = 0.0,
 ) -> torch.Tensor:
     """Batched random crop with padding and random horizontal flip, as the paper's code uses for
-    CIFAR-10 (R2 ``load_data.py``: ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``).
+    CIFAR-10 (the official MLP code's ``load_data.py``: ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``).
 
     ``images``: ``(B, C, H, W)``. Each image is padded by ``padding`` pixels of value ``fill`` (one
     value or one per channel: for normalised images use ``(0 - mean) / std`` to match padding the

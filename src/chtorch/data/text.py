@@ -2,7 +2,7 @@
 
 The paper pre-trains LLaMA on OpenWebText with sequence length 256 and reports validation
 perplexity ``exp(mean token loss)`` on a 5% held-out split (Zhang et al., NeurIPS 2025,
-arXiv:2501.19107, §4.2, Table 6; paper-notes §2.3). For CPU-sized runs the same pipeline reads local
+arXiv:2501.19107, §4.2, Table 6). For CPU-sized runs the same pipeline reads local
 text: tiny-shakespeare (``input.txt``), the Shakespeare plays (``plays.txt.gz``) or any ``.txt`` /
 ``.txt.gz`` file; OpenWebText and C4 come from Hugging Face ``datasets`` when it is installed.
 

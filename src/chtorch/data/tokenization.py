@@ -3,7 +3,7 @@
 * :func:`train_bpe` trains a BPE tokenizer with Hugging Face ``tokenizers`` (the ``chtorch[nlp]``
   extra, imported only when used) on any iterator of texts. The paper's setups use subword vocabularies
   (IWSLT14: 10k BPE merges with subword-nmt; LLaMA: the t5-base SentencePiece vocabulary of 32000,
-  paper-notes §2.2-2.3); the tokenizer here is trained locally, so nothing is downloaded.
+  §4.2); the tokenizer here is trained locally, so nothing is downloaded.
   ``kind="bytelevel"`` (GPT-2 style, every byte is in the alphabet, decoding is lossless for any
   text) or ``kind="whitespace"`` (SentencePiece-style Metaspace: words split at whitespace, which is
   kept as ``▁`` so decoding restores detokenized text; characters never seen in training map to

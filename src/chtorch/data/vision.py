@@ -13,7 +13,7 @@ its header declares, a CIFAR batch by :data:`~chtorch.data.cifar.MAX_CIFAR_BATCH
 :func:`load_dataset` finds the files (see :func:`chtorch.data.files.search_dirs`), verifies their
 checksums, optionally downloads them from the canonical sources, and returns a :class:`VisionData`
 with float32 images scaled to ``[0, 1]`` and (by default) normalised with the dataset's standard
-per-channel mean/std — the values of the paper's code (R2 ``mlp_and_cnn/load_data.py``).
+per-channel mean/std — the values of the paper's code (the official MLP code's ``mlp_and_cnn/load_data.py``).
 """
 
 from __future__ import annotations

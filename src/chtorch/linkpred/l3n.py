@@ -227,7 +227,7 @@ def ch_l3n(mask: torch.Tensor, variant: str = "CH2", method: str = "auto") -> to
 
 def ch_l3n_dense_reference(mask: torch.Tensor, variant: str = "CH2") -> torch.Tensor:
     """The plain dense four-GEMM formulation, written as in the official code's ``"l3n"`` branch
-    (paper-notes §1.b "Dense matrix form as in code"): ``B = [C > 0]``,
+    (the dense matrix form of the official code; docs/decisions.md, "CH2-L3n arithmetic"): ``B = [C > 0]``,
     ``E = clamp(B·(d − C), min=1) − 1``, ``F = (C + B)/(E + 1)`` (CH2), ``B/(E + 1)`` (CH3),
     ``(C + B)/(E + 1)^(1 + E/(1 + E))`` (CH3.1), ``S = (F_o·A + (F_i·Aᵀ)ᵀ) ⊙ (1 − A)``.
 

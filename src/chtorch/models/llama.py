@@ -10,10 +10,10 @@ Module names mirror Hugging Face's ``LlamaForCausalLM`` exactly
 ``model.layers.N.mlp.{gate,up,down}_proj``, ``model.layers.N.{input,post_attention}_layernorm``,
 ``model.norm``, ``lm_head``), so ``state_dict`` keys are identical in both directions, and so are the
 outputs (tested). The layers that dynamic sparse training selects are the seven projections; the
-embeddings, norms and ``lm_head`` stay dense (paper §4.1; R1 ``TARGET_MODULE_NAMES``).
+embeddings, norms and ``lm_head`` stay dense (paper §4.1; the LLaMA code's ``TARGET_MODULE_NAMES``).
 
 RoPE uses the "rotate half" layout of HF: dimension i of a head is paired with dimension
-i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolation, paper-notes §5.6).
+i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolation, docs/decisions.md, "q/k percolation with RoPE").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §2.1 / Table 4: three hidden layers of width 1568
 (3072 for CIFAR-10) with ReLU, and a final classifier; the hidden layers are the sparse ones, the
-classifier stays dense (paper-notes §1.e: "MLP: all layers except the final classifier").
+classifier stays dense (the official MLP code sparsifies all layers except the final classifier; docs/decisions.md).
 
 The module is plain PyTorch with no sparsity code. Its Linear layers are registered in forward
 order — ``layers.0``, ``layers.1``, ..., then ``classifier`` — so the chain of consecutive sparse

@@ -69,7 +69,7 @@ def validate_image_config(config: Config) -> None:
         ) from None
 
 
-# SWI (Zhang et al., paper-notes §1.e: "MLP/CHT uses SWI"): masked Kaiming init shrinks the signal by
+# SWI (Zhang et al.; docs/decisions.md, "initial weights": the MLP code uses SWI): masked Kaiming init shrinks the signal by
 # sqrt(density) per layer, so a 90-99% sparse MLP barely trains without it — for every method alike. The
 # official MLP code's DSTScheduler scales by density·out_features ("swi_out"; docs/decisions.md, SWI fan).
 register_recipe_schema(

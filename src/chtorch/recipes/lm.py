@@ -20,7 +20,7 @@ This recipe does the same at any scale:
   ``1b``, or CPU-sized ``tiny`` / ``small``; any field can be overridden);
 * **evaluation**: ``val_loss`` (mean next-token cross-entropy over every validation token, each
   predicted once) and ``val_ppl = exp(val_loss)``, the primary metric (lower is better);
-* **percolation couplings** (paper-notes §1.c, R1 ``dst_util.py``): q/k rows and gate/up rows are
+* **percolation couplings** (docs/decisions.md, "percolation" and "q/k percolation with RoPE"): q/k rows and gate/up rows are
   alive only together; ``v_proj → o_proj`` and ``gate_proj|up_proj → down_proj`` are chains.
   ``model.per_head_sparsity`` budgets, removes and regrows q/k/v rows per attention head.
 """
@@ -235,7 +235,7 @@ class LanguageModeling(Recipe):
         return self.llama_config().d_model
 
     def couplings(self, model: nn.Module, layer_names: list[str]) -> list[Coupling] | None:
-        """q/k and gate/up rows; v→o and gate|up→down chains (R1 ``qk_chain_removal`` /
+        """q/k and gate/up rows; v→o and gate|up→down chains (the LLaMA code's ``qk_chain_removal`` /
         ``chain_removal``), restricted to the selected layers."""
         return infer_couplings(model, layer_names)
 

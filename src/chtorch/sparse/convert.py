@@ -10,7 +10,7 @@ row-major order = the order of ``values``); other entries (Adam's ``step``) are 
 Hooks registered on the replaced modules or on the old Parameter do not move with them; a caller
 that keeps references to layers or Parameters (a sparsity engine) must refresh them from the
 returned mapping. Masked-backend semantics and the zero-state rule for absent links follow
-Zhang et al., NeurIPS 2025 (arXiv:2501.19107), paper-notes §1.e.
+Zhang et al., NeurIPS 2025 (arXiv:2501.19107), docs/decisions.md ("regrown weights").
 """
 
 from __future__ import annotations

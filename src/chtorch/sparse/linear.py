@@ -10,7 +10,7 @@ off the links), ``bias`` and ``weight_mask``, so a checkpoint written by either 
 the other.
 
 Topology updates go through :meth:`SparseLinear.set_mask`, which keeps the weights and every
-optimizer state tensor of the kept links, starts new links at 0 with zero state (paper-notes §1.e:
+optimizer state tensor of the kept links, starts new links at 0 with zero state (docs/decisions.md, "regrown weights":
 "regrown links start at 0 with zero optimizer moments"; Zhang et al., NeurIPS 2025,
 arXiv:2501.19107) and resizes the values Parameter in place so that the optimizer keeps referring
 to the same object.
