@@ -79,3 +79,20 @@ def checkpoint_round_trip(state: dict[str, Any], tmp_path: Path, name: str = "ch
 
     path = save_checkpoint(copy.deepcopy(state), tmp_path / name)
     return load_checkpoint(path)
+
+
+def cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run ``chtorch ARGS`` in this process: (exit code, stdout, stderr)."""
+    from chtorch.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_error(code: int, err: str, *words: str) -> None:
+    """The CLI's error contract (docs/errors.md): exit 2 and one line ``chtorch: error: ...`` naming ``words``."""
+    assert code == 2, err
+    assert err.startswith("chtorch: error: ") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err, (word, err)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from chtorch.cli import main
 from chtorch.config import load_config
 from chtorch.train import checkpoint as checkpoint_module
 from chtorch.train import resume, train
 from chtorch.train.checkpoint import CheckpointError, CheckpointWriteError, content_digest, load_checkpoint, save_checkpoint
 from chtorch.train.trainer import Trainer
+from helpers import assert_error, cli
 
 FAST = [
     "model.hidden=[32,32]",
@@ -30,19 +30,6 @@ FAST = [
     "train.tensorboard=false",
     "optim.name=sgd",
 ]
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert err.startswith("chtorch: error: ") and err.count("\n") == 1, err
-    for word in words:
-        assert word in err, (word, err)
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:

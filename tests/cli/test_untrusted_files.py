@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chtorch.cli import main
 from chtorch.config import ConfigError, load_config
 from chtorch.config.safe_yaml import MAX_YAML_BYTES, UnsafeYAMLError, safe_load
 from chtorch.train import train
+from helpers import assert_error, cli
 
 FAST = [
     "model.hidden=[32,32]",
@@ -27,19 +27,6 @@ FAST = [
     "train.plots=false",
     "train.tensorboard=false",
 ]
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert err.startswith("chtorch: error: ") and err.count("\n") == 1, err
-    for word in words:
-        assert word in err, (word, err)
 
 
 def billion_laughs(levels: int) -> str:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from chtorch.cli import main
 from chtorch.config import load_config
 from chtorch.train import train
 from chtorch.train.checkpoint import load_checkpoint
 from chtorch.train.export import ExportFileError, _model_from_checkpoint, load_exported, read_export_description
+from helpers import assert_error, cli
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -31,19 +31,6 @@ FAST = [
     "train.report=false",
     "train.tensorboard=false",
 ]
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    assert err.startswith("chtorch: error: ") and err.count("\n") == 1, err
-    for word in words:
-        assert word in err, (word, err)
 
 
 @pytest.fixture(scope="module")

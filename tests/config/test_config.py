@@ -81,7 +81,7 @@ def test_paper_configs_hold_table_4_settings(name: str, dataset: str, hidden: in
     assert (c.sparsity.sparsity, c.sparsity.update_interval, c.sparsity.update_unit) == (0.99, 1, "epoch")
     assert resolve_sparsity_options("chts", method_options_for(c, "chts")).init == "csti"
     assert resolve_sparsity_options("set", method_options_for(c, "set")).init == "erdos_renyi"
-    assert method_options_for(c)["zeta"] == 0.3
+    assert all(resolve_sparsity_options(m, method_options_for(c, m)).zeta == 0.3 for m in ("chts", "set", "rigl"))  # the presets' ζ
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
