@@ -26,6 +26,8 @@ from chtorch._checks import closest
 __all__ = ["Part", "Registry"]
 
 Needs = frozenset[str] | Callable[[Any], "frozenset[str] | set[str] | tuple[str, ...]"]
+# What ``register`` accepts: a fixed collection is frozen when the part is registered.
+NeedsArg = Needs | set[str] | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Registry(Mapping[str, Callable[..., Any]]):
         name: str,
         *aliases: str,
         summary: str = "",
-        needs: Needs = frozenset(),
+        needs: NeedsArg = frozenset(),
         params: Mapping[str, str] | None = None,
         flags: tuple[str, ...] | frozenset[str] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

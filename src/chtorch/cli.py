@@ -23,6 +23,10 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chtorch.config import Config
 
 __all__ = ["main", "build_parser"]
 
@@ -81,11 +85,11 @@ def next_hints(result: object, config: object | None, config_path: str | None) -
     else:
         lines.append(f"chtorch report {shown}   # write plots and report.md (this run had train.report=false)")
     method = getattr(getattr(config, "sparsity", None), "method", None)
-    sparse = method is not None and method != "dense"
-    if sparse:
+    sparse_method: str | None = method if method is not None and method != "dense" else None
+    if sparse_method is not None:
         lines.append(f"chtorch export {shown}   # drop dead neurons; size, FLOPs and latency")
     if config_path is not None:
-        others = ",".join(dict.fromkeys(["dense", "set", "rigl", method if sparse else "chts"]))
+        others = ",".join(dict.fromkeys(["dense", "set", "rigl", sparse_method if sparse_method is not None else "chts"]))
         lines.append(f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method")
     else:
         lines.append("chtorch compare configs/digits_chts.yaml --methods dense,set,rigl,chts --seeds 0,1,2")
@@ -248,7 +252,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_config(run_dir: Path) -> object | None:
+def _saved_config(run_dir: Path) -> Config | None:
     try:
         from chtorch.config import load_config
 

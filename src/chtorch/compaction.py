@@ -64,16 +64,25 @@ def layer_links(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         return weight, mask, _maybe(module.bias)
     if isinstance(module, nn.Linear):
         weight = module.weight.detach()
-        mask = getattr(module, "weight_mask", None)
-        if mask is None:
+        buffer = getattr(module, "weight_mask", None)
+        if buffer is None:
             return weight, weight != 0, _maybe(module.bias)
-        mask = mask.to(device=weight.device, dtype=torch.bool)
+        mask = buffer.to(device=weight.device, dtype=torch.bool)
         return weight * mask, mask, _maybe(module.bias)
     return None
 
 
 def _maybe(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach()
+
+
+def _links(model: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`layer_links` of the layer ``name`` of ``model``, which must be linear-like."""
+    module = model.get_submodule(name)
+    found = layer_links(module)
+    if found is None:
+        raise TypeError(f"layer {name!r} is a {type(module).__name__}, not a linear layer")
+    return found
 
 
 def _has_topology(module: nn.Module) -> bool:
@@ -114,7 +123,7 @@ def _check_chains(model: nn.Module, chains: Sequence[Sequence[str]]) -> list[lis
             if layer_links(model.get_submodule(name)) is None:
                 raise TypeError(f"layer {name!r} is a {type(model.get_submodule(name)).__name__}, not a linear layer")
         for a, b in zip(chain, chain[1:]):
-            wa, wb = layer_links(model.get_submodule(a))[0], layer_links(model.get_submodule(b))[0]
+            wa, wb = _links(model, a)[0], _links(model, b)[0]
             if wa.shape[0] != wb.shape[1]:
                 raise ValueError(
                     f"chain break: {a!r} has {wa.shape[0]} outputs but {b!r} has {wb.shape[1]} inputs; "
@@ -128,7 +137,7 @@ def _solve_chain(model: nn.Module, names: list[str], activation: Activation | No
     """Remove dead hidden neurons of one chain to a fixed point (see the module docstring)."""
     weights, masks, biases = [], [], []
     for name in names:
-        weight, mask, bias = layer_links(model.get_submodule(name))
+        weight, mask, bias = _links(model, name)
         weights.append(weight.clone())
         masks.append(mask.clone())
         biases.append(None if bias is None else bias.clone())
@@ -151,12 +160,14 @@ def _solve_chain(model: nn.Module, names: list[str], activation: Activation | No
                             f"{names[nxt]!r}'s bias. Pass activation=... (the chain's elementwise activation, "
                             "e.g. torch.relu)."
                         )
-                    pre = biases[b][no_in] if biases[b] is not None else weights[b].new_zeros(int(no_in.sum()))
+                    own_bias = biases[b]
+                    pre = own_bias[no_in] if own_bias is not None else weights[b].new_zeros(int(no_in.sum()))
                     constant = activation(pre)
-                    if biases[nxt] is None:
-                        biases[nxt] = weights[nxt].new_zeros(weights[nxt].shape[0])
+                    next_bias = biases[nxt]
+                    if next_bias is None:
+                        next_bias = weights[nxt].new_zeros(weights[nxt].shape[0])
                         bias_created[nxt] = True
-                    biases[nxt] = biases[nxt] + feeds @ constant
+                    biases[nxt] = next_bias + feeds @ constant
             dead = no_in | no_out
             if dead.any():
                 changed = True
@@ -258,9 +269,12 @@ def to_sparse_inference(
     if names is None:
         names = []
         for name, module in target.named_modules():
-            if not _has_topology(module) or isinstance(module, SparseInferenceLinear) or layer_links(module) is None:
+            if not _has_topology(module) or isinstance(module, SparseInferenceLinear):
                 continue
-            _, mask, _ = layer_links(module)
+            found = layer_links(module)
+            if found is None:
+                continue
+            _, mask, _ = found
             if float(mask.float().mean()) <= max_density:
                 names.append(name)
     for name in names:
@@ -340,6 +354,7 @@ def _count_params(model: nn.Module) -> tuple[int, int]:
             linear_weights.add(id(module.values))
             stored += module.nnz  # bias counted with the other parameters
         else:
+            assert isinstance(module, nn.Linear), "layer_links reads only linear-like modules"
             linear_weights.add(id(module.weight))
             stored += module.weight.numel()
         effective += int(mask.sum()) if _has_topology(module) else mask.numel()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from chtorch.compaction import _empty_linear, _has_topology, _set_submodule, layer_links
+from chtorch.compaction import _empty_linear, _has_topology, _links, _set_submodule, layer_links
 
 __all__ = ["find_gated_blocks", "compact_gated", "attention_notes"]
 
@@ -40,7 +40,7 @@ def _siblings(model: nn.Module, names: Sequence[str]) -> list[list[str]]:
 def find_gated_blocks(model: nn.Module) -> list[tuple[str, str, str]]:
     """``(gate, up, down)`` module names of every gated feed-forward (``gate_proj``, ``up_proj``,
     ``down_proj`` siblings, the LLaMA / Hugging Face naming)."""
-    return [tuple(block) for block in _siblings(model, ("gate_proj", "up_proj", "down_proj"))]  # type: ignore[misc]
+    return [(gate, up, down) for gate, up, down in _siblings(model, ("gate_proj", "up_proj", "down_proj"))]
 
 
 def _unwritten(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -51,7 +51,7 @@ def _unwritten(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | No
 
 def gated_alive(model: nn.Module, block: Sequence[str]) -> torch.Tensor:
     """Bool ``(d_ff,)``: the hidden neurons of a gated block that can change its output."""
-    gate, up, down = (layer_links(model.get_submodule(n)) for n in block)
+    gate, up, down = (_links(model, n) for n in block)
     return ~(_unwritten(*gate) | _unwritten(*up) | ~down[1].any(dim=0))
 
 
@@ -64,7 +64,7 @@ def compact_gated(model: nn.Module, blocks: Sequence[Sequence[str]], *, inplace:
         alive = gated_alive(model, block)
         for i, name in enumerate(block):
             old = model.get_submodule(name)
-            weight, mask, bias = layer_links(old)
+            weight, mask, bias = _links(model, name)
             if i < 2:
                 weight, mask, bias = weight[alive], mask[alive], None if bias is None else bias[alive]
             else:
@@ -87,8 +87,8 @@ def attention_notes(model: nn.Module) -> list[str]:
     qk_dead = qk_total = vo_dead = vo_total = 0
     blocks = _siblings(model, ("q_proj", "k_proj", "v_proj", "o_proj"))
     for q, k, v, o in blocks:
-        (qw, qm, qb), (kw, km, kb) = layer_links(model.get_submodule(q)), layer_links(model.get_submodule(k))
-        (vw, vm, vb), (_, om, _) = layer_links(model.get_submodule(v)), layer_links(model.get_submodule(o))
+        (qw, qm, qb), (kw, km, kb) = _links(model, q), _links(model, k)
+        (vw, vm, vb), (_, om, _) = _links(model, v), _links(model, o)
         if qm.shape[0] == km.shape[0]:
             qk_dead += int((_unwritten(qw, qm, qb) | _unwritten(kw, km, kb)).sum())
             qk_total += qm.shape[0]

@@ -70,7 +70,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
         ("optim: [1, 2\n", ["not valid YAML"]),
         ("- a\n- b\n", ["a config must be a mapping of sections"]),
         # The model's own config dataclass declares hidden widths >= 1; the config checks it by key.
-        ("model:\n  hidden: [32, -4]\n", ["model.hidden must be a number >= 1, got -4", "model.hidden=[32, -4]"]),
+        ("model:\n  hidden: [32, -4]\n", ["model.hidden must be a number >= 1", "got -4", "model.hidden=[32, -4]"]),
     ],
     ids=[
         "unknown-key",

@@ -2,7 +2,7 @@
 
 Every range check of a config value goes through :func:`check_number` (a field's declared bounds
 via :func:`check_field`, and the cross-field checks in :mod:`chtorch.config.build`), so an
-out-of-range value always reads ``key=value is out of range: must be in [lo, hi)``.
+out-of-range value always reads ``key must be a number in [lo, hi), got value``.
 """
 
 from __future__ import annotations

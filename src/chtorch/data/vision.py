@@ -248,10 +248,11 @@ def _load_cifar_split(
     # 1. Extracted batches: <dir>/cifar-10-batches-py/<batch> or <dir>/<batch>.
     for d in dirs:
         found = [find_file([d], (f"{_CIFAR_DIR}/{f.name}", f.name)) for f in files]
-        if all(p is not None for p in found):
+        paths = [p for p in found if p is not None]
+        if len(paths) == len(files):
             parts = [
                 read_cifar_batch(read_verified(p, f.checksums, verify=verify, known=known, max_bytes=MAX_CIFAR_BATCH_BYTES), str(p))
-                for p, f in zip(found, files)  # type: ignore[arg-type]
+                for p, f in zip(paths, files)
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     # 2. The archive itself, read in place (no extraction needed).

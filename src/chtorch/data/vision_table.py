@@ -6,6 +6,7 @@ Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §2.1 / Table 4. :mod:`chtorch.da
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from chtorch.data.files import Checksums
@@ -38,7 +39,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     subdirs: tuple[str, ...]
-    files: dict[str, tuple[_File, ...]] = field(default_factory=dict)
+    files: Mapping[str, tuple[_File, ...]] = field(default_factory=dict)
     source: str = ""
 
     @property

@@ -32,7 +32,17 @@ from torch import nn
 from chtorch._checks import check_number
 from chtorch.dst import schedules
 from chtorch.dst.initial import given_masks, initial_mask
-from chtorch.dst.layer import BACKENDS, Layer, MaskedLayer, auto_backend, choose_backends, make_layer, refuse_sharded, switch_backend
+from chtorch.dst.layer import (
+    BACKENDS,
+    Layer,
+    MaskedLayer,
+    TrulySparseLayer,
+    auto_backend,
+    choose_backends,
+    make_layer,
+    refuse_sharded,
+    switch_backend,
+)
 from chtorch.dst.maskwatch import MaskWatch
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
@@ -46,6 +56,7 @@ from chtorch.dst.scope import (
     head_groups,
     is_transposed,
     layer_shape,
+    layer_weight,
     logical_weight,
     select_layers,
 )
@@ -218,17 +229,17 @@ class DynamicSparsity:
             target = int(torch.count_nonzero(mask))
             # (out, in) for every layer type: a Conv1D's weight (in, out) is masked by weight_mask.T.
             module.register_buffer("weight_mask", mask, persistent=True)
-            layer = MaskedLayer(name, index, module, target, groups[name])
+            masked = MaskedLayer(name, index, module, target, groups[name])
             with torch.no_grad():
                 if name not in given:
                     weight_init(weight, mask, generator=make_generator(self.seed, "swi", index))
                 zero_off_mask_(weight, keep_bits(mask, weight))
-                grad = module.weight.grad
+                grad = layer_weight(module).grad
                 if grad is not None:
                     grad = grad.T if is_transposed(module) else grad
                     zero_off_mask_(grad, keep_bits(mask, grad))
-            layer.mask_optimizer_state(self.optimizer)
-            layers.append(layer)
+            masked.mask_optimizer_state(self.optimizer)
+            layers.append(masked)
         sparse_names = [layer.name for layer in layers if self.backends[layer.name] == "sparse"]
         if sparse_names:
             from chtorch.sparse import to_sparse
@@ -464,7 +475,7 @@ class DynamicSparsity:
         self._switch_backends({name: entry.get("backend") or self.backends[name] for name, entry in saved.items()})
         for layer in self.layers:
             capacity = saved[layer.name].get("capacity")
-            if layer.backend == "sparse" and capacity is not None:
+            if isinstance(layer, TrulySparseLayer) and capacity is not None:
                 layer.module.set_capacity(int(capacity))
 
     def remove(self) -> None:
@@ -482,6 +493,6 @@ class DynamicSparsity:
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
-    def iter_layers(self) -> Iterable[tuple[str, nn.Linear, torch.Tensor]]:
+    def iter_layers(self) -> Iterable[tuple[str, nn.Module, torch.Tensor]]:
         for layer in self.layers:
             yield layer.name, layer.module, layer.mask

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
-from chtorch.dst.scope import is_transposed, layer_shape, logical_weight
+from chtorch.dst.scope import is_transposed, layer_shape, layer_weight, logical_weight
 from chtorch.masks import keep_bits, zero_off_mask, zero_off_mask_
+
+if TYPE_CHECKING:
+    from chtorch.sparse.linear import SparseLinear
 
 __all__ = [
     "Layer",
@@ -49,8 +52,11 @@ AUTO_SPARSE_MIN_POSITIONS = 128 * 128
 
 logger = logging.getLogger("chtorch")
 
+_DTensor: type | None
 try:
-    from torch.distributed.tensor import DTensor as _DTensor
+    from torch.distributed.tensor import DTensor
+
+    _DTensor = DTensor
 except ImportError:  # pragma: no cover - torch built without distributed
     _DTensor = None
 
@@ -82,6 +88,7 @@ class Layer:
     an update, the head blocks (``groups``) and the last overlap rate."""
 
     backend = "?"
+    _watch: _Handle | None  # the gradient hooks started by watch_gradients
 
     def __init__(self, name: str, index: int, module: nn.Module, target: int, groups: int = 1) -> None:
         self.name = name
@@ -105,7 +112,9 @@ class Layer:
     def mask(self) -> torch.Tensor:
         """The live bool buffer ``weight_mask`` ``(out_features, in_features)`` (also for ``Conv1D``,
         whose ``(in, out)`` weight it masks as ``weight_mask.T``)."""
-        return self.module.weight_mask
+        mask = self.module.weight_mask
+        assert isinstance(mask, torch.Tensor), "the engine registers weight_mask as a bool buffer"
+        return mask
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,7 +127,7 @@ class Layer:
         return [slice(g * size, (g + 1) * size) for g in range(self.groups)]
 
     @property
-    def parameter(self) -> nn.Parameter:
+    def parameter(self) -> torch.Tensor:
         """The Parameter that holds the layer's weights."""
         raise NotImplementedError
 
@@ -181,8 +190,8 @@ class MaskedLayer(Layer):
         return self._multiplier
 
     @property
-    def parameter(self) -> nn.Parameter:
-        return self.module.weight
+    def parameter(self) -> torch.Tensor:
+        return layer_weight(self.module)
 
     def dense_weight(self) -> torch.Tensor:
         weight = logical_weight(self.module).detach()
@@ -191,7 +200,7 @@ class MaskedLayer(Layer):
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer, reset: torch.Tensor | None = None) -> None:
         """Zero every optimizer state tensor shaped like the weight off the mask, and at ``reset``
         (``(out, in)``)."""
-        weight = self.module.weight
+        weight = layer_weight(self.module)
         state = optimizer.state.get(weight)
         if not state:
             return
@@ -209,14 +218,14 @@ class MaskedLayer(Layer):
         weight = logical_weight(self.module)  # (out, in), a view of a Conv1D's (in, out) weight
         weight.copy_(torch.where(final, torch.where(fresh, init, weight), 0))
         self.mask.copy_(final)
-        grad = self.module.weight.grad
+        grad = layer_weight(self.module).grad
         if grad is not None:
             (grad.T if self.transposed else grad).masked_fill_(~final, 0)
         self.mask_optimizer_state(optimizer, fresh)
 
     @torch.no_grad()
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        weight = self.module.weight
+        weight = layer_weight(self.module)
         refuse_sharded(self.name, weight)  # fully_shard applied after sparsify
         zero_off_mask_(weight, self.multiplier(weight))
         self.mask_optimizer_state(optimizer)
@@ -230,7 +239,7 @@ class MaskedLayer(Layer):
                 self.record_grad(grad)
             return zero_off_mask(grad, self.multiplier(grad))
 
-        self._watch = self.module.weight.register_hook(hook)
+        self._watch = layer_weight(self.module).register_hook(hook)
         return self._watch
 
 
@@ -241,6 +250,7 @@ class TrulySparseLayer(Layer):
     before an update; every other step stays truly sparse."""
 
     backend = "sparse"
+    module: SparseLinear
 
     def watch_gradients(self, record: Callable[[], bool], dense_gradient: bool) -> Any:
         if not dense_gradient:
@@ -251,7 +261,7 @@ class TrulySparseLayer(Layer):
         return self._watch
 
     @property
-    def parameter(self) -> nn.Parameter:
+    def parameter(self) -> torch.Tensor:
         return self.module.values
 
     def dense_weight(self) -> torch.Tensor:
@@ -264,6 +274,10 @@ class TrulySparseLayer(Layer):
         self.module.set_mask(final, optimizer, new_values=init, reset=fresh)
 
 
+class _Handle(Protocol):
+    def remove(self) -> None: ...
+
+
 class _NoWatch:
     def remove(self) -> None:
         pass
@@ -272,8 +286,8 @@ class _NoWatch:
 class _SparseWatch:
     """Handle of a :meth:`SparseLinear.watch_dense_grad` (``remove()`` is idempotent, as torch's hook handles)."""
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
+    def __init__(self, module: SparseLinear) -> None:
+        self.module: SparseLinear | None = module
 
     def remove(self) -> None:
         if self.module is not None:
@@ -335,6 +349,7 @@ def switch_backend(layer: Layer, backend: str, model: nn.Module, optimizer: torc
     from chtorch.sparse import to_dense, to_sparse
 
     layer.unwatch()
+    module: nn.Module
     if backend == "sparse":
         module = to_sparse(model, [layer.name], optimizer=optimizer)[layer.name]
     elif backend == "masked":

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from chtorch.dst.scope import layer_weight
+
 __all__ = ["Snapshot"]
 
 
@@ -34,8 +36,9 @@ class Snapshot:
         self.model = model
         self.modules = dict(modules)
         self.optimizer = optimizer
-        self.weights = {name: m.weight.detach().clone() for name, m in modules.items()}
-        self.grads = {name: None if m.weight.grad is None else m.weight.grad.detach().clone() for name, m in modules.items()}
+        weights = {name: layer_weight(m) for name, m in modules.items()}
+        self.weights = {name: w.detach().clone() for name, w in weights.items()}
+        self.grads = {name: None if w.grad is None else w.grad.detach().clone() for name, w in weights.items()}
         self.groups = [{key: (list(v) if key == "params" else v) for key, v in group.items()} for group in optimizer.param_groups]
         self.state_keys = list(optimizer.state.keys())
         self.state = {id(p): {k: (v, _copy(v)) for k, v in optimizer.state[p].items()} for p in self.state_keys}
@@ -57,17 +60,18 @@ class Snapshot:
             if parent._modules.get(attr) is not module:  # the sparse backend replaced it
                 parent._modules[attr] = module
             module._buffers.pop("weight_mask", None)
-            module.weight.copy_(self.weights[name])
+            weight = layer_weight(module)
+            weight.copy_(self.weights[name])
             saved = self.grads[name]
             if saved is None:
-                module.weight.grad = None
-            elif module.weight.grad is None:
-                module.weight.grad = saved
+                weight.grad = None
+            elif weight.grad is None:
+                weight.grad = saved
             else:
-                module.weight.grad.copy_(saved)
-        for group, saved in zip(self.optimizer.param_groups, self.groups):
+                weight.grad.copy_(saved)
+        for group, saved_group in zip(self.optimizer.param_groups, self.groups):
             group.clear()
-            group.update(saved)
+            group.update(saved_group)
         del self.optimizer.param_groups[len(self.groups) :]
         current = self.optimizer.state
         kept = {id(p) for p in self.state_keys}

@@ -27,6 +27,7 @@ __all__ = [
     "is_transposed",
     "is_sparsifiable",
     "layer_shape",
+    "layer_weight",
     "logical_weight",
     "select_layers",
     "check_structure",
@@ -57,17 +58,31 @@ def is_sparsifiable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_transposed(module)
 
 
+def _int_attr(module: nn.Module, name: str) -> int:
+    # A plain int attribute (nn.Module.__getattr__ is typed as returning a Tensor or a Module).
+    return int(getattr(module, name))
+
+
 def layer_shape(module: nn.Module) -> tuple[int, int]:
     """``(out_features, in_features)`` of a supported layer, whatever its weight layout."""
     if is_transposed(module):
-        return (int(module.nf), int(module.nx))
-    return (int(module.out_features), int(module.in_features))
+        return (_int_attr(module, "nf"), _int_attr(module, "nx"))
+    return (_int_attr(module, "out_features"), _int_attr(module, "in_features"))
+
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` of a supported layer in its own layout (``(out, in)`` for ``nn.Linear``,
+    ``(in, out)`` for ``Conv1D``): the Parameter itself, typed as a tensor."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), f"{type(module).__name__}.weight is a {type(weight).__name__}"
+    return weight
 
 
 def logical_weight(module: nn.Module) -> torch.Tensor:
     """The weight as an ``(out_features, in_features)`` view (``weight.T`` for ``Conv1D``; in-place
     writes to the view reach the parameter)."""
-    return module.weight.T if is_transposed(module) else module.weight
+    weight = layer_weight(module)
+    return weight.T if is_transposed(module) else weight
 
 
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None

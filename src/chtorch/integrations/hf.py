@@ -31,6 +31,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -68,7 +69,8 @@ def default_layers(model: nn.Module) -> list[str]:
     without one, every such layer but the last ``nn.Linear``."""
     from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, select_layers
 
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    head = get_output_embeddings() if get_output_embeddings is not None else None
     if isinstance(head, nn.Module) and is_sparsifiable(head):
         names = [n for n, m in model.named_modules() if n and is_sparsifiable(m) and m is not head]
         if not names:
@@ -265,7 +267,7 @@ class ChtorchCallback(TrainerCallback):
         keeps every later callback at its index, so none is skipped or called twice."""
         from transformers.trainer_callback import CallbackHandler
 
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         for _ in range(8):
             if frame is None:
                 break
@@ -298,6 +300,7 @@ class ChtorchCallback(TrainerCallback):
             raise RuntimeError("ChtorchCallback: the Trainer passed no model to on_train_begin")
         self._build(args, state, model, optimizer)
         self._wrap_schedule(lr_scheduler)
+        assert self.sparsity is not None  # _build made the engine
         log.info("%s", self.sparsity.summary())
 
     def _after_optimizer_step(self) -> None:

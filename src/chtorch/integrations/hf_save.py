@@ -47,7 +47,8 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
 
     from chtorch.dst.scope import logical_weight
 
-    if not hasattr(model, "save_pretrained"):
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if save_pretrained is None:
         raise TypeError(f"save_pretrained_sparse needs a Hugging Face PreTrainedModel, got {type(model).__name__}")
     if "state_dict" in kwargs:
         raise TypeError("save_pretrained_sparse builds the state_dict itself (the model's, less the weight_mask buffers)")
@@ -64,7 +65,7 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
         packed[name] = torch.from_numpy(bits)
         shapes[name] = list(mask.shape)
     state = {key: value for key, value in model.state_dict().items() if not key.endswith(_SUFFIX)}
-    model.save_pretrained(save_directory, state_dict=state, **kwargs)
+    save_pretrained(save_directory, state_dict=state, **kwargs)
     target = Path(save_directory) / MASKS_NAME
     tmp = target.with_name(f".{MASKS_NAME}.tmp-{os.getpid()}")
     save_file(packed, str(tmp), metadata={"format": _FORMAT, "version": "1", "shapes": json.dumps(shapes)})

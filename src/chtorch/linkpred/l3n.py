@@ -107,7 +107,10 @@ def _factor(
     """
     if work is None:
         shape = torch.broadcast_shapes(common.shape, degree.shape)
-        work = tuple(torch.empty(shape, dtype=torch.float32, device=common.device) for _ in range(2))  # type: ignore
+        work = (
+            torch.empty(shape, dtype=torch.float32, device=common.device),
+            torch.empty(shape, dtype=torch.float32, device=common.device),
+        )
     out, one_plus_e = work
     torch.sub(degree, common, out=one_plus_e).clamp_min_(1)  # 1 + max(d − C − 1, 0)
     torch.clamp(common, max=1, out=out)  # [C > 0] for integer-valued C >= 0

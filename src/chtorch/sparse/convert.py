@@ -40,8 +40,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def replace_parameter(
     optimizer: torch.optim.Optimizer,
-    old: nn.Parameter,
-    new: nn.Parameter,
+    old: torch.Tensor,
+    new: torch.Tensor,
     convert: Callable[[torch.Tensor], torch.Tensor],
 ) -> bool:
     """Put ``new`` where ``old`` stands in ``optimizer.param_groups`` and move ``old``'s state to
@@ -102,7 +102,11 @@ def to_sparse(
         sparse.train(linear.training)
         if optimizer is not None:
             mask = sparse.weight_mask
-            replace_parameter(optimizer, linear.weight, sparse.values, lambda t, m=mask: t[m].clone())
+
+            def gather(t: torch.Tensor, mask: torch.Tensor = mask) -> torch.Tensor:
+                return t[mask].clone()
+
+            replace_parameter(optimizer, linear.weight, sparse.values, gather)
         _set_submodule(model, name, sparse)
         replaced[name] = sparse
     return replaced
@@ -166,19 +170,26 @@ def align_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) ->
     Returns the number of state tensors converted.
     """
     converted = 0
+    param: torch.Tensor
     for module in model.modules():
         if isinstance(module, SparseLinear):
             param, mask = module.values, module.weight_mask
             state = optimizer.state.get(param)
-            for key, value in list((state or {}).items()):
+            if not state:
+                continue
+            for key, value in list(state.items()):
                 if isinstance(value, torch.Tensor) and value.shape == mask.shape:
                     state[key] = value.to(param.device)[mask].clone()
                     converted += 1
         elif isinstance(module, nn.Linear) and hasattr(module, "weight_mask"):
-            param, mask = module.weight, module.weight_mask.bool()
+            weight_mask = module.weight_mask
+            assert isinstance(weight_mask, torch.Tensor), "weight_mask is the masked backend's bool buffer"
+            param, mask = module.weight, weight_mask.bool()
             nnz = int(mask.sum())
             state = optimizer.state.get(param)
-            for key, value in list((state or {}).items()):
+            if not state:
+                continue
+            for key, value in list(state.items()):
                 if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == nnz and param.dim() == 2:
                     state[key] = value.new_zeros(param.shape).index_put_(mask.nonzero(as_tuple=True), value.to(param.device))
                     converted += 1

@@ -25,6 +25,12 @@ class SparseInferenceLinear(nn.Module):
     ``bias`` ``(out,)`` or absent. Input ``(..., in_features)`` -> output ``(..., out_features)``.
     """
 
+    crow_indices: torch.Tensor
+    col_indices: torch.Tensor
+    row_indices: torch.Tensor
+    values: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
         """``weight``: dense ``(out, in)``; ``mask``: bool links to keep (default ``weight != 0``)."""
         super().__init__()

@@ -41,7 +41,7 @@ class TopologyChange(NamedTuple):
     removed: int
 
 
-def _check_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def _check_mask(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(shape):
@@ -68,8 +68,15 @@ class SparseLinear(nn.Module):
     There is no ``weight`` attribute: read the dense weight with :meth:`dense_weight`.
     """
 
-    values: torch.Tensor
+    values: nn.Parameter
     weight_mask: torch.Tensor
+    # Index buffers (_INDEX_BUFFERS), registered by _set_layout.
+    rows: torch.Tensor
+    cols: torch.Tensor
+    crow: torch.Tensor
+    crow_t: torch.Tensor
+    col_t: torch.Tensor
+    perm: torch.Tensor
     # Set by watch_dense_grad (a DST engine whose method reads dense gradients before an update).
     _dense_grad_watch: DenseGradWatch | None = None
 

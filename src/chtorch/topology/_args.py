@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 
 from chtorch._checks import check_number
 from chtorch.masks import link_budget
 
 __all__ = ["layer_budget", "check_shape", "resolve_n_links", "require_generator", "check_unit_interval", "mask_device"]
+
+
+@overload
+def layer_budget(
+    n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: Literal[True] = True
+) -> tuple[int, int, int]: ...
+
+
+@overload
+def layer_budget(n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: bool) -> tuple[int, int, int | None]: ...
 
 
 def layer_budget(

@@ -117,6 +117,7 @@ def brf(
     n_nodes, n_partners = (n_out, n_in) if chosen_side == "out" else (n_in, n_out)
 
     if isinstance(degree, str):
+        assert expected is not None  # layer_budget requires the budget when the degrees are a named law
         links = int(expected)
         if degree == "uniform" or r > 0.0:
             generator = require_generator(generator, f"brf with r={r}, degree={degree!r}")

@@ -81,7 +81,7 @@ def _feed(h: Any, obj: Any) -> None:
         t = t.cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
         if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     elif isinstance(obj, dict):
         h.update(b"D%d|" % len(obj))
         for key, value in obj.items():
@@ -279,7 +279,9 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathL
 
 def rng_state() -> dict[str, Any]:
     """The global RNG states as tensors and plain values (torch CPU and CUDA, numpy, python)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    # The global RandomState is an MT19937, whose legacy state is always the 5-tuple.
+    assert isinstance(np_state, tuple), type(np_state)
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -98,7 +98,7 @@ def save_exported(model: nn.Module, path: str | os.PathLike[str], *, extra: dict
     st = _safetensors()
     config = getattr(model, "config", None)
     name = type(model).__name__
-    if name not in _model_classes() or not dataclasses.is_dataclass(config):
+    if name not in _model_classes() or not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ExportFileError(f"cannot describe a {name} for export: only {', '.join(_model_classes())} (with their .config) are supported")
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
@@ -275,7 +275,11 @@ def export_run(
     example = recipe.example_input()
     report = export_report(model, compacted, example, repeats=20, warmup=2)
     names = [name for chain in chains for name in chain] + [name for block in gated for name in block]
-    shapes = {name: tuple(layer_links(compacted.get_submodule(name))[0].shape) for name in names}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        found = layer_links(compacted.get_submodule(name))
+        assert found is not None, f"compaction keeps {name!r} a linear layer"
+        shapes[name] = tuple(found[0].shape)
     summary = {
         "shapes": shapes,
         "notes": notes,
