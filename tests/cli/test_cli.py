@@ -87,7 +87,7 @@ def test_config_command(capsys) -> None:
         (["train", "--set", "optim.lrr=1"], ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
         (["train", "--set", "sparsity.method=chtz"], ["unknown method 'chtz'", "known methods"]),
         (["train", "--set", "data.name=imagenet"], ["unknown dataset 'imagenet'", "mnist"]),
-        (["train", "--set", "train.epochs=-1"], ["train.epochs", "range"]),
+        (["train", "--set", "train.epochs=-1"], ["train.epochs must be a number >= 1", "got -1"]),
         (["train", "--set", "{cfg}"], ["key=value", "before --set"]),
         (["train", "{cfg}", "--resume", "somewhere"], ["not both"]),
         (["train", "no_such.yaml"], ["not found"]),
