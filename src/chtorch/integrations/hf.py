@@ -27,7 +27,6 @@ the masks back (exactly from that file, or from the zero weights) to continue sp
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -362,9 +361,10 @@ class ChtorchCallback(TrainerCallback):
             "engine": self.sparsity.state_dict(),
         }
         target = folder / STATE_NAME
-        tmp = folder / f".{STATE_NAME}.tmp-{os.getpid()}"
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
+        from chtorch.data.files import atomic_write
+
+        with atomic_write(target) as (handle, _):
+            torch.save(payload, handle)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.sparsity is not None:

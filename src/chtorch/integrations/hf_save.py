@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from chtorch.data.files import atomic_write
+
 __all__ = ["MASKS_NAME", "save_pretrained_sparse", "restore_masks"]
 
 #: The mask file written beside the model's weights.
@@ -43,7 +45,7 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
 
     Raises ``ValueError`` when the model has no ``weight_mask`` (it was never sparsified) or a weight
     is non-zero off its mask (the file would not describe the weights)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as save_bytes
 
     from chtorch.dst.scope import logical_weight
 
@@ -67,9 +69,8 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
     state = {key: value for key, value in model.state_dict().items() if not key.endswith(_SUFFIX)}
     save_pretrained(save_directory, state_dict=state, **kwargs)
     target = Path(save_directory) / MASKS_NAME
-    tmp = target.with_name(f".{MASKS_NAME}.tmp-{os.getpid()}")
-    save_file(packed, str(tmp), metadata={"format": _FORMAT, "version": "1", "shapes": json.dumps(shapes)})
-    os.replace(tmp, target)
+    with atomic_write(target) as (handle, _):
+        handle.write(save_bytes(packed, metadata={"format": _FORMAT, "version": "1", "shapes": json.dumps(shapes)}))
     return target
 
 

@@ -9,13 +9,14 @@ encoder–decoder attention), so ``decoder.layers.1.context_attn.q_proj`` is lab
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from chtorch.data.files import atomic_write
 
 __all__ = [
     "figure",
@@ -87,9 +88,8 @@ def figure(
 
 def save(fig: Any, path: Path) -> Path:
     """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG)."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".png") as (handle, _):
+        fig.savefig(handle, dpi=100, format="png")
     return path
 
 

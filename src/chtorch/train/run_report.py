@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from chtorch.data.files import atomic_write_text
 from chtorch.train.loggers import CsvLogger
 from chtorch.train.metrics import load_topology, read_metrics
 from chtorch.train.plots import adjacency_files
@@ -140,11 +141,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         "```",
         "",
     ]
-    path = run_dir / "report.md"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
 
 def rebuild(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path, str | None]:
