@@ -8,9 +8,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chtorch.config import setting
 from chtorch.data.files import atomic_write_text
 
-__all__ = ["run_dir", "cached_tokenizer"]
+__all__ = ["run_dir", "cached_tokenizer", "PER_HEAD_SPARSITY"]
+
+#: The model-section field both attention recipes add (name, type, setting).
+PER_HEAD_SPARSITY = (
+    "per_head_sparsity",
+    bool,
+    setting(
+        False,
+        "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
+        "the official code's --attn_qkv_per_head_dst)",
+    ),
+)
 
 
 def run_dir(config: Any) -> Path | None:

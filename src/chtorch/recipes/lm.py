@@ -39,7 +39,7 @@ from chtorch.config import ConfigError, model_schema, model_values, register_mod
 from chtorch.dst.percolation import Coupling, infer_couplings
 from chtorch.models.llama import PAPER_CONFIGS, LlamaConfig
 from chtorch.recipes.base import Recipe, register_recipe
-from chtorch.recipes.common import cached_tokenizer, run_dir
+from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.rng import make_generator
 
 __all__ = ["LMDataConfig", "LlamaModelConfig", "LanguageModeling", "split_text"]
@@ -86,15 +86,7 @@ LlamaModelConfig = model_schema(
         "d_ff": "override the size's SwiGLU width",
     },
     extra=[
-        (
-            "per_head_sparsity",
-            bool,
-            setting(
-                False,
-                "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
-                "the official code's --attn_qkv_per_head_dst)",
-            ),
-        )
+        PER_HEAD_SPARSITY,
     ],
 )
 

@@ -43,7 +43,7 @@ from chtorch.data.files import atomic_write, atomic_write_text
 from chtorch.dst.percolation import Coupling, infer_couplings
 from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe
-from chtorch.recipes.common import cached_tokenizer, run_dir
+from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.recipes.decoding import corpus_bleu, translate
 from chtorch.rng import make_generator
 
@@ -118,15 +118,7 @@ TransformerModelConfig = model_schema(
     exclude=("src_vocab", "tgt_vocab", "pad_id", "layer_norm_eps"),
     defaults={"max_len": 256, "share_embeddings": True},
     extra=[
-        (
-            "per_head_sparsity",
-            bool,
-            setting(
-                False,
-                "budget, remove and regrow q/k/v rows per attention head (sparsity option head_groups; "
-                "the official code's --attn_qkv_per_head_dst)",
-            ),
-        )
+        PER_HEAD_SPARSITY,
     ],
 )
 
