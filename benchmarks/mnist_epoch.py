@@ -21,7 +21,9 @@ from torch import nn
 
 import chtorch
 from benchmarks._common import Session, add_protocol_args
+from chtorch.config import OptimConfig
 from chtorch.data import TensorLoader, load_dataset
+from chtorch.train.optim import build_optimizer
 
 
 def build(variant: str, steps_per_epoch: int, epochs: int):
@@ -36,7 +38,7 @@ def build(variant: str, steps_per_epoch: int, epochs: int):
         nn.ReLU(),
         nn.Linear(1568, 10),
     )
-    opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9, weight_decay=5e-4)
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=0.025, momentum=0.9, weight_decay=5e-4))  # the trainer's
     sp = None
     if variant != "dense":
         sp = chtorch.sparsify(

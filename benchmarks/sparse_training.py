@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from benchmarks._common import Session, Timing, add_protocol_args, interleave, measure
+from chtorch.config import OptimConfig
 from chtorch.masks import link_budget
 from chtorch.sparse import to_sparse
+from chtorch.train.optim import build_optimizer
 
 SIZES = (784, 1568, 1568, 1568, 10)
 SPARSE_LAYERS = ("0", "2", "4")  # nn.Sequential indices of the three hidden Linear layers
@@ -53,16 +55,17 @@ def make_mlp(seed: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def make_optimizer(name: str, params) -> torch.optim.Optimizer:
+def make_optimizer(name: str, model: nn.Module, kernel: str = "auto") -> torch.optim.Optimizer:
+    """The trainer's optimizer (chtorch.train.optim; ``kernel="auto"``: torch's fused kernel on CPU)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=5e-4)
-    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+        return build_optimizer(model, OptimConfig(name="sgd", lr=0.025, momentum=0.9, weight_decay=5e-4, kernel=kernel))
+    return build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01, kernel=kernel))
 
 
 class Variant:
     """A model, its optimizer and what one training step does."""
 
-    def __init__(self, kind: str, masks: dict[str, torch.Tensor], optimizer: str, seed: int) -> None:
+    def __init__(self, kind: str, masks: dict[str, torch.Tensor], optimizer: str, seed: int, kernel: str = "auto") -> None:
         self.kind = kind
         self.model = make_mlp(seed)
         self.masks = masks
@@ -73,7 +76,7 @@ class Variant:
                     layer = self.model.get_submodule(name)
                     layer.weight.mul_(mask)
                     layer.register_buffer("weight_mask", mask.clone())
-        self.optimizer = make_optimizer(optimizer, self.model.parameters())
+        self.optimizer = make_optimizer(optimizer, self.model, kernel)
         if kind == "masked":
             for name, mask in masks.items():
                 weight = self.model.get_submodule(name).weight
@@ -134,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-masked", action="store_true", help="leave out the masked dense variant")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed sample")
+    parser.add_argument(
+        "--optimizer-kernel", default="auto", choices=["auto", "fused", "foreach", "loop"], help="optim.kernel of every variant"
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_protocol_args(parser)
     args = parser.parse_args(argv)
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)
         for opt_name in args.optimizers:
             for batch in args.batch_sizes:
-                variants = [Variant(kind, masks, opt_name, args.seed) for kind in kinds]
+                variants = [Variant(kind, masks, opt_name, args.seed, args.optimizer_kernel) for kind in kinds]
                 med = time_steps(variants, batch, args.repeats, args.steps, args.seed + batch)
                 rows.append((threads, opt_name, batch, med))
                 print(
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- timing: median over {args.repeats} samples of {args.steps} steps, variants interleaved (round robin); "
             "wall ms with process CPU ms in brackets",
             f"- SparseLinear kernels: {', '.join(args.impls)} (`native` = chtorch's C++/OpenMP kernels)",
+            f"- optimizer: the trainer's (`chtorch.train.optim.build_optimizer`), `optim.kernel={args.optimizer_kernel}` "
+            "for every variant (`auto`: torch's fused kernel on CPU)",
             "",
             "| threads | optimizer | batch | " + " | ".join(kinds) + " | " + " | ".join(f"dense / {k}" for k in kinds[1:]) + " |",
             "|---:|---|---:|" + "---:|" * (2 * len(kinds) - 1),

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from benchmarks._common import Session, add_protocol_args, interleave
+from chtorch.config import OptimConfig
 from chtorch.sparse import to_sparse
+from chtorch.train.optim import build_optimizer
 
 D_MODEL, D_FFN, HEADS, SEQ = 512, 2048, 8, 128
 SPARSE = ("q", "k", "v", "o", "ffn_in", "ffn_out")
@@ -45,7 +47,7 @@ class Block(nn.Module):
 def make(kind: str, sparsity: float, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)  # benchmark script: owns the global RNG
     block = Block()
-    opt = torch.optim.AdamW(block.parameters(), lr=1e-4, weight_decay=0.01)
+    opt = build_optimizer(block, OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01))  # the trainer's (fused on CPU)
     if kind != "dense":
         g = torch.Generator().manual_seed(seed + 1)
         masks = {name: torch.rand(block.get_submodule(name).weight.shape, generator=g) >= sparsity for name in SPARSE}

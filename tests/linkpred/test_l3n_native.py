@@ -54,3 +54,34 @@ def test_native_rejects_cuda_tensor_cleanly() -> None:
         pytest.skip("no CUDA device")
     with pytest.raises(RuntimeError, match="CPU only"):
         ch_l3n(torch.ones(4, 4, dtype=torch.bool, device="cuda"), method="native")
+
+
+@settings(max_examples=40, deadline=None)
+@given(mask=masks(), threads=st.sampled_from([1, 2]))
+def test_native_neighbour_lists_match_pytorch(mask: torch.Tensor, threads: int) -> None:
+    """The native CSR/CSC lists (eight mask bytes at a time, rows in parallel) equal the PyTorch
+    ones, whatever the width (tails of fewer than eight columns) and the thread count."""
+    from chtorch.linkpred._common import neighbours
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        row_ptr, row_idx, col_ptr, col_idx = native.load().neighbour_lists(mask)
+    finally:
+        torch.set_num_threads(previous)
+    rows, cols = neighbours(mask)
+    nnz = torch.tensor([int(mask.sum())])
+    assert torch.equal(row_ptr, torch.cat([rows.offsets, nnz])) and torch.equal(row_idx, rows.index)
+    assert torch.equal(col_ptr, torch.cat([cols.offsets, nnz])) and torch.equal(col_idx, cols.index)
+
+
+def test_native_neighbour_lists_of_a_large_mask_in_parallel() -> None:
+    """Above 2^18 entries the rows are split among threads."""
+    mask = torch.rand(700, 600, generator=torch.Generator().manual_seed(5)) < 0.02
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        lists = native.load().neighbour_lists(mask)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(lists[1], mask.nonzero()[:, 1]) and torch.equal(lists[3], mask.t().nonzero()[:, 1])

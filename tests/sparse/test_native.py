@@ -60,6 +60,58 @@ def test_native_forward_and_grads_match_gather(n_in, n_out, batch, density, dtyp
 
 
 @needs_native
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(1, 80),
+    cols=st.integers(1, 80),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    threads=st.sampled_from([1, 2]),
+)
+def test_native_transpose_is_exact(rows, cols, dtype, threads):
+    src = torch.randn(rows, cols, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.load().transpose(src)
+    finally:
+        torch.set_num_threads(previous)
+    assert out.is_contiguous() and torch.equal(out, src.t())
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_results_are_ordinary_batch_major_tensors(threads):
+    """The output and the input gradient are contiguous (batch, features) tensors whatever the input
+    layout (a transposed view slows the dense torch ops that follow 5-30x), with equal numbers from
+    a contiguous and a transposed-view input; checked with one and two threads on a layer large
+    enough for the parallel loops (8 x 8 tile edges included)."""
+    torch.manual_seed(0)
+    layer = _layer(300, 203, 0.05, 0, torch.float32, "native")
+    x = torch.randn(70, 300)
+    views = [x.clone(), x.t().contiguous().t()]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for xi in views:
+            xi.requires_grad_(True)
+            z = xi[:]  # a non-leaf: its hook sees the gradient exactly as the layer returns it
+            seen = []
+            z.register_hook(lambda grad, seen=seen: seen.append(grad.is_contiguous()))
+            y = layer(z)
+            y.backward(torch.ones_like(y))
+            assert y.is_contiguous() and seen == [True]
+            results.append((y.detach(), xi.grad, layer.values.grad.clone()))
+            layer.values.grad = None
+    finally:
+        torch.set_num_threads(previous)
+    reference = x @ layer.dense_weight().t() + layer.bias
+    torch.testing.assert_close(results[0][0], reference.detach(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@needs_native
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_native_training_matches_reference(optimizer):
     """Three layers, five optimizer steps (momentum / Adam moments on the values), a topology update

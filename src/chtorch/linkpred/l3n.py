@@ -85,11 +85,8 @@ def _l3n_native(mask: torch.Tensor, variant: str, counting: str = "auto") -> tor
     """CH-L3n by the native kernel. ``counting``: how the common neighbours are counted, ``"auto"``
     (by cost, per side), ``"gustavson"`` (sparse row products) or ``"bags"`` (vectorised bag sums);
     the tests force each."""
-    rows, cols = neighbours(mask)
-    end = torch.tensor([rows.index.numel()], dtype=torch.int64)
-    row_ptr = torch.cat([rows.offsets, end])
-    col_ptr = torch.cat([cols.offsets, end])
-    return native.load().ch_l3n(row_ptr, rows.index, col_ptr, cols.index, _VARIANT_CODE[variant], _COUNTING_CODE[counting])
+    # the neighbour lists are built natively too (a third of the time at 2% when built in PyTorch)
+    return native.load().ch_l3n_mask(mask.contiguous(), _VARIANT_CODE[variant], _COUNTING_CODE[counting])
 
 
 def _factor(

@@ -161,30 +161,41 @@ def _gather_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.T
 
 
 # --- implementation "native": C++/OpenMP kernels on feature-major operands ---------------------
+# The kernels read feature-major (features, batch) operands and write ordinary batch-major results:
+# a transposed-view result would be free for a following sparse layer but slows the dense torch ops
+# that usually follow (a dense classifier, a residual add, the ReLU backward against a contiguous
+# gradient) 5-30x, far more than the one native transpose per operand that this layout costs.
 
 
 def _feature_major(t: torch.Tensor) -> torch.Tensor:
-    """``t.t()`` as a contiguous ``(features, batch)`` matrix: free when ``t`` is already the
-    transposed view the native forward returns, one copy otherwise."""
-    return t.t().contiguous()
+    """``t.t()`` as a contiguous ``(features, batch)`` matrix: free when ``t`` is a transposed view
+    of such a matrix, else one native blocked transpose."""
+    if t.t().is_contiguous():
+        return t.t()
+    return native.load().transpose(t.contiguous())
 
 
-def _native_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+def _native_forward(x_fm: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
     ops = native.load()
     bias = None if bias is None else bias.detach().contiguous()
-    out_t = ops.spmm(layout.crow, layout.cols, None, values.detach().contiguous(), _feature_major(x), bias, layout.out_features)
-    return out_t.t()  # (batch, out) view of a feature-major result: the next layer reads it for free
+    return ops.spmm(layout.crow, layout.cols, None, values.detach().contiguous(), x_fm, bias, layout.out_features, True)
 
 
-def _native_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _native_grad_input(grad_fm: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
     ops = native.load()
-    grad_t = _feature_major(grad_out)
-    return ops.spmm(layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_t, None, layout.in_features).t()
+    return ops.spmm(layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_fm, None, layout.in_features, True)
 
 
-def _native_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
-    ops = native.load()
-    return ops.sddmm(layout.crow, layout.cols, _feature_major(grad_out), _feature_major(x))
+def _native_grad_values(grad_fm: torch.Tensor, x_fm: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    return native.load().sddmm(layout.crow, layout.cols, grad_fm, x_fm)
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _transposed(t: torch.Tensor) -> torch.Tensor:
+    return t.t()
 
 
 _KERNELS = {
@@ -192,6 +203,9 @@ _KERNELS = {
     "csr": (_csr_forward, _csr_grad_input, _csr_grad_values),
     "gather": (_gather_forward, _gather_grad_input, _gather_grad_values),
 }
+# How each implementation wants its operands (the input, and the output gradient, are converted once
+# and shared by the passes that read them), and how to get the batch-major input back for a watch.
+_OPERAND = {"native": (_feature_major, _transposed), "csr": (_identity, _identity), "gather": (_identity, _identity)}
 
 
 class DenseGradWatch:
@@ -230,7 +244,9 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, layout, impl, watch=None):  # type: ignore[override]
         forward, _, _ = _KERNELS[impl]
+        to_operand, _ = _OPERAND[impl]
         ctx.layout, ctx.impl, ctx.has_bias, ctx.watch = layout, impl, bias is not None, watch
+        x = to_operand(x)
         ctx.save_for_backward(x, values)
         # The kernels run in the weight's dtype: autocast must not recast their operands. Entering
         # a disabled autocast context costs as much as a small sparse product, so only when needed.
@@ -250,17 +266,19 @@ class _SparseLinearFunction(torch.autograd.Function):
     def _backward(ctx, grad_out):
         x, values = ctx.saved_tensors
         _, grad_input_fn, grad_values_fn = _KERNELS[ctx.impl]
+        to_operand, from_operand = _OPERAND[ctx.impl]
         grad_x = grad_values = grad_bias = None
         grad_out = grad_out.to(values.dtype)
+        grad = to_operand(grad_out)
         needs = ctx.needs_input_grad
         if needs[0]:
-            grad_x = grad_input_fn(grad_out, values, ctx.layout)
+            grad_x = grad_input_fn(grad, values, ctx.layout)
         if needs[1]:
-            grad_values = grad_values_fn(grad_out, x, values, ctx.layout)
+            grad_values = grad_values_fn(grad, x, values, ctx.layout)
         if ctx.has_bias and needs[2]:
             grad_bias = grad_out.sum(0)
         if ctx.watch is not None:
-            ctx.watch(grad_out, x)
+            ctx.watch(grad_out, from_operand(x))
         return grad_x, grad_values, grad_bias, None, None, None
 
 
