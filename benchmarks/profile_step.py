@@ -38,7 +38,7 @@ from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference
 from chtorch.linkpred._common import neighbours
 from chtorch.linkpred.l3n import _l3n_native
 from chtorch.sparse import SparseLinear, native
-from chtorch.sparse.functional import _KERNELS
+from chtorch.sparse.functional import _KERNELS, _OPERAND
 
 PARTS = ("step", "fwd+bwd", "forward", "kernels fwd", "kernels dx", "kernels dW", "dense rest", "optimizer", "zero_grad")
 
@@ -59,6 +59,7 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
                 inputs.append(h)
             h = module(h)
     forward, grad_input, grad_values = _KERNELS[impl]
+    to_operand = _OPERAND[impl][0]  # the layout the kernels read (native: feature-major)
     grads = [torch.randn(batch, layer.out_features, generator=g) for layer in layers]
     classifier = model[len(model) - 1]
     last_hidden = inputs[-1].detach().clone()
@@ -74,14 +75,17 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
 
     def k_fwd() -> None:
         for layer, inp in zip(layers, inputs):
-            forward(inp, layer.active_values().detach(), layer.bias.detach(), layer.layout)
+            forward(to_operand(inp), layer.active_values().detach(), layer.bias.detach(), layer.layout)
 
     def k_dx() -> None:
         for layer, grad in zip(layers, grads):
-            grad_input(grad, layer.active_values().detach(), layer.layout)
+            grad_input(to_operand(grad), layer.active_values().detach(), layer.layout)
+
+    # the backward converts the output gradient once for dx and dW (counted in dx), the input was converted by the forward
+    converted = [(to_operand(grad), to_operand(inp)) for grad, inp in zip(grads, inputs)]
 
     def k_dw() -> None:
-        for layer, grad, inp in zip(layers, grads, inputs):
+        for layer, (grad, inp) in zip(layers, converted):
             grad_values(grad, inp, layer.active_values().detach(), layer.layout)
 
     def dense_rest() -> None:
@@ -120,6 +124,8 @@ def profile_l3n(n: int, density: float, repeats: int, seed: int) -> dict[str, Ti
         "prep (neighbour lists)": lambda: neighbours(mask),
     }
     if native.available():
+        # the native kernel builds its own neighbour lists (C++) since 2026-11-26: its prep is this one
+        jobs["prep (neighbour lists)"] = lambda: native.load().neighbour_lists(mask)
         jobs["native total"] = lambda: _l3n_native(mask, "CH2")
     return interleave(jobs, repeats, warmup=1)
 

@@ -12,8 +12,10 @@ forward + backward + optimizer.step + zero_grad on a random batch. Variants, tim
                      sparse forward/backward, optimizer state for the links only).
 
 Also timed: one topology update through ``SparseLinear.set_mask`` (30% of links moved, optimizer
-state carried) for the three layers. Each configuration runs at every ``--thread-counts`` value, and
-the file reports the thread scaling of dense and sparse side by side (issue 12's goals).
+state carried) for the three layers. Each configuration runs at every ``--thread-counts`` value, the
+thread counts interleaved with the variants in one round robin (this 2-vCPU machine's speed at two
+threads drifts by up to 1.7x over minutes), and the file reports the thread scaling of dense and
+sparse side by side (issue 12's goals).
 
     python -m benchmarks.sparse_training                       # print the table
     python -m benchmarks.sparse_training --out benchmarks/results/sparse-training-cpu.md
@@ -99,12 +101,24 @@ class Variant:
                             value.mul_(mask)
 
 
-def time_steps(variants: list[Variant], batch: int, repeats: int, steps: int, seed: int) -> dict[str, Timing]:
-    """Median wall and CPU seconds per step of each variant, timed round robin."""
+def time_steps(
+    variants: list[Variant], batch: int, repeats: int, steps: int, seed: int, thread_counts: list[int]
+) -> dict[int, dict[str, Timing]]:
+    """Median wall and CPU seconds per step of each variant at each thread count, all timed round
+    robin in one loop (the thread count is switched before every sample), so that a drift of the
+    shared machine hits the 1- and 2-thread figures alike and the scaling is measured side by side."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, SIZES[0], generator=g)
     y = torch.randint(0, SIZES[-1], (batch,), generator=g)
-    return interleave({v.kind: (lambda v=v: v.step(x, y)) for v in variants}, repeats, calls=steps, warmup=2)
+
+    def step(v: Variant, threads: int) -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        v.step(x, y)
+
+    fns = {(t, v.kind): (lambda v=v, t=t: step(v, t)) for t in thread_counts for v in variants}
+    timed = interleave({f"{t}|{k}": fn for (t, k), fn in fns.items()}, repeats, calls=steps, warmup=2)
+    return {t: {v.kind: timed[f"{t}|{v.kind}"] for v in variants} for t in thread_counts}
 
 
 def time_topology_update(variant: Variant, zeta: float, repeats: int, seed: int) -> Timing:
@@ -150,28 +164,31 @@ def main(argv: list[str] | None = None) -> None:
     kinds = ["dense"] + ([] if args.no_masked else ["masked"]) + [f"sparse-{impl}" for impl in args.impls]
     rows = []
     update: dict[int, Timing] = {}
-    for threads in args.thread_counts:
-        torch.set_num_threads(threads)
-        for opt_name in args.optimizers:
-            for batch in args.batch_sizes:
-                variants = [Variant(kind, masks, opt_name, args.seed, args.optimizer_kernel) for kind in kinds]
-                med = time_steps(variants, batch, args.repeats, args.steps, args.seed + batch)
+    for opt_name in args.optimizers:
+        for batch in args.batch_sizes:
+            variants = [Variant(kind, masks, opt_name, args.seed, args.optimizer_kernel) for kind in kinds]
+            by_threads = time_steps(variants, batch, args.repeats, args.steps, args.seed + batch, args.thread_counts)
+            for threads, med in by_threads.items():
                 rows.append((threads, opt_name, batch, med))
                 print(
                     f"{threads} thr {opt_name:5s} batch {batch:4d}: "
                     + "  ".join(f"{k} {med[k].ms()} (x{med['dense'].wall / med[k].wall:.2f})" for k in kinds),
                     flush=True,
                 )
-                if opt_name == args.optimizers[0] and batch == args.batch_sizes[0]:
-                    sparse_variant = next(v for v in variants if v.kind == kinds[-len(args.impls)])
+            if opt_name == args.optimizers[0] and batch == args.batch_sizes[0]:
+                sparse_variant = next(v for v in variants if v.kind == kinds[-len(args.impls)])
+                for threads in args.thread_counts:
+                    torch.set_num_threads(threads)
                     update[threads] = time_topology_update(sparse_variant, 0.3, max(3, args.repeats // 3), args.seed)
+    rows.sort(key=lambda row: args.thread_counts.index(row[0]))
     session.finish()
     best = kinds[-len(args.impls)]
     lines = session.header(
         [
             f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the three hidden layers "
             "(random, exact budget), classifier dense; step = forward + backward + optimizer.step + zero_grad",
-            f"- timing: median over {args.repeats} samples of {args.steps} steps, variants interleaved (round robin); "
+            f"- timing: median over {args.repeats} samples of {args.steps} steps, variants and thread counts interleaved "
+            "(one round robin); "
             "wall ms with process CPU ms in brackets",
             f"- SparseLinear kernels: {', '.join(args.impls)} (`native` = chtorch's C++/OpenMP kernels)",
             f"- optimizer: the trainer's (`chtorch.train.optim.build_optimizer`), `optim.kernel={args.optimizer_kernel}` "

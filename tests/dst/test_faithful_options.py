@@ -316,3 +316,57 @@ def test_network_early_stop_flags_survive_a_resume():
     bad["layers"][first.layers[0].name]["early_stop_flag"] = "yes"
     with pytest.raises(ValueError, match="early_stop_flag must be a bool"):
         build().load_state_dict(bad)
+
+
+# ----------------------------------------------------------------------------- optimizer step on an update iteration
+
+
+def _skipping_engine(skip: bool, **kw):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.8, total_steps=20, update_interval=4, skip_step_on_update=skip, **kw)
+    return sp
+
+
+def test_skips_optimizer_step_exactly_on_update_iterations():
+    sp = _skipping_engine(True)
+    skipped = []
+    for step in range(1, 21):
+        skipped.append(sp.skips_optimizer_step())
+        report = sp.step()
+        assert skipped[-1] == (report is not None), step
+    # the set preset updates every 4 steps for the whole run (T_end = 20)
+    assert [i + 1 for i, s in enumerate(skipped) if s] == [4, 8, 12, 16, 20]
+    off = _skipping_engine(False)
+    flags = []
+    for _ in range(20):
+        flags.append(off.skips_optimizer_step())
+        off.step()
+    assert not any(flags)
+
+
+def test_no_skip_once_a_network_early_stop_froze_the_topology():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = chtorch.sparsify(model, opt, method="cht", sparsity=0.8, total_steps=20, update_interval=2, skip_step_on_update=True)
+    sp.step()
+    assert sp.skips_optimizer_step()
+    for layer in sp.layers:
+        layer.frozen = True
+    assert network_stopped(sp) and not sp.skips_optimizer_step()
+
+
+def test_skip_step_on_update_must_be_a_bool():
+    with pytest.raises(OptionError, match="skip_step_on_update must be true or false"):
+        SparsityOptions(skip_step_on_update="yes")
+
+
+def test_recipe_defaults_skip_as_each_family_s_code():
+    import chtorch.recipes.builtin  # noqa: F401  (registers the recipes)
+    from chtorch.config.registry import recipe_schema
+
+    assert recipe_schema("image_classification").sparsity_defaults["skip_step_on_update"] is True
+    assert recipe_schema("lm").sparsity_defaults["skip_step_on_update"] is True
+    assert not recipe_schema("translation").sparsity_defaults.get("skip_step_on_update", False)

@@ -217,6 +217,9 @@ def test_callback_rejects_bad_arguments_early() -> None:
         ChtorchCallback("chtz")
     with pytest.raises(chtorch.OptionError, match="zetta"):
         ChtorchCallback("chts", zetta=0.1)
+    with pytest.raises(ValueError, match="skip_step_on_update=True cannot be honoured by a Trainer callback"):
+        ChtorchCallback("chts", skip_step_on_update=True)
+    ChtorchCallback("chts", skip_step_on_update=False)  # the Transformer code's choice is fine
 
 
 def test_missing_transformers_names_the_extra(monkeypatch) -> None:

@@ -58,6 +58,15 @@ def test_linear_schedule_goes_from_lr_to_final_lr() -> None:
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+def test_decay_fraction_reaches_final_lr_early_and_holds() -> None:
+    """The official MLP code's LinearLR runs over 90% of the epochs, then the LR stays at its end."""
+    values = lrs(OptimConfig(lr=0.025, final_lr=2.5e-4, schedule="linear", decay_fraction=0.9), 100)
+    assert values[0] == pytest.approx(0.025) and values[45] == pytest.approx((0.025 + 2.5e-4) / 2)
+    assert values[90] == pytest.approx(2.5e-4) and values[100] == pytest.approx(2.5e-4) and values[89] > 2.5e-4
+    cosine = lrs(OptimConfig(name="adamw", lr=1e-3, final_lr=1e-4, schedule="cosine", decay_fraction=0.5), 100)
+    assert cosine[50] == pytest.approx(1e-4) and cosine[100] == pytest.approx(1e-4) and cosine[25] == pytest.approx(5.5e-4)
+
+
 def test_cosine_and_noam() -> None:
     values = lrs(OptimConfig(name="adamw", lr=1e-3, final_lr=1e-4, schedule="cosine", warmup_steps=10), 100)
     assert values[5] == pytest.approx(0.5e-3) and values[10] == pytest.approx(1e-3) and values[100] == pytest.approx(1e-4)
@@ -338,6 +347,27 @@ def test_rng_state_round_trip() -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("skip", [True, False])
+def test_optimizer_step_of_update_iterations_is_skipped_when_asked(tmp_path: Path, skip: bool) -> None:
+    """The image recipe skips the optimizer step of an update iteration (the MLP code); AdamW's step
+    counter of a dense parameter then lags the trainer's by the number of updates."""
+    seen: list = []
+    run(
+        tmp_path,
+        f"skip{skip}",
+        "optim.name=adamw",
+        "optim.lr=0.001",
+        "sparsity.update_interval=1",
+        f"sparsity.options={{skip_step_on_update: {str(skip).lower()}}}",
+        callbacks=[lambda trainer: seen.append(trainer)],
+    )
+    trainer = seen[-1]
+    bias = trainer.model.get_submodule(trainer.sparsity.layer_names[0]).bias
+    updates = sum(1 for e in range(1, 4) if trainer.sparsity.is_update_step(e * trainer.steps_per_epoch))
+    assert updates == 3  # one per epoch, T_end = the whole run for set
+    assert int(trainer.optimizer.state[bias]["step"]) == trainer.step - (updates if skip else 0)
+
+
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path: Path) -> None:
     def poison(trainer: Trainer) -> None:
         if trainer.step == 3:

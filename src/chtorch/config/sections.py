@@ -64,6 +64,14 @@ class OptimConfig:
         choices=("constant", "linear", "cosine", "noam"),
     )
     final_lr: float = setting(2.5e-4, "LR at the end of a linear or cosine schedule (the paper: 0.025 -> 2.5e-4)", min=0.0)
+    decay_fraction: float = setting(
+        1.0,
+        "fraction of the training steps over which linear and cosine reach final_lr, then held (the official MLP code: "
+        "0.9, flat for the last 10%)",
+        min=0.0,
+        max=1.0,
+        min_open=True,
+    )
     warmup_steps: int = setting(0, "global warm-up steps (noam: its warm-up, required)", min=0)
     d_model: int | None = setting(None, "model width for noam (default: the model's)", min=1)
     rewarmup_steps: int = setting(

@@ -17,7 +17,8 @@ This module holds the engine's life cycle (set-up, hooks, ``step``, schedules, s
 update is :mod:`chtorch.dst.update` (Algorithm 1 of Zhang et al., NeurIPS 2025, arXiv:2501.19107),
 a layer on either backend is :mod:`chtorch.dst.layer`, the starting topology and weights are
 :mod:`chtorch.dst.initial`. The update runs after ``optimizer.step()`` (``sp.step()`` is called after
-it), so no gradient step is skipped: see docs/decisions.md, "optimizer step on an update iteration".
+it); with ``skip_step_on_update`` the loop leaves out the optimizer step of an update iteration
+(:meth:`DynamicSparsity.skips_optimizer_step`): docs/decisions.md, "optimizer step on an update iteration".
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from chtorch.dst.layer import (
     switch_backend,
 )
 from chtorch.dst.maskwatch import MaskWatch
-from chtorch.dst.options import OptionError, SparsityOptions
+from chtorch.dst.options import OptionError, SparsityOptions, check_engine_args
 from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
 from chtorch.dst.registry import get_part
 from chtorch.dst.report import UpdateReport, summary_table
@@ -116,7 +117,7 @@ class DynamicSparsity:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         check_number("seed", seed, 0, 2**63 - 1, integer=True, hint="the root of every random choice")
-        self._validate_args(sparsity, total_steps, options)
+        check_engine_args(sparsity, total_steps, options)
         names = select_layers(model, layers, exclude)
         check_structure(model, names)
         modules = dict(model.named_modules())
@@ -181,21 +182,6 @@ class DynamicSparsity:
         self._watch.remember(self.layers)
 
     # ------------------------------------------------------------------ set-up
-    @staticmethod
-    def _validate_args(sparsity: float, total_steps: int, options: SparsityOptions) -> None:
-        check_number("sparsity", sparsity, 0, 1, high_open=True, hint="the fraction of zeros; 0.99 keeps 1% of links")
-        check_number("total_steps", total_steps, 1, integer=True, hint="optimizer steps of the whole run")
-        if options.density_schedule != "constant" and options.initial_sparsity > sparsity:
-            raise OptionError(
-                f"initial_sparsity={options.initial_sparsity} is above the target sparsity {sparsity}: "
-                "a density decay must start denser than it ends"
-            )
-        if "restores_nothing" in get_part("regrowth", options.regrowth).flags and (options.zeta > 0 or options.percolation):
-            raise OptionError(
-                f"regrowth={options.regrowth!r} cannot restore links taken by removal or percolation, so budgets would drift: "
-                "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
-            )
-
     def _resolve_couplings(self, names: list[str]) -> list[Coupling]:
         if not self.options.percolation:
             return []
@@ -326,6 +312,17 @@ class DynamicSparsity:
 
     def is_update_step(self, step: int) -> bool:
         return schedules.is_update_step(step, self.options.update_interval, self.t_end)
+
+    def skips_optimizer_step(self) -> bool:
+        """True when option ``skip_step_on_update`` is on and the coming :meth:`step` runs a topology
+        update that changes the topology (not once a network-wide early stop froze it): a training
+        loop then leaves out that ``optimizer.step()`` but still calls ``sp.step()``, as the official
+        MLP and LLaMA codes do (docs/decisions.md, "optimizer step on an update iteration")."""
+        from chtorch.dst.update import network_stopped
+
+        if not self.options.skip_step_on_update or self._removed:
+            return False
+        return self.is_update_step(self.step_count + 1) and not network_stopped(self)
 
     # ------------------------------------------------------------------ hooks
     def _grad_window(self, step: int) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from chtorch._checks import check_choice, check_number, closest
 
-__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS"]
+__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS", "check_engine_args"]
 
 # Plain choices that are not parts (no behaviour of their own to register).
 PREDICTORS = ("l3n", "l3p")
@@ -98,6 +98,11 @@ class SparsityOptions:
         overlap threshold θ on |removed ∩ regrown| / |regrown| (None = never); ``early_stop_scope``:
         "network" (every layer's overlap has once been > θ: the topology stops evolving, as the
         official code) or "layer" (each layer freezes once its overlap is ≥ θ).
+    Training loop
+        ``skip_step_on_update``: the optimizer step of an iteration that runs a topology update is
+        skipped, as in the official MLP and LLaMA codes (their ``pruner()`` returns False there); the
+        Transformer code does not skip. :meth:`DynamicSparsity.skips_optimizer_step` tells a
+        training loop when (``chtorch train`` follows it; docs/decisions.md).
     """
 
     update_interval: int = 100
@@ -144,6 +149,7 @@ class SparsityOptions:
     early_stop: float | None = None
     early_stop_scope: str = "network"
     head_groups: dict = field(default_factory=dict)
+    skip_step_on_update: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -222,7 +228,7 @@ class SparsityOptions:
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in self.head_groups.items()
         ):
             raise OptionError(f"head_groups must map layer patterns to positive head counts, got {self.head_groups!r}")
-        for name in ("prune_with_history", "ems", "percolation"):
+        for name in ("prune_with_history", "ems", "percolation", "skip_step_on_update"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be true or false, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}")
         if not isinstance(self.init_options, Mapping):
@@ -285,3 +291,22 @@ class SparsityOptions:
     def needs_weight_history(self) -> bool:
         """True when removed weights must be remembered (history regrowth, GMP's moving threshold)."""
         return "weight_history" in self.needs()
+
+
+def check_engine_args(sparsity: float, total_steps: int, options: SparsityOptions) -> None:
+    """The checks that need the engine's arguments beside the options (``OptionError`` or
+    ``ValueError`` naming the value and the fix)."""
+    from chtorch.dst.registry import get_part
+
+    check_number("sparsity", sparsity, 0, 1, high_open=True, hint="the fraction of zeros; 0.99 keeps 1% of links")
+    check_number("total_steps", total_steps, 1, integer=True, hint="optimizer steps of the whole run")
+    if options.density_schedule != "constant" and options.initial_sparsity > sparsity:
+        raise OptionError(
+            f"initial_sparsity={options.initial_sparsity} is above the target sparsity {sparsity}: "
+            "a density decay must start denser than it ends"
+        )
+    if "restores_nothing" in get_part("regrowth", options.regrowth).flags and (options.zeta > 0 or options.percolation):
+        raise OptionError(
+            f"regrowth={options.regrowth!r} cannot restore links taken by removal or percolation, so budgets would drift: "
+            "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
+        )

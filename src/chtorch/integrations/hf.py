@@ -119,7 +119,10 @@ class ChtorchCallback(TrainerCallback):
             ``zeta=0.1``, or a part you registered (``removal="my_score"``). The model family of a
             Trainer is usually a pretrained or HF-initialised Transformer, whose official code keeps the
             model's own initialisation: ``weight_init`` defaults to ``"keep"`` here (pass ``"swi"`` to
-            redraw the weights at the links, as the MLP code does).
+            redraw the weights at the links, as the MLP code does). The removal temperature follows
+            the preset (linear T 1 → 3, the official MLP/Transformer code); to train a LLaMA as the
+            official LLaMA code does, pass ``**chtorch.recipes.lm.LLAMA_CODE_DEFAULTS`` (T 1 → 9,
+            top-k regrowth, no percolation, no early stop; docs/decisions.md).
         masks: start from these topologies (layer name → bool ``(out_features, in_features)``), e.g.
             :func:`restore_masks` of a model saved with :func:`save_pretrained_sparse`; ``layers``
             defaults to their names. A resumed Trainer checkpoint takes precedence.
@@ -156,6 +159,11 @@ class ChtorchCallback(TrainerCallback):
         if update_interval is not None:
             options["update_interval"] = update_interval
         options.setdefault("weight_init", "keep")
+        if options.get("skip_step_on_update"):
+            raise ValueError(
+                "skip_step_on_update=True cannot be honoured by a Trainer callback (the Trainer's optimizer step cannot be "
+                "left out from one); drop it: the update iteration then trains as in the official Transformer code"
+            )
         resolve_options(preset.name, options)  # validate the overrides now (a dense method is refused here)
         check_number("rewarmup_steps", rewarmup_steps, 0, integer=True)
         self.method = preset.name

@@ -76,7 +76,8 @@ register_recipe_schema(
     "image_classification",
     ImageDataConfig,
     ["mlp"],
-    sparsity_defaults={"weight_init": "swi_out"},
+    # the MLP code skips the optimizer step of an update iteration (docs/decisions.md)
+    sparsity_defaults={"weight_init": "swi_out", "skip_step_on_update": True},
     validate=validate_image_config,
     default=True,
 )

@@ -105,7 +105,9 @@ LLAMA_CODE_DEFAULTS = {
     "percolation": False,
     "early_stop": None,
 }
-register_recipe_schema("lm", LMDataConfig, ["llama"], sparsity_defaults=LLAMA_CODE_DEFAULTS)
+# The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part of
+# LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).
+register_recipe_schema("lm", LMDataConfig, ["llama"], sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True})
 register_model_schema("llama", LlamaModelConfig)
 
 

@@ -82,13 +82,15 @@ def lr_multiplier(
     ``config.rewarmup_steps > 0`` (None: a dense run, no re-warm-up).
 
     - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
-    - linear: from 1 to ``final_lr/lr`` at ``total_steps`` (after the warm-up);
-    - cosine: :func:`chtorch.dst.schedules.cosine_with_warmup` down to ``final_lr/lr``;
+    - linear: from 1 to ``final_lr/lr`` at ``decay_fraction · total_steps`` (after the warm-up), then held;
+    - cosine: :func:`chtorch.dst.schedules.cosine_with_warmup` down to ``final_lr/lr`` at the same step, then held;
     - noam: :func:`chtorch.dst.schedules.noam` at step + 1 (OpenNMT counts steps from 1).
     """
     lr, warmup = config.lr, config.warmup_steps
     end_ratio = config.final_lr / lr
     kind = config.schedule
+    # linear and cosine reach final_lr after this many steps and hold it (the MLP code: 90% of training)
+    decay_steps = max(1, int(round(config.decay_fraction * total_steps)))
     if kind == "noam":
         width = config.d_model or d_model
         if width is None:
@@ -99,7 +101,7 @@ def lr_multiplier(
     elif kind == "cosine":
 
         def base(step: int) -> float:
-            return schedules.cosine_with_warmup(step, total_steps, warmup, min_ratio=end_ratio)
+            return schedules.cosine_with_warmup(step, decay_steps, warmup, min_ratio=end_ratio)
     elif kind in ("linear", "constant"):
 
         def base(step: int) -> float:
@@ -107,7 +109,7 @@ def lr_multiplier(
                 return (step + 1) / warmup
             if kind == "constant":
                 return 1.0
-            return schedules.linear_decay(step - warmup, max(0, total_steps - warmup), 1.0, end_ratio)
+            return schedules.linear_decay(step - warmup, max(0, decay_steps - warmup), 1.0, end_ratio)
     else:
         raise ValueError(f"unknown LR schedule {kind!r}; choose constant, linear, cosine or noam")
 

@@ -419,7 +419,8 @@ class Trainer:
                 # The LR this step trains with (the scheduler moves it after the step; just after a
                 # topology update that is the first value of a re-warm-up): step and epoch records report this one.
                 self.lr_used = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
+                if self.sparsity is None or not self.sparsity.skips_optimizer_step():
+                    self.optimizer.step()
                 if self.sparsity is not None:
                     report = self.sparsity.step()
                 self.scheduler.step()
