@@ -65,3 +65,20 @@ def test_state_moves_between_kernels(first: str, second: str) -> None:
     reference, _ = _train(OptimConfig(name="adamw", lr=0.01, kernel=first), steps=5)
     for a, b in zip(resumed.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_falls_back_where_torch_has_no_fused_kernel(monkeypatch) -> None:
+    """On a torch without fused CPU kernels, `auto` builds torch's default instead of failing; an
+    explicit `fused` still reports torch's error."""
+    real = torch.optim.SGD
+
+    def no_fused(*args, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices: ['cuda']")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", no_fused)
+    optimizer = build_optimizer(nn.Linear(3, 2), OptimConfig(kernel="auto"))
+    assert isinstance(optimizer, real) and not optimizer.defaults["fused"]
+    with pytest.raises(RuntimeError, match="fused=True"):
+        build_optimizer(nn.Linear(3, 2), OptimConfig(kernel="fused"))

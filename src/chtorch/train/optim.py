@@ -28,6 +28,15 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     implementation ``config.kernel`` asks for (:func:`_implementation`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     kind = _implementation(config.kernel, params)
+    try:
+        return _make(config, params, kind)
+    except (RuntimeError, ValueError):
+        if config.kernel != "auto" or not kind:
+            raise
+        return _make(config, params, {})  # a torch without fused CPU kernels (before 2.4/2.5): its default
+
+
+def _make(config: OptimConfig, params: list[nn.Parameter], kind: dict[str, bool]) -> torch.optim.Optimizer:
     if config.name == "sgd":
         return torch.optim.SGD(
             params,
