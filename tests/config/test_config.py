@@ -285,9 +285,10 @@ def test_integer_accepted_for_float_field() -> None:
 
 
 def test_recipe_default_options_merge_under_user_options() -> None:
-    assert load_config().sparsity.options == {"weight_init": "swi_out"}
+    mlp_code = {"weight_init": "swi_out", "skip_step_on_update": True}
+    assert load_config().sparsity.options == mlp_code
     c = load_config(None, ["sparsity.options.zeta=0.1"])
-    assert c.sparsity.options == {"weight_init": "swi_out", "zeta": 0.1}
+    assert c.sparsity.options == {**mlp_code, "zeta": 0.1}
     assert load_config(None, ["sparsity.options.weight_init=keep"]).sparsity.options["weight_init"] == "keep"
 
 

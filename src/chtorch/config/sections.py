@@ -108,7 +108,7 @@ class SparsityConfig:
     options: dict[str, Any] = setting(
         factory=dict,
         help="overrides of the method's parts for every method (see SparsityOptions), merged over the recipe's "
-        "defaults (the MLP recipe's: {weight_init: swi}, the paper's sparse weight init for MLPs)",
+        "defaults (the MLP recipe's: {weight_init: swi_out, skip_step_on_update: true}, as the official MLP code)",
     )
     method_options: dict[str, dict[str, Any]] = setting(
         factory=dict,
