@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", default=["native", "csr"], choices=["native", "csr", "gather"])
     parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="torch threads to measure, each in turn")
     parser.add_argument("--no-masked", action="store_true", help="leave out the masked dense variant")
+    parser.add_argument("--no-alone", action="store_true", help="skip the thread scaling of dense and sparse timed each alone")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed sample")
     parser.add_argument(
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = ["dense"] + ([] if args.no_masked else ["masked"]) + [f"sparse-{impl}" for impl in args.impls]
     rows = []
     update: dict[int, Timing] = {}
+    alone: dict[tuple[str, int, str], dict[int, dict[str, Timing]]] = {}
     for opt_name in args.optimizers:
         for batch in args.batch_sizes:
             variants = [Variant(kind, masks, opt_name, args.seed, args.optimizer_kernel) for kind in kinds]
@@ -175,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
                     + "  ".join(f"{k} {med[k].ms()} (x{med['dense'].wall / med[k].wall:.2f})" for k in kinds),
                     flush=True,
                 )
+            if len(args.thread_counts) > 1 and not args.no_alone:
+                for v in variants:
+                    if v.kind in ("dense", kinds[-len(args.impls)]):
+                        alone[(opt_name, batch, v.kind)] = time_steps(
+                            [v], batch, args.repeats, args.steps, args.seed + batch, args.thread_counts
+                        )
             if opt_name == args.optimizers[0] and batch == args.batch_sizes[0]:
                 sparse_variant = next(v for v in variants if v.kind == kinds[-len(args.impls)])
                 for threads in args.thread_counts:
@@ -222,6 +230,28 @@ def main(argv: list[str] | None = None) -> None:
                 dense_scale = a["dense"].wall / b["dense"].wall
                 sparse_scale = a[best].wall / b[best].wall
                 lines.append(f"| {opt_name} | {batch} | {dense_scale:.2f}x | {sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |")
+    if alone:
+        lo, hi = args.thread_counts[0], args.thread_counts[-1]
+        lines += [
+            "",
+            f"Thread scaling of each variant timed alone (its {lo}- and {hi}-thread samples interleaved, no other model "
+            "in between: a training run's situation; the dense models of the table above evict the caches before every "
+            "sparse sample):",
+            "",
+            f"| optimizer | batch | dense {lo} / {hi} thread(s) | dense scaling | {best} {lo} / {hi} thread(s) | {best} scaling "
+            f"| {best} scaling / dense scaling |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for opt_name in args.optimizers:
+            for batch in args.batch_sizes:
+                d, sp = alone[(opt_name, batch, "dense")], alone[(opt_name, batch, best)]
+                d_lo, d_hi = d[lo]["dense"], d[hi]["dense"]
+                s_lo, s_hi = sp[lo][best], sp[hi][best]
+                dense_scale, sparse_scale = d_lo.wall / d_hi.wall, s_lo.wall / s_hi.wall
+                lines.append(
+                    f"| {opt_name} | {batch} | {d_lo.ms()} / {d_hi.ms()} | {dense_scale:.2f}x | {s_lo.ms()} / {s_hi.ms()} | "
+                    f"{sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |"
+                )
     lines += ["", f"Topology update through `set_mask` ({best}, 3 layers, 30% of links moved, optimizer state carried):", ""]
     lines += [f"- {t} thread(s): {timing.ms()} (median)" for t, timing in update.items()]
     print("\n".join(lines))
