@@ -1,11 +1,14 @@
 """Native CPU kernels (C++/OpenMP), built at first use, with a clean fallback to pure PyTorch.
 
-``csrc/kernels.cpp`` holds three operators, registered as ``torch.ops.chtorch_native.*``:
+``csrc/kernels.cpp`` holds these operators, registered as ``torch.ops.chtorch_native.*``:
 
-* ``spmm(crow, index, perm, values, src, bias, n_rows)``: ``out = W @ src`` for a CSR weight and a
-  feature-major ``(features, batch)`` operand (forward and input gradient of ``SparseLinear``);
+* ``spmm(crow, index, perm, values, src, bias, n_rows, batch_major)``: ``out = W @ src`` for a CSR
+  weight and a feature-major ``(features, batch)`` operand, written ``(batch, n_rows)`` when
+  ``batch_major`` (forward and input gradient of ``SparseLinear``);
+* ``transpose(src)``: the contiguous transpose (feature-major copies of batch-major activations);
 * ``sddmm(crow, cols, a, b)``: ``(a @ bᵀ)`` at the links only (the weight gradient);
-* ``ch_l3n(row_ptr, row_idx, col_ptr, col_idx, variant)``: CH-L3n scores by sparse row products.
+* ``ch_l3n(row_ptr, row_idx, col_ptr, col_idx, variant, counting)`` and ``ch_l3n_mask(mask, variant,
+  counting)``: CH-L3n scores by sparse row products; ``neighbour_lists(mask)``: the CSR/CSC lists.
 
 They are compiled once per (source, torch, Python, CPU) combination with
 ``torch.utils.cpp_extension.load`` into a cache directory (``$CHTORCH_EXTENSION_DIR``, else

@@ -3,8 +3,9 @@
 // chtorch/sparse/native.py with torch.utils.cpp_extension; every kernel has a pure-PyTorch twin
 // (chtorch/sparse/functional.py, chtorch/linkpred/l3n.py) that the tests compare it against.
 //
-// Activations are feature-major: a (features, batch) contiguous matrix, so that the batch is the
-// innermost, contiguous dimension and every link's work is one vectorised loop over the batch.
+// The kernels read feature-major operands: a (features, batch) contiguous matrix, so that the batch is
+// the innermost, contiguous dimension and every link's work is one vectorised loop over the batch
+// (transpose() makes them); spmm writes its result batch-major, as the torch ops that follow expect.
 // Threads: OpenMP with torch's thread count (torch bundles libgomp, and the loader reuses it, so
 // torch.set_num_threads governs these loops as it does torch's own).
 //
