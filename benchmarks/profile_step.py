@@ -59,7 +59,7 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
                 inputs.append(h)
             h = module(h)
     forward, grad_input, grad_values = _KERNELS[impl]
-    to_operand = _OPERAND[impl][0]  # the layout the kernels read (native: feature-major)
+    to_operand = _OPERAND[impl]  # the layout the kernels read (native: feature-major panels)
     grads = [torch.randn(batch, layer.out_features, generator=g) for layer in layers]
     classifier = model[len(model) - 1]
     last_hidden = inputs[-1].detach().clone()
@@ -75,11 +75,11 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
 
     def k_fwd() -> None:
         for layer, inp in zip(layers, inputs):
-            forward(to_operand(inp), layer.active_values().detach(), layer.bias.detach(), layer.layout)
+            forward(to_operand(inp), layer.active_values().detach(), layer.bias.detach(), layer.layout, batch)
 
     def k_dx() -> None:
         for layer, grad in zip(layers, grads):
-            grad_input(to_operand(grad), layer.active_values().detach(), layer.layout)
+            grad_input(to_operand(grad), layer.active_values().detach(), layer.layout, batch)
 
     # the backward converts the output gradient once for dx and dW (counted in dx), the input was converted by the forward
     converted = [(to_operand(grad), to_operand(inp)) for grad, inp in zip(grads, inputs)]

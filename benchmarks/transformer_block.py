@@ -6,12 +6,19 @@ A pre-norm block of the paper's Transformer shapes (Zhang et al., NeurIPS 2025, 
 the attention itself stay dense. A step is forward + backward + AdamW step + zero_grad on
 ``tokens`` tokens (sequences of 128). Variants are timed interleaved.
 
+``--profile`` adds where a step's time goes: ``torch.profiler``'s self CPU time per operator, per step
+(mean of ``--profile-steps`` steps after the timing), for every variant and shape; the sparse kernels
+appear as ``chtorch_native::*`` (``to_panels`` is the conversion of an input or output gradient into
+the kernels' layout).
+
     python -m benchmarks.transformer_block --out benchmarks/results/transformer-block-cpu.md
+    python -m benchmarks.transformer_block --sparsities 0.95 --tokens 4096 --profile --out ...
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -55,6 +62,31 @@ def make(kind: str, sparsity: float, seed: int) -> tuple[nn.Module, torch.optim.
     return block, opt
 
 
+def profile_ops(step: Callable[[], None], steps: int, top: int) -> list[tuple[str, float]]:
+    """The ``top`` operators by self CPU time, in ms per step, and the rest summed as ``(other)``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()), key=lambda kv: -kv[1])
+    rest = sum(ms for _, ms in totals[top:])
+    return [*totals[:top], ("(other)", rest)]
+
+
+def profile_lines(profiles: list[tuple[float, int, str, list[tuple[str, float]]]]) -> list[str]:
+    lines = ["", "## Where the time goes (torch.profiler, self CPU ms per step; the profiler adds some overhead)", ""]
+    for sparsity, tokens, kind, ops in profiles:
+        total = sum(ms for _, ms in ops)
+        lines += [
+            f"### {kind}, {sparsity:.0%}, {tokens} tokens: {total:.1f} ms per step",
+            "",
+            "| operator | ms / step | share |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| `{name}` | {ms:.2f} | {ms / total:.1%} |" for name, ms in ops]
+        lines.append("")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95])
@@ -62,11 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", default=["native", "csr"], choices=["native", "csr", "gather"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="add the per-operator breakdown of a step")
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--profile-top", type=int, default=12, help="operators listed per variant")
     add_protocol_args(parser)
     args = parser.parse_args(argv)
     session = Session(args, "Transformer block (d512, FFN 2048) training step: sparse vs dense")
     kinds = ["dense"] + [f"sparse-{i}" for i in args.impls]
-    rows = []
+    rows, profiles = [], []
     for sparsity in args.sparsities:
         for tokens in args.tokens:
             x = torch.randn(tokens // SEQ, SEQ, D_MODEL, generator=torch.Generator().manual_seed(args.seed))
@@ -82,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                 jobs[kind] = step
             t = interleave(jobs, args.repeats)
             rows.append((sparsity, tokens, t))
+            if args.profile:
+                profiles += [(sparsity, tokens, kind, profile_ops(fn, args.profile_steps, args.profile_top)) for kind, fn in jobs.items()]
             print(f"sparsity {sparsity:.0%} tokens {tokens}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()), flush=True)
     session.finish()
     lines = session.header(
@@ -102,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             + " | ".join(f"{t['dense'].wall / t[k].wall:.2f}x" for k in kinds[1:])
             + " |"
         )
+    lines += profile_lines(profiles)
     print("\n".join(lines))
     session.write(lines)
 

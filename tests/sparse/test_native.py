@@ -31,7 +31,7 @@ def _layer(n_in: int, n_out: int, density: float, seed: int, dtype: torch.dtype,
 @given(
     n_in=st.integers(1, 90),
     n_out=st.integers(1, 90),
-    batch=st.sampled_from([1, 3, 16, 17, 64, 65, 130]),
+    batch=st.sampled_from([1, 3, 16, 17, 32, 33, 64, 65, 130, 200]),
     density=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     bias=st.booleans(),
@@ -76,6 +76,43 @@ def test_native_transpose_is_exact(rows, cols, dtype, threads):
     finally:
         torch.set_num_threads(previous)
     assert out.is_contiguous() and torch.equal(out, src.t())
+
+
+@needs_native
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(0, 200),
+    cols=st.integers(1, 50),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    threads=st.sampled_from([1, 2]),
+)
+def test_to_panels_layout(rows, cols, dtype, threads):
+    """Panels of 256 bytes of batch entries (64 floats, 32 doubles), each the transpose of its rows,
+    the last one zero-padded; one panel of width ``rows`` when the batch fits one."""
+    full = 256 // torch.empty((), dtype=dtype).element_size()
+    src = torch.randn(rows, cols, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.load().to_panels(src)
+    finally:
+        torch.set_num_threads(previous)
+    n_panels = max(1, -(-rows // full))
+    width = rows if rows <= full else full
+    expected = torch.zeros(n_panels, cols, width, dtype=dtype)
+    for p in range(n_panels):
+        chunk = src[p * width : (p + 1) * width]
+        expected[p, :, : chunk.shape[0]] = chunk.t()
+    assert out.is_contiguous() and out.shape == expected.shape and torch.equal(out, expected)
+
+
+@needs_native
+def test_spmm_refuses_panels_of_another_batch():
+    layer = _layer(30, 20, 0.2, 0, torch.float32, "native")
+    panels = native.load().to_panels(torch.randn(100, 30))
+    lay = layer.layout
+    with pytest.raises(RuntimeError, match="does not hold 40 entries in panels of 64"):
+        native.load().spmm(lay.crow, lay.cols, None, layer.values.detach(), panels, None, 20, 40)
 
 
 @needs_native

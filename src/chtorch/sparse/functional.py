@@ -15,8 +15,9 @@ autograd function whose backward is truly sparse as well:
 Three implementations give the same numbers (tests check each against the others):
 
 ``"native"`` C++/OpenMP kernels (:mod:`chtorch.sparse.native`, built at first use) on feature-major
-             activations: the forward and the input gradient are CSR row sweeps whose inner loop is
-             one vectorised pass over the batch, the weight gradient a dot product per link. CPU,
+             panels of the activations (64 batch entries each): the forward and the input gradient
+             are CSR row sweeps over a panel whose inner loop is four vectors of the batch, the
+             weight gradient a dot product per link and panel. CPU,
              float32/float64; ``"auto"`` picks it there when it could be built.
 ``"csr"``    ``torch.sparse`` CSR kernels (MKL on CPU, cuSPARSE on CUDA): ``torch.sparse.mm`` for both
              products and ``torch.sparse.sampled_addmm`` for the weight gradient (float32/float64; the
@@ -101,7 +102,7 @@ _consume_beta_warning()
 # --- implementation "csr": torch.sparse kernels -------------------------------------------------
 
 
-def _csr_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+def _csr_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int) -> torch.Tensor:
     weight = _csr(layout.crow, layout.cols, values, layout.shape)
     if bias is None:
         out_t = torch.sparse.mm(weight, x.t())
@@ -110,7 +111,7 @@ def _csr_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | Non
     return out_t.t()  # (batch, out): a transposed view; the next layer's x.t() is then contiguous
 
 
-def _csr_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _csr_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout, batch: int) -> torch.Tensor:
     weight_t = _csr(layout.crow_t, layout.col_t, values[layout.perm], (layout.in_features, layout.out_features))
     return torch.sparse.mm(weight_t, grad_out.t()).t()
 
@@ -141,13 +142,13 @@ def _gather_spmm(
     return out_t
 
 
-def _gather_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+def _gather_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int) -> torch.Tensor:
     out_t = _gather_spmm(x.t().contiguous(), values, layout.cols, layout.rows, layout.out_features)
     out = out_t.t()
     return out if bias is None else out + bias
 
 
-def _gather_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _gather_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: SparseLayout, batch: int) -> torch.Tensor:
     return _gather_spmm(grad_out.t().contiguous(), values, layout.rows, layout.cols, layout.in_features).t()
 
 
@@ -160,42 +161,46 @@ def _gather_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.T
     return grad_values
 
 
-# --- implementation "native": C++/OpenMP kernels on feature-major operands ---------------------
-# The kernels read feature-major (features, batch) operands and write ordinary batch-major results:
-# a transposed-view result would be free for a following sparse layer but slows the dense torch ops
-# that usually follow (a dense classifier, a residual add, the ReLU backward against a contiguous
-# gradient) 5-30x, far more than the one native transpose per operand that this layout costs.
+# --- implementation "native": C++/OpenMP kernels on feature-major panels ----------------------
+# The kernels read operands in a feature-major panel layout: the batch cut into panels of 256 bytes of
+# entries (64 floats), each a contiguous (features, width) matrix, so that one panel of an activation
+# stays in L2 while every row of W reads it (a plain (features, batch) matrix, rows a power-of-two
+# stride apart, made the caches thrash at large batches). Up to 64 entries it is the plain transpose.
+# Results are ordinary batch-major tensors: a transposed view would be free for a following sparse
+# layer but slows the dense torch ops that usually follow (a dense classifier, a residual add, the
+# ReLU backward against a contiguous gradient) 5-30x, far more than the one conversion per operand.
+
+PANEL_BYTES = 256  # the kernels' panel: 4 AVX-512 vectors, their register tile
 
 
-def _feature_major(t: torch.Tensor) -> torch.Tensor:
-    """``t.t()`` as a contiguous ``(features, batch)`` matrix: free when ``t`` is a transposed view
-    of such a matrix, else one native blocked transpose."""
-    if t.t().is_contiguous():
-        return t.t()
-    return native.load().transpose(t.contiguous())
+def _panels(t: torch.Tensor) -> torch.Tensor:
+    """The panel layout ``(n_panels, features, width)`` of a ``(batch, features)`` matrix: free when
+    the batch fits one panel and ``t`` is a transposed view of a feature-major matrix, else one native
+    blocked transpose. (Layers that read one input, like q, k and v, each convert it: remembering the
+    last conversion would go stale when a tensor is changed through ``.data``, which gradcheck and
+    older code do without bumping its version counter.)"""
+    if t.shape[0] <= PANEL_BYTES // t.element_size() and t.t().is_contiguous():
+        return t.t().unsqueeze(0)
+    return native.load().to_panels(t.contiguous())
 
 
-def _native_forward(x_fm: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout) -> torch.Tensor:
+def _native_forward(x_op: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int) -> torch.Tensor:
     ops = native.load()
     bias = None if bias is None else bias.detach().contiguous()
-    return ops.spmm(layout.crow, layout.cols, None, values.detach().contiguous(), x_fm, bias, layout.out_features, True)
+    return ops.spmm(layout.crow, layout.cols, None, values.detach().contiguous(), x_op, bias, layout.out_features, batch)
 
 
-def _native_grad_input(grad_fm: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _native_grad_input(grad_op: torch.Tensor, values: torch.Tensor, layout: SparseLayout, batch: int) -> torch.Tensor:
     ops = native.load()
-    return ops.spmm(layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_fm, None, layout.in_features, True)
+    return ops.spmm(layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_op, None, layout.in_features, batch)
 
 
-def _native_grad_values(grad_fm: torch.Tensor, x_fm: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
-    return native.load().sddmm(layout.crow, layout.cols, grad_fm, x_fm)
+def _native_grad_values(grad_op: torch.Tensor, x_op: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    return native.load().sddmm(layout.crow, layout.cols, grad_op, x_op)
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
-
-
-def _transposed(t: torch.Tensor) -> torch.Tensor:
-    return t.t()
 
 
 _KERNELS = {
@@ -203,9 +208,9 @@ _KERNELS = {
     "csr": (_csr_forward, _csr_grad_input, _csr_grad_values),
     "gather": (_gather_forward, _gather_grad_input, _gather_grad_values),
 }
-# How each implementation wants its operands (the input, and the output gradient, are converted once
-# and shared by the passes that read them), and how to get the batch-major input back for a watch.
-_OPERAND = {"native": (_feature_major, _transposed), "csr": (_identity, _identity), "gather": (_identity, _identity)}
+# How each implementation wants its operands: the input, and the output gradient, are converted once
+# and shared by the passes that read them.
+_OPERAND = {"native": _panels, "csr": _identity, "gather": _identity}
 
 
 class DenseGradWatch:
@@ -244,16 +249,16 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, layout, impl, watch=None):  # type: ignore[override]
         forward, _, _ = _KERNELS[impl]
-        to_operand, _ = _OPERAND[impl]
-        ctx.layout, ctx.impl, ctx.has_bias, ctx.watch = layout, impl, bias is not None, watch
-        x = to_operand(x)
-        ctx.save_for_backward(x, values)
+        ctx.layout, ctx.impl, ctx.has_bias, ctx.watch, ctx.batch = layout, impl, bias is not None, watch, x.shape[0]
+        x_op = _OPERAND[impl](x)
+        # A watch reads the batch-major input (a reference: no copy); the kernels read the operand.
+        ctx.save_for_backward(x_op, values, x if watch is not None and x_op is not x else None)
         # The kernels run in the weight's dtype: autocast must not recast their operands. Entering
         # a disabled autocast context costs as much as a small sparse product, so only when needed.
         if _autocast_enabled(x.device.type):
             with torch.autocast(device_type=x.device.type, enabled=False):
-                return forward(x, values, bias, layout)
-        return forward(x, values, bias, layout)
+                return forward(x_op, values, bias, layout, ctx.batch)
+        return forward(x_op, values, bias, layout, ctx.batch)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -264,21 +269,20 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        x, values = ctx.saved_tensors
+        x_op, values, x = ctx.saved_tensors
         _, grad_input_fn, grad_values_fn = _KERNELS[ctx.impl]
-        to_operand, from_operand = _OPERAND[ctx.impl]
         grad_x = grad_values = grad_bias = None
         grad_out = grad_out.to(values.dtype)
-        grad = to_operand(grad_out)
+        grad = _OPERAND[ctx.impl](grad_out)
         needs = ctx.needs_input_grad
         if needs[0]:
-            grad_x = grad_input_fn(grad, values, ctx.layout)
+            grad_x = grad_input_fn(grad, values, ctx.layout, ctx.batch)
         if needs[1]:
-            grad_values = grad_values_fn(grad, x, values, ctx.layout)
+            grad_values = grad_values_fn(grad, x_op, values, ctx.layout)
         if ctx.has_bias and needs[2]:
             grad_bias = grad_out.sum(0)
         if ctx.watch is not None:
-            ctx.watch(grad_out, from_operand(x))
+            ctx.watch(grad_out, x_op if x is None else x)
         return grad_x, grad_values, grad_bias, None, None, None
 
 

@@ -2,11 +2,15 @@
 
 ``csrc/kernels.cpp`` holds these operators, registered as ``torch.ops.chtorch_native.*``:
 
-* ``spmm(crow, index, perm, values, src, bias, n_rows, batch_major)``: ``out = W @ src`` for a CSR
-  weight and a feature-major ``(features, batch)`` operand, written ``(batch, n_rows)`` when
-  ``batch_major`` (forward and input gradient of ``SparseLinear``);
-* ``transpose(src)``: the contiguous transpose (feature-major copies of batch-major activations);
-* ``sddmm(crow, cols, a, b)``: ``(a @ bᵀ)`` at the links only (the weight gradient);
+* ``to_panels(src)``: the feature-major panel layout ``(n_panels, features, width)`` of a batch-major
+  ``(batch, features)`` activation: panels of 256 bytes of batch entries (64 floats), each a
+  contiguous ``(features, width)`` matrix, the last zero-padded (one panel of width ``batch`` when the
+  batch fits one; then it is the plain transpose). The products below read it;
+* ``spmm(crow, index, perm, values, src, bias, n_rows, batch)``: ``(W @ src)ᵀ`` ``(batch, n_rows)``
+  for a CSR weight and a panel operand (forward and input gradient of ``SparseLinear``);
+* ``transpose(src)``: the contiguous transpose of a 2-D matrix;
+* ``sddmm(crow, cols, a, b)``: ``(a @ bᵀ)`` at the links only, ``a`` and ``b`` panel operands of one
+  batch (the weight gradient);
 * ``ch_l3n(row_ptr, row_idx, col_ptr, col_idx, variant, counting)`` and ``ch_l3n_mask(mask, variant,
   counting)``: CH-L3n scores by sparse row products; ``neighbour_lists(mask)``: the CSR/CSC lists.
 
