@@ -107,6 +107,36 @@ def test_to_panels_layout(rows, cols, dtype, threads):
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [7 * 64, 8 * 64 - 5, 9 * 64 + 3])
+def test_native_many_panels_match_gather(batch, threads, dtype):
+    """Many panels (the kernels sweep them one at a time), ragged last panels and both thread counts
+    (the weight gradient's rows split by links between the threads) give the gather kernels' numbers."""
+    g = torch.Generator().manual_seed(batch)
+    mask = torch.rand(70, 90, generator=g) < 0.1
+    ref = SparseLinear(90, 70, mask, impl="gather", dtype=dtype, generator=g)
+    fast = SparseLinear(90, 70, mask, impl="native", dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, 90, generator=g, dtype=dtype)
+    grad_out = torch.randn(batch, 70, generator=g, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        outs = []
+        for layer in (ref, fast):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            y.backward(grad_out)
+            outs.append((y.detach(), xi.grad, layer.values.grad, layer.bias.grad))
+    finally:
+        torch.set_num_threads(previous)
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-11}
+    for expected, got in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(got, expected, **tol)
+
+
+@needs_native
 def test_spmm_refuses_panels_of_another_batch():
     layer = _layer(30, 20, 0.2, 0, torch.float32, "native")
     panels = native.load().to_panels(torch.randn(100, 30))

@@ -232,34 +232,42 @@ inline scalar_t hsum(typename Vec<scalar_t>::type v) {
 }
 
 // grad[k] = sum_t a[rows(k), t] * b[cols[k], t]   (rows(k) from the CSR pointer crow), with a and b
-// in the panel layout (n_panels, n, width). Panel by panel, so that b's panel stays in L2 while every
-// row reads it; the rows of a panel are shared among the threads, and the barrier at the end of each
-// panel's loop orders the additions into grad (the sum is the same whatever the thread count).
+// in the panel layout (n_panels, n, width). Each thread owns a contiguous range of rows holding an
+// equal share of the links and sweeps the panels over them one at a time, so that b's panel stays in
+// L2 while its rows read it, with no barrier between panels; a link's sum runs over the panels in
+// order, the same whatever the thread count.
 template <typename scalar_t>
 void sddmm_panels(const int64_t* crow, const int64_t* cols, const scalar_t* a, const scalar_t* b, scalar_t* grad,
                   int64_t n_rows, int64_t n_cols, int64_t n_panels, int64_t width) {
   using V = Vec<scalar_t>;
   constexpr int64_t L = V::size;
-#pragma omp parallel num_threads(threads()) if (n_rows > 16)
-  for (int64_t p = 0; p < n_panels; ++p) {
-    const scalar_t* a_panel = a + p * n_rows * width;
-    const scalar_t* b_panel = b + p * n_cols * width;
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t r = 0; r < n_rows; ++r) {
-      const scalar_t* a_row = a_panel + r * width;
-      for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
-        const scalar_t* b_row = b_panel + cols[k] * width;
-        typename V::type acc0 = {}, acc1 = {};
-        int64_t t = 0;
-        for (; t + 2 * L <= width; t += 2 * L) {
-          acc0 += V::load(a_row + t) * V::load(b_row + t);
-          acc1 += V::load(a_row + t + L) * V::load(b_row + t + L);
+  const int64_t nnz = crow[n_rows];
+#pragma omp parallel num_threads(threads()) if (n_rows > 16 && nnz > 256)
+  {
+    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    auto share_start = [&](int64_t i) {  // first row of share i: the first whose links start at i/nt of them
+      return i >= nt ? n_rows : std::lower_bound(crow, crow + n_rows, nnz * i / nt) - crow;
+    };
+    const int64_t r_begin = tid == 0 ? 0 : share_start(tid), r_end = share_start(tid + 1);
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const scalar_t* a_panel = a + p * n_rows * width;
+      const scalar_t* b_panel = b + p * n_cols * width;
+      for (int64_t r = r_begin; r < r_end; ++r) {
+        const scalar_t* a_row = a_panel + r * width;
+        for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
+          const scalar_t* b_row = b_panel + cols[k] * width;
+          typename V::type acc0 = {}, acc1 = {};
+          int64_t t = 0;
+          for (; t + 2 * L <= width; t += 2 * L) {
+            acc0 += V::load(a_row + t) * V::load(b_row + t);
+            acc1 += V::load(a_row + t + L) * V::load(b_row + t + L);
+          }
+          for (; t + L <= width; t += L) acc0 += V::load(a_row + t) * V::load(b_row + t);
+          acc0 += acc1;
+          scalar_t sum = hsum<scalar_t>(acc0);
+          for (; t < width; ++t) sum += a_row[t] * b_row[t];
+          grad[k] = p == 0 ? sum : grad[k] + sum;
         }
-        for (; t + L <= width; t += L) acc0 += V::load(a_row + t) * V::load(b_row + t);
-        acc0 += acc1;
-        scalar_t sum = hsum<scalar_t>(acc0);
-        for (; t < width; ++t) sum += a_row[t] * b_row[t];
-        grad[k] = p == 0 ? sum : grad[k] + sum;
       }
     }
   }
