@@ -231,17 +231,44 @@ inline scalar_t hsum(typename Vec<scalar_t>::type v) {
 #endif
 }
 
+// grad[k] (+)= sum_t a_row[t] * b[cols[k], t] over one panel's `width` entries, for the links
+// [begin, end) of one row (the first panel assigns, the others add).
+template <typename scalar_t>
+inline void sddmm_row(const int64_t* cols, const scalar_t* a_row, const scalar_t* b_panel, scalar_t* grad, int64_t begin,
+                      int64_t end, int64_t width, bool first) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size;
+  for (int64_t k = begin; k < end; ++k) {
+    const scalar_t* b_row = b_panel + cols[k] * width;
+    typename V::type acc0 = {}, acc1 = {};
+    int64_t t = 0;
+    for (; t + 2 * L <= width; t += 2 * L) {
+      acc0 += V::load(a_row + t) * V::load(b_row + t);
+      acc1 += V::load(a_row + t + L) * V::load(b_row + t + L);
+    }
+    for (; t + L <= width; t += L) acc0 += V::load(a_row + t) * V::load(b_row + t);
+    acc0 += acc1;
+    scalar_t sum = hsum<scalar_t>(acc0);
+    for (; t < width; ++t) sum += a_row[t] * b_row[t];
+    grad[k] = first ? sum : grad[k] + sum;
+  }
+}
+
 // grad[k] = sum_t a[rows(k), t] * b[cols[k], t]   (rows(k) from the CSR pointer crow), with a and b
-// in the panel layout (n_panels, n, width). Each thread owns a contiguous range of rows holding an
-// equal share of the links and sweeps the panels over them one at a time, so that b's panel stays in
-// L2 while its rows read it, with no barrier between panels; a link's sum runs over the panels in
-// order, the same whatever the thread count.
+// in the panel layout (n_panels, n, width). One panel (a batch of at most 64 floats): rows handed out
+// in small chunks to whichever thread is free, which absorbs a late thread on a busy machine. More
+// panels: each thread owns a contiguous range of rows holding an equal share of the links and sweeps
+// the panels over them one at a time, so that b's panel stays in L2 while its rows read it, with no
+// barrier between panels. A link's sum runs over the panels in order, whatever the thread count.
 template <typename scalar_t>
 void sddmm_panels(const int64_t* crow, const int64_t* cols, const scalar_t* a, const scalar_t* b, scalar_t* grad,
                   int64_t n_rows, int64_t n_cols, int64_t n_panels, int64_t width) {
-  using V = Vec<scalar_t>;
-  constexpr int64_t L = V::size;
   const int64_t nnz = crow[n_rows];
+  if (n_panels == 1) {
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads()) if (n_rows > 16)
+    for (int64_t r = 0; r < n_rows; ++r) sddmm_row(cols, a + r * width, b, grad, crow[r], crow[r + 1], width, true);
+    return;
+  }
 #pragma omp parallel num_threads(threads()) if (n_rows > 16 && nnz > 256)
   {
     const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -252,23 +279,8 @@ void sddmm_panels(const int64_t* crow, const int64_t* cols, const scalar_t* a, c
     for (int64_t p = 0; p < n_panels; ++p) {
       const scalar_t* a_panel = a + p * n_rows * width;
       const scalar_t* b_panel = b + p * n_cols * width;
-      for (int64_t r = r_begin; r < r_end; ++r) {
-        const scalar_t* a_row = a_panel + r * width;
-        for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
-          const scalar_t* b_row = b_panel + cols[k] * width;
-          typename V::type acc0 = {}, acc1 = {};
-          int64_t t = 0;
-          for (; t + 2 * L <= width; t += 2 * L) {
-            acc0 += V::load(a_row + t) * V::load(b_row + t);
-            acc1 += V::load(a_row + t + L) * V::load(b_row + t + L);
-          }
-          for (; t + L <= width; t += L) acc0 += V::load(a_row + t) * V::load(b_row + t);
-          acc0 += acc1;
-          scalar_t sum = hsum<scalar_t>(acc0);
-          for (; t < width; ++t) sum += a_row[t] * b_row[t];
-          grad[k] = p == 0 ? sum : grad[k] + sum;
-        }
-      }
+      for (int64_t r = r_begin; r < r_end; ++r)
+        sddmm_row(cols, a_panel + r * width, b_panel, grad, crow[r], crow[r + 1], width, p == 0);
     }
   }
 }
