@@ -127,7 +127,7 @@ class Session:
             f"- torch {torch.__version__}, python {platform.python_version()}, torch threads: {torch.get_num_threads()}",
             f"- 1-minute load average before / after: {self.load_before[0]:.2f} / {self.load_after[0]:.2f} "
             f"(a figure counts only when the start load is below {MAX_LOAD})",
-            f"- command: `python -m {_module_name()} {' '.join(sys.argv[1:])}`",
+            f"- command: `{_environment()}python -m {_module_name()} {' '.join(sys.argv[1:])}`",
         ]
         return lines + (extra or [])
 
@@ -139,6 +139,15 @@ class Session:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         print(f"wrote {path}")
+
+
+# Environment variables that change what a benchmark measures (allocator, threading); the command line
+# in a results file shows those that were set.
+_RECORDED_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CHTORCH_NATIVE")
+
+
+def _environment() -> str:
+    return "".join(f"{name}={os.environ[name]} " for name in _RECORDED_ENV if name in os.environ)
 
 
 def _module_name() -> str:
