@@ -170,7 +170,7 @@ def _gather_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.T
 # layer but slows the dense torch ops that usually follow (a dense classifier, a residual add, the
 # ReLU backward against a contiguous gradient) 5-30x, far more than the one conversion per operand.
 
-PANEL_BYTES = 256  # the kernels' panel: 4 AVX-512 vectors, their register tile
+PANEL_BYTES = 256  # the kernels' panel: 4 vectors of 64 bytes (AVX-512 registers), their register tile
 
 
 def _panels(t: torch.Tensor) -> torch.Tensor:
@@ -203,6 +203,8 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# (forward, input gradient, weight gradient) per implementation. The first two take the batch size:
+# the native panel operand is padded to whole panels, so its shape does not tell it (the others ignore it).
 _KERNELS = {
     "native": (_native_forward, _native_grad_input, _native_grad_values),
     "csr": (_csr_forward, _csr_grad_input, _csr_grad_values),
