@@ -137,6 +137,21 @@ def test_native_many_panels_match_gather(batch, threads, dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("batch", [20, 150])
+def test_watched_native_layer_hands_over_the_dense_gradient_of_its_input(batch):
+    """A watch (RigL's regrowth score) gets dy^T x of the batch-major input, whatever the panel count."""
+    layer = _layer(40, 30, 0.1, 3, torch.float64, "native")
+    received = []
+    layer.watch_dense_grad(lambda: True, received.append)
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 40, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(batch, 30, generator=g, dtype=torch.float64)
+    layer(x).backward(grad_out)
+    assert len(received) == 1
+    torch.testing.assert_close(received[0], grad_out.t() @ x, rtol=1e-12, atol=1e-12)
+
+
+@needs_native
 def test_spmm_refuses_panels_of_another_batch():
     layer = _layer(30, 20, 0.2, 0, torch.float32, "native")
     panels = native.load().to_panels(torch.randn(100, 30))
