@@ -14,7 +14,7 @@ the script times, interleaved (median wall and CPU ms per call):
 * ``optimizer``      optimizer.step alone (SGD momentum / AdamW over the values and the dense rest);
 * ``zero_grad``      optimizer.zero_grad alone;
 * ``overhead``       fwd+bwd minus the kernels and the dense rest: Python, autograd nodes, layout
-                     conversions (transposes to feature-major), allocation.
+                     conversions (into the native kernels' feature-major panels), allocation.
 
 Masking costs nothing on the sparse backend (the topology is the index structure); the masked dense
 backend's per-step re-masking is timed by ``benchmarks.sparse_training`` (variant ``masked``).
@@ -49,7 +49,7 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, SIZES[0], generator=g)
     y = torch.randint(0, SIZES[-1], (batch,), generator=g)
-    # Inputs each sparse layer sees in training (feature-major where the previous layer's output is).
+    # Inputs each sparse layer sees in training (batch-major: the layers return ordinary tensors).
     layers = [model.get_submodule(n) for n in SPARSE_LAYERS]
     assert all(isinstance(layer, SparseLinear) for layer in layers)
     with torch.no_grad():
