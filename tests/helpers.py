@@ -1,10 +1,11 @@
 """Helpers that tests share (import as ``from helpers import ...``; ``tests/`` is on the path via
 the root ``conftest.py``): a tiny MLP, a stream of batches, N training steps through the public
-three-line integration, a checkpoint round trip, and the overrides of a seconds-long ``chtorch
-train`` run on the built-in digits data."""
+three-line integration, a checkpoint round trip, the overrides of a seconds-long ``chtorch
+train`` run on the built-in digits data, and a block run with a given intra-op thread count."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TINY_RUN", "tiny_config", "tiny_mlp", "batch_stream", "train_steps", "checkpoint_round_trip"]
+__all__ = ["TINY_RUN", "tiny_config", "tiny_mlp", "batch_stream", "train_steps", "checkpoint_round_trip", "torch_threads"]
 
 #: ``--set`` overrides of a seconds-long run: a small MLP on digits, nothing slow written at the end.
 TINY_RUN = (
@@ -96,3 +97,14 @@ def assert_error(code: int, err: str, *words: str) -> None:
     assert err.startswith("chtorch: error: ") and err.count("\n") == 1, err
     for word in words:
         assert word in err, (word, err)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (torch's and the native kernels'), restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

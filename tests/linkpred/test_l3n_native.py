@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference
 from chtorch.linkpred.l3n import _l3n_native
 from chtorch.sparse import native
+from helpers import torch_threads
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -40,12 +41,8 @@ def test_native_matches_pytorch(mask: torch.Tensor, variant: str, counting: str)
 def test_native_threads_agree(threads: int) -> None:
     """Blocks are shared among threads; the result must not depend on how many."""
     mask = torch.rand(300, 200, generator=torch.Generator().manual_seed(3)) < 0.05
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         scores = ch_l3n(mask, method="native")
-    finally:
-        torch.set_num_threads(previous)
     torch.testing.assert_close(scores, ch_l3n_dense_reference(mask), rtol=1e-5, atol=1e-5)
 
 
@@ -63,12 +60,8 @@ def test_native_neighbour_lists_match_pytorch(mask: torch.Tensor, threads: int) 
     ones, whatever the width (tails of fewer than eight columns) and the thread count."""
     from chtorch.linkpred._common import neighbours
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         row_ptr, row_idx, col_ptr, col_idx = native.load().neighbour_lists(mask)
-    finally:
-        torch.set_num_threads(previous)
     rows, cols = neighbours(mask)
     nnz = torch.tensor([int(mask.sum())])
     assert torch.equal(row_ptr, torch.cat([rows.offsets, nnz])) and torch.equal(row_idx, rows.index)
@@ -78,10 +71,6 @@ def test_native_neighbour_lists_match_pytorch(mask: torch.Tensor, threads: int) 
 def test_native_neighbour_lists_of_a_large_mask_in_parallel() -> None:
     """Above 2^18 entries the rows are split among threads."""
     mask = torch.rand(700, 600, generator=torch.Generator().manual_seed(5)) < 0.02
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         lists = native.load().neighbour_lists(mask)
-    finally:
-        torch.set_num_threads(previous)
     assert torch.equal(lists[1], mask.nonzero()[:, 1]) and torch.equal(lists[3], mask.t().nonzero()[:, 1])

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from chtorch.sparse import SparseLinear, native, resolve_impl
+from helpers import torch_threads
 
 needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.reason_unavailable()}")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,25 +63,6 @@ def test_native_forward_and_grads_match_gather(n_in, n_out, batch, density, dtyp
 @needs_native
 @settings(max_examples=30, deadline=None)
 @given(
-    rows=st.integers(1, 80),
-    cols=st.integers(1, 80),
-    dtype=st.sampled_from([torch.float32, torch.float64]),
-    threads=st.sampled_from([1, 2]),
-)
-def test_native_transpose_is_exact(rows, cols, dtype, threads):
-    src = torch.randn(rows, cols, dtype=dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = native.load().transpose(src)
-    finally:
-        torch.set_num_threads(previous)
-    assert out.is_contiguous() and torch.equal(out, src.t())
-
-
-@needs_native
-@settings(max_examples=30, deadline=None)
-@given(
     rows=st.integers(0, 200),
     cols=st.integers(1, 50),
     dtype=st.sampled_from([torch.float32, torch.float64]),
@@ -91,12 +73,8 @@ def test_to_panels_layout(rows, cols, dtype, threads):
     the last one zero-padded; one panel of width ``rows`` when the batch fits one."""
     full = 256 // torch.empty((), dtype=dtype).element_size()
     src = torch.randn(rows, cols, dtype=dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         out = native.load().to_panels(src)
-    finally:
-        torch.set_num_threads(previous)
     n_panels = max(1, -(-rows // full))
     width = rows if rows <= full else full
     expected = torch.zeros(n_panels, cols, width, dtype=dtype)
@@ -120,17 +98,13 @@ def test_native_many_panels_match_gather(batch, threads, dtype):
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(batch, 90, generator=g, dtype=dtype)
     grad_out = torch.randn(batch, 70, generator=g, dtype=dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         outs = []
         for layer in (ref, fast):
             xi = x.clone().requires_grad_(True)
             y = layer(xi)
             y.backward(grad_out)
             outs.append((y.detach(), xi.grad, layer.values.grad, layer.bias.grad))
-    finally:
-        torch.set_num_threads(previous)
     tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-11}
     for expected, got in zip(outs[0], outs[1], strict=True):
         torch.testing.assert_close(got, expected, **tol)
@@ -171,9 +145,7 @@ def test_native_results_are_ordinary_batch_major_tensors(threads):
     layer = _layer(300, 203, 0.05, 0, torch.float32, "native")
     x = torch.randn(70, 300)
     views = [x.clone(), x.t().contiguous().t()]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         results = []
         for xi in views:
             xi.requires_grad_(True)
@@ -185,8 +157,6 @@ def test_native_results_are_ordinary_batch_major_tensors(threads):
             assert y.is_contiguous() and seen == [True]
             results.append((y.detach(), xi.grad, layer.values.grad.clone()))
             layer.values.grad = None
-    finally:
-        torch.set_num_threads(previous)
     reference = x @ layer.dense_weight().t() + layer.bias
     torch.testing.assert_close(results[0][0], reference.detach(), rtol=1e-5, atol=1e-5)
     for a, b in zip(results[0], results[1], strict=True):

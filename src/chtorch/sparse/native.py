@@ -8,7 +8,6 @@
   batch fits one; then it is the plain transpose). The products below read it;
 * ``spmm(crow, index, perm, values, src, bias, n_rows, batch)``: ``(W @ src)ᵀ`` ``(batch, n_rows)``
   for a CSR weight and a panel operand (forward and input gradient of ``SparseLinear``);
-* ``transpose(src)``: the contiguous transpose of a 2-D matrix;
 * ``sddmm(crow, cols, a, b)``: ``(a @ bᵀ)`` at the links only, ``a`` and ``b`` panel operands of one
   batch (the weight gradient);
 * ``ch_l3n(row_ptr, row_idx, col_ptr, col_idx, variant, counting)`` and ``ch_l3n_mask(mask, variant,

@@ -192,24 +192,6 @@ void panels_from_rows(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t 
   }
 }
 
-// dst (cols, rows) = src (rows, cols)ᵀ, both contiguous, by 32 x 32 blocks (one L1-resident block
-// per task: contiguous reads, 32-element contiguous writes).
-template <typename scalar_t>
-void transpose_blocks(const scalar_t* src, scalar_t* dst, int64_t rows, int64_t cols) {
-  constexpr int64_t B = 32;
-  const int64_t rb = (rows + B - 1) / B, cb = (cols + B - 1) / B;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads()) if (rows * cols > 32768)
-  for (int64_t i = 0; i < rb; ++i) {
-    for (int64_t j = 0; j < cb; ++j) {
-      const int64_t r0 = i * B, r1 = std::min(rows, r0 + B), c0 = j * B, c1 = std::min(cols, c0 + B);
-      for (int64_t r = r0; r < r1; r += 8)
-        for (int64_t c = c0; c < c1; c += 8)
-          transpose_block8(src + r * cols + c, cols, dst + c * rows + r, rows, std::min<int64_t>(8, r1 - r),
-                           std::min<int64_t>(8, c1 - c));
-    }
-  }
-}
-
 // Sum of a vector's lanes as a tree of shuffles (AVX-512), not a chain of L dependent scalar
 // additions per link, which costs more than the link's products at batch 32.
 template <typename scalar_t>
@@ -316,17 +298,6 @@ at::Tensor spmm(const at::Tensor& crow, const at::Tensor& index, const c10::opti
                           out.data_ptr<scalar_t>(), n_rows, src.size(1), src.size(0), src.size(2), batch);
   });
   return out;
-}
-
-// (cols, rows) contiguous transpose of a contiguous (rows, cols) matrix, about 3x faster than torch's
-// x.t().contiguous() at the shapes of a layer's activations.
-at::Tensor transpose(const at::Tensor& src) {
-  TORCH_CHECK(src.dim() == 2 && src.is_contiguous() && src.device().is_cpu(), "src must be a contiguous 2-D CPU tensor");
-  auto dst = at::empty({src.size(1), src.size(0)}, src.options());
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "chtorch_transpose", [&] {
-    transpose_blocks<scalar_t>(src.data_ptr<scalar_t>(), dst.data_ptr<scalar_t>(), src.size(0), src.size(1));
-  });
-  return dst;
 }
 
 // The panel layout (n_panels, cols, width) of a contiguous batch-major (rows, cols) matrix: panels of
@@ -613,7 +584,6 @@ at::Tensor ch_l3n_mask(const at::Tensor& mask, int64_t variant, int64_t counting
 TORCH_LIBRARY(chtorch_native, m) {
   m.def("spmm(Tensor crow, Tensor index, Tensor? perm, Tensor values, Tensor src, Tensor? bias, int n_rows, int batch) -> Tensor");
   m.def("to_panels(Tensor src) -> Tensor");
-  m.def("transpose(Tensor src) -> Tensor");
   m.def("sddmm(Tensor crow, Tensor cols, Tensor a, Tensor b) -> Tensor");
   m.def("ch_l3n(Tensor row_ptr, Tensor row_idx, Tensor col_ptr, Tensor col_idx, int variant, int counting) -> Tensor");
   m.def("ch_l3n_mask(Tensor mask, int variant, int counting) -> Tensor");
@@ -622,7 +592,6 @@ TORCH_LIBRARY(chtorch_native, m) {
 
 TORCH_LIBRARY_IMPL(chtorch_native, CPU, m) {
   m.impl("spmm", &spmm);
-  m.impl("transpose", &transpose);
   m.impl("to_panels", &to_panels);
   m.impl("sddmm", &sddmm);
   m.impl("ch_l3n", &ch_l3n);
