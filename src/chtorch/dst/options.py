@@ -26,6 +26,7 @@ REGROWTH_CANDIDATES = ("all", "live")
 EMS_MODES = ("official", "schedule")
 EARLY_STOP_SCOPES = ("network", "layer")
 REVIVED_INITS = ("zero", "history")
+READMITTED = ("keep", "reset")
 
 #: Option name -> kind of registered part it names (see :mod:`chtorch.dst.registry`).
 PART_OPTIONS = {
@@ -86,7 +87,9 @@ class SparsityOptions:
         positive); ``regrowth_candidates``: "all" (every non-link, so a neuron that percolation
         disconnected can be reconnected through the floor, as the official MLP/Transformer code) or
         "live" (non-links between neurons that keep a link on each side, widening to every non-link
-        only when too few); ``regrown_init``: "zero" or "history" (last value before removal).
+        only when too few); ``regrown_init``: "zero" or "history" (last value before removal);
+        ``readmitted``: a link removed (or percolated) and regrown in the same update "keep"s its
+        weight and optimizer state, as every official code, or is "reset" like a new link.
     Attention heads
         ``head_groups``: glob pattern → number of heads, e.g. ``{"*.q_proj": 8, "*.k_proj": 8,
         "*.v_proj": 8}``: the rows of a matching layer are split into that many equal blocks (one per
@@ -143,6 +146,7 @@ class SparsityOptions:
     regrowth_candidates: str = "all"
     grad_accumulation: int = 1
     regrown_init: str = "zero"
+    readmitted: str = "keep"
 
     percolation: bool = False
     couplings: Any = None
@@ -206,6 +210,7 @@ class SparsityOptions:
         check_choice("ems_mode", self.ems_mode, EMS_MODES, error=OptionError)
         check_choice("early_stop_scope", self.early_stop_scope, EARLY_STOP_SCOPES, error=OptionError)
         check_choice("revived_init", self.revived_init, REVIVED_INITS, error=OptionError)
+        check_choice("readmitted", self.readmitted, READMITTED, error=OptionError)
         for name, kind in PART_OPTIONS.items():
             value = getattr(self, name)
             if value not in registry(kind):

@@ -21,8 +21,10 @@ and per layer again
 
 4. **regrowth** — grow back to the exact budget by the ``regrowth`` score and
    ``regrowth_selection``, among ``regrowth_candidates`` (every non-link, or live neurons only);
-5. **install** — the new links start at zero (or their history) with zero optimizer state; removed
-   weights are remembered when a part needs their history.
+5. **install** — the new links start at zero (or their history) with zero optimizer state; a link
+   removed (by step 2 or 3) and regrown in the same update keeps its weight and optimizer state, as
+   in every official code (``readmitted="keep"``; ``"reset"`` treats it as new); removed weights are
+   remembered when a part needs their history.
 
 Every random choice draws from the generator of ``(seed, purpose, update index, layer index[, head])``.
 Where chtorch chooses between the paper and the official code, docs/decisions.md says which and why.
@@ -144,11 +146,26 @@ def regrow_links(sp: DynamicSparsity, keep: torch.Tensor, n_new: int, grad: torc
     )
 
 
-def install(sp: DynamicSparsity, layer: Layer, old: torch.Tensor, keep: torch.Tensor, new: torch.Tensor, revived: torch.Tensor) -> None:
+def install(
+    sp: DynamicSparsity,
+    layer: Layer,
+    old: torch.Tensor,
+    keep: torch.Tensor,
+    new: torch.Tensor,
+    revived: torch.Tensor,
+    pruned: torch.Tensor,
+) -> None:
     """Step 5: make ``keep | new`` the layer's topology. Dropped weights are remembered (history)
     and zeroed; new links start at the ``regrown_init`` value, revived ones at their history; both
-    with zero optimizer state."""
+    with zero optimizer state. A regrown link that the update removed or percolated (in ``old``,
+    not ``pruned`` by the density schedule) is *readmitted*: with ``readmitted="keep"`` it keeps its
+    weight and optimizer state, as the official codes do (they mask weights and moments with the
+    final mask only, and initialise only links that were not in the old mask; docs/decisions.md)."""
     final = keep | new
+    fresh = new | revived
+    if sp.options.readmitted == "keep":
+        # pruned links were zeroed by the official codes before regrowth: those restart as new
+        fresh = fresh & ~(old & ~pruned)
     with torch.no_grad():
         weight = layer.dense_weight()
         if layer.history is not None:
@@ -159,7 +176,7 @@ def install(sp: DynamicSparsity, layer: Layer, old: torch.Tensor, keep: torch.Te
             # a pruned weight that wins again restarts from its last value (App. J); the official
             # code restarts it at 0 (the default, revived_init="zero": it is a new link like any other)
             init = torch.where(revived, layer.history, init)
-        layer.install(final, new | revived, init, sp.optimizer)
+        layer.install(final, fresh, init, sp.optimizer)
         layer.ever_active |= final
 
 
@@ -230,7 +247,7 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         return report
 
     # 1-2: density pruning and removal, per layer and head block
-    old_masks, keeps, infos, revived_by_layer = {}, {}, {}, {}
+    old_masks, keeps, infos, revived_by_layer, pruned_by_layer = {}, {}, {}, {}, {}
     ems_official = opts.ems and opts.ems_mode == "official"
     cores = core_targets(sp) if ems_official else [None] * len(sp.layers)
     core_of = {layer.name: core for layer, core in zip(sp.layers, cores)}
@@ -240,7 +257,7 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         mask, grad, weight = layer.mask, grads[layer.name], layer.dense_weight()
         old_masks[layer.name] = mask.clone()
         info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
-        keep, revived = torch.zeros_like(mask), torch.zeros_like(mask)
+        keep, revived, pruned = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
         core_blocks = split(core, layer.groups) if core is not None else [None] * layer.groups
         for b, (rows, block_target, block_core) in enumerate(zip(layer.blocks(), split(target, layer.groups), core_blocks)):
             key = _block_key(index, layer, b)
@@ -254,12 +271,13 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
                 continue
             block_keep, block_revived = prune_to_density(sp, layer, weight, rows, block_target, block_grad, key)
             info.pruned += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep & mask[rows]))
+            pruned[rows] = mask[rows] & ~block_keep
             if not layer.frozen and opts.zeta > 0:
                 n_active = int(torch.count_nonzero(block_keep))
                 block_keep = remove_links(sp, weight[rows], block_keep, block_grad, key, zeta, temperature)
                 info.removed += n_active - int(torch.count_nonzero(block_keep))
             keep[rows], revived[rows] = block_keep, block_revived
-        revived_by_layer[layer.name], keeps[layer.name] = revived, keep
+        revived_by_layer[layer.name], keeps[layer.name], pruned_by_layer[layer.name] = revived, keep, pruned
         layer.target = target
         info.seconds = time.perf_counter() - t0
         infos[layer.name] = info
@@ -288,7 +306,7 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
             new[rows] = regrow_links(sp, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b))
         info.regrown = int(torch.count_nonzero(new))
         info.overlap = int(torch.count_nonzero(new & old & ~keep))
-        install(sp, layer, old, keep, new, revived_by_layer[layer.name])
+        install(sp, layer, old, keep, new, revived_by_layer[layer.name], pruned_by_layer[layer.name])
         if opts.early_stop is not None and not layer.frozen and info.regrown > 0:
             flag_early_stop(layer, info.overlap_rate, opts.early_stop, opts.early_stop_scope)
         if info.regrown:  # an update that regrew nothing (ζ annealed to 0) has no overlap to report
