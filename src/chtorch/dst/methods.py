@@ -165,7 +165,8 @@ def resolve_options(method: str, *overrides: Mapping[str, Any] | None) -> Sparsi
 
 _SHARED_DECISIONS = (
     "regrown links start at zero with zero optimizer state, as the official code (regrown_init='history' gives App. J's "
-    "historical weights); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
+    "historical weights), except a link removed and regrown in the same update, which keeps its weight and state as in "
+    "every official code (readmitted='reset' restarts it); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
     "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts; "
     "percolation pairs only identical row indices of q/k (docs/decisions.md)"
 )
