@@ -272,6 +272,21 @@ def test_table7_presets_and_paper_rows():
     assert get_method("cht").build_options().early_stop_scope == "network"
 
 
+@pytest.mark.parametrize("name", ["mlp_mnist_paper", "mlp_fmnist_paper", "mlp_emnist_paper", "mlp_cifar10_paper", "mlp_mnist_cpu"])
+def test_mlp_configs_run_cht_without_the_network_stop_and_the_preset_keeps_it(name):
+    import pathlib
+
+    import chtorch.recipes.builtin  # noqa: F401  (registers the recipes the configs name)
+    from chtorch.config import load_config
+    from chtorch.config.sparsity import method_options_for, resolve_sparsity_options
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    config = load_config(str(path), ["sparsity.method=cht"])
+    options = resolve_sparsity_options("cht", method_options_for(config, "cht"))
+    assert options.early_stop is None and options.init == "csti" and options.readmitted == "keep"
+    assert get_method("cht").build_options().early_stop == 0.9  # the official rule stays the preset's
+
+
 def test_llama_recipe_defaults_are_the_llama_codes():
     from chtorch.recipes.lm import LLAMA_CODE_DEFAULTS
 

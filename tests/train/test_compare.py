@@ -149,6 +149,15 @@ def test_a_run_directory_of_another_config_is_refused(tmp_path: Path) -> None:
         compare(tiny_config("train.epochs=3"), ["set"], [0], tmp_path / "cmp", out=io.StringIO())
 
 
+def test_another_method_s_options_leave_a_finished_run_valid(tmp_path: Path) -> None:
+    compare(tiny_config(), ["set", "rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+    log = io.StringIO()
+    compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["set"], [0], tmp_path / "cmp", out=log)
+    assert "finished earlier" in log.getvalue()
+    with pytest.raises(ConfigError, match=r"rigl-seed0 was trained with another configuration \(sparsity.method_options.rigl.zeta"):
+        compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["set", "rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+
+
 def test_failed_parallel_runs_are_reported_with_their_logs(tmp_path: Path) -> None:
     config = load_config(str(ROOT / "configs" / "mlp_mnist_cpu.yaml"), [*TINY, f"data.dir={tmp_path / 'nowhere'}"])
     with pytest.raises(TrainingError, match=r"1 of 1 runs failed: set-seed0 \(exit status 2; see .*set-seed0.log\)"):

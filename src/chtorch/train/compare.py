@@ -104,7 +104,11 @@ def _check_same_config(run: _Run) -> None:
     saved = _flatten(json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)))
     planned = _flatten(json.loads(json.dumps(config_to_dict(run.config), default=str)))
     ignore = set(RESUME_OVERRIDABLE) | {"run.dir"}
-    differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and saved.get(k) != planned.get(k))
+    # another method's options cannot change this run: a config that tunes one method leaves the
+    # finished runs of the others valid
+    own = f"sparsity.method_options.{run.method}."
+    other = lambda k: k.startswith("sparsity.method_options.") and not k.startswith(own)  # noqa: E731
+    differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and not other(k) and saved.get(k) != planned.get(k))
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {planned.get(k)!r} now" for k in differ[:3])
         raise ConfigError(
