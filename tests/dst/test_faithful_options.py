@@ -469,3 +469,12 @@ def test_a_pruned_link_regrown_in_the_same_update_restarts_at_zero(backend):
 def test_readmitted_must_be_known():
     with pytest.raises(OptionError, match="readmitted"):
         SparsityOptions(readmitted="restart")
+
+
+@pytest.mark.parametrize("bad", [True, 3, "r=0.5"])
+def test_init_options_that_are_not_a_mapping_get_a_clear_error(bad):
+    # found by the API fuzzer: sparsify(..., init_options=True) used to raise a bare TypeError
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(OptionError, match="init_options must be a mapping"):
+        chtorch.sparsify(model, opt, method="set", sparsity=0.5, total_steps=10, init_options=bad)

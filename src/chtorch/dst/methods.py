@@ -56,7 +56,10 @@ def _apply(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     if "init" in overrides and overrides["init"] != merged.get("init"):
         init_options = {}
     if "init_options" in overrides:
-        init_options.update(overrides.pop("init_options") or {})
+        given = overrides.pop("init_options")
+        if given is not None and not isinstance(given, Mapping):
+            raise OptionError(f"init_options must be a mapping of the initialiser's arguments, e.g. {{'r': 0.5}}; got {given!r}")
+        init_options.update(given or {})
     merged.update(overrides)
     merged["init_options"] = init_options
     return merged
