@@ -273,7 +273,7 @@ def test_table7_presets_and_paper_rows():
 
 
 @pytest.mark.parametrize("name", ["mlp_mnist_paper", "mlp_fmnist_paper", "mlp_emnist_paper", "mlp_cifar10_paper", "mlp_mnist_cpu"])
-def test_mlp_configs_run_cht_without_the_network_stop_and_the_preset_keeps_it(name):
+def test_mlp_configs_run_cht_without_the_network_stop_and_chtss_with_magnitude_pruning(name):
     import pathlib
 
     import chtorch.recipes.builtin  # noqa: F401  (registers the recipes the configs name)
@@ -285,6 +285,9 @@ def test_mlp_configs_run_cht_without_the_network_stop_and_the_preset_keeps_it(na
     options = resolve_sparsity_options("cht", method_options_for(config, "cht"))
     assert options.early_stop is None and options.init == "csti" and options.readmitted == "keep"
     assert get_method("cht").build_options().early_stop == 0.9  # the official rule stays the preset's
+    chtss = load_config(str(path), ["sparsity.method=chtss"])
+    assert resolve_sparsity_options("chtss", method_options_for(chtss, "chtss")).prune_score == "magnitude"
+    assert get_method("chtss").build_options().prune_score == "ri"  # the paper's text and the LLaMA code stay the preset's
 
 
 def test_llama_recipe_defaults_are_the_llama_codes():

@@ -335,6 +335,33 @@ def test_a_weight_mask_with_another_link_count_is_caught_at_the_next_step():
     state = model.state_dict()
     state["2.weight_mask"] = torch.ones_like(state["2.weight_mask"])
     model.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"layer '2': weight_mask holds 80 links but the engine left it with 40 \(budget 40\)"):
+        sp.step()
+
+
+def test_a_loaded_engine_state_names_the_link_count_the_masks_must_hold():
+    """A layer may legitimately hold fewer links than its budget (EM&S with percolation): the count
+    the engine state recorded is the one checked; a state without counts (older checkpoints) only
+    bounds them by the budget."""
+    model, _, sp = engine()
+    state = copy.deepcopy(sp.state_dict())
+    masks = model.state_dict()
+    masks["2.weight_mask"].view(-1)[masks["2.weight_mask"].view(-1).nonzero()[:3]] = False  # 37 of 40 links
+    state["layers"]["2"]["links"] = 37
+    model.load_state_dict(masks)
+    sp.load_state_dict(state)
+    sp.step()  # as recorded: accepted
+    state["layers"]["2"]["links"] = 40
+    sp.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"layer '2': weight_mask holds 37 links but the engine left it with 40"):
+        sp.step()
+    del state["layers"]["2"]["links"]
+    sp.load_state_dict(state)
+    sp.step()  # an older state: 37 <= budget 40 passes
+    masks = model.state_dict()
+    masks["2.weight_mask"].fill_(True)
+    model.load_state_dict(masks)
+    sp.load_state_dict(state)
     with pytest.raises(ValueError, match=r"layer '2': weight_mask holds 80 links but the layer's budget is 40"):
         sp.step()
 

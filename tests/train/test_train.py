@@ -202,7 +202,8 @@ def _records(path: Path) -> list[dict]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("method,stop", [("rigl", "sigint"), ("chts", "request")])
+# chts_mlp: MEST EM&S does not compensate percolated links, so a layer holds fewer links than its budget
+@pytest.mark.parametrize("method,stop", [("rigl", "sigint"), ("chts", "request"), ("chts_mlp", "request")])
 def test_interrupt_and_resume_is_bit_identical(tmp_path: Path, method: str, stop: str) -> None:
     overrides = (f"sparsity.method={method}", "model.dropout=0.1", "train.epochs=4")
     full = run(tmp_path, "full", *overrides)
@@ -220,6 +221,9 @@ def test_interrupt_and_resume_is_bit_identical(tmp_path: Path, method: str, stop
     assert f"chtorch train --resume {tmp_path / 'part'}" in out.getvalue()
     spe = full.steps // 4
     assert load_checkpoint(tmp_path / "part")["batch"] == 30 - spe > 0
+    if method == "chts_mlp":
+        layers = load_checkpoint(tmp_path / "part")["sparsity"]["layers"].values()
+        assert any(entry["links"] < entry["target"] for entry in layers)  # the case this parameter is here for
     done = resume(tmp_path / "part", out=io.StringIO())
     assert done.finished and done.steps == full.steps
 

@@ -431,6 +431,7 @@ class DynamicSparsity:
                 layer.name: {
                     "shape": layer.shape,
                     "target": layer.target,
+                    "links": int(torch.count_nonzero(layer.mask)),  # may be below target (EM&S, percolation)
                     "frozen": layer.frozen,
                     "ever_active": layer.ever_active.clone(),
                     "history": None if layer.history is None else layer.history.clone(),
@@ -464,6 +465,7 @@ class DynamicSparsity:
             layer.grad_count = entry["grad_count"]
             layer.last_overlap = entry["last_overlap"]
             layer.early_stop_flag = entry["early_stop_flag"]
+        self._watch.expect({name: entry["links"] for name, entry in entries.items()})
 
     def _restore_backends(self, saved: Mapping[str, Any]) -> None:
         """Put each layer on the backend it had when ``saved`` was written (an ``auto`` run may have

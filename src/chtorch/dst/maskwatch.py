@@ -4,8 +4,10 @@ The ``weight_mask`` buffers live in ``model.state_dict()``, so a user can load a
 not choose. :class:`MaskWatch` notices (a mask's version counter or identity moved, or a
 ``load_state_dict`` pre-hook saw a non-bool mask before torch converted it into the bool buffer)
 and the engine's next ``step()`` refuses a mask that is not bool, has another shape, or holds
-another number of links than the layer's budget, naming the layer (issue 13, item 3). Unchanged
-masks cost a dict lookup per layer and step.
+another number of links than the engine left in it, naming the layer (issue 13, item 3). The count
+is the one the engine last saw, or the one its loaded state recorded: a layer may hold fewer links
+than its budget (MEST EM&S does not compensate percolated links, and a regrowth can run out of
+candidates), so the budget is only an upper bound. Unchanged masks cost a dict lookup per layer and step.
 """
 
 from __future__ import annotations
@@ -26,12 +28,21 @@ class MaskWatch:
 
     def __init__(self) -> None:
         self.seen: dict[str, tuple[int, int]] = {}
+        self.links: dict[str, int | None] = {}  # the link count each mask must hold; None: at most the budget
         self.loaded_dtypes: dict[str, torch.dtype] = {}
 
     def remember(self, layers: Sequence[Any]) -> None:
-        """Record every layer's mask (identity, version counter) as valid."""
+        """Record every layer's mask (identity, version counter, link count) as valid."""
         self.seen = {layer.name: (id(layer.mask), layer.mask._version) for layer in layers}
+        self.links = {layer.name: int(torch.count_nonzero(layer.mask)) for layer in layers}
         self.loaded_dtypes.clear()
+
+    def expect(self, links: dict[str, int | None]) -> None:
+        """The link counts a loaded engine state recorded (None where a state written before they
+        were recorded: then any count up to the budget passes); the next :meth:`check` holds the
+        masks to them, whatever loaded them."""
+        self.links.update(links)
+        self.seen.clear()
 
     def loader(self, name: str) -> Callable[..., None]:
         """A module ``load_state_dict`` pre-hook noting a non-bool ``weight_mask`` of layer ``name``."""
@@ -39,7 +50,7 @@ class MaskWatch:
 
     def check(self, layers: Sequence[Any]) -> None:
         """Raise ``ValueError`` naming the first layer whose changed mask is not a bool tensor of the
-        layer's shape with exactly its budget of links; otherwise remember the masks as valid."""
+        layer's shape with the link count the engine expects; otherwise remember the masks as valid."""
         for layer in layers:
             mask = getattr(layer.module, "weight_mask", None)
             unchanged = torch.is_tensor(mask) and self.seen.get(layer.name) == (id(mask), mask._version)
@@ -53,8 +64,14 @@ class MaskWatch:
             if tuple(mask.shape) != layer.shape:
                 raise ValueError(f"layer {layer.name!r}: weight_mask has shape {tuple(mask.shape)}, the layer is {layer.shape}; {_FIX}")
             links = int(torch.count_nonzero(mask))
-            if links != layer.target:
+            expected = self.links.get(layer.name)
+            if expected is None and links > layer.target:
                 raise ValueError(f"layer {layer.name!r}: weight_mask holds {links} links but the layer's budget is {layer.target}; {_FIX}")
+            if expected is not None and links != expected:
+                raise ValueError(
+                    f"layer {layer.name!r}: weight_mask holds {links} links but the engine left it with {expected} "
+                    f"(budget {layer.target}); {_FIX}"
+                )
         self.remember(layers)
 
 

@@ -121,8 +121,10 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
             raise ValueError(f"{where}: early_stop_flag must be a bool, got {_show(flag)}")
         if (entry["history"] is None) != (layer.history is None):
             raise ValueError(f"{where}: history is {'absent' if entry['history'] is None else 'present'} in the state but not in this run")
+        links = entry.get("links")  # absent in states written before link counts were recorded
         entries[layer.name] = {
             "target": _count(f"{where}: target", entry["target"], layer.shape[0] * layer.shape[1]),
+            "links": None if links is None else _count(f"{where}: links", links, layer.shape[0] * layer.shape[1]),
             "frozen": entry["frozen"],
             "ever_active": _tensor(f"{where}: ever_active", entry["ever_active"], layer.shape, ("bool",), False),
             "history": _tensor(f"{where}: history", entry["history"], layer.shape, ("float",), True),
