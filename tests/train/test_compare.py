@@ -154,8 +154,21 @@ def test_another_method_s_options_leave_a_finished_run_valid(tmp_path: Path) -> 
     log = io.StringIO()
     compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["set"], [0], tmp_path / "cmp", out=log)
     assert "finished earlier" in log.getvalue()
-    with pytest.raises(ConfigError, match=r"rigl-seed0 was trained with another configuration \(sparsity.method_options.rigl.zeta"):
+    with pytest.raises(
+        ConfigError, match=r"rigl-seed0 was trained with another configuration \(sparsity options of rigl.zeta: None there, 0.2 now"
+    ):
         compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["set", "rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+
+
+def test_a_setting_given_through_options_or_method_options_is_the_same_run(tmp_path: Path) -> None:
+    """A run trained with ``--set sparsity.options.zeta=0.2`` (under any run name) is what a config
+    with ``method_options.rigl.zeta: 0.2`` plans: it is reused, not refused or retrained."""
+    compare(tiny_config("sparsity.options.zeta=0.2", "run.name=ablation"), ["rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+    log = io.StringIO()
+    compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["rigl"], [0], tmp_path / "cmp", out=log)
+    assert "finished earlier" in log.getvalue()
+    with pytest.raises(ConfigError, match=r"sparsity options of rigl.zeta: 0.2 there, 0.25 now"):
+        compare(tiny_config("sparsity.method_options.rigl.zeta=0.25"), ["rigl"], [0], tmp_path / "cmp", out=io.StringIO())
 
 
 def test_failed_parallel_runs_are_reported_with_their_logs(tmp_path: Path) -> None:

@@ -94,21 +94,32 @@ def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _comparable(raw: dict[str, Any], method: str) -> dict[str, Any]:
+    """``raw`` flattened, with ``sparsity.options`` and ``sparsity.method_options`` replaced by the
+    options ``method`` resolves to: the same setting given either way is the same run, and another
+    method's options cannot change this run (a config that tunes one method leaves the finished runs
+    of the others valid)."""
+    from chtorch.dst.methods import merge_overrides
+
+    sparsity = dict(raw.get("sparsity") or {})
+    options = merge_overrides(sparsity.pop("options", None), (sparsity.pop("method_options", None) or {}).get(method))
+    flat = _flatten({**raw, "sparsity": sparsity})
+    flat.update({f"sparsity options of {method}.{key}": value for key, value in _flatten(options).items()})
+    return flat
+
+
 def _check_same_config(run: _Run) -> None:
-    """Refuse a run directory trained with another configuration than this comparison's."""
+    """Refuse a run directory trained with another configuration than this comparison's (run names,
+    directories and the settings a resume may change aside)."""
     path = run.dir / "config.yaml"
     if not path.is_file():
         return
     import yaml
 
-    saved = _flatten(json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)))
-    planned = _flatten(json.loads(json.dumps(config_to_dict(run.config), default=str)))
-    ignore = set(RESUME_OVERRIDABLE) | {"run.dir"}
-    # another method's options cannot change this run: a config that tunes one method leaves the
-    # finished runs of the others valid
-    own = f"sparsity.method_options.{run.method}."
-    other = lambda k: k.startswith("sparsity.method_options.") and not k.startswith(own)  # noqa: E731
-    differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and not other(k) and saved.get(k) != planned.get(k))
+    saved = _comparable(json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)), run.method)
+    planned = _comparable(json.loads(json.dumps(config_to_dict(run.config), default=str)), run.method)
+    ignore = set(RESUME_OVERRIDABLE) | {"run.dir", "run.name"}
+    differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and saved.get(k) != planned.get(k))
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {planned.get(k)!r} now" for k in differ[:3])
         raise ConfigError(
