@@ -50,7 +50,8 @@ class MaskWatch:
 
     def check(self, layers: Sequence[Any]) -> None:
         """Raise ``ValueError`` naming the first layer whose changed mask is not a bool tensor of the
-        layer's shape with the link count the engine expects; otherwise remember the masks as valid."""
+        layer's shape with the link count the engine expects; otherwise remember the changed masks as
+        valid (unchanged ones cost a lookup: no count on the training step's path)."""
         for layer in layers:
             mask = getattr(layer.module, "weight_mask", None)
             unchanged = torch.is_tensor(mask) and self.seen.get(layer.name) == (id(mask), mask._version)
@@ -72,7 +73,9 @@ class MaskWatch:
                     f"layer {layer.name!r}: weight_mask holds {links} links but the engine left it with {expected} "
                     f"(budget {layer.target}); {_FIX}"
                 )
-        self.remember(layers)
+            self.seen[layer.name] = (id(mask), mask._version)
+            self.links[layer.name] = links
+            self.loaded_dtypes.pop(layer.name, None)
 
 
 class _LoadHook:
