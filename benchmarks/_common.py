@@ -104,7 +104,10 @@ class Session:
 
     def finish(self) -> None:
         self.load_after = os.getloadavg()
-        print(f"[{self.title}] 1-minute load before / after: {self.load_before[0]:.2f} / {self.load_after[0]:.2f}", flush=True)
+        print(
+            f"[{self.title}] 1-minute load before / after: {self.load_before[0]:.2f} / {self.load_after[0]:.2f}",
+            flush=True,
+        )
 
     def header(self, extra: list[str] | None = None, device: torch.device | None = None) -> list[str]:
         """Markdown lines: title, warning if loaded, date, hardware, versions, threads, load, command."""
@@ -143,7 +146,13 @@ class Session:
 
 # Environment variables that change what a benchmark measures (allocator, threading); the command line
 # in a results file shows those that were set.
-_RECORDED_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CHTORCH_NATIVE")
+_RECORDED_ENV = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CHTORCH_NATIVE",
+)
 
 
 def _environment() -> str:
@@ -201,4 +210,7 @@ def interleave(
     for _ in range(repeats):
         for name, fn in variants.items():
             samples[name].append(measure(fn, calls, device))
-    return {name: Timing(statistics.median(w for w, _ in s), statistics.median(c for _, c in s)) for name, s in samples.items()}
+    return {
+        name: Timing(statistics.median(w for w, _ in s), statistics.median(c for _, c in s))
+        for name, s in samples.items()
+    }

@@ -48,7 +48,9 @@ def layer_rows(batches: list[int], repeats: int, device: torch.device) -> list[t
     return rows
 
 
-def l3n_rows(sizes: list[int], densities: list[float], repeats: int, device: torch.device) -> list[tuple[int, float, Timing, Timing]]:
+def l3n_rows(
+    sizes: list[int], densities: list[float], repeats: int, device: torch.device
+) -> list[tuple[int, float, Timing, Timing]]:
     rows = []
     for n in sizes:
         for density in densities:

@@ -68,10 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra config overrides")
     add_protocol_args(parser, threads=1)
     args = parser.parse_args(argv)
-    session = Session(args, "Tiny LLaMA on tiny-shakespeare (characters): validation perplexity of dense vs CHTs vs CHTss")
+    session = Session(
+        args, "Tiny LLaMA on tiny-shakespeare (characters): validation perplexity of dense vs CHTs vs CHTss"
+    )
     out_dir = Path(args.runs_dir or ROOT / "runs" / "bench-lm")
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = [f"data.dir={args.data_dir}", f"run.threads={args.threads}", "run.device=cpu", *LM_OVERRIDES, *args.overrides]
+    base = [
+        f"data.dir={args.data_dir}",
+        f"run.threads={args.threads}",
+        "run.device=cpu",
+        *LM_OVERRIDES,
+        *args.overrides,
+    ]
     sparsities = [float(s) for s in args.sparsities.split(",")]
     runs = [("dense", 0.0)] + [(m, s) for s in sparsities for m in args.methods.split(",")]
     results = sweep(Path(args.config), base, runs, out_dir, lambda line: print(line, flush=True))

@@ -51,7 +51,9 @@ def main() -> None:
     )
     parser.add_argument("--runs-dir", default="runs/bench_mlp_mnist", help="where the training runs go")
     add_protocol_args(parser, threads=1)
-    parser.set_defaults(out=str(ROOT / "benchmarks" / "results" / f"mlp-mnist-compare-cpu-{datetime.date.today().isoformat()}.md"))
+    parser.set_defaults(
+        out=str(ROOT / "benchmarks" / "results" / f"mlp-mnist-compare-cpu-{datetime.date.today().isoformat()}.md")
+    )
     args = parser.parse_args()
     session = Session(args, "MLP on MNIST at 99% sparsity: methods side by side (short budget)")
 

@@ -40,7 +40,17 @@ from chtorch.linkpred.l3n import _l3n_native
 from chtorch.sparse import SparseLinear, native
 from chtorch.sparse.functional import _KERNELS, _OPERAND
 
-PARTS = ("step", "fwd+bwd", "forward", "kernels fwd", "kernels dx", "kernels dW", "dense rest", "optimizer", "zero_grad")
+PARTS = (
+    "step",
+    "fwd+bwd",
+    "forward",
+    "kernels fwd",
+    "kernels dx",
+    "kernels dW",
+    "dense rest",
+    "optimizer",
+    "zero_grad",
+)
 
 
 def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int, seed: int) -> dict[str, Timing]:
@@ -156,12 +166,19 @@ def main(argv: list[str] | None = None) -> None:
                 for batch in args.batch_sizes:
                     t = profile_mlp(impl, opt_name, batch, masks, args.repeats, args.seed)
                     mlp_rows.append((threads, impl, opt_name, batch, t))
-                    print(f"{threads} thr {impl} {opt_name} batch {batch}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()), flush=True)
+                    print(
+                        f"{threads} thr {impl} {opt_name} batch {batch}: "
+                        + ", ".join(f"{k} {v.ms()}" for k, v in t.items()),
+                        flush=True,
+                    )
         for n in args.l3n_sizes:
             for density in args.l3n_densities:
                 t = profile_l3n(n, density, max(3, args.repeats // 3), args.seed)
                 l3n_rows.append((threads, n, density, t))
-                print(f"{threads} thr L3n {n}^2 {density:.0%}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()), flush=True)
+                print(
+                    f"{threads} thr L3n {n}^2 {density:.0%}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()),
+                    flush=True,
+                )
     session.finish()
 
     lines = session.header(
@@ -194,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for threads, n, density, t in l3n_rows:
         share = f"{t['prep (neighbour lists)'].wall / t['native total'].wall:.0%}" if "native total" in t else "-"
-        lines.append(f"| {threads} | {n}x{n} | {density:.0%} | " + " | ".join(t[k].ms() for k in names) + f" | {share} |")
+        lines.append(
+            f"| {threads} | {n}x{n} | {density:.0%} | " + " | ".join(t[k].ms() for k in names) + f" | {share} |"
+        )
     print("\n".join(lines))
     session.write(lines)
 

@@ -67,7 +67,9 @@ def make_optimizer(name: str, model: nn.Module, kernel: str = "auto") -> torch.o
 class Variant:
     """A model, its optimizer and what one training step does."""
 
-    def __init__(self, kind: str, masks: dict[str, torch.Tensor], optimizer: str, seed: int, kernel: str = "auto") -> None:
+    def __init__(
+        self, kind: str, masks: dict[str, torch.Tensor], optimizer: str, seed: int, kernel: str = "auto"
+    ) -> None:
         self.kind = kind
         self.model = make_mlp(seed)
         self.masks = masks
@@ -137,7 +139,13 @@ def time_topology_update(variant: Variant, zeta: float, repeats: int, seed: int)
             mask[drop[:, 0], drop[:, 1]] = False
             mask[grow[:, 0], grow[:, 1]] = True
             new_masks[name] = mask
-        samples.append(measure(lambda m=new_masks: [variant.model.get_submodule(n).set_mask(k, variant.optimizer) for n, k in m.items()]))
+        samples.append(
+            measure(
+                lambda m=new_masks: [
+                    variant.model.get_submodule(n).set_mask(k, variant.optimizer) for n, k in m.items()
+                ]
+            )
+        )
     return Timing(statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples))
 
 
@@ -147,13 +155,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--density", type=float, default=0.01)
     parser.add_argument("--optimizers", nargs="+", default=["sgd", "adamw"], choices=["sgd", "adamw"])
     parser.add_argument("--impls", nargs="+", default=["native", "csr"], choices=["native", "csr", "gather"])
-    parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="torch threads to measure, each in turn")
+    parser.add_argument(
+        "--thread-counts", type=int, nargs="+", default=[1, 2], help="torch threads to measure, each in turn"
+    )
     parser.add_argument("--no-masked", action="store_true", help="leave out the masked dense variant")
-    parser.add_argument("--no-alone", action="store_true", help="skip the thread scaling of dense and sparse timed each alone")
+    parser.add_argument(
+        "--no-alone", action="store_true", help="skip the thread scaling of dense and sparse timed each alone"
+    )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed sample")
     parser.add_argument(
-        "--optimizer-kernel", default="auto", choices=["auto", "fused", "foreach", "loop"], help="optim.kernel of every variant"
+        "--optimizer-kernel",
+        default="auto",
+        choices=["auto", "fused", "foreach", "loop"],
+        help="optim.kernel of every variant",
     )
     parser.add_argument("--seed", type=int, default=0)
     add_protocol_args(parser)
@@ -202,7 +217,11 @@ def main(argv: list[str] | None = None) -> None:
             f"- optimizer: the trainer's (`chtorch.train.optim.build_optimizer`), `optim.kernel={args.optimizer_kernel}` "
             "for every variant (`auto`: torch's fused kernel on CPU)",
             "",
-            "| threads | optimizer | batch | " + " | ".join(kinds) + " | " + " | ".join(f"dense / {k}" for k in kinds[1:]) + " |",
+            "| threads | optimizer | batch | "
+            + " | ".join(kinds)
+            + " | "
+            + " | ".join(f"dense / {k}" for k in kinds[1:])
+            + " |",
             "|---:|---|---:|" + "---:|" * (2 * len(kinds) - 1),
         ]
     )
@@ -229,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
                 a, b = by_key[(lo, opt_name, batch)], by_key[(hi, opt_name, batch)]
                 dense_scale = a["dense"].wall / b["dense"].wall
                 sparse_scale = a[best].wall / b[best].wall
-                lines.append(f"| {opt_name} | {batch} | {dense_scale:.2f}x | {sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |")
+                lines.append(
+                    f"| {opt_name} | {batch} | {dense_scale:.2f}x | {sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |"
+                )
     if alone:
         lo, hi = args.thread_counts[0], args.thread_counts[-1]
         lines += [
@@ -252,7 +273,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"| {opt_name} | {batch} | {d_lo.ms()} / {d_hi.ms()} | {dense_scale:.2f}x | {s_lo.ms()} / {s_hi.ms()} | "
                     f"{sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |"
                 )
-    lines += ["", f"Topology update through `set_mask` ({best}, 3 layers, 30% of links moved, optimizer state carried):", ""]
+    lines += [
+        "",
+        f"Topology update through `set_mask` ({best}, 3 layers, 30% of links moved, optimizer state carried):",
+        "",
+    ]
     lines += [f"- {t} thread(s): {timing.ms()} (median)" for t, timing in update.items()]
     print("\n".join(lines))
     session.write(lines)

@@ -46,7 +46,9 @@ class Block(nn.Module):
         def heads(z: torch.Tensor) -> torch.Tensor:
             return z.view(b, t, HEADS, D_MODEL // HEADS).transpose(1, 2)
 
-        att = nn.functional.scaled_dot_product_attention(heads(self.q(h)), heads(self.k(h)), heads(self.v(h)), is_causal=True)
+        att = nn.functional.scaled_dot_product_attention(
+            heads(self.q(h)), heads(self.k(h)), heads(self.v(h)), is_causal=True
+        )
         x = x + self.o(att.transpose(1, 2).reshape(b, t, D_MODEL))
         return x + self.ffn_out(nn.functional.gelu(self.ffn_in(self.norm2(x))))
 
@@ -118,8 +120,14 @@ def main(argv: list[str] | None = None) -> None:
             t = interleave(jobs, args.repeats)
             rows.append((sparsity, tokens, t))
             if args.profile:
-                profiles += [(sparsity, tokens, kind, profile_ops(fn, args.profile_steps, args.profile_top)) for kind, fn in jobs.items()]
-            print(f"sparsity {sparsity:.0%} tokens {tokens}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()), flush=True)
+                profiles += [
+                    (sparsity, tokens, kind, profile_ops(fn, args.profile_steps, args.profile_top))
+                    for kind, fn in jobs.items()
+                ]
+            print(
+                f"sparsity {sparsity:.0%} tokens {tokens}: " + ", ".join(f"{k} {v.ms()}" for k, v in t.items()),
+                flush=True,
+            )
     session.finish()
     lines = session.header(
         [

@@ -100,9 +100,13 @@ def run_one(config_path: Path, overrides: list[str], run_dir: Path) -> dict[str,
         else:
             train(load_config(config_path, overrides), run_dir, out=io.StringIO(), callbacks=[timer])
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-        (run_dir / "bench_timing.json").write_text(json.dumps({"wall": wall, "cpu": cpu, "train_seconds": timer.train_seconds}))
+        (run_dir / "bench_timing.json").write_text(
+            json.dumps({"wall": wall, "cpu": cpu, "train_seconds": timer.train_seconds})
+        )
     summary = json.loads(summary_path.read_text())
-    timing = json.loads((run_dir / "bench_timing.json").read_text()) if (run_dir / "bench_timing.json").is_file() else {}
+    timing = (
+        json.loads((run_dir / "bench_timing.json").read_text()) if (run_dir / "bench_timing.json").is_file() else {}
+    )
     updates = [r for r in read_metrics(run_dir) if r.get("kind") == "update"]
     summary["update_seconds"] = sum(float(r.get("seconds") or 0.0) for r in updates)
     summary["n_updates"] = len(updates)
@@ -126,7 +130,9 @@ def sweep(
             summary = run_one(config_path, overrides, out_dir / name)
         except Exception as exc:  # keep the sweep going; the table says what failed
             log(f"[{datetime.datetime.now():%H:%M:%S}] {name}: FAILED {type(exc).__name__}: {exc}")
-            results.append({"name": name, "method": method, "sparsity": sparsity, "error": f"{type(exc).__name__}: {exc}"})
+            results.append(
+                {"name": name, "method": method, "sparsity": sparsity, "error": f"{type(exc).__name__}: {exc}"}
+            )
             continue
         summary.update(name=name, target_sparsity=sparsity)
         final = summary.get("final", {})
@@ -157,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("CHTORCH_DATA", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--config", default=str(ROOT / "configs" / "translation_multi30k_cpu.yaml"))
-    parser.add_argument("--runs-dir", default=None, help="where the run directories go (default: runs/bench-translation)")
+    parser.add_argument(
+        "--runs-dir", default=None, help="where the run directories go (default: runs/bench-translation)"
+    )
     parser.add_argument("--methods", default="set,rigl,chts,chtss")
     parser.add_argument("--sparsities", default="0.9,0.95")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra config overrides")
@@ -166,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(args, "Multi30k en→de, CPU-sized Transformer: BLEU of dense vs SET vs RigL vs CHTs vs CHTss")
     out_dir = Path(args.runs_dir or ROOT / "runs" / "bench-translation")
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = [f"data.dir={args.data_dir}", f"run.threads={args.threads}", "run.device=cpu", *TRANSLATION_OVERRIDES, *args.overrides]
+    base = [
+        f"data.dir={args.data_dir}",
+        f"run.threads={args.threads}",
+        "run.device=cpu",
+        *TRANSLATION_OVERRIDES,
+        *args.overrides,
+    ]
     sparsities = [float(s) for s in args.sparsities.split(",")]
     runs = [("dense", 0.0)] + [(m, s) for s in sparsities for m in args.methods.split(",")]
     results = sweep(Path(args.config), base, runs, out_dir, lambda line: print(line, flush=True))

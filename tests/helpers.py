@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TINY_RUN", "tiny_config", "tiny_mlp", "batch_stream", "train_steps", "checkpoint_round_trip", "torch_threads"]
+__all__ = [
+    "TINY_RUN",
+    "tiny_config",
+    "tiny_mlp",
+    "batch_stream",
+    "train_steps",
+    "checkpoint_round_trip",
+    "torch_threads",
+]
 
 #: ``--set`` overrides of a seconds-long run: a small MLP on digits, nothing slow written at the end.
 TINY_RUN = (
@@ -45,7 +53,9 @@ def tiny_mlp(sizes: Sequence[int] = (12, 32, 32, 3), seed: int = 0) -> nn.Sequen
     return nn.Sequential(*layers[:-1])
 
 
-def batch_stream(n_in: int = 12, n_classes: int = 3, batch_size: int = 16, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_stream(
+    n_in: int = 12, n_classes: int = 3, batch_size: int = 16, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """An endless, reproducible stream of ``(x, y)``: ``x`` is ``(batch_size, n_in)`` normal noise, ``y``
     a label that depends on ``x`` (so the task is learnable), from a private generator."""
     g = torch.Generator().manual_seed(seed)

@@ -21,7 +21,14 @@ BEING_SPLIT: set[str] = set()
 FORBIDDEN = {
     "chtorch.config": ("chtorch.recipes", "chtorch.train", "chtorch.cli", "chtorch.integrations"),
     "chtorch.recipes": ("chtorch.train", "chtorch.cli", "chtorch.integrations"),
-    "chtorch.dst": ("chtorch.train", "chtorch.config", "chtorch.recipes", "chtorch.data", "chtorch.cli", "chtorch.integrations"),
+    "chtorch.dst": (
+        "chtorch.train",
+        "chtorch.config",
+        "chtorch.recipes",
+        "chtorch.data",
+        "chtorch.cli",
+        "chtorch.integrations",
+    ),
     "chtorch.models": ("chtorch.train", "chtorch.config", "chtorch.recipes", "chtorch.dst", "chtorch.cli"),
 }
 
@@ -49,7 +56,9 @@ def _target(name: str) -> str | None:
 
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(module: str, module_level_only: bool) -> set[str]:
@@ -140,7 +149,9 @@ def test_wings_import_only_downward(package: str) -> None:
 
 
 def test_no_source_file_over_500_lines() -> None:
-    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    sizes = {
+        str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")
+    }
     too_long = {name: n for name, n in sizes.items() if n > MAX_LINES and name not in BEING_SPLIT}
     assert not too_long, f"split these into modules with one job each (limit {MAX_LINES} lines): {too_long}"
     stale = sorted(name for name in BEING_SPLIT if sizes.get(name, 0) <= MAX_LINES)

@@ -96,9 +96,20 @@ class Registry(Mapping[str, Callable[..., Any]]):
             if not callable(fn):
                 raise TypeError(f"only a function can be registered as a {self.noun}, got {type(fn).__name__}")
             fixed_needs = needs if callable(needs) else frozenset(needs)
-            part = Part(self.kind, key, fn, summary, fixed_needs, dict(params or {}), frozenset(flags), tuple(_key(a) for a in aliases))
+            part = Part(
+                self.kind,
+                key,
+                fn,
+                summary,
+                fixed_needs,
+                dict(params or {}),
+                frozenset(flags),
+                tuple(_key(a) for a in aliases),
+            )
             if key in self._parts or key in self._aliases:
-                warnings.warn(f"chtorch: {self.noun} {key!r} is registered again; the new one replaces the old one", stacklevel=3)
+                warnings.warn(
+                    f"chtorch: {self.noun} {key!r} is registered again; the new one replaces the old one", stacklevel=3
+                )
                 self._aliases.pop(key, None)
             self._parts[key] = part
             for alias in part.aliases:
@@ -112,7 +123,9 @@ class Registry(Mapping[str, Callable[..., Any]]):
         key = _key(name)
         key = self._aliases.get(key, key) if isinstance(key, str) else key
         if not isinstance(key, str) or key not in self._parts:
-            raise ValueError(f"unknown {self.noun} {name!r}{closest(name, self)}; known names: {', '.join(sorted(self))}")
+            raise ValueError(
+                f"unknown {self.noun} {name!r}{closest(name, self)}; known names: {', '.join(sorted(self))}"
+            )
         return self._parts[key]
 
     def get(self, name: Any, default: Any = None) -> Any:  # type: ignore[override]

@@ -71,7 +71,9 @@ def sparsify(
     ``sp.load_state_dict(saved_engine_state)``.
     """
     if total_steps is None:
-        raise ValueError("total_steps is required: the number of optimizer steps of the whole run (it sets T_end and density decays)")
+        raise ValueError(
+            "total_steps is required: the number of optimizer steps of the whole run (it sets T_end and density decays)"
+        )
     preset = get_method(method)
     if update_interval is not None:
         options["update_interval"] = update_interval

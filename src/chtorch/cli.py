@@ -89,8 +89,12 @@ def next_hints(result: object, config: object | None, config_path: str | None) -
     if sparse_method is not None:
         lines.append(f"chtorch export {shown}   # drop dead neurons; size, FLOPs and latency")
     if config_path is not None:
-        others = ",".join(dict.fromkeys(["dense", "set", "rigl", sparse_method if sparse_method is not None else "chts"]))
-        lines.append(f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method")
+        others = ",".join(
+            dict.fromkeys(["dense", "set", "rigl", sparse_method if sparse_method is not None else "chts"])
+        )
+        lines.append(
+            f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method"
+        )
     else:
         lines.append("chtorch compare configs/digits_chts.yaml --methods dense,set,rigl,chts --seeds 0,1,2")
         lines.append("chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
@@ -105,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `chtorch train` (no arguments): " + DEMO_HINT + ". Data files are looked for in "
         "--set data.dir=... or $CHTORCH_DATA.",
     )
-    parser.add_argument("--version", action="version", version=_version(), help="print chtorch's and torch's versions and exit")
+    parser.add_argument(
+        "--version", action="version", version=_version(), help="print chtorch's and torch's versions and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -119,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<run.name>-<date>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines (train.progress=off)")
 
-    p = sub.add_parser("methods", help="list the registered methods", description="List the dynamic sparse training methods.")
+    p = sub.add_parser(
+        "methods", help="list the registered methods", description="List the dynamic sparse training methods."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also show each method's paper and preset options")
 
     p = sub.add_parser(
@@ -131,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "finished runs and resumes interrupted ones.",
     )
     p.add_argument("config", help="YAML config shared by every run")
-    p.add_argument("--methods", required=True, help="comma-separated, e.g. dense,set,rigl,chts,chtss (dense = no sparsification)")
+    p.add_argument(
+        "--methods", required=True, help="comma-separated, e.g. dense,set,rigl,chts,chtss (dense = no sparsification)"
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<name>-<date>-<time>)")
     p.add_argument(
@@ -158,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?")
     _add_set(p)
-    p.add_argument("--reference", action="store_true", help="print every config key with its type, default and meaning (Markdown)")
+    p.add_argument(
+        "--reference", action="store_true", help="print every config key with its type, default and meaning (Markdown)"
+    )
 
     p = sub.add_parser(
         "export",
@@ -167,10 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
-        "--out", metavar="FILE", help="output .safetensors file, its description beside it as .json (default: RUN_DIR/compact.safetensors)"
+        "--out",
+        metavar="FILE",
+        help="output .safetensors file, its description beside it as .json (default: RUN_DIR/compact.safetensors)",
     )
     p.add_argument(
-        "--sparse", action="store_true", help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference"
+        "--sparse",
+        action="store_true",
+        help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference",
     )
     return parser
 
@@ -247,7 +263,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if config is None:  # resumed: the run's own config
             config = _saved_config(result.run_dir)
         print("\nnext:")
-        for line in next_hints(result, config, args.config or (str(result.run_dir / "config.yaml") if args.resume else None)):
+        for line in next_hints(
+            result, config, args.config or (str(result.run_dir / "config.yaml") if args.resume else None)
+        ):
             print(f"  {line}")
     return 0
 
@@ -332,7 +350,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {run_dir / 'compare.md'}")
         return 0
     if not (run_dir / "metrics.jsonl").is_file():
-        return _fail(f"{run_dir} is not a chtorch run directory (no metrics.jsonl), nor a compare directory (no compare-plan.json)")
+        return _fail(
+            f"{run_dir} is not a chtorch run directory (no metrics.jsonl), nor a compare directory (no compare-plan.json)"
+        )
     check_run_records(run_dir)  # not UTF-8, not JSON, absurd records: one line naming the file and line
     try:
         plots, report, skipped = rebuild(run_dir)
@@ -373,7 +393,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  {note}")
     print(f"measured on one evaluation batch: {summary['batch']}")
     print(summary["table"])
-    print(f"wrote {path} and {path.with_suffix('.json')}  (load with chtorch.train.export.load_exported(path); no pickle)")
+    print(
+        f"wrote {path} and {path.with_suffix('.json')}  (load with chtorch.train.export.load_exported(path); no pickle)"
+    )
     return 0
 
 

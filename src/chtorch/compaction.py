@@ -60,7 +60,9 @@ def layer_links(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         return module.dense_weight().detach(), module.weight_mask, _maybe(module.bias)
     if isinstance(module, SparseInferenceLinear):
         weight = module.dense_weight()
-        mask = torch.zeros_like(weight, dtype=torch.bool).index_put_((module.row_indices, module.col_indices), torch.tensor(True))
+        mask = torch.zeros_like(weight, dtype=torch.bool).index_put_(
+            (module.row_indices, module.col_indices), torch.tensor(True)
+        )
         return weight, mask, _maybe(module.bias)
     if isinstance(module, nn.Linear):
         weight = module.weight.detach()
@@ -187,7 +189,9 @@ def _empty_linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype) -> nn.L
         return nn.Linear(n_in, n_out, bias=bias, device="meta", dtype=dtype)
 
 
-def find_dead_neurons(model: nn.Module, chains: Sequence[Sequence[str]], activation: Activation | None = None) -> dict[str, torch.Tensor]:
+def find_dead_neurons(
+    model: nn.Module, chains: Sequence[Sequence[str]], activation: Activation | None = None
+) -> dict[str, torch.Tensor]:
     """``{layer name: bool (out_features,)}`` - which output neurons of each non-final chain layer
     stay alive after dead-neuron removal to a fixed point. ``activation`` is only needed when a
     neuron with outgoing but no incoming links must be folded (see :func:`compact`)."""
@@ -336,7 +340,10 @@ class ExportReport:
         ]
         lines = ["| | original | exported | original / exported |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {a} | {b} | {ratio:.2f}x |" for name, a, b, ratio in rows]
-        return "\n".join(lines) + f"\n\nmax |difference| of outputs: {self.max_abs_diff:.3g}; torch threads: {self.threads}\n"
+        return (
+            "\n".join(lines)
+            + f"\n\nmax |difference| of outputs: {self.max_abs_diff:.3g}; torch threads: {self.threads}\n"
+        )
 
 
 def _count_params(model: nn.Module) -> tuple[int, int]:

@@ -178,8 +178,16 @@ def _damage(folder: Path, how: str) -> None:
 @pytest.mark.parametrize(
     "how,verify,words",
     [
-        ("missing", "false", ["missing train-images-idx3-ubyte.gz", "Put train-images-idx3-ubyte.gz", "Expected checksums"]),
-        ("truncated-gzip", "false", ["train-images-idx3-ubyte.gz", "damaged gzip data", "truncated or corrupt", "download it again"]),
+        (
+            "missing",
+            "false",
+            ["missing train-images-idx3-ubyte.gz", "Put train-images-idx3-ubyte.gz", "Expected checksums"],
+        ),
+        (
+            "truncated-gzip",
+            "false",
+            ["train-images-idx3-ubyte.gz", "damaged gzip data", "truncated or corrupt", "download it again"],
+        ),
         ("truncated-idx", "false", ["train-images-idx3-ubyte.gz", "truncated", "the header says dims"]),
         ("wrong-magic", "false", ["IDX magic number 0x00000801", "expected 0x00000803", "right file"]),
         ("garbage-magic", "false", ["not an IDX file: magic number 0x12345678"]),
@@ -257,13 +265,19 @@ def _other_run_checkpoint(tmp_path: Path, *overrides: str) -> bytes:
         ("pickled-code", ["holds Python objects other than tensors", "not written by chtorch"]),
         (
             "other-model",
-            ["is from another run than", "model.hidden: checkpoint [16, 16], config.yaml [32, 32]", "another model or sparsity"],
+            [
+                "is from another run than",
+                "model.hidden: checkpoint [16, 16], config.yaml [32, 32]",
+                "another model or sparsity",
+            ],
         ),
         ("other-sparsity", ["is from another run than", "sparsity.sparsity: checkpoint 0.8, config.yaml 0.9"]),
         ("other-method", ["is from another run than", "sparsity.method: checkpoint 'dense', config.yaml 'set'"]),
     ],
 )
-def test_checkpoint_errors_leave_the_run_intact(capsys, stopped_run: Path, tmp_path: Path, damage: str, words: list[str]) -> None:
+def test_checkpoint_errors_leave_the_run_intact(
+    capsys, stopped_run: Path, tmp_path: Path, damage: str, words: list[str]
+) -> None:
     run_dir = _copy(stopped_run, tmp_path)
     path = run_dir / "checkpoint.pt"
     good = path.read_bytes()
@@ -325,11 +339,15 @@ def test_lost_metrics_log_warns_and_the_run_goes_on(capsys, stopped_run: Path, t
 
 def test_nan_loss_stops_after_max_nonfinite_and_the_directory_stays_usable(capsys, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    code, _, err = cli(capsys, "train", "--set", *FAST, "optim.lr=1e6", "train.max_nonfinite=2", "--out", str(run_dir), "--quiet")
+    code, _, err = cli(
+        capsys, "train", "--set", *FAST, "optim.lr=1e6", "train.max_nonfinite=2", "--out", str(run_dir), "--quiet"
+    )
     lines = err.strip().splitlines()
     warned = [line for line in lines if line.startswith("chtorch: warning: non-finite loss")]
     assert len(warned) == 3 and "the step and any topology update due are skipped" in warned[0]
-    assert_error(code, lines[-1] + "\n", "NaN/inf in 3 steps", "train.max_nonfinite=2", "no epoch finished", "Lower optim.lr")
+    assert_error(
+        code, lines[-1] + "\n", "NaN/inf in 3 steps", "train.max_nonfinite=2", "no epoch finished", "Lower optim.lr"
+    )
     assert not (run_dir / "checkpoint.pt").exists()
     code, _, err = cli(capsys, "train", "--resume", str(run_dir))
     assert_error(code, err, "no checkpoint")
@@ -361,7 +379,12 @@ def test_nan_batch_skips_the_step_and_the_topology_update(tmp_path: Path) -> Non
 
     def record(t: Trainer) -> None:
         seen.append(
-            (t.step, t.sparsity.update_count, [m.clone() for m in t.sparsity.masks.values()], t.model.layers[0].weight.detach().clone())
+            (
+                t.step,
+                t.sparsity.update_count,
+                [m.clone() for m in t.sparsity.masks.values()],
+                t.model.layers[0].weight.detach().clone(),
+            )
         )
 
     trainer.callbacks.append(record)

@@ -16,7 +16,13 @@ import torch
 from chtorch.config import load_config
 from chtorch.train import checkpoint as checkpoint_module
 from chtorch.train import resume, train
-from chtorch.train.checkpoint import CheckpointError, CheckpointWriteError, content_digest, load_checkpoint, save_checkpoint
+from chtorch.train.checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    content_digest,
+    load_checkpoint,
+    save_checkpoint,
+)
 from chtorch.train.trainer import Trainer
 from helpers import assert_error, cli
 
@@ -55,7 +61,9 @@ def _flip_tensor_bit(path: Path) -> None:
         with archive.open(info) as member:  # the member's data starts after its local header
             member.read(0)
         header = path.read_bytes()[info.header_offset : info.header_offset + 30]
-        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        start = (
+            info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        )
     data = bytearray(path.read_bytes())
     data[start + info.file_size // 2] ^= 0x10
     path.write_bytes(bytes(data))
@@ -78,16 +86,31 @@ def _bad_momentum(state: dict) -> None:
 
 DAMAGES = {
     "flipped-bit": (_flip_tensor_bit, ["fails its SHA-256 check", "changed after it was written"]),
-    "no-digest": (lambda p: torch.save({k: v for k, v in load_checkpoint(p).items()}, p), ["fails its SHA-256 check", "stored None"]),
-    "missing-key": (lambda p: _edit(p, lambda s: s.pop("optimizer")), ["lacks 'optimizer'", "not a complete chtorch training checkpoint"]),
-    "wrong-type": (lambda p: _edit(p, lambda s: s.update(epoch="two")), ["'epoch' must be a non-negative integer, found 'two'"]),
+    "no-digest": (
+        lambda p: torch.save({k: v for k, v in load_checkpoint(p).items()}, p),
+        ["fails its SHA-256 check", "stored None"],
+    ),
+    "missing-key": (
+        lambda p: _edit(p, lambda s: s.pop("optimizer")),
+        ["lacks 'optimizer'", "not a complete chtorch training checkpoint"],
+    ),
+    "wrong-type": (
+        lambda p: _edit(p, lambda s: s.update(epoch="two")),
+        ["'epoch' must be a non-negative integer, found 'two'"],
+    ),
     "wrong-type-model": (lambda p: _edit(p, lambda s: s["model"].update(x=[1, 2])), ["'model' must be a state_dict"]),
     "wrong-shape": (
         lambda p: _edit(p, lambda s: s["model"].update({_first_weight(s): torch.zeros(3, 3)})),
         ["does not fit this model", "size mismatch"],
     ),
-    "wrong-shape-optimizer": (lambda p: _edit(p, _bad_momentum), ["optimizer state 'momentum_buffer' has shape (7, 3)"]),
-    "old-version": (lambda p: _edit(p, lambda s: None) or _set_version(p, 1), ["version 1", "before checkpoints carried a SHA-256"]),
+    "wrong-shape-optimizer": (
+        lambda p: _edit(p, _bad_momentum),
+        ["optimizer state 'momentum_buffer' has shape (7, 3)"],
+    ),
+    "old-version": (
+        lambda p: _edit(p, lambda s: None) or _set_version(p, 1),
+        ["version 1", "before checkpoints carried a SHA-256"],
+    ),
 }
 
 
@@ -98,7 +121,9 @@ def _set_version(path: Path, version: int) -> None:
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_damaged_checkpoint_is_one_line_and_the_run_is_untouched(capsys, stopped_run: Path, tmp_path: Path, damage: str) -> None:
+def test_damaged_checkpoint_is_one_line_and_the_run_is_untouched(
+    capsys, stopped_run: Path, tmp_path: Path, damage: str
+) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(stopped_run, run_dir)
     path = run_dir / "checkpoint.pt"
@@ -119,7 +144,11 @@ def test_damaged_checkpoint_is_one_line_and_the_run_is_untouched(capsys, stopped
 
 
 def test_digest_is_of_the_content_and_survives_a_round_trip(tmp_path: Path) -> None:
-    state = {"a": torch.arange(6.0).reshape(2, 3).t(), "b": [1, 2.5, None, True, "x"], "c": {"m": torch.ones(2, dtype=torch.bool)}}
+    state = {
+        "a": torch.arange(6.0).reshape(2, 3).t(),
+        "b": [1, 2.5, None, True, "x"],
+        "c": {"m": torch.ones(2, dtype=torch.bool)},
+    }
     path = save_checkpoint(state, tmp_path / "c.pt")
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["a"], state["a"]) and "sha256" not in loaded
@@ -142,7 +171,9 @@ def test_full_disk_during_a_checkpoint_write(capsys, tmp_path: Path, monkeypatch
     monkeypatch.setattr(checkpoint_module.torch, "save", save_then_disk_full)
     run_dir = tmp_path / "run"
     code, _, err = cli(capsys, "train", *["--set", *FAST, "train.epochs=3"], "--out", str(run_dir), "--quiet")
-    assert_error(code, err, "the disk is full", "ENOSPC", f"the previous checkpoint {run_dir / 'checkpoint.pt'} is intact")
+    assert_error(
+        code, err, "the disk is full", "ENOSPC", f"the previous checkpoint {run_dir / 'checkpoint.pt'} is intact"
+    )
     monkeypatch.undo()
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".checkpoint")) == []
     assert load_checkpoint(run_dir)["epoch"] == 1
@@ -156,5 +187,7 @@ def test_write_error_is_both_a_checkpoint_error_and_an_oserror(tmp_path: Path, m
     monkeypatch.setattr(checkpoint_module.torch, "save", no_space)
     with pytest.raises(CheckpointWriteError, match="no earlier checkpoint exists") as info:
         save_checkpoint({"step": 1}, tmp_path / "c.pt")
-    assert isinstance(info.value, CheckpointError) and isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert (
+        isinstance(info.value, CheckpointError) and isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    )
     assert list(tmp_path.iterdir()) == []

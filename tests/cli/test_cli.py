@@ -35,7 +35,9 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_help_through_the_installed_entry_points() -> None:
-    result = subprocess.run([sys.executable, "-m", "chtorch.cli", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "chtorch.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     for command in ("train", "methods", "compare", "report", "export"):
         assert command in result.stdout
@@ -101,7 +103,9 @@ def test_config_command(capsys) -> None:
         (["compare", "{cfg}", "--methods", "set", "--seeds", "a"], ["--seeds"]),
     ],
 )
-def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path: Path, args: list[str], words: list[str]) -> None:
+def test_user_errors_are_one_line_and_exit_2(
+    capsys, monkeypatch, tmp_path: Path, args: list[str], words: list[str]
+) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may be written; if something is, it lands here
     args = [a.replace("{cfg}", str(ROOT / "configs" / "digits_chts.yaml")) for a in args]
     code, _, err = cli(capsys, *args)
@@ -114,7 +118,13 @@ def test_user_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path: Path
 
 def test_missing_data_files_name_the_fix(capsys, tmp_path: Path) -> None:
     code, _, err = cli(
-        capsys, "train", str(ROOT / "configs" / "mlp_mnist_cpu.yaml"), "--set", f"data.dir={tmp_path}", "--out", str(tmp_path / "run")
+        capsys,
+        "train",
+        str(ROOT / "configs" / "mlp_mnist_cpu.yaml"),
+        "--set",
+        f"data.dir={tmp_path}",
+        "--out",
+        str(tmp_path / "run"),
     )
     assert code == 2 and "train-images-idx3-ubyte.gz" in err and str(tmp_path) in err
 
@@ -164,7 +174,14 @@ def test_report_recreates_plots_and_report(trained, capsys) -> None:
 def test_default_train_is_the_offline_demo(capsys, tmp_path: Path) -> None:
     # The README's command, cut to one tiny epoch: no config, no data files, no network.
     code, out, _ = cli(
-        capsys, "train", "--set", "train.epochs=1", "model.hidden=[32,32,32]", "train.plots=false", "--out", str(tmp_path / "demo")
+        capsys,
+        "train",
+        "--set",
+        "train.epochs=1",
+        "model.hidden=[32,32,32]",
+        "train.plots=false",
+        "--out",
+        str(tmp_path / "demo"),
     )
     assert code == 0 and "built-in demo config" in out and "finished digits_chts (chts)" in out
 

@@ -114,7 +114,10 @@ def test_recipes_on_local_files_without_network(tmp_path: Path, data_dir: Path) 
         [
             "import sys",
             "from chtorch.cli import main",
-            *(f"assert main({['train', *args, '--out', str(tmp_path / name), '--quiet']!r}) == 0, {name!r}" for name, args in runs.items()),
+            *(
+                f"assert main({['train', *args, '--out', str(tmp_path / name), '--quiet']!r}) == 0, {name!r}"
+                for name, args in runs.items()
+            ),
         ]
     )
     result = _offline("-c", script)
@@ -137,6 +140,8 @@ def test_no_socket_is_opened_while_training(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(socket.socket, "connect_ex", trap("socket.connect_ex"))
     monkeypatch.setattr(socket, "create_connection", trap("create_connection"))
     monkeypatch.setattr(socket, "getaddrinfo", trap("getaddrinfo"))
-    result = train(load_config(None, [*DIGITS, "train.progress=off", "sparsity.method=chts"]), tmp_path / "run", out=io.StringIO())
+    result = train(
+        load_config(None, [*DIGITS, "train.progress=off", "sparsity.method=chts"]), tmp_path / "run", out=io.StringIO()
+    )
     assert result.finished
     assert attempts == []  # recorded even if some library swallowed the OSError

@@ -56,7 +56,10 @@ def test_out_is_a_regular_file(capsys, tmp_path: Path) -> None:
 
 def test_out_under_a_regular_file(capsys, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    assert_error(*train_cli(capsys, tmp_path / "notes.txt" / "run")[::2], "notes.txt is a file, so no directory can be created under it")
+    assert_error(
+        *train_cli(capsys, tmp_path / "notes.txt" / "run")[::2],
+        "notes.txt is a file, so no directory can be created under it",
+    )
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -92,7 +95,9 @@ def test_out_unwritable_for_real(capsys, tmp_path: Path) -> None:
         locked.chmod(0o700)
 
 
-def test_out_reuses_a_run_directory_without_checkpoint_and_a_failed_train_leaves_no_directory(capsys, tmp_path: Path) -> None:
+def test_out_reuses_a_run_directory_without_checkpoint_and_a_failed_train_leaves_no_directory(
+    capsys, tmp_path: Path
+) -> None:
     target = tmp_path / "deep" / "run"
     code, _, err = train_cli(capsys, target, "model.hidden=[32,-4]")  # fails when the model is built
     assert code == 2 and not (tmp_path / "deep").exists(), err
@@ -114,7 +119,10 @@ def test_run_name_is_a_name_not_a_path(capsys, tmp_path: Path, monkeypatch, name
 
 
 def test_run_threads_bounded(capsys, tmp_path: Path) -> None:
-    assert_error(*train_cli(capsys, tmp_path / "r", "run.threads=100000")[::2], "run.threads must be a number in [0, 1024], got 100000")
+    assert_error(
+        *train_cli(capsys, tmp_path / "r", "run.threads=100000")[::2],
+        "run.threads must be a number in [0, 1024], got 100000",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -126,7 +134,9 @@ def test_run_threads_bounded(capsys, tmp_path: Path) -> None:
         ("mps", False, 0, False, "MPS"),
     ],
 )
-def test_run_device_checked_against_this_torch(capsys, tmp_path: Path, monkeypatch, device, cuda, count, mps, words) -> None:
+def test_run_device_checked_against_this_torch(
+    capsys, tmp_path: Path, monkeypatch, device, cuda, count, mps, words
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
@@ -162,7 +172,9 @@ def stopped_run(tmp_path_factory) -> Path:
         if trainer.epoch == 1 and trainer.batch == 5:
             trainer.request_stop()
 
-    result = train(load_config(None, FAST), tmp_path_factory.mktemp("lock") / "run", out=io.StringIO(), callbacks=[stop])
+    result = train(
+        load_config(None, FAST), tmp_path_factory.mktemp("lock") / "run", out=io.StringIO(), callbacks=[stop]
+    )
     assert result.interrupted
     return result.run_dir
 
@@ -206,7 +218,9 @@ def test_lock_is_held_while_training_and_released_after(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- Ctrl-C twice
 
 
-def test_second_ctrl_c_during_the_interrupt_save_exits_130_with_the_checkpoint_intact(capsys, tmp_path: Path, monkeypatch) -> None:
+def test_second_ctrl_c_during_the_interrupt_save_exits_130_with_the_checkpoint_intact(
+    capsys, tmp_path: Path, monkeypatch
+) -> None:
     real_fit = Trainer.fit
     real_save = checkpoint_module.torch.save
     state = {"interrupted_at": None}

@@ -46,7 +46,9 @@ def test_yaml_aliases_are_refused_fast(capsys, tmp_path: Path) -> None:
     assert not Path("runs").exists() or not any(Path("runs").glob("*bomb*"))
 
 
-@pytest.mark.parametrize("text", ["run: &r {seed: 1}\ntrain: *r\n", "train: {epochs: *e}\n", "optim:\n  betas: &b [0.9, 0.99]\n"])
+@pytest.mark.parametrize(
+    "text", ["run: &r {seed: 1}\ntrain: *r\n", "train: {epochs: *e}\n", "optim:\n  betas: &b [0.9, 0.99]\n"]
+)
 def test_any_anchor_or_alias_is_refused(text: str, tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)

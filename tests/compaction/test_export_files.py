@@ -41,14 +41,20 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_export_loads_without_torch_load_and_matches_the_trained_model(capsys, run_dir: Path, tmp_path: Path, monkeypatch, sparse) -> None:
+def test_export_loads_without_torch_load_and_matches_the_trained_model(
+    capsys, run_dir: Path, tmp_path: Path, monkeypatch, sparse
+) -> None:
     out = tmp_path / "model.safetensors"
     code, stdout, err = cli(capsys, "export", str(run_dir), "--out", str(out), *(["--sparse"] if sparse else []))
     assert code == 0, err
     assert "no pickle" in stdout and out.is_file() and out.with_suffix(".json").is_file()
     description = read_export_description(out)
     assert description["model"]["class"] == "MLP"
-    assert all(e["kind"] == ("csr" if sparse else "linear") for n, e in description["layers"].items() if n.startswith("layers."))
+    assert all(
+        e["kind"] == ("csr" if sparse else "linear")
+        for n, e in description["layers"].items()
+        if n.startswith("layers.")
+    )
 
     def no_torch_load(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("load_exported must not call torch.load")

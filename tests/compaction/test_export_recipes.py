@@ -26,7 +26,9 @@ def _corpus(root: Path) -> Path:
     for split, n in (("train", 160), ("val", 16), ("test", 8)):
         sentences = [[rng.choice(words) for _ in range(rng.randint(2, 6))] for _ in range(n)]
         (root / f"{split}.en").write_text("\n".join(" ".join(s) for s in sentences) + "\n", encoding="utf-8")
-        (root / f"{split}.de").write_text("\n".join(" ".join(LEXICON[w] for w in s) for s in sentences) + "\n", encoding="utf-8")
+        (root / f"{split}.de").write_text(
+            "\n".join(" ".join(LEXICON[w] for w in s) for s in sentences) + "\n", encoding="utf-8"
+        )
     return root
 
 

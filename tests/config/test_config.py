@@ -77,16 +77,26 @@ def test_paper_configs_hold_table_4_settings(name: str, dataset: str, hidden: in
     c = load_config(CONFIGS / f"{name}.yaml")
     assert c.data.name == dataset and c.model.hidden == [hidden] * 3
     assert (c.data.batch_size, c.train.epochs) == (32, 100)
-    assert (c.optim.name, c.optim.lr, c.optim.final_lr, c.optim.momentum, c.optim.weight_decay) == ("sgd", 0.025, 2.5e-4, 0.9, 5e-4)
+    assert (c.optim.name, c.optim.lr, c.optim.final_lr, c.optim.momentum, c.optim.weight_decay) == (
+        "sgd",
+        0.025,
+        2.5e-4,
+        0.9,
+        5e-4,
+    )
     assert c.optim.schedule == "linear"
     assert (c.sparsity.sparsity, c.sparsity.update_interval, c.sparsity.update_unit) == (0.99, 1, "epoch")
     assert resolve_sparsity_options("chts", method_options_for(c, "chts")).init == "csti"
     assert resolve_sparsity_options("set", method_options_for(c, "set")).init == "erdos_renyi"
-    assert all(resolve_sparsity_options(m, method_options_for(c, m)).zeta == 0.3 for m in ("chts", "set", "rigl"))  # the presets' ζ
+    assert all(
+        resolve_sparsity_options(m, method_options_for(c, m)).zeta == 0.3 for m in ("chts", "set", "rigl")
+    )  # the presets' ζ
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
-    config = load_config(None, ["optim.lr=0.01", "model.hidden=[32,16]", "sparsity.options.zeta=0.2", "data.train_limit=100"])
+    config = load_config(
+        None, ["optim.lr=0.01", "model.hidden=[32,16]", "sparsity.options.zeta=0.2", "data.train_limit=100"]
+    )
     path = save_config(config, tmp_path / "config.yaml")
     again = load_config(path)
     assert config_to_dict(again) == config_to_dict(config)
@@ -301,7 +311,14 @@ def test_overriding_init_drops_the_presets_init_options() -> None:
 
 
 def test_method_options_apply_only_to_their_method() -> None:
-    c = load_config(None, ["sparsity.options.zeta=0.2", "sparsity.method_options.chts.zeta=0.1", "sparsity.method_options.chts.init=csti"])
+    c = load_config(
+        None,
+        [
+            "sparsity.options.zeta=0.2",
+            "sparsity.method_options.chts.zeta=0.1",
+            "sparsity.method_options.chts.init=csti",
+        ],
+    )
     assert method_options_for(c, "chts")["zeta"] == 0.1 and method_options_for(c, "set")["zeta"] == 0.2
     assert "init" not in method_options_for(c, "set")
 
@@ -392,4 +409,6 @@ def test_docs_config_reference_is_current() -> None:
     text = doc.read_text(encoding="utf-8")
     for section, cls in SECTION_CLASSES:
         for f in dataclasses.fields(cls):
-            assert f"`{section}.{f.name}`" in text, f"docs/config.md lacks {section}.{f.name}: regenerate it (see its header)"
+            assert f"`{section}.{f.name}`" in text, (
+                f"docs/config.md lacks {section}.{f.name}: regenerate it (see its header)"
+            )

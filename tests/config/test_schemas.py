@@ -23,7 +23,11 @@ from chtorch.recipes.translation import TransformerModelConfig
     [
         (MLPModelConfig, MLPConfig, {"in_features", "n_classes"}),
         (TransformerModelConfig, Seq2SeqConfig, {"src_vocab", "tgt_vocab", "pad_id", "layer_norm_eps"}),
-        (LlamaModelConfig, LlamaConfig, {"vocab_size", "max_seq_len", "rms_norm_eps", "rope_theta", "initializer_range"}),
+        (
+            LlamaModelConfig,
+            LlamaConfig,
+            {"vocab_size", "max_seq_len", "rms_norm_eps", "rope_theta", "initializer_range"},
+        ),
     ],
 )
 def test_model_sections_carry_the_model_configs_fields(section: type, model: type, data_decided: set[str]) -> None:
@@ -32,14 +36,18 @@ def test_model_sections_carry_the_model_configs_fields(section: type, model: typ
     theirs = {f.name: f for f in dataclasses.fields(model)}
     assert set(theirs) - set(mine) == data_decided
     for name in set(theirs) - data_decided:
-        assert mine[name].metadata["help"] == theirs[name].metadata["help"] or "override" in mine[name].metadata["help"], name
+        assert (
+            mine[name].metadata["help"] == theirs[name].metadata["help"] or "override" in mine[name].metadata["help"]
+        ), name
         for key in ("min", "max", "choices"):
             assert mine[name].metadata.get(key) == theirs[name].metadata.get(key), (name, key)
 
 
 def test_model_values_build_the_model_config() -> None:
     config = build_config({"model": {"hidden": [16, 8], "activation": "gelu", "dropout": 0.25}})
-    assert MLPConfig(in_features=64, n_classes=10, **model_values(config.model)) == MLPConfig(64, 10, (16, 8), "gelu", 0.25, True)
+    assert MLPConfig(in_features=64, n_classes=10, **model_values(config.model)) == MLPConfig(
+        64, 10, (16, 8), "gelu", 0.25, True
+    )
     llama = build_config({"run": {"recipe": "lm"}, "model": {"size": "tiny", "n_layers": 3}}).model
     assert model_values(llama) == {"n_layers": 3, "tie_embeddings": False}  # unset overrides stay the preset's
 
@@ -55,7 +63,13 @@ def test_model_schema_rejects_unknown_fields_and_missing_defaults() -> None:
         model_schema("mlp", MLPConfig, doc="x", exclude=("width",))
     with pytest.raises(TypeError, match="in_features has no default"):
         model_schema("mlp", MLPConfig, doc="x")
-    extra = model_schema("mlp", MLPConfig, doc="An MLP.", exclude=("in_features", "n_classes"), extra=[("tag", str, setting("a", "a tag"))])
+    extra = model_schema(
+        "mlp",
+        MLPConfig,
+        doc="An MLP.",
+        exclude=("in_features", "n_classes"),
+        extra=[("tag", str, setting("a", "a tag"))],
+    )
     assert [f.name for f in dataclasses.fields(extra)][-1] == "tag" and extra.__doc__ == "An MLP."
     assert typing.get_type_hints(extra)["hidden"] == list[int]  # tuples in the model, lists in YAML
 

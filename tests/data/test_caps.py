@@ -68,7 +68,9 @@ def test_load_dataset_refuses_an_idx_bomb(tmp_path: Path) -> None:
     root = tmp_path / "mnist"
     root.mkdir()
     root.joinpath("train-images-idx3-ubyte.gz").write_bytes(zeros_gzip(idx_header((60000, 28, 28)), 512 << 20))
-    root.joinpath("train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + (60000).to_bytes(4, "big") + bytes(60000)))
+    root.joinpath("train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(bytes([0, 0, 8, 1]) + (60000).to_bytes(4, "big") + bytes(60000))
+    )
     with pytest.raises(DataFormatError, match="more data after"):
         load_dataset("mnist", tmp_path, verify=True)
 

@@ -41,7 +41,15 @@ def build(backend: str, method: str, opt_kind: str = "sgd", sparsity: float = 0.
     model = make_model()
     opt = make_optimizer(model, opt_kind)
     sp = chtorch.sparsify(
-        model, opt, method=method, sparsity=sparsity, total_steps=STEPS, update_interval=INTERVAL, seed=5, backend=backend, **kw
+        model,
+        opt,
+        method=method,
+        sparsity=sparsity,
+        total_steps=STEPS,
+        update_interval=INTERVAL,
+        seed=5,
+        backend=backend,
+        **kw,
     )
     return model, opt, sp
 
@@ -105,7 +113,11 @@ def test_sparse_layer_forms_the_dense_gradient_only_before_an_update(monkeypatch
     model, opt, sp = build("sparse", "rigl", grad_accumulation=accumulation)
     train(model, opt, sp, 0, STEPS)
     steps = sorted({step for step, _ in recorded})
-    window = [s for s in range(1, STEPS + 1) if any(0 <= u - s < accumulation for u in range(INTERVAL, sp.t_end + 1, INTERVAL))]
+    window = [
+        s
+        for s in range(1, STEPS + 1)
+        if any(0 <= u - s < accumulation for u in range(INTERVAL, sp.t_end + 1, INTERVAL))
+    ]
     assert steps == window
     assert len(recorded) == 2 * len(window)  # once per sparsified layer and step, never otherwise
 
@@ -147,7 +159,10 @@ def test_auto_moves_a_decaying_layer_to_the_sparse_backend_exactly(small_layers_
     for step, (masks, backends) in enumerate(trace, start=1):
         for name, mask in masks.items():
             density = int(mask.sum()) / mask.numel()
-            assert backends[name] == ("sparse" if density <= layer_module.AUTO_SPARSE_MAX_DENSITY else "masked"), (step, name)
+            assert backends[name] == ("sparse" if density <= layer_module.AUTO_SPARSE_MAX_DENSITY else "masked"), (
+                step,
+                name,
+            )
     assert all(isinstance(a_model[i], SparseLinear) for i in (0, 2))
     assert_same_run(m_model, m_sp, a_model, a_sp)
     for a, b in zip(m_sp.layers, a_sp.layers):

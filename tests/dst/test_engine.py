@@ -78,7 +78,10 @@ def train(sp, model, opt, steps: int, n_in: int, n_classes: int, start: int = 0,
                     if official_ems:
                         # the official EM&S grows exactly the extra density and does not compensate
                         # percolated links (docs/decisions.md, MEST EM&S)
-                        assert info.regrown == target - core and info.n_links == int(sp.masks[name].sum()) <= target, (name, info)
+                        assert info.regrown == target - core and info.n_links == int(sp.masks[name].sum()) <= target, (
+                            name,
+                            info,
+                        )
                     else:
                         assert info.n_links == target == int(sp.masks[name].sum()), (name, info, target)
         opt.zero_grad()
@@ -133,7 +136,9 @@ def test_resume_equivalence(method, opt_kind):
     def build():
         model = make_model(sizes, 0)
         opt = make_optimizer(model, opt_kind)
-        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=5, seed=3, grad_accumulation=3)
+        sp = chtorch.sparsify(
+            model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=5, seed=3, grad_accumulation=3
+        )
         return model, opt, sp
 
     model, opt, sp = build()
@@ -215,7 +220,9 @@ def test_gradient_regrowth_uses_dense_gradient_of_last_steps():
 
     model[0].weight.register_hook(hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: weights only change by the engine
-    sp = chtorch.sparsify(model, opt, method="rigl", sparsity=0.6, total_steps=10, update_interval=2, zeta=0.3, zeta_anneal="constant")
+    sp = chtorch.sparsify(
+        model, opt, method="rigl", sparsity=0.6, total_steps=10, update_interval=2, zeta=0.3, zeta_anneal="constant"
+    )
     holder["target"] = tuple(torch.nonzero(~sp.masks["0"])[0].tolist())
     x = torch.randn(4, 6)
     for expected_update in (False, True):
@@ -231,7 +238,9 @@ def test_gradient_regrowth_uses_dense_gradient_of_last_steps():
 def test_history_regrown_init_restores_last_value():
     model = make_model([8, 12, 12, 2])
     opt = make_optimizer(model, "sgd")
-    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.5, total_steps=40, update_interval=5, regrown_init="history")
+    sp = chtorch.sparsify(
+        model, opt, method="set", sparsity=0.5, total_steps=40, update_interval=5, regrown_init="history"
+    )
     seen = {}
     for t in range(40):
         x, y = batch(t, 8, 2)
@@ -260,7 +269,14 @@ def test_early_stop_freezes_a_layer():
         model[i].weight.register_hook(lambda g, i=i: holder[i].float() * 1e3 if i in holder else g)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sp = chtorch.sparsify(
-        model, opt, method="rigl", sparsity=0.5, total_steps=100, update_interval=2, early_stop=0.9, zeta_anneal="constant"
+        model,
+        opt,
+        method="rigl",
+        sparsity=0.5,
+        total_steps=100,
+        update_interval=2,
+        early_stop=0.9,
+        zeta_anneal="constant",
     )
     holder.update({0: sp.masks["0"].clone(), 2: sp.masks["2"].clone()})
     reports = train(sp, model, opt, 2, 8, 2, check=False)
@@ -314,7 +330,12 @@ def test_selection_by_pattern_callable_and_exclude():
     model = make_model([4, 8, 8, 2])
     opt = make_optimizer(model, "sgd")
     sp = chtorch.sparsify(
-        model, opt, method="set", sparsity=0.5, total_steps=10, layers=lambda name, m: isinstance(m, nn.Linear) and m.out_features == 8
+        model,
+        opt,
+        method="set",
+        sparsity=0.5,
+        total_steps=10,
+        layers=lambda name, m: isinstance(m, nn.Linear) and m.out_features == 8,
     )
     assert sp.layer_names == ["0", "2"]
 
@@ -373,8 +394,17 @@ def test_presets_are_listed_with_docs_and_options_override():
         preset = chtorch.get_method(name)
         assert summary and preset.reference
     decisions_md = (Path(__file__).resolve().parents[2] / "docs" / "decisions.md").read_text()
-    assert "| item | paper | official LLaMA code | official MLP/Transformer code | chtorch default | option |" in decisions_md
-    for name in ("cht", "chts", "chtss", "mest", "gmp"):  # where paper and official code disagree, the preset says what it does
+    assert (
+        "| item | paper | official LLaMA code | official MLP/Transformer code | chtorch default | option |"
+        in decisions_md
+    )
+    for name in (
+        "cht",
+        "chts",
+        "chtss",
+        "mest",
+        "gmp",
+    ):  # where paper and official code disagree, the preset says what it does
         decisions = chtorch.get_method(name).decisions
         assert "docs/decisions.md" in decisions and "notes §" not in decisions  # cites the table in the repository
     opts = chtorch.get_method("chts").build_options(zeta=0.1, regrowth_selection="topk", init_options={"r": 0.0})
@@ -382,7 +412,9 @@ def test_presets_are_listed_with_docs_and_options_override():
     assert opts.init_options == {"r": 0.0, "degree": "uniform"}
     # another initializer drops the preset's initializer options
     assert chtorch.get_method("chts").build_options(init="bsw").init_options == {}
-    assert chtorch.get_method("chts").build_options(init="bsw", init_options={"beta": 0.5}).init_options == {"beta": 0.5}
+    assert chtorch.get_method("chts").build_options(init="bsw", init_options={"beta": 0.5}).init_options == {
+        "beta": 0.5
+    }
 
 
 def test_chts_loss_decreases_on_a_small_mlp():
@@ -422,7 +454,14 @@ def test_head_groups_give_every_head_its_exact_budget():
     opt = make_optimizer(model, "adamw")
     heads = 4
     sp = chtorch.sparsify(
-        model, opt, method="set", sparsity=0.7, total_steps=30, update_interval=5, layers="*_proj", head_groups={"[qkv]_proj": heads}
+        model,
+        opt,
+        method="set",
+        sparsity=0.7,
+        total_steps=30,
+        update_interval=5,
+        layers="*_proj",
+        head_groups={"[qkv]_proj": heads},
     )
     target = link_budget(16, 16, 0.7)
     per_head = [target // heads + (1 if i < target % heads else 0) for i in range(heads)]
@@ -439,7 +478,13 @@ def test_head_groups_give_every_head_its_exact_budget():
     with pytest.raises(OptionError, match="divisible"):
         other = Attn()
         chtorch.sparsify(
-            other, make_optimizer(other, "sgd"), method="set", sparsity=0.5, total_steps=5, layers="*_proj", head_groups={"q_proj": 3}
+            other,
+            make_optimizer(other, "sgd"),
+            method="set",
+            sparsity=0.5,
+            total_steps=5,
+            layers="*_proj",
+            head_groups={"q_proj": 3},
         )
 
 

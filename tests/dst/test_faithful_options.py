@@ -52,7 +52,14 @@ def test_engine_temperature_follows_the_chosen_schedule():
     expected = {"linear": 2.0, "paper": 1 / (1 - 0.7), "delta": 0.7 / 0.3, "temperature": 5.0}
     for name, value in expected.items():
         sp = chtorch.sparsify(
-            model, opt, method="chts", sparsity=0.5, total_steps=100, temperature_schedule=name, t_end=50, update_interval=5
+            model,
+            opt,
+            method="chts",
+            sparsity=0.5,
+            total_steps=100,
+            temperature_schedule=name,
+            t_end=50,
+            update_interval=5,
         )
         assert sp.temperature(25) == approx(value), name
         sp.remove()
@@ -129,7 +136,15 @@ def _ems_run(zeta: float, steps: int, **overrides):
     options = dict(ems=True, ems_mode="official", removal="magnitude", regrowth="random", zeta=zeta, percolation=False)
     options.update(overrides)
     sp = chtorch.sparsify(
-        model, opt, method="static", sparsity=0.8, total_steps=100, update_interval=10, seed=1, t_end_fraction=0.75, **options
+        model,
+        opt,
+        method="static",
+        sparsity=0.8,
+        total_steps=100,
+        update_interval=10,
+        seed=1,
+        t_end_fraction=0.75,
+        **options,
     )
     g = torch.Generator().manual_seed(0)
     reports = []
@@ -203,7 +218,9 @@ def test_early_stop_scope_layer_freezes_at_threshold_network_flags_strictly():
 def test_network_early_stop_waits_for_every_layer_then_stops_all():
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sp = chtorch.sparsify(model, opt, method="cht", init="erdos_renyi", sparsity=0.8, total_steps=100, update_interval=5, early_stop=0.0)
+    sp = chtorch.sparsify(
+        model, opt, method="cht", init="erdos_renyi", sparsity=0.8, total_steps=100, update_interval=5, early_stop=0.0
+    )
     # threshold 0: any update with overlap > 0 flags the layer; with 0.8 sparsity and ζ = 0.3 that is every layer
     sp.layers[0].early_stop_flag = True
     assert not network_stopped(sp)
@@ -231,7 +248,9 @@ def test_network_early_stop_waits_for_every_layer_then_stops_all():
 def test_gmp_revived_weight_restarts_at_zero_or_its_history(revived_init):
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # frozen weights: only the topology moves
-    sp = chtorch.sparsify(model, opt, method="gmp", sparsity=0.9, total_steps=100, update_interval=5, revived_init=revived_init)
+    sp = chtorch.sparsify(
+        model, opt, method="gmp", sparsity=0.9, total_steps=100, update_interval=5, revived_init=revived_init
+    )
     layer = sp.layers[0]
     off = torch.nonzero(~layer.mask)[0]
     layer.history[off[0], off[1]] = 1e3  # a pruned weight with a huge last value wins the next pruning
@@ -262,7 +281,12 @@ def test_table7_presets_and_paper_rows():
     mlp = get_method("chts_mlp").build_options()
     assert (mlp.ems, mlp.ems_mode, mlp.removal, mlp.removal_selection) == (True, "official", "magnitude", "topk")
     assert (mlp.regrowth, mlp.ch_predictor, mlp.ch_variant, mlp.regrowth_selection) == ("ch", "l3p", "CH3", "soft")
-    assert (mlp.regrowth_candidates, mlp.percolation, mlp.weight_init, mlp.zeta_anneal) == ("all", True, "swi_out", "constant")
+    assert (mlp.regrowth_candidates, mlp.percolation, mlp.weight_init, mlp.zeta_anneal) == (
+        "all",
+        True,
+        "swi_out",
+        "constant",
+    )
     assert get_method("chtsn_mlp").build_options().ch_predictor == "l3n"
     assert paper_row("chts_mlp", mlp) == "CHTsp"
     assert paper_row("chtsn_mlp", get_method("chtsn_mlp").build_options()) == "CHTsn"
@@ -272,7 +296,9 @@ def test_table7_presets_and_paper_rows():
     assert get_method("cht").build_options().early_stop_scope == "network"
 
 
-@pytest.mark.parametrize("name", ["mlp_mnist_paper", "mlp_fmnist_paper", "mlp_emnist_paper", "mlp_cifar10_paper", "mlp_mnist_cpu"])
+@pytest.mark.parametrize(
+    "name", ["mlp_mnist_paper", "mlp_fmnist_paper", "mlp_emnist_paper", "mlp_cifar10_paper", "mlp_mnist_cpu"]
+)
 def test_mlp_configs_run_cht_without_the_network_stop_and_chtss_with_magnitude_pruning(name):
     import pathlib
 
@@ -287,14 +313,21 @@ def test_mlp_configs_run_cht_without_the_network_stop_and_chtss_with_magnitude_p
     assert get_method("cht").build_options().early_stop == 0.9  # the official rule stays the preset's
     chtss = load_config(str(path), ["sparsity.method=chtss"])
     assert resolve_sparsity_options("chtss", method_options_for(chtss, "chtss")).prune_score == "magnitude"
-    assert get_method("chtss").build_options().prune_score == "ri"  # the paper's text and the LLaMA code stay the preset's
+    assert (
+        get_method("chtss").build_options().prune_score == "ri"
+    )  # the paper's text and the LLaMA code stay the preset's
 
 
 def test_llama_recipe_defaults_are_the_llama_codes():
     from chtorch.recipes.lm import LLAMA_CODE_DEFAULTS
 
     opts = get_method("chts").build_options(**LLAMA_CODE_DEFAULTS)
-    assert (opts.regrowth_selection, opts.percolation, opts.temperature_end, opts.weight_init) == ("topk", False, 9.0, "keep")
+    assert (opts.regrowth_selection, opts.percolation, opts.temperature_end, opts.weight_init) == (
+        "topk",
+        False,
+        9.0,
+        "keep",
+    )
 
 
 def test_best_after_final_topology_ignores_epochs_before_the_last_update():
@@ -322,7 +355,9 @@ def test_network_early_stop_flags_survive_a_resume():
             torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
         )
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        return chtorch.sparsify(model, opt, method="cht", sparsity=0.8, total_steps=20, update_interval=2, early_stop_scope="network")
+        return chtorch.sparsify(
+            model, opt, method="cht", sparsity=0.8, total_steps=20, update_interval=2, early_stop_scope="network"
+        )
 
     first = build()
     first.layers[0].early_stop_flag = True
@@ -341,9 +376,13 @@ def test_network_early_stop_flags_survive_a_resume():
 
 def _skipping_engine(skip: bool, **kw):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.8, total_steps=20, update_interval=4, skip_step_on_update=skip, **kw)
+    sp = chtorch.sparsify(
+        model, opt, method="set", sparsity=0.8, total_steps=20, update_interval=4, skip_step_on_update=skip, **kw
+    )
     return sp
 
 
@@ -366,9 +405,13 @@ def test_skips_optimizer_step_exactly_on_update_iterations():
 
 def test_no_skip_once_a_network_early_stop_froze_the_topology():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sp = chtorch.sparsify(model, opt, method="cht", sparsity=0.8, total_steps=20, update_interval=2, skip_step_on_update=True)
+    sp = chtorch.sparsify(
+        model, opt, method="cht", sparsity=0.8, total_steps=20, update_interval=2, skip_step_on_update=True
+    )
     sp.step()
     assert sp.skips_optimizer_step()
     for layer in sp.layers:
@@ -400,7 +443,15 @@ def _nearly_dense(backend: str, readmitted: str):
     # 63 of 64 links: removal drops 18 and regrowth picks 18 of 19 non-links, so at least 17 of the
     # removed links come straight back
     sp = chtorch.sparsify(
-        model, opt, method="set", sparsity=1 / 64, total_steps=40, update_interval=4, seed=3, backend=backend, readmitted=readmitted
+        model,
+        opt,
+        method="set",
+        sparsity=1 / 64,
+        total_steps=40,
+        update_interval=4,
+        seed=3,
+        backend=backend,
+        readmitted=readmitted,
     )
     return model, opt, sp
 
@@ -426,7 +477,10 @@ def test_a_removed_and_regrown_link_keeps_its_weight_and_momentum_or_restarts(ba
         x = torch.randn(6, 8, generator=g, dtype=torch.float64)
         nn.functional.cross_entropy(model(x), torch.randint(0, 2, (6,), generator=g)).backward()
         opt.step()
-        before = {layer.name: (layer.mask.clone(), layer.dense_weight().clone(), _momentum(sp, opt, layer)) for layer in sp.layers}
+        before = {
+            layer.name: (layer.mask.clone(), layer.dense_weight().clone(), _momentum(sp, opt, layer))
+            for layer in sp.layers
+        }
         report = sp.step()
         opt.zero_grad()
     for layer in sp.layers:

@@ -34,8 +34,13 @@ def frozen_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
         "model": {k: v.clone() for k, v in model.state_dict().items()},
         "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
         "modules": [(n, id(m)) for n, m in model.named_modules()],
-        "groups": [(id(g), [id(p) for p in g["params"]], {k: v for k, v in g.items() if k != "params"}) for g in opt.param_groups],
-        "state": {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in opt.state.items()},
+        "groups": [
+            (id(g), [id(p) for p in g["params"]], {k: v for k, v in g.items() if k != "params"})
+            for g in opt.param_groups
+        ],
+        "state": {
+            id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in opt.state.items()
+        },
         "hooks": [(id(p), len(p._backward_hooks or {})) for p in model.parameters()],
         "opt_hooks": len(opt._optimizer_step_post_hooks),
     }
@@ -75,9 +80,16 @@ class Tied(nn.Module):
 def test_linear_tied_to_embedding_is_refused_naming_the_tie():
     model = Tied()
     before = model.embed.weight.detach().clone()
-    with pytest.raises(ValueError, match=r"layer 'lm_head' has a tied weight: lm_head.weight is the same Parameter as embed.weight"):
+    with pytest.raises(
+        ValueError, match=r"layer 'lm_head' has a tied weight: lm_head.weight is the same Parameter as embed.weight"
+    ):
         chtorch.sparsify(
-            model, torch.optim.SGD(model.parameters(), lr=0.1), method="set", sparsity=0.9, total_steps=10, layers=["mid", "lm_*"]
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            method="set",
+            sparsity=0.9,
+            total_steps=10,
+            layers=["mid", "lm_*"],
         )
     assert torch.equal(model.embed.weight, before) and not hasattr(model.lm_head, "weight_mask")
     sp = chtorch.sparsify(
@@ -109,13 +121,22 @@ def test_frozen_weight_is_refused():
 def test_exclude_matching_nothing_is_refused():
     model = mlp()
     with pytest.raises(ValueError, match=r"exclude pattern 'fc\*' matches no module"):
-        chtorch.sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1), method="set", sparsity=0.5, total_steps=10, exclude="fc*")
+        chtorch.sparsify(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            method="set",
+            sparsity=0.5,
+            total_steps=10,
+            exclude="fc*",
+        )
 
 
 def test_sparsity_leaving_a_layer_without_links_is_refused():
     model = mlp()
     with pytest.raises(OptionError, match=r"sparsity 0.99999 leaves layer '0' \(10x6, 60 positions\) with 0 link\(s\)"):
-        chtorch.sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1), method="set", sparsity=0.99999, total_steps=10)
+        chtorch.sparsify(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), method="set", sparsity=0.99999, total_steps=10
+        )
     assert not any(hasattr(m, "weight_mask") for m in model.modules())
 
 
@@ -267,7 +288,13 @@ def test_every_option_is_validated_when_sparsify_is_called(kwargs, message):
 def engine(method="set", total_steps=20, sparsity=0.5, **kw):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return model, opt, chtorch.sparsify(model, opt, method=method, sparsity=sparsity, total_steps=total_steps, update_interval=2, **kw)
+    return (
+        model,
+        opt,
+        chtorch.sparsify(
+            model, opt, method=method, sparsity=sparsity, total_steps=total_steps, update_interval=2, **kw
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -326,7 +353,9 @@ def test_a_non_bool_weight_mask_loaded_into_the_model_is_caught_at_the_next_step
     state = model.state_dict()
     state["0.weight_mask"] = state["0.weight_mask"].float() * 0.5
     model.load_state_dict(state)
-    with pytest.raises(ValueError, match=r"layer '0': the weight_mask loaded into the model is torch.float32, not torch.bool"):
+    with pytest.raises(
+        ValueError, match=r"layer '0': the weight_mask loaded into the model is torch.float32, not torch.bool"
+    ):
         sp.step()
 
 
@@ -335,7 +364,9 @@ def test_a_weight_mask_with_another_link_count_is_caught_at_the_next_step():
     state = model.state_dict()
     state["2.weight_mask"] = torch.ones_like(state["2.weight_mask"])
     model.load_state_dict(state)
-    with pytest.raises(ValueError, match=r"layer '2': weight_mask holds 80 links but the engine left it with 40 \(budget 40\)"):
+    with pytest.raises(
+        ValueError, match=r"layer '2': weight_mask holds 80 links but the engine left it with 40 \(budget 40\)"
+    ):
         sp.step()
 
 

@@ -62,7 +62,9 @@ def test_a_user_removal_score_trains_through_sparsify(scratch_registry) -> None:
 
     model = make_mlp([6, 12, 12, 3])
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    sp = chtorch.sparsify(model, opt, method="set", sparsity=0.8, total_steps=40, update_interval=10, removal="reversed_magnitude")
+    sp = chtorch.sparsify(
+        model, opt, method="set", sparsity=0.8, total_steps=40, update_interval=10, removal="reversed_magnitude"
+    )
     budgets = {k: int(v.sum()) for k, v in sp.masks.items()}
     reports = train(model, sp, opt, 10)
     assert len(reports) == 1 and len(seen) == 2  # one update, one call per layer
@@ -88,7 +90,12 @@ def test_part_declarations_drive_needs_and_backend(scratch_registry) -> None:
     model = make_mlp([6, 12, 12, 3])
     # a part that reads the dense gradient runs on the sparse backend too: the layer forms dy^T x before updates
     sp = chtorch.sparsify(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), method="set", total_steps=10, backend="sparse", regrowth="grad_times_two"
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        method="set",
+        total_steps=10,
+        backend="sparse",
+        regrowth="grad_times_two",
     )
     assert sp.options.needs_dense_gradient and set(sp.backends.values()) == {"sparse"}
     # MEST's score needs the gradient only while its lambda is positive; removal only runs with zeta > 0
@@ -112,14 +119,22 @@ def test_unknown_part_names_list_the_registered_ones() -> None:
 def test_presets_compose() -> None:
     chts, chtss = get_method("chts"), get_method("chtss")
     assert chtss.based_on == "chts"
-    assert set(chtss.differences()) == {"density_schedule", "initial_sparsity", "sigmoid_k", "prune_score", "decay_end_fraction"}
+    assert set(chtss.differences()) == {
+        "density_schedule",
+        "initial_sparsity",
+        "sigmoid_k",
+        "prune_score",
+        "decay_end_fraction",
+    }
     base = chts.build_options()
     derived = chtss.build_options()
     for name in SparsityOptions.field_names():
         if name not in chtss.differences():
             assert getattr(derived, name) == getattr(base, name), name
     try:
-        preset = register_method("chts_topk", "CHTs with top-k regrowth", "test", based_on="chts", regrowth_selection="topk")
+        preset = register_method(
+            "chts_topk", "CHTs with top-k regrowth", "test", based_on="chts", regrowth_selection="topk"
+        )
         assert preset.build_options().init_options == {"r": 0.25, "degree": "uniform"}
         assert preset.build_options().regrowth_selection == "topk" and preset.build_options().percolation
     finally:
@@ -186,7 +201,9 @@ def test_engine_built_from_saved_masks_keeps_weights_and_moments() -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
     with pytest.raises(ValueError, match="masks are given for layers"):
         model3 = make_mlp([6, 12, 12, 3])
-        chtorch.sparsify(model3, torch.optim.SGD(model3.parameters(), lr=0.1), method="chts", total_steps=30, masks={"0": masks["0"]})
+        chtorch.sparsify(
+            model3, torch.optim.SGD(model3.parameters(), lr=0.1), method="chts", total_steps=30, masks={"0": masks["0"]}
+        )
 
 
 def test_the_api_default_trains_a_sparse_mlp_on_digits(one_thread) -> None:
@@ -202,7 +219,9 @@ def test_the_api_default_trains_a_sparse_mlp_on_digits(one_thread) -> None:
     model = make_mlp([64, 512, 512, 512, 10])
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     epochs, batch = 3, 32
-    sp = chtorch.sparsify(model, opt, method="chts", sparsity=0.99, total_steps=epochs * ((len(train_idx) + batch - 1) // batch))
+    sp = chtorch.sparsify(
+        model, opt, method="chts", sparsity=0.99, total_steps=epochs * ((len(train_idx) + batch - 1) // batch)
+    )
     assert sp.options.weight_init == "swi"
     for _ in range(epochs):
         perm = train_idx[torch.randperm(len(train_idx), generator=g)]

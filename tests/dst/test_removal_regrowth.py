@@ -169,7 +169,11 @@ def test_infer_couplings_mlp_and_attention():
             super().__init__()
             self.attn = Attn()
             self.mlp = nn.Module()
-            self.mlp.gate_proj, self.mlp.up_proj, self.mlp.down_proj = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 8)
+            self.mlp.gate_proj, self.mlp.up_proj, self.mlp.down_proj = (
+                nn.Linear(8, 16),
+                nn.Linear(8, 16),
+                nn.Linear(16, 8),
+            )
 
     block = Block()
     names = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]

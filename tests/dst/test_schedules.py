@@ -64,7 +64,9 @@ def test_zeta_is_non_increasing_and_temperature_non_decreasing(t_end, a, b):
     lo, hi = min(a, b), max(a, b)
     assert S.zeta(lo, 0.3, t_end) >= S.zeta(hi, 0.3, t_end) - 1e-15
     assert S.temperature(lo, t_end) <= S.temperature(hi, t_end) + 1e-12
-    assert S.temperature(lo, t_end, linear_in="temperature") <= S.temperature(hi, t_end, linear_in="temperature") + 1e-12
+    assert (
+        S.temperature(lo, t_end, linear_in="temperature") <= S.temperature(hi, t_end, linear_in="temperature") + 1e-12
+    )
 
 
 def test_delta_and_temperature_hand_values():

@@ -30,13 +30,17 @@ ODD_VALUES = st.one_of(
     st.text(max_size=8),
     st.lists(st.integers(-3, 3), max_size=3),
     st.dictionaries(st.text(max_size=4), st.integers(-2, 9), max_size=2),
-    st.sampled_from(["topk", "soft", "ch", "random", "magnitude", "brf", "bsw", "CH3", "l3p", "cubic", "sigmoid", "erk"]),
+    st.sampled_from(
+        ["topk", "soft", "ch", "random", "magnitude", "brf", "bsw", "CH3", "l3p", "cubic", "sigmoid", "erk"]
+    ),
 )
 FIELDS = SparsityOptions.field_names()
 OPTION_VALUES = st.dictionaries(st.sampled_from([*FIELDS, "zetta", "init_option"]), ODD_VALUES, max_size=3)
 SANE = st.fixed_dictionaries(
     {
-        "sparsity": st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0.0, 0.5, 0.9, 0.99999, math.nan, math.inf]), ODD_VALUES),
+        "sparsity": st.one_of(
+            st.floats(-0.5, 1.5), st.sampled_from([0.0, 0.5, 0.9, 0.99999, math.nan, math.inf]), ODD_VALUES
+        ),
         "total_steps": st.one_of(st.integers(-2, 40), ODD_VALUES),
         "seed": st.one_of(st.integers(-2, 2**64), ODD_VALUES),
         "update_interval": st.one_of(st.none(), st.integers(-1, 5), ODD_VALUES),
@@ -64,7 +68,9 @@ def fuzz_sparsify(method: str, args: dict, options: dict, backend: str) -> None:
     options = {k: v for k, v in options.items() if k not in args}
     model, opt = model_and_optimizer()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = success_or_clear_error(lambda: chtorch.sparsify(model, opt, method=method, backend=backend, **args, **options))
+    result = success_or_clear_error(
+        lambda: chtorch.sparsify(model, opt, method=method, backend=backend, **args, **options)
+    )
     if isinstance(result, BaseException):
         after = model.state_dict()
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), (
@@ -107,7 +113,12 @@ TOPOLOGY_ARGS = st.fixed_dictionaries(
         "n_in": st.one_of(st.integers(-1, 12), ODD_VALUES),
         "sparsity": st.one_of(st.floats(-0.5, 1.5), ODD_VALUES),
     },
-    optional={"n_links": st.one_of(st.integers(-2, 200), ODD_VALUES), "beta": ODD_VALUES, "r": ODD_VALUES, "degree": ODD_VALUES},
+    optional={
+        "n_links": st.one_of(st.integers(-2, 200), ODD_VALUES),
+        "beta": ODD_VALUES,
+        "r": ODD_VALUES,
+        "degree": ODD_VALUES,
+    },
 )
 
 

@@ -81,7 +81,11 @@ def test_grouped_query_attention_leaves_mismatched_pairs_uncoupled() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sp = chtorch.sparsify(model, opt, method="chts", sparsity=0.5, total_steps=4, layers=PROJECTIONS)
     kinds = {(c.kind, c.layers[0].rsplit(".", 1)[1], c.layers[1].rsplit(".", 1)[1]) for c in sp.couplings}
-    assert kinds == {("rows", "gate_proj", "up_proj"), ("chain", "gate_proj", "down_proj"), ("chain", "up_proj", "down_proj")}
+    assert kinds == {
+        ("rows", "gate_proj", "up_proj"),
+        ("chain", "gate_proj", "down_proj"),
+        ("chain", "up_proj", "down_proj"),
+    }
 
 
 def test_per_head_groups_give_every_head_its_own_exact_budget() -> None:
@@ -92,7 +96,14 @@ def test_per_head_groups_give_every_head_its_own_exact_budget() -> None:
     assert groups == {"*.q_proj": 4, "*.k_proj": 2, "*.v_proj": 2}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sp = chtorch.sparsify(
-        model, opt, method="chts", sparsity=0.75, total_steps=6, update_interval=2, layers=PROJECTIONS, head_groups=groups
+        model,
+        opt,
+        method="chts",
+        sparsity=0.75,
+        total_steps=6,
+        update_interval=2,
+        layers=PROJECTIONS,
+        head_groups=groups,
     )
 
     def check() -> None:

@@ -10,7 +10,9 @@ import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("tensorboard")
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="transformers.Trainer needs accelerate")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None, reason="transformers.Trainer needs accelerate"
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "huggingface.md"
 

@@ -15,7 +15,9 @@ from chtorch.dst.percolation import chain  # noqa: E402
 
 
 def tiny_gpt2(seed: int = 0) -> torch.nn.Module:
-    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(config)
 
@@ -45,7 +47,10 @@ def test_gpt2_conv1d_layers_train_sparse_with_exact_budgets_and_zeros(method) ->
     modules = dict(model.named_modules())
     for name, module, mask in sp.iter_layers():
         conv = modules[name]
-        assert mask.shape == (conv.nf, conv.nx) and module.weight.shape == (conv.nx, conv.nf)  # mask (out, in), weight (in, out)
+        assert mask.shape == (conv.nf, conv.nx) and module.weight.shape == (
+            conv.nx,
+            conv.nf,
+        )  # mask (out, in), weight (in, out)
         assert int(mask.sum()) == chtorch.masks.link_budget(conv.nf, conv.nx, 0.8), name
         assert bool((module.weight.T[~mask] == 0).all()), name
         assert bool((module.weight.T[mask] != 0).any()), name
@@ -94,7 +99,9 @@ def test_save_pretrained_sparse_round_trip_restores_masks_exactly(tmp_path) -> N
         assert not bool((from_zeros[name] & ~mask).any()), name
     # The restored masks continue sparse training with the same budgets.
     opt2 = torch.optim.AdamW(loaded.parameters(), lr=1e-3)
-    sp2 = chtorch.sparsify(loaded, opt2, method="chts", sparsity=0.75, total_steps=8, update_interval=2, layers=list(masks), masks=masks)
+    sp2 = chtorch.sparsify(
+        loaded, opt2, method="chts", sparsity=0.75, total_steps=8, update_interval=2, layers=list(masks), masks=masks
+    )
     train(loaded, sp2, opt2, 2)
     for name, mask in sp2.masks.items():
         assert int(mask.sum()) == int(masks[name].sum()), name

@@ -28,7 +28,11 @@ def masks(draw: st.DrawFn) -> torch.Tensor:
 
 
 @settings(max_examples=40, deadline=None)
-@given(mask=masks(), variant=st.sampled_from(["CH2", "CH3", "CH3.1"]), counting=st.sampled_from(["auto", "gustavson", "bags"]))
+@given(
+    mask=masks(),
+    variant=st.sampled_from(["CH2", "CH3", "CH3.1"]),
+    counting=st.sampled_from(["auto", "gustavson", "bags"]),
+)
 def test_native_matches_pytorch(mask: torch.Tensor, variant: str, counting: str) -> None:
     expected = ch_l3n(mask, variant, method="dense")
     scores = _l3n_native(mask, variant, counting)

@@ -178,7 +178,9 @@ def test_permutation_equivariance(mask: torch.Tensor, seed: int) -> None:
     cols = torch.randperm(mask.shape[1], generator=g)
     permuted = mask[rows][:, cols]
     for method in ("dense", "sparse"):
-        torch.testing.assert_close(ch_l3n(permuted, "CH2", method=method), ch_l3n(mask, "CH2", method=method)[rows][:, cols])
+        torch.testing.assert_close(
+            ch_l3n(permuted, "CH2", method=method), ch_l3n(mask, "CH2", method=method)[rows][:, cols]
+        )
     torch.testing.assert_close(ch_l3p(permuted, "CH3"), ch_l3p(mask, "CH3")[rows][:, cols])
 
 
@@ -322,7 +324,9 @@ def test_auto_method_choice() -> None:
     assert choose_method(random_mask(1024, 1024, 0.01, seed=0)) == ("native" if native.available() else "sparse")
     assert choose_method(random_mask(1024, 1024, 0.05, seed=0)) == "sparse"  # above NATIVE_MAX_DENSITY
     assert choose_method(random_mask(1024, 1024, 0.2, seed=0)) == "sparse"
-    assert choose_method(random_mask(1024, 1024, 0.3, seed=0)) == "dense"  # the dense form scales better with cores there
+    assert (
+        choose_method(random_mask(1024, 1024, 0.3, seed=0)) == "dense"
+    )  # the dense form scales better with cores there
     assert choose_method(random_mask(1024, 1024, 0.5, seed=0)) == "dense"
     assert choose_method(random_mask(32, 32, 0.01, seed=0)) == "dense"  # overheads dominate
     assert choose_method(torch.zeros(0, 5, dtype=torch.bool)) == "dense"

@@ -77,7 +77,21 @@ def test_cli_trains_end_to_end(text_file, tmp_path) -> None:
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(tiny_raw(text_file)), encoding="utf-8")
     out = tmp_path / "run"
-    assert main(["train", str(config), "--quiet", "--out", str(out), "--set", "sparsity.method=chtss", "sparsity.sparsity=0.9"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(config),
+                "--quiet",
+                "--out",
+                str(out),
+                "--set",
+                "sparsity.method=chtss",
+                "sparsity.sparsity=0.9",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["primary_metric"] == "val_ppl" and not summary["higher_is_better"]
     final = summary["final"]
@@ -93,7 +107,9 @@ def test_cli_trains_end_to_end(text_file, tmp_path) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_a_topology_update(text_file, tmp_path, method) -> None:
     if method == "cht" and not hasattr(chtorch.linkpred, "ch_l3p"):
-        pytest.skip("CHT regrows with the path-based CH3-L3p predictor, not in this build yet (chtorch.linkpred.ch_l3p)")
+        pytest.skip(
+            "CHT regrows with the path-based CH3-L3p predictor, not in this build yet (chtorch.linkpred.ch_l3p)"
+        )
     raw = tiny_raw(text_file, sparsity={"method": method}, train={"epochs": 1})
     result = train(build_config(raw), tmp_path / "run", out=io.StringIO())
     assert result.finished and math.isfinite(result.record["val_ppl"])

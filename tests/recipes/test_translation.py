@@ -135,7 +135,9 @@ def test_cli_trains_end_to_end_and_leaves_tokenizer_best_model_and_bleu(corpus, 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_a_topology_update(corpus, tmp_path, method) -> None:
     if method == "cht" and not hasattr(chtorch.linkpred, "ch_l3p"):
-        pytest.skip("CHT regrows with the path-based CH3-L3p predictor, not in this build yet (chtorch.linkpred.ch_l3p)")
+        pytest.skip(
+            "CHT regrows with the path-based CH3-L3p predictor, not in this build yet (chtorch.linkpred.ch_l3p)"
+        )
     raw = tiny_raw(corpus, sparsity={"method": method}, train={"epochs": 1})
     result = train(build_config(raw), tmp_path / "run", out=io.StringIO())
     assert result.finished and "test_bleu" in result.record
@@ -173,7 +175,9 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(corpus, tmp_path) -> 
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert (tmp_path / "full" / "test_translations.txt").read_text() == (tmp_path / "part" / "test_translations.txt").read_text()
+    assert (tmp_path / "full" / "test_translations.txt").read_text() == (
+        tmp_path / "part" / "test_translations.txt"
+    ).read_text()
 
 
 def test_bleu_matches_a_hand_computed_case() -> None:
@@ -282,7 +286,10 @@ def test_hugging_face_corpora_without_datasets_say_what_to_install(corpus, monke
 
 
 def test_multi30k_files_are_read_and_tokenized(data_dir) -> None:
-    raw = tiny_raw(Path("."), data={"name": "multi30k", "dir": str(data_dir), "train_limit": 500, "val_limit": 20, "vocab_size": 300})
+    raw = tiny_raw(
+        Path("."),
+        data={"name": "multi30k", "dir": str(data_dir), "train_limit": 500, "val_limit": 20, "vocab_size": 300},
+    )
     recipe = Translation(build_config(raw), torch.device("cpu"))
     recipe.setup()
     info = recipe.describe()

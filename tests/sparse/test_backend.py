@@ -25,7 +25,9 @@ def run(backend: str, method: str, opt_kind: str, steps: int = 24, **kw):
         if opt_kind == "sgd"
         else torch.optim.AdamW(model.parameters(), lr=1e-2)
     )
-    sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=steps, update_interval=4, seed=5, backend=backend, **kw)
+    sp = chtorch.sparsify(
+        model, opt, method=method, sparsity=0.8, total_steps=steps, update_interval=4, seed=5, backend=backend, **kw
+    )
     outputs = []
     for t in range(steps):
         g = torch.Generator().manual_seed(t)
@@ -68,7 +70,9 @@ def test_sparse_backend_serves_dense_gradient_methods():
 def test_auto_backend_picks_by_method_density_and_size(caplog):
     def build(method, sparsity, width=256):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 2))
+        model = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 2)
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         with caplog.at_level(logging.INFO, logger="chtorch"):
             return chtorch.sparsify(model, opt, method=method, sparsity=sparsity, total_steps=10, backend="auto")
@@ -90,7 +94,9 @@ def test_sparse_backend_resumes_exactly(method):
     def build():
         model = make()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        sp = chtorch.sparsify(model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=4, seed=5, backend="sparse")
+        sp = chtorch.sparsify(
+            model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=4, seed=5, backend="sparse"
+        )
         return model, opt, sp
 
     def train(model, opt, sp, start, stop):
@@ -129,7 +135,9 @@ def test_fused_optimizers_train_the_values_as_the_for_loop_ones(kind):
         cls = torch.optim.SGD if kind == "sgd" else torch.optim.AdamW
         extra = {"momentum": 0.9} if kind == "sgd" else {}
         opt = cls(model.parameters(), lr=1e-2, fused=fused, **extra)
-        sp = chtorch.sparsify(model, opt, method="chtss", sparsity=0.8, total_steps=24, update_interval=4, seed=5, backend="sparse")
+        sp = chtorch.sparsify(
+            model, opt, method="chtss", sparsity=0.8, total_steps=24, update_interval=4, seed=5, backend="sparse"
+        )
         return model, opt, sp
 
     runs = []

@@ -338,7 +338,13 @@ def _train_both(make_opt, impl: str, masks_over_time, steps_per_mask: int = 3):
     sizes = (10, 12, 9, 4)
     first = masks_over_time[0]
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.ReLU(), nn.Linear(sizes[1], sizes[2]), nn.ReLU(), nn.Linear(sizes[2], sizes[3]))
+    model = nn.Sequential(
+        nn.Linear(sizes[0], sizes[1]),
+        nn.ReLU(),
+        nn.Linear(sizes[1], sizes[2]),
+        nn.ReLU(),
+        nn.Linear(sizes[2], sizes[3]),
+    )
     names = ["0", "2"]
     for name, mask in zip(names, first):
         layer = model.get_submodule(name)

@@ -16,7 +16,9 @@ from torch import nn
 from chtorch.sparse import SparseLinear, native, resolve_impl
 from helpers import torch_threads
 
-needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.reason_unavailable()}")
+needs_native = pytest.mark.skipif(
+    not native.available(), reason=f"native kernels unavailable: {native.reason_unavailable()}"
+)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -189,7 +189,9 @@ def test_brf_r0_hand_worked_square_band():
     expected = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(brf(4, 4, n_links=8, r=0.0), expected)
     # 5x5, 15 links (k=3): the symmetric band i-1, i, i+1.
-    expected = torch.tensor([[1, 1, 0, 0, 1], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [1, 0, 0, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor(
+        [[1, 1, 0, 0, 1], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [1, 0, 0, 1, 1]], dtype=torch.bool
+    )
     assert torch.equal(brf(5, 5, n_links=15, r=0.0), expected)
 
 
@@ -328,7 +330,9 @@ def test_brf_small_r_approaches_the_band():
 def test_bsw_beta0_hand_worked():
     # (6, 4): the 6 output neurons (larger side) take windows of the 4 inputs, degree 2 each,
     # centred at j*4/6: start = floor(j*2/3 + 1/2 - 1).
-    expected = torch.tensor([[1, 0, 0, 1], [1, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor(
+        [[1, 0, 0, 1], [1, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool
+    )
     assert torch.equal(bsw(6, 4, n_links=12, beta=0.0), expected)
     assert torch.equal(bsw(4, 6, n_links=12, beta=0.0), expected.t())
 

@@ -14,7 +14,16 @@ VERSE = (
     "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
     "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date;\n"
 )
-LEXICON = {"a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "sleeps": "schläft", "big": "groß", "small": "klein", "red": "rot"}
+LEXICON = {
+    "a": "ein",
+    "dog": "hund",
+    "cat": "katze",
+    "runs": "rennt",
+    "sleeps": "schläft",
+    "big": "groß",
+    "small": "klein",
+    "red": "rot",
+}
 QUIET = {"plots": False, "report": False, "progress": "off", "tensorboard": False}
 
 
@@ -39,7 +48,9 @@ def toy_corpus(tmp_path_factory) -> Path:
     for split, n in (("train", 160), ("val", 16), ("test", 8)):
         sentences = [[rng.choice(words) for _ in range(rng.randint(2, 6))] for _ in range(n)]
         (root / f"{split}.en").write_text("\n".join(" ".join(s) for s in sentences) + "\n", encoding="utf-8")
-        (root / f"{split}.de").write_text("\n".join(" ".join(LEXICON[w] for w in s) for s in sentences) + "\n", encoding="utf-8")
+        (root / f"{split}.de").write_text(
+            "\n".join(" ".join(LEXICON[w] for w in s) for s in sentences) + "\n", encoding="utf-8"
+        )
     return root
 
 

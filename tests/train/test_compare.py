@@ -21,7 +21,14 @@ from chtorch.train.paper_tables import TABLES, paper_cell, paper_row
 from chtorch.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.hidden=[16,16]", "train.epochs=2", "data.batch_size=128", "train.plots=false", "train.report=false", "train.progress=off"]
+TINY = [
+    "model.hidden=[16,16]",
+    "train.epochs=2",
+    "data.batch_size=128",
+    "train.plots=false",
+    "train.report=false",
+    "train.progress=off",
+]
 
 
 def tiny_config(*overrides: str):
@@ -40,8 +47,12 @@ def test_mean_stderr_and_best_epoch_by_hand() -> None:
 
 def test_paper_rows_and_cells() -> None:
     assert paper_row("dense") == "FC" and paper_row("rigl") == "RigL" and paper_row("mest") is None
-    assert paper_row("chts", {"ch_predictor": "l3p"}) == "CHTsp" and paper_row("chts", {"ch_predictor": "l3n"}) == "CHTsn"
-    assert paper_row("chtss", {"ch_predictor": "l3n"}) == "CHTssn" and paper_row("chtss", {"ch_predictor": "l3p"}) is None
+    assert (
+        paper_row("chts", {"ch_predictor": "l3p"}) == "CHTsp" and paper_row("chts", {"ch_predictor": "l3n"}) == "CHTsn"
+    )
+    assert (
+        paper_row("chtss", {"ch_predictor": "l3n"}) == "CHTssn" and paper_row("chtss", {"ch_predictor": "l3p"}) is None
+    )
     cell = paper_cell("table7-mnist", "CHTssn")
     assert (cell.accuracy, cell.stderr, cell.anp) == (98.83, 0.02, 32)
     assert paper_cell("table7-fmnist", "FC").anp is None and paper_cell("table7-emnist", "CHTsn").accuracy == 87.82
@@ -70,14 +81,28 @@ def test_table_formats_last_best_anp_and_paper_columns() -> None:
     }
     table = format_table([row, {**row, "method": "mest", "paper": None, "planned": 2}], "test_accuracy")
     lines = table.splitlines()
-    assert "last epoch" in lines[0] and "best epoch" in lines[0] and "best after T_end" in lines[0] and "paper" in lines[0]
-    assert lines[2] == "| chts | 90.00 ± 1.00 | 95.00 | 94.00 ± 0.50 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | 98.76 ± 0.05 (CHTsn) | 27 |"
+    assert (
+        "last epoch" in lines[0] and "best epoch" in lines[0] and "best after T_end" in lines[0] and "paper" in lines[0]
+    )
+    assert (
+        lines[2]
+        == "| chts | 90.00 ± 1.00 | 95.00 | 94.00 ± 0.50 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | 98.76 ± 0.05 (CHTsn) | 27 |"
+    )
     assert lines[3].endswith("| 2 | — | — |")
 
 
 def test_parallel_compare_runs_subprocesses_with_one_thread_and_reruns_nothing(tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "cmp"
-    args = ["compare", str(ROOT / "configs" / "digits_chts.yaml"), "--methods", "dense,set", "--seeds", "0", "--jobs", "2"]
+    args = [
+        "compare",
+        str(ROOT / "configs" / "digits_chts.yaml"),
+        "--methods",
+        "dense,set",
+        "--seeds",
+        "0",
+        "--jobs",
+        "2",
+    ]
     args += ["--out", str(out_dir), "--set", *TINY, "train.epochs=1"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -145,7 +170,9 @@ def test_compare_resumes_an_interrupted_run_exactly(tmp_path: Path) -> None:
 
 def test_a_run_directory_of_another_config_is_refused(tmp_path: Path) -> None:
     compare(tiny_config(), ["set"], [0], tmp_path / "cmp", out=io.StringIO())
-    with pytest.raises(ConfigError, match=r"set-seed0 was trained with another configuration \(train.epochs: 2 there, 3 now"):
+    with pytest.raises(
+        ConfigError, match=r"set-seed0 was trained with another configuration \(train.epochs: 2 there, 3 now"
+    ):
         compare(tiny_config("train.epochs=3"), ["set"], [0], tmp_path / "cmp", out=io.StringIO())
 
 
@@ -155,20 +182,35 @@ def test_another_method_s_options_leave_a_finished_run_valid(tmp_path: Path) -> 
     compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["set"], [0], tmp_path / "cmp", out=log)
     assert "finished earlier" in log.getvalue()
     with pytest.raises(
-        ConfigError, match=r"rigl-seed0 was trained with another configuration \(sparsity options of rigl.zeta: None there, 0.2 now"
+        ConfigError,
+        match=r"rigl-seed0 was trained with another configuration \(sparsity options of rigl.zeta: None there, 0.2 now",
     ):
-        compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["set", "rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+        compare(
+            tiny_config("sparsity.method_options.rigl.zeta=0.2"),
+            ["set", "rigl"],
+            [0],
+            tmp_path / "cmp",
+            out=io.StringIO(),
+        )
 
 
 def test_a_setting_given_through_options_or_method_options_is_the_same_run(tmp_path: Path) -> None:
     """A run trained with ``--set sparsity.options.zeta=0.2`` (under any run name) is what a config
     with ``method_options.rigl.zeta: 0.2`` plans: it is reused, not refused or retrained."""
-    compare(tiny_config("sparsity.options.zeta=0.2", "run.name=ablation"), ["rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+    compare(
+        tiny_config("sparsity.options.zeta=0.2", "run.name=ablation"),
+        ["rigl"],
+        [0],
+        tmp_path / "cmp",
+        out=io.StringIO(),
+    )
     log = io.StringIO()
     compare(tiny_config("sparsity.method_options.rigl.zeta=0.2"), ["rigl"], [0], tmp_path / "cmp", out=log)
     assert "finished earlier" in log.getvalue()
     with pytest.raises(ConfigError, match=r"sparsity options of rigl.zeta: 0.2 there, 0.25 now"):
-        compare(tiny_config("sparsity.method_options.rigl.zeta=0.25"), ["rigl"], [0], tmp_path / "cmp", out=io.StringIO())
+        compare(
+            tiny_config("sparsity.method_options.rigl.zeta=0.25"), ["rigl"], [0], tmp_path / "cmp", out=io.StringIO()
+        )
 
 
 def test_failed_parallel_runs_are_reported_with_their_logs(tmp_path: Path) -> None:

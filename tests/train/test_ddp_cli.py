@@ -26,7 +26,9 @@ from helpers import TINY_RUN
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+    ),
     pytest.mark.skipif(sys.platform == "win32", reason="torchrun on Windows is not supported by these tests"),
 ]
 
@@ -158,7 +160,9 @@ def test_ddp_chts_ranks_hold_identical_masks_and_weights(chts_run) -> None:
 
 def test_ddp_rigl_ranks_hold_identical_masks_and_weights(tmp_path: Path) -> None:
     # RigL ranks candidates by the dense gradient: it is averaged over ranks before selection.
-    result, dump = launch(tmp_path, "rigl", "train", "--set", *TINY, "sparsity.method=rigl", "--out", str(tmp_path / "run"))
+    result, dump = launch(
+        tmp_path, "rigl", "train", "--set", *TINY, "sparsity.method=rigl", "--out", str(tmp_path / "run")
+    )
     _check_agreement(dump, tmp_path / "run", result.stdout)
 
 
@@ -220,7 +224,9 @@ def test_errors_of_other_ranks_name_the_rank(monkeypatch, capsys, tmp_path: Path
     monkeypatch.setenv("RANK", "1")
     code = main(["train", "--set", "optim.lrr=1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("chtorch: [rank 1] error: unknown config key 'optim.lrr'") and err.count("\n") == 1
+    assert (
+        code == 2 and err.startswith("chtorch: [rank 1] error: unknown config key 'optim.lrr'") and err.count("\n") == 1
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -246,7 +252,9 @@ def test_compare_is_refused_under_torchrun(tmp_path: Path, monkeypatch, capsys) 
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    code = main(["compare", str(Path(__file__).resolve().parents[2] / "configs" / "digits_chts.yaml"), "--methods", "set"])
+    code = main(
+        ["compare", str(Path(__file__).resolve().parents[2] / "configs" / "digits_chts.yaml"), "--methods", "set"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("chtorch: [rank 1] error: `chtorch compare` runs one process")
 

@@ -121,15 +121,21 @@ def test_tensorboard_and_csv_receive_the_jsonl_scalars(tmp_path: Path, llama_raw
     assert seen.keys() == expected.keys()
     assert all(seen[k] == pytest.approx(v, rel=1e-6) for k, v in expected.items())
     layer = "model.layers.3.mlp.down_proj"
-    assert {"epoch/active_neurons", "epoch/lr", "epoch/val_ppl", f"epoch/layers/{layer}/density", f"update/layers/{layer}/overlap"} <= {
-        tag for tag, _ in seen
-    }
+    assert {
+        "epoch/active_neurons",
+        "epoch/lr",
+        "epoch/val_ppl",
+        f"epoch/layers/{layer}/density",
+        f"update/layers/{layer}/overlap",
+    } <= {tag for tag, _ in seen}
     assert "config" in events.Tags()["tensors"] or "config/text_summary" in events.Tags()["tensors"]
     import csv
 
     rows = list(csv.DictReader((tmp_path / "r" / "metrics.csv").open()))
     epochs = [r for r in read_metrics(tmp_path / "r") if r["kind"] == "epoch"]
-    assert len(rows) == len(epochs) and float(rows[-1][f"layers/{layer}/density"]) == pytest.approx(epochs[-1]["layers"][layer]["density"])
+    assert len(rows) == len(epochs) and float(rows[-1][f"layers/{layer}/density"]) == pytest.approx(
+        epochs[-1]["layers"][layer]["density"]
+    )
     assert len(list(csv.DictReader((tmp_path / "r" / "steps.csv").open()))) == 4
 
 
@@ -154,7 +160,9 @@ def test_tensorboard_drops_what_an_interrupted_session_logged_after_its_checkpoi
     events = EventAccumulator(str(tmp_path / "r" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in events.Scalars("step/loss")] == list(range(1, 13))
     assert -1.0 not in [e.value for e in events.Scalars("step/loss")]
-    assert [e.step for e in events.Scalars("step/loss")] == [r["step"] for r in read_metrics(tmp_path / "r") if r["kind"] == "step"]
+    assert [e.step for e in events.Scalars("step/loss")] == [
+        r["step"] for r in read_metrics(tmp_path / "r") if r["kind"] == "step"
+    ]
 
 
 class _FakeWandb(types.ModuleType):
@@ -185,7 +193,9 @@ class _FakeWandb(types.ModuleType):
             self.text = text
 
 
-def test_wandb_receives_the_jsonl_scalars_and_a_resume_continues_its_run(tmp_path: Path, llama_raw, monkeypatch) -> None:
+def test_wandb_receives_the_jsonl_scalars_and_a_resume_continues_its_run(
+    tmp_path: Path, llama_raw, monkeypatch
+) -> None:
     fake = _FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     raw = llama_raw(run={"loggers": ["jsonl", "wandb"]}, train={"epochs": 2, "log_every": 1})

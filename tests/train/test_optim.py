@@ -11,7 +11,9 @@ from chtorch.config import OptimConfig
 from chtorch.train.optim import build_optimizer
 
 
-def _train(config: OptimConfig, steps: int = 5, state: dict | None = None, skip: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _train(
+    config: OptimConfig, steps: int = 5, state: dict | None = None, skip: int = 0
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """``steps`` steps on a fixed batch stream, from its ``skip``-th batch on (a resumed run's)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
@@ -74,7 +76,9 @@ def test_auto_falls_back_where_torch_has_no_fused_kernel(monkeypatch) -> None:
 
     def no_fused(*args, **kwargs):
         if kwargs.get("fused"):
-            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices: ['cuda']")
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of supported devices: ['cuda']"
+            )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.optim, "SGD", no_fused)

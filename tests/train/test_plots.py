@@ -82,7 +82,11 @@ def test_layer_labels_by_block_and_role() -> None:
 
 
 def test_run_title_names_run_method_and_sparsity() -> None:
-    config = {"run": {"name": "r", "recipe": "lm"}, "model": {"name": "llama"}, "sparsity": {"method": "chtss", "sparsity": 0.9}}
+    config = {
+        "run": {"name": "r", "recipe": "lm"},
+        "model": {"name": "llama"},
+        "sparsity": {"method": "chtss", "sparsity": 0.9},
+    }
     assert run_title(config, "x") == "r — chtss, sparsity 0.9 — lm / llama"
     assert "dense (fully connected)" in run_title({"sparsity": {"method": "dense"}}, "x")
     assert run_title({}, "fallback").startswith("fallback")

@@ -18,12 +18,18 @@ def test_engine_state_survives_a_checkpoint_round_trip(tmp_path: Path) -> None:
     def build() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
         model = tiny_mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        return model, opt, chtorch.sparsify(model, opt, method="set", sparsity=0.8, total_steps=20, update_interval=3, seed=0)
+        return (
+            model,
+            opt,
+            chtorch.sparsify(model, opt, method="set", sparsity=0.8, total_steps=20, update_interval=3, seed=0),
+        )
 
     model, opt, sp = build()
     stream = batch_stream()
     reports = train_steps(model, opt, stream, 8, sp)
-    state = checkpoint_round_trip({"model": model.state_dict(), "optimizer": opt.state_dict(), "sparsity": sp.state_dict()}, tmp_path)
+    state = checkpoint_round_trip(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "sparsity": sp.state_dict()}, tmp_path
+    )
     reports += train_steps(model, opt, stream, 8, sp)
     assert sum(r is not None for r in reports) >= 4  # topology updates happened on both sides of the cut
 

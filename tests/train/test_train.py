@@ -64,12 +64,16 @@ def test_decay_fraction_reaches_final_lr_early_and_holds() -> None:
     assert values[0] == pytest.approx(0.025) and values[45] == pytest.approx((0.025 + 2.5e-4) / 2)
     assert values[90] == pytest.approx(2.5e-4) and values[100] == pytest.approx(2.5e-4) and values[89] > 2.5e-4
     cosine = lrs(OptimConfig(name="adamw", lr=1e-3, final_lr=1e-4, schedule="cosine", decay_fraction=0.5), 100)
-    assert cosine[50] == pytest.approx(1e-4) and cosine[100] == pytest.approx(1e-4) and cosine[25] == pytest.approx(5.5e-4)
+    assert (
+        cosine[50] == pytest.approx(1e-4) and cosine[100] == pytest.approx(1e-4) and cosine[25] == pytest.approx(5.5e-4)
+    )
 
 
 def test_cosine_and_noam() -> None:
     values = lrs(OptimConfig(name="adamw", lr=1e-3, final_lr=1e-4, schedule="cosine", warmup_steps=10), 100)
-    assert values[5] == pytest.approx(0.5e-3) and values[10] == pytest.approx(1e-3) and values[100] == pytest.approx(1e-4)
+    assert (
+        values[5] == pytest.approx(0.5e-3) and values[10] == pytest.approx(1e-3) and values[100] == pytest.approx(1e-4)
+    )
     f = lr_multiplier(OptimConfig(name="adam", lr=2.0, schedule="noam", warmup_steps=4000), 10000, d_model=512)
     # step counter 3999 is the 4000th optimizer step: the noam peak d^-0.5 * warmup^-0.5
     assert f(3999) == pytest.approx(512**-0.5 * 4000**-0.5)
@@ -461,7 +465,9 @@ def test_settings_errors_names_the_section_and_keeps_data_errors() -> None:
     from chtorch.data.files import DataFormatError
     from chtorch.train.lifecycle import settings_errors
 
-    with pytest.raises(ConfigError, match=r"the model settings \(model\.\* in the config\) do not work: bad width") as info:
+    with pytest.raises(
+        ConfigError, match=r"the model settings \(model\.\* in the config\) do not work: bad width"
+    ) as info:
         with settings_errors("model"):
             raise ValueError("bad width")
     assert info.value.key == "model"

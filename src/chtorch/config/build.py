@@ -59,7 +59,9 @@ def build_section(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if isinstance(raw, Text) or not isinstance(raw, Mapping):
-        raise ConfigError(f"{section} must be a mapping of keys (a section), got {raw!r}; set {section}.<key>=value", section)
+        raise ConfigError(
+            f"{section} must be a mapping of keys (a section), got {raw!r}; set {section}.<key>=value", section
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
@@ -90,7 +92,9 @@ def build_config(raw: Mapping[str, Any] | None = None) -> Config:
     sections: dict[str, Any] = {"run": run}
     model_raw = raw.get("model") or {}
     model_raw = dict(model_raw) if isinstance(model_raw, Mapping) else model_raw
-    family = str(model_raw.get("name", recipe.models[0]) if isinstance(model_raw, Mapping) else recipe.models[0]).strip()
+    family = str(
+        model_raw.get("name", recipe.models[0]) if isinstance(model_raw, Mapping) else recipe.models[0]
+    ).strip()
     sections["model"] = build_section(model_schema_of(family), model_raw, "model")
     sections["data"] = build_section(recipe.data, raw.get("data"), "data")
     for name in ("optim", "sparsity", "train"):
@@ -105,7 +109,8 @@ def _validate(config: Config) -> None:
     recipe = recipe_schema(config.run.recipe)
     if config.model.name not in recipe.models:
         raise ConfigError(
-            f"model {config.model.name!r} cannot be trained by recipe {recipe.name!r}; it trains: {', '.join(recipe.models)}", "model.name"
+            f"model {config.model.name!r} cannot be trained by recipe {recipe.name!r}; it trains: {', '.join(recipe.models)}",
+            "model.name",
         )
     validate_sparsity(config, recipe.sparsity_defaults)
     if recipe.validate is not None:
@@ -116,7 +121,9 @@ def _validate(config: Config) -> None:
     if optim.schedule == "noam" and optim.warmup_steps == 0:
         raise ConfigError("optim.schedule=noam needs optim.warmup_steps > 0 (e.g. 4000)", "optim.warmup_steps")
     if optim.schedule in ("linear", "cosine"):
-        check_number(optim.final_lr, "optim.final_lr", max=optim.lr, why=f" (at most optim.lr={optim.lr}: the schedule decays)")
+        check_number(
+            optim.final_lr, "optim.final_lr", max=optim.lr, why=f" (at most optim.lr={optim.lr}: the schedule decays)"
+        )
     name = config.run.name
     if not name or len(name) > 100 or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
         raise ConfigError(

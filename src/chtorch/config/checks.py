@@ -64,4 +64,12 @@ def check_field(value: Any, meta: Mapping[str, Any], key: str) -> None:
         return
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
-            check_number(item, key, min=lo, max=hi, min_open=meta.get("min_open", False), max_open=meta.get("max_open", False), shown=value)
+            check_number(
+                item,
+                key,
+                min=lo,
+                max=hi,
+                min_open=meta.get("min_open", False),
+                max_open=meta.get("max_open", False),
+                shown=value,
+            )

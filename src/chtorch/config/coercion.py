@@ -44,7 +44,9 @@ def type_name(tp: Any) -> str:
         return f"a list of {type_name(args[0])}" if args else "a list"
     if origin is dict:
         return "a mapping"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def yaml_scalar(text: str) -> Any:
@@ -74,7 +76,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return yaml_scalar(value) if text else value
     if isinstance(value, Mapping) and tp is not dict and origin is not dict and dict not in args:
-        raise ConfigError(f"{key} is a value, not a section (got keys {', '.join(map(str, value))}); set {key}=<value>", key)
+        raise ConfigError(
+            f"{key} is a value, not a section (got keys {', '.join(map(str, value))}); set {key}=<value>", key
+        )
     if origin in (Union, types.UnionType):
         if value is None or (text and value.strip().lower() in NULLS):
             if type(None) in args:

@@ -43,7 +43,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, Mapping) or isinstance(child, Text):
-                raise ConfigError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section", ".".join(parts[: i + 1]))
+                raise ConfigError(
+                    f"--set {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section", ".".join(parts[: i + 1])
+                )
             else:
                 child = node[part] = dict(child)
             node = child

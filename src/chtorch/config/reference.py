@@ -26,7 +26,9 @@ def _describe(cls: type, section: str) -> list[str]:
         elif meta.get("min") is not None or meta.get("max") is not None:
             allowed = span(meta.get("min"), meta.get("max"), meta.get("min_open", False), meta.get("max_open", False))
         default = getattr(instance, f.name)
-        rows.append(f"| `{section}.{f.name}` | {type_name(hints[f.name])} | `{default!r}` | {allowed} | {meta.get('help', '')} |")
+        rows.append(
+            f"| `{section}.{f.name}` | {type_name(hints[f.name])} | `{default!r}` | {allowed} | {meta.get('help', '')} |"
+        )
     return rows
 
 

@@ -85,13 +85,19 @@ def register_model_schema(name: str, schema: type) -> None:
 
 
 def _none_registered() -> str:
-    return "" if _RECIPE_SCHEMAS else " (no recipe is registered: `import chtorch.recipes.builtin` registers the built-in ones)"
+    return (
+        ""
+        if _RECIPE_SCHEMAS
+        else " (no recipe is registered: `import chtorch.recipes.builtin` registers the built-in ones)"
+    )
 
 
 def default_recipe() -> str:
     """The recipe of a config whose ``run.recipe`` is not set."""
     if not _DEFAULT:
-        raise ConfigError(f"run.recipe is not set and no recipe is registered as the default{_none_registered()}", "run.recipe")
+        raise ConfigError(
+            f"run.recipe is not set and no recipe is registered as the default{_none_registered()}", "run.recipe"
+        )
     return _DEFAULT[0]
 
 
@@ -100,7 +106,8 @@ def recipe_schema(name: str) -> RecipeSchema:
     if name not in _RECIPE_SCHEMAS:
         known = ", ".join(recipe_names()) or "none"
         raise ConfigError(
-            f"unknown recipe {name!r}{closest(name, _RECIPE_SCHEMAS)}; known recipes: {known}{_none_registered()}", "run.recipe"
+            f"unknown recipe {name!r}{closest(name, _RECIPE_SCHEMAS)}; known recipes: {known}{_none_registered()}",
+            "run.recipe",
         )
     return _RECIPE_SCHEMAS[name]
 

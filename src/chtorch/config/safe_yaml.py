@@ -49,7 +49,9 @@ def safe_load(text: str | bytes) -> Any:
     :data:`MAX_YAML_BYTES`, and ``yaml.YAMLError`` for invalid YAML."""
     size = len(text)
     if size > MAX_YAML_BYTES:
-        raise UnsafeYAMLError(f"{size} bytes is more than chtorch reads as YAML ({MAX_YAML_BYTES} bytes); is this a config file?")
+        raise UnsafeYAMLError(
+            f"{size} bytes is more than chtorch reads as YAML ({MAX_YAML_BYTES} bytes); is this a config file?"
+        )
     return yaml.load(text, Loader=_PlainDataLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
@@ -60,5 +62,7 @@ def safe_load_file(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_YAML_BYTES:
-        raise UnsafeYAMLError(f"{size} bytes is more than chtorch reads as YAML ({MAX_YAML_BYTES} bytes); is this a config file?")
+        raise UnsafeYAMLError(
+            f"{size} bytes is more than chtorch reads as YAML ({MAX_YAML_BYTES} bytes); is this a config file?"
+        )
     return safe_load(path.read_bytes().decode("utf-8"))

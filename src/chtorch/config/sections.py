@@ -14,7 +14,16 @@ from typing import Any
 
 from chtorch.config.fields import setting
 
-__all__ = ["RunConfig", "OptimConfig", "SparsityConfig", "TrainConfig", "Config", "SECTIONS", "FIXED_SECTIONS", "config_to_dict"]
+__all__ = [
+    "RunConfig",
+    "OptimConfig",
+    "SparsityConfig",
+    "TrainConfig",
+    "Config",
+    "SECTIONS",
+    "FIXED_SECTIONS",
+    "config_to_dict",
+]
 
 
 @dataclass
@@ -33,7 +42,8 @@ class RunConfig:
         max=1024,  # more starts thousands of OpenMP threads (100000 crashes the process)
     )
     recipe: str = setting(
-        "", "the task: which data, model, loss and metrics to build (empty: the default recipe, MLP image classification)"
+        "",
+        "the task: which data, model, loss and metrics to build (empty: the default recipe, MLP image classification)",
     )
     loggers: list[str] = setting(
         factory=lambda: ["jsonl", "csv"],
@@ -63,7 +73,9 @@ class OptimConfig:
         "LR schedule: constant, linear (lr -> final_lr), cosine (-> final_lr), noam",
         choices=("constant", "linear", "cosine", "noam"),
     )
-    final_lr: float = setting(2.5e-4, "LR at the end of a linear or cosine schedule (the paper: 0.025 -> 2.5e-4)", min=0.0)
+    final_lr: float = setting(
+        2.5e-4, "LR at the end of a linear or cosine schedule (the paper: 0.025 -> 2.5e-4)", min=0.0
+    )
     decay_fraction: float = setting(
         1.0,
         "fraction of the training steps over which linear and cosine reach final_lr, then held (the official MLP code: "
@@ -93,10 +105,14 @@ class SparsityConfig:
     """Which dynamic sparse training method, at which sparsity, with which parts."""
 
     method: str = setting("chts", "a registered method (`chtorch methods`) or 'dense' for no sparsification")
-    sparsity: float = setting(0.9, "final fraction of zeros in each sparse layer (0.99 keeps 1% of links)", min=0.0, max=1.0, max_open=True)
+    sparsity: float = setting(
+        0.9, "final fraction of zeros in each sparse layer (0.99 keeps 1% of links)", min=0.0, max=1.0, max_open=True
+    )
     update_interval: int = setting(1, "topology update interval, in update_unit (the paper's MLPs: 1 epoch)", min=1)
     update_unit: str = setting("epoch", "unit of update_interval", choices=("epoch", "step"))
-    layers: list[str] | None = setting(None, "layer names or glob patterns to sparsify (default: every Linear but the last)")
+    layers: list[str] | None = setting(
+        None, "layer names or glob patterns to sparsify (default: every Linear but the last)"
+    )
     exclude: list[str] | None = setting(None, "layer names or glob patterns to keep dense")
     backend: str = setting(
         "masked",
@@ -126,7 +142,9 @@ class TrainConfig:
     plots: bool = setting(True, "write PNG plots at the end (needs matplotlib)")
     report: bool = setting(True, "write report.md at the end")
     progress: str = setting(
-        "auto", "auto (bar on a terminal, else one line per epoch), bar, lines or off", choices=("auto", "bar", "lines", "off")
+        "auto",
+        "auto (bar on a terminal, else one line per epoch), bar, lines or off",
+        choices=("auto", "bar", "lines", "off"),
     )
     log_every: int = setting(0, "also log the training loss every N steps (0 = per epoch only)", min=0)
     snapshot_every: int = setting(0, "save the masks every N epochs for plots (0 = start and end only)", min=0)
@@ -153,7 +171,12 @@ class Config:
 #: The section names, in file order.
 SECTIONS: tuple[str, ...] = ("run", "model", "data", "optim", "sparsity", "train")
 #: The sections whose schema does not depend on the recipe or the model family.
-FIXED_SECTIONS: dict[str, type] = {"run": RunConfig, "optim": OptimConfig, "sparsity": SparsityConfig, "train": TrainConfig}
+FIXED_SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "optim": OptimConfig,
+    "sparsity": SparsityConfig,
+    "train": TrainConfig,
+}
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -44,12 +44,19 @@ def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
     for name, value in options.items():
         if name not in names:
             raise ConfigError(
-                f"unknown sparsity option {key}.{name}{closest(name, names)}; valid options: {', '.join(names)}", f"{key}.{name}"
+                f"unknown sparsity option {key}.{name}{closest(name, names)}; valid options: {', '.join(names)}",
+                f"{key}.{name}",
             )
         if name == "update_interval":
-            raise ConfigError(f"{key}.update_interval: set sparsity.update_interval (with sparsity.update_unit) instead", f"{key}.{name}")
+            raise ConfigError(
+                f"{key}.update_interval: set sparsity.update_interval (with sparsity.update_unit) instead",
+                f"{key}.{name}",
+            )
         if name == "couplings":
-            raise ConfigError(f"{key}.couplings cannot be set in a config; the recipe provides the percolation couplings", f"{key}.{name}")
+            raise ConfigError(
+                f"{key}.couplings cannot be set in a config; the recipe provides the percolation couplings",
+                f"{key}.{name}",
+            )
         tp = dict if name == "init_options" else hints[name]
         out[name] = coerce(value, tp, f"{key}.{name}")
     return out
@@ -65,7 +72,10 @@ def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> Non
     sp.method = sp.method.lower()
     known = all_methods()
     if sp.method not in known:
-        raise ConfigError(f"unknown method {sp.method!r}{closest(sp.method, known)}; known methods: {', '.join(known)}", "sparsity.method")
+        raise ConfigError(
+            f"unknown method {sp.method!r}{closest(sp.method, known)}; known methods: {', '.join(known)}",
+            "sparsity.method",
+        )
     sp.options = {**recipe_defaults, **_coerce_options(sp.options, "sparsity.options")}
     method_options = {}
     for name, opts in sp.method_options.items():

@@ -13,7 +13,14 @@ from chtorch.data.files import (
     DownloadError,
 )
 from chtorch.data.loader import TensorLoader
-from chtorch.data.text import RandomWindows, SequentialWindows, load_corpus, split_documents, split_tokens, tokenize_corpus
+from chtorch.data.text import (
+    RandomWindows,
+    SequentialWindows,
+    load_corpus,
+    split_documents,
+    split_tokens,
+    tokenize_corpus,
+)
 from chtorch.data.tokenization import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, load_tokenizer, train_bpe
 from chtorch.data.translation import (
     TranslationBatch,

@@ -39,7 +39,9 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
 
 
-def read_cifar_batch(source: str | os.PathLike[str] | bytes, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def read_cifar_batch(
+    source: str | os.PathLike[str] | bytes, name: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one CIFAR-10 python batch (``data_batch_1`` ... ``test_batch``).
 
     ``source`` is a path or the file's bytes. Returns ``(images, labels)``: uint8 ``(N, 3, 32, 32)``
@@ -64,7 +66,9 @@ def read_cifar_batch(source: str | os.PathLike[str] | bytes, name: str | None = 
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
         raise DataFormatError(f"{label}: b'data' must be uint8 of shape (N, 3072), found {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataFormatError(f"{label}: b'labels' must be {len(images)} integers (one per image), found {labels.dtype} {labels.shape}")
+        raise DataFormatError(
+            f"{label}: b'labels' must be {len(images)} integers (one per image), found {labels.dtype} {labels.shape}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataFormatError(f"{label}: labels must lie in 0..9, found {labels.min()}..{labels.max()}")
     return (

@@ -149,7 +149,9 @@ def _matches(data: bytes, accepted: Sequence[str]) -> bool:
 
 
 def _damaged(source: str | os.PathLike[str], exc: object) -> DataFormatError:
-    return DataFormatError(f"{source}: damaged gzip data ({exc}). The file is truncated or corrupt: delete it and download it again.")
+    return DataFormatError(
+        f"{source}: damaged gzip data ({exc}). The file is truncated or corrupt: delete it and download it again."
+    )
 
 
 def gunzip_capped(data: bytes, source: str | os.PathLike[str], max_bytes: int = MAX_DECOMPRESSED_BYTES) -> bytes:
@@ -218,7 +220,8 @@ def verify_bytes(
     actual = digest(raw, "sha256")
     lines = [
         f"checksum mismatch for {source}:",
-        f"  found    {actual} (file)" + (f", {digest(content, 'sha256')} (decompressed content)" if content is not raw else ""),
+        f"  found    {actual} (file)"
+        + (f", {digest(content, 'sha256')} (decompressed content)" if content is not raw else ""),
         f"  expected {checksums.describe()}",
     ]
     if known:
@@ -265,7 +268,9 @@ def read_verified(
     return content
 
 
-def verify_file(path: str | os.PathLike[str], checksums: Checksums, *, hint: str = "", known: Mapping[str, str] | None = None) -> None:
+def verify_file(
+    path: str | os.PathLike[str], checksums: Checksums, *, hint: str = "", known: Mapping[str, str] | None = None
+) -> None:
     """Verify a possibly large file against ``checksums``, streaming it for the ``file`` digests;
     only when none matches is it read whole (and gunzipped) to check the ``content`` digests."""
     if not checksums:
@@ -366,7 +371,9 @@ def download(
             with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https/file only)
                 announced = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
                 if announced and announced.isdigit() and int(announced) > max_bytes:
-                    raise DownloadError(f"the source announces {int(announced)} bytes, more than the {max_bytes} allowed for this file")
+                    raise DownloadError(
+                        f"the source announces {int(announced)} bytes, more than the {max_bytes} allowed for this file"
+                    )
                 received = 0
                 with atomic_write(dest) as (handle, tmp):
                     # Hash while streaming: archives can be large (EMNIST's is 0.5 GB).
@@ -375,7 +382,9 @@ def download(
                     while chunk := response.read(_CHUNK):
                         received += len(chunk)
                         if received > max_bytes:
-                            raise DownloadError(f"the source sent more than the {max_bytes} bytes allowed for this file")
+                            raise DownloadError(
+                                f"the source sent more than the {max_bytes} bytes allowed for this file"
+                            )
                         handle.write(chunk)  # type: ignore[attr-defined]
                         for h in hashers.values():
                             h.update(chunk)

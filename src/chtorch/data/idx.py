@@ -48,7 +48,9 @@ def _magic_name(magic: int) -> str:
     )
 
 
-def parse_idx(data: bytes, source: str | os.PathLike[str] = "<bytes>", *, expected_magic: int | None = None) -> torch.Tensor:
+def parse_idx(
+    data: bytes, source: str | os.PathLike[str] = "<bytes>", *, expected_magic: int | None = None
+) -> torch.Tensor:
     """Decode uncompressed IDX bytes into a tensor of shape ``dims`` (uint8 stays uint8).
 
     Validation is strict: a bad or unexpected magic number, a truncated header or body, or extra
@@ -57,7 +59,9 @@ def parse_idx(data: bytes, source: str | os.PathLike[str] = "<bytes>", *, expect
     """
     n = len(data)
     if n < 4:
-        raise DataFormatError(f"{source}: {n} bytes is too short for an IDX file (it needs a 4-byte magic number; {_IDX_HELP})")
+        raise DataFormatError(
+            f"{source}: {n} bytes is too short for an IDX file (it needs a 4-byte magic number; {_IDX_HELP})"
+        )
     magic = int.from_bytes(data[:4], "big")
     type_code, ndim = data[2], data[3]
     if data[:2] != b"\x00\x00" or type_code not in _IDX_TYPES or ndim == 0:
@@ -73,7 +77,9 @@ def parse_idx(data: bytes, source: str | os.PathLike[str] = "<bytes>", *, expect
         )
     header = 4 + 4 * ndim
     if n < header:
-        raise DataFormatError(f"{source}: truncated IDX header: {ndim} dimensions need a {header}-byte header, the file has {n} bytes")
+        raise DataFormatError(
+            f"{source}: truncated IDX header: {ndim} dimensions need a {header}-byte header, the file has {n} bytes"
+        )
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[type_code])
     count = math.prod(dims)

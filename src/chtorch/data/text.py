@@ -77,7 +77,9 @@ def read_text(path: str | os.PathLike[str]) -> str:
     return _decode(read_verified(Path(path).expanduser()), path)
 
 
-def load_corpus(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *, verify: bool = True) -> str:
+def load_corpus(
+    name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *, verify: bool = True
+) -> str:
     """The text of a named corpus (:data:`TEXT_CORPORA`: ``tinyshakespeare``, ``shakespeare-plays``),
     found under ``root``, ``$CHTORCH_DATA`` or the user cache and checksum-verified unless
     ``verify=False``; or of a ``.txt`` / ``.txt.gz`` file path."""
@@ -95,7 +97,9 @@ def load_corpus(name_or_path: str | os.PathLike[str], root: str | os.PathLike[st
         return _decode(read_verified(path, checksums, verify=verify), path)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise DataNotFoundError(f"{path}: no such file, and {key!r} is not a known corpus name ({sorted(TEXT_CORPORA)})")
+        raise DataNotFoundError(
+            f"{path}: no such file, and {key!r} is not a known corpus name ({sorted(TEXT_CORPORA)})"
+        )
     return read_text(path)
 
 
@@ -134,7 +138,9 @@ def load_hf_text(
         yield row[text_field]
 
 
-def tokenize_corpus(texts: str | Iterable[str], tokenizer: Any, *, eos_between: bool = True, chunk_size: int = 1024) -> torch.Tensor:
+def tokenize_corpus(
+    texts: str | Iterable[str], tokenizer: Any, *, eos_between: bool = True, chunk_size: int = 1024
+) -> torch.Tensor:
     """A 1-D int64 tensor of token ids. ``texts``: one string (a single document, encoded whole), or
     an iterable of documents, each followed by ``<eos>`` when ``eos_between`` (so the model sees
     document boundaries, as in GPT-style packing). ``tokenizer`` has ``encode(text) -> list[int]``
@@ -196,7 +202,9 @@ def _check_stream(tokens: torch.Tensor, seq_len: int, batch_size: int) -> None:
         )
 
 
-def random_windows(tokens: torch.Tensor, seq_len: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_windows(
+    tokens: torch.Tensor, seq_len: int, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch: ``batch_size`` windows at offsets uniform in ``[0, N - seq_len - 1]``
     drawn from ``generator``. Returns ``(x, y)`` (B, seq_len) each, ``y`` shifted by one token."""
     _check_stream(tokens, seq_len, batch_size)

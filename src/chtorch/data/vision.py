@@ -173,21 +173,33 @@ def _load_idx_split(
     known = _known_digests()
     images = parse_idx(
         read_verified(
-            image_path, image_file.checksums, verify=verify, hint=_hint(info, dirs, [image_file.name]), known=known, decompress=idx_content
+            image_path,
+            image_file.checksums,
+            verify=verify,
+            hint=_hint(info, dirs, [image_file.name]),
+            known=known,
+            decompress=idx_content,
         ),
         image_path,
         expected_magic=IDX_IMAGES,
     )
     labels = parse_idx(
         read_verified(
-            label_path, label_file.checksums, verify=verify, hint=_hint(info, dirs, [label_file.name]), known=known, decompress=idx_content
+            label_path,
+            label_file.checksums,
+            verify=verify,
+            hint=_hint(info, dirs, [label_file.name]),
+            known=known,
+            decompress=idx_content,
         ),
         label_path,
         expected_magic=IDX_LABELS,
     )
     _, h, w = info.shape
     if tuple(images.shape[1:]) != (h, w):
-        raise DataFormatError(f"{image_path}: expected {info.title} images of shape (N, {h}, {w}), found {tuple(images.shape)}")
+        raise DataFormatError(
+            f"{image_path}: expected {info.title} images of shape (N, {h}, {w}), found {tuple(images.shape)}"
+        )
     if images.shape[0] != labels.shape[0]:
         raise DataFormatError(
             f"{image_path} holds {images.shape[0]} images but {label_path} holds {labels.shape[0]} labels; "
@@ -201,7 +213,9 @@ def _load_idx_split(
     return images.unsqueeze(1), labels.long()
 
 
-def _extract_emnist_if_needed(info: DatasetInfo, root: str | os.PathLike[str] | None, download_ok: bool, verify: bool) -> None:
+def _extract_emnist_if_needed(
+    info: DatasetInfo, root: str | os.PathLike[str] | None, download_ok: bool, verify: bool
+) -> None:
     """NIST distributes EMNIST only as one ``gzip.zip`` (all six splits). If the balanced files are
     missing but the zip is present (or may be downloaded), extract the four balanced members."""
     dirs = search_dirs(info.name, root, subdirs=info.subdirs)
@@ -214,7 +228,9 @@ def _extract_emnist_if_needed(info: DatasetInfo, root: str | os.PathLike[str] | 
     if zip_path is None:
         if not download_ok:
             return  # _locate raises the "missing file" error with instructions
-        zip_path = download([m + _EMNIST_ZIP.name for m in MIRRORS[info.name]], target / _EMNIST_ZIP.name, _EMNIST_ZIP.checksums)
+        zip_path = download(
+            [m + _EMNIST_ZIP.name for m in MIRRORS[info.name]], target / _EMNIST_ZIP.name, _EMNIST_ZIP.checksums
+        )
         downloaded = True
     else:
         downloaded = False
@@ -251,7 +267,9 @@ def _load_cifar_split(
         paths = [p for p in found if p is not None]
         if len(paths) == len(files):
             parts = [
-                read_cifar_batch(read_verified(p, f.checksums, verify=verify, known=known, max_bytes=MAX_CIFAR_BATCH_BYTES), str(p))
+                read_cifar_batch(
+                    read_verified(p, f.checksums, verify=verify, known=known, max_bytes=MAX_CIFAR_BATCH_BYTES), str(p)
+                )
                 for p, f in zip(paths, files)
             ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -259,7 +277,11 @@ def _load_cifar_split(
     archive = find_file(dirs, _CIFAR_ARCHIVE.names)
     if archive is None and download_ok:
         target = _download_target(info, root)
-        archive = download([m + _CIFAR_ARCHIVE.name for m in MIRRORS[info.name]], target / _CIFAR_ARCHIVE.name, _CIFAR_ARCHIVE.checksums)
+        archive = download(
+            [m + _CIFAR_ARCHIVE.name for m in MIRRORS[info.name]],
+            target / _CIFAR_ARCHIVE.name,
+            _CIFAR_ARCHIVE.checksums,
+        )
     if archive is None:
         names = [f"{_CIFAR_DIR}/{f.name}" for f in files]
         raise DataNotFoundError(
@@ -304,7 +326,9 @@ def _load_digits_split(split: str, seed: int = 0, test_fraction: float = 0.2) ->
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the 'digits' dataset needs scikit-learn: pip install scikit-learn (or chtorch[cli])") from exc
+        raise ImportError(
+            "the 'digits' dataset needs scikit-learn: pip install scikit-learn (or chtorch[cli])"
+        ) from exc
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)  # (1797, 8, 8), 0..16
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)

@@ -113,7 +113,9 @@ class DynamicSparsity:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer (built from model.parameters()), got {type(optimizer).__name__}")
+            raise ValueError(
+                f"optimizer must be a torch.optim.Optimizer (built from model.parameters()), got {type(optimizer).__name__}"
+            )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         check_number("seed", seed, 0, 2**63 - 1, integer=True, hint="the root of every random choice")
@@ -154,12 +156,18 @@ class DynamicSparsity:
         shapes = [layer_shape(modules[n]) for n in names]
         steps = sorted({0, self.decay_end, self.t_end, self.total_steps})
         check_budgets(
-            names, shapes, groups, given, {step: (self.scheduled_sparsity(step), self._targets_for(shapes, step)) for step in steps}
+            names,
+            shapes,
+            groups,
+            given,
+            {step: (self.scheduled_sparsity(step), self._targets_for(shapes, step)) for step in steps},
         )
         self.backends = self._choose_backends(backend, names, shapes)
         transposed = [n for n in names if is_transposed(modules[n])]
         if transposed and backend == "sparse":
-            raise OptionError(f"backend='sparse' replaces nn.Linear layers only; {transposed[0]!r} is a GPT-2 Conv1D: use backend='masked'")
+            raise OptionError(
+                f"backend='sparse' replaces nn.Linear layers only; {transposed[0]!r} is a GPT-2 Conv1D: use backend='masked'"
+            )
         self.backends.update(dict.fromkeys(transposed, "masked"))  # the truly sparse layer is an nn.Linear replacement
         # Every mask is drawn before the first write to the model, and the writes are undone on any
         # failure: sparsify is all or nothing (issue 13).
@@ -168,7 +176,14 @@ class DynamicSparsity:
             name: given[name]
             if name in given
             else initial_mask(
-                options.init, options.init_options, shape, target, groups[name], self.seed, index, modules[name].weight.device
+                options.init,
+                options.init_options,
+                shape,
+                target,
+                groups[name],
+                self.seed,
+                index,
+                modules[name].weight.device,
             )
             for index, (name, shape, target) in enumerate(zip(names, shapes, targets))
         }
@@ -190,7 +205,9 @@ class DynamicSparsity:
         couplings = list(self.options.couplings)
         for c in couplings:
             if not isinstance(c, Coupling):
-                raise OptionError(f"couplings must be chtorch.dst.percolation.Coupling objects (chain(...) / rows(...)), got {c!r}")
+                raise OptionError(
+                    f"couplings must be chtorch.dst.percolation.Coupling objects (chain(...) / rows(...)), got {c!r}"
+                )
         return couplings
 
     def _prepare(
@@ -232,7 +249,8 @@ class DynamicSparsity:
 
             replaced = to_sparse(self.model, sparse_names, optimizer=self.optimizer)
             layers = [
-                make_layer("sparse", l.name, l.index, replaced[l.name], l.target, l.groups) if l.name in replaced else l for l in layers
+                make_layer("sparse", l.name, l.index, replaced[l.name], l.target, l.groups) if l.name in replaced else l
+                for l in layers
             ]
         for layer in layers:
             if opts.needs_weight_history:
@@ -263,7 +281,9 @@ class DynamicSparsity:
         if wanted is None:
             if self.backend_request != "auto" or ranks.is_distributed():
                 return
-            wanted = {layer.name: auto_backend(layer.target / layer.mask.numel(), layer.mask.numel()) for layer in self.layers}
+            wanted = {
+                layer.name: auto_backend(layer.target / layer.mask.numel(), layer.mask.numel()) for layer in self.layers
+            }
         for i, layer in enumerate(self.layers):
             backend = wanted.get(layer.name, layer.backend)
             if backend != layer.backend:
@@ -289,7 +309,9 @@ class DynamicSparsity:
     def _targets_for(self, shapes: list[tuple[int, int]], step: int) -> list[int]:
         from chtorch import topology
 
-        return list(topology.allocate_budgets(shapes, self.scheduled_sparsity(step), distribution=self.options.distribution))
+        return list(
+            topology.allocate_budgets(shapes, self.scheduled_sparsity(step), distribution=self.options.distribution)
+        )
 
     def targets(self, step: int) -> list[int]:
         """Each layer's exact link budget at ``step``."""
@@ -401,7 +423,9 @@ class DynamicSparsity:
 
     def density(self) -> float:
         """Overall density of the sparsified layers."""
-        return sum(int(torch.count_nonzero(layer.mask)) for layer in self.layers) / max(1, sum(layer.mask.numel() for layer in self.layers))
+        return sum(int(torch.count_nonzero(layer.mask)) for layer in self.layers) / max(
+            1, sum(layer.mask.numel() for layer in self.layers)
+        )
 
     def active_neurons(self) -> dict[str, tuple[float, float]]:
         """Layer name → (active input fraction, active output fraction)."""
@@ -460,7 +484,11 @@ class DynamicSparsity:
             layer.target = entry["target"]
             layer.frozen = entry["frozen"]
             layer.ever_active = entry["ever_active"].to(device).clone()
-            layer.history = None if entry["history"] is None else entry["history"].to(device=device, dtype=layer.parameter.dtype).clone()
+            layer.history = (
+                None
+                if entry["history"] is None
+                else entry["history"].to(device=device, dtype=layer.parameter.dtype).clone()
+            )
             layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
             layer.grad_count = entry["grad_count"]
             layer.last_overlap = entry["last_overlap"]

@@ -41,7 +41,8 @@ def sparse_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: torc
 
 
 @WEIGHT_INITS.register(
-    "swi_out", summary="SWI with density·fan_out: N(0, 2/(density·out_features)), as the official MLP code's DSTScheduler"
+    "swi_out",
+    summary="SWI with density·fan_out: N(0, 2/(density·out_features)), as the official MLP code's DSTScheduler",
 )
 def sparse_weight_init_fan_out(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
     """SWI in place with ``fan="out"`` (:func:`chtorch.topology.swi_`; docs/decisions.md, SWI fan)."""
@@ -68,19 +69,26 @@ def initial_mask(
     n_out, n_in = shape
     initializer = topology.get_initializer(init)
     generator = make_generator(seed, "init", layer_index)
-    blocks = [initializer(n_out // groups, n_in, n_links=n, generator=generator, **dict(init_options)) for n in split(target, groups)]
+    blocks = [
+        initializer(n_out // groups, n_in, n_links=n, generator=generator, **dict(init_options))
+        for n in split(target, groups)
+    ]
     mask = torch.cat(blocks).to(device=device, dtype=torch.bool)
     check_mask(mask, shape, target)
     return mask
 
 
-def given_masks(masks: Mapping[str, torch.Tensor] | None, names: list[str], modules: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def given_masks(
+    masks: Mapping[str, torch.Tensor] | None, names: list[str], modules: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
     """The starting topologies given to ``sparsify(..., masks=...)``: one bool ``(out_features,
     in_features)`` mask per selected layer, checked and copied onto the weight's device."""
     if masks is None:
         return {}
     if not isinstance(masks, Mapping) or not all(torch.is_tensor(m) for m in masks.values()):
-        raise ValueError(f"masks must map layer names to bool tensors (out_features, in_features), got {type(masks).__name__}")
+        raise ValueError(
+            f"masks must map layer names to bool tensors (out_features, in_features), got {type(masks).__name__}"
+        )
     if sorted(masks) != sorted(names):
         raise ValueError(f"masks are given for layers {sorted(masks)}, but the selected layers are {sorted(names)}")
     out = {}

@@ -135,7 +135,9 @@ class Layer:
         """Detached dense weight ``(out_features, in_features)``, zero off the links."""
         raise NotImplementedError
 
-    def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def install(
+        self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
         """Make ``final`` the topology: links in ``fresh`` start at ``init`` with zero optimizer
         state, the others keep their weight and state; weights off ``final`` are zero."""
         raise NotImplementedError
@@ -214,7 +216,9 @@ class MaskedLayer(Layer):
                         value.masked_fill_(reset, 0)
 
     @torch.no_grad()
-    def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def install(
+        self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
         weight = logical_weight(self.module)  # (out, in), a view of a Conv1D's (in, out) weight
         weight.copy_(torch.where(final, torch.where(fresh, init, weight), 0))
         self.mask.copy_(final)
@@ -268,7 +272,9 @@ class TrulySparseLayer(Layer):
         return self.module.dense_weight().detach()
 
     @torch.no_grad()
-    def install(self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def install(
+        self, final: torch.Tensor, fresh: torch.Tensor, init: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> None:
         # SparseLinear.set_mask carries kept values and their optimizer state, and starts new links
         # (and reset ones) at ``init`` with zero state.
         self.module.set_mask(final, optimizer, new_values=init, reset=fresh)
@@ -329,7 +335,13 @@ def choose_backends(
         "re-decided at every update"
     )
     n_sparse = sum(v == "sparse" for v in choice.values())
-    logger.info("chtorch backend auto: %d of %d layers sparse, %d masked (%s)", n_sparse, len(choice), len(choice) - n_sparse, reason)
+    logger.info(
+        "chtorch backend auto: %d of %d layers sparse, %d masked (%s)",
+        n_sparse,
+        len(choice),
+        len(choice) - n_sparse,
+        reason,
+    )
     return choice, reason
 
 
@@ -359,5 +371,10 @@ def switch_backend(layer: Layer, backend: str, model: nn.Module, optimizer: torc
     new = make_layer(backend, layer.name, layer.index, module, layer.target, layer.groups)
     for name in _CARRIED:
         setattr(new, name, getattr(layer, name))
-    logger.info("chtorch backend: layer %r moved to %s at density %.4g", layer.name, backend, layer.target / max(1, layer.mask.numel()))
+    logger.info(
+        "chtorch backend: layer %r moved to %s at density %.4g",
+        layer.name,
+        backend,
+        layer.target / max(1, layer.mask.numel()),
+    )
     return new

@@ -58,16 +58,24 @@ class MaskWatch:
             if unchanged and layer.name not in self.loaded_dtypes:
                 continue
             if not torch.is_tensor(mask):
-                raise ValueError(f"layer {layer.name!r} has no weight_mask tensor any more (got {type(mask).__name__}); {_FIX}")
+                raise ValueError(
+                    f"layer {layer.name!r} has no weight_mask tensor any more (got {type(mask).__name__}); {_FIX}"
+                )
             dtype = self.loaded_dtypes.get(layer.name, mask.dtype)
             if dtype != torch.bool:
-                raise ValueError(f"layer {layer.name!r}: the weight_mask loaded into the model is {dtype}, not torch.bool; {_FIX}")
+                raise ValueError(
+                    f"layer {layer.name!r}: the weight_mask loaded into the model is {dtype}, not torch.bool; {_FIX}"
+                )
             if tuple(mask.shape) != layer.shape:
-                raise ValueError(f"layer {layer.name!r}: weight_mask has shape {tuple(mask.shape)}, the layer is {layer.shape}; {_FIX}")
+                raise ValueError(
+                    f"layer {layer.name!r}: weight_mask has shape {tuple(mask.shape)}, the layer is {layer.shape}; {_FIX}"
+                )
             links = int(torch.count_nonzero(mask))
             expected = self.links.get(layer.name)
             if expected is None and links > layer.target:
-                raise ValueError(f"layer {layer.name!r}: weight_mask holds {links} links but the layer's budget is {layer.target}; {_FIX}")
+                raise ValueError(
+                    f"layer {layer.name!r}: weight_mask holds {links} links but the layer's budget is {layer.target}; {_FIX}"
+                )
             if expected is not None and links != expected:
                 raise ValueError(
                     f"layer {layer.name!r}: weight_mask holds {links} links but the engine left it with {expected} "

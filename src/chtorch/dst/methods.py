@@ -58,7 +58,9 @@ def _apply(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     if "init_options" in overrides:
         given = overrides.pop("init_options")
         if given is not None and not isinstance(given, Mapping):
-            raise OptionError(f"init_options must be a mapping of the initialiser's arguments, e.g. {{'r': 0.5}}; got {given!r}")
+            raise OptionError(
+                f"init_options must be a mapping of the initialiser's arguments, e.g. {{'r': 0.5}}; got {given!r}"
+            )
         init_options.update(given or {})
     merged.update(overrides)
     merged["init_options"] = init_options
@@ -125,7 +127,9 @@ def get_method(name: str) -> MethodPreset:
     """The preset called ``name`` (case-insensitive); an unknown name lists the known ones."""
     key = str(name).lower()
     if key not in _REGISTRY:
-        raise OptionError(f"unknown method {name!r}{closest(key, _REGISTRY)}; known methods: {', '.join(all_methods())}")
+        raise OptionError(
+            f"unknown method {name!r}{closest(key, _REGISTRY)}; known methods: {', '.join(all_methods())}"
+        )
     return _REGISTRY[key]
 
 
@@ -156,7 +160,9 @@ def resolve_options(method: str, *overrides: Mapping[str, Any] | None) -> Sparsi
     ``method_options[method]``, then what the caller adds)."""
     preset = get_method(method)
     if not preset.sparsifies:
-        raise OptionError(f"method {preset.name!r} trains the model dense: it has no sparsity options (do not call sparsify)")
+        raise OptionError(
+            f"method {preset.name!r} trains the model dense: it has no sparsity options (do not call sparsify)"
+        )
     return preset.build_options(**merge_overrides(*overrides))
 
 
@@ -311,7 +317,9 @@ register_method(
     "CHTs: BRF init, SWI, soft magnitude removal (T 1→3), percolation, soft CH2-L3n regrowth, cosine ζ (the paper's text)",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
-    decisions=_SOFT_DECISIONS + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; " + _SHARED_DECISIONS,
+    decisions=_SOFT_DECISIONS
+    + "; BRF r = 0.25 (the MLP optimum, App. H) with the code's default 'uniform' degrees; "
+    + _SHARED_DECISIONS,
     init="brf",
     init_options={"r": 0.25, "degree": "uniform"},
     weight_init="swi",
@@ -355,7 +363,9 @@ register_method(
     "(biomedical-cybernetics/Cannistraci-Hebb-training, mlp_and_cnn)",
     decisions="the README 'CHTs' recipe: CSTI on every sparse layer (the MLP configs set init='csti' and the recipe passes "
     "the input correlation; the preset alone keeps chts's BRF, since CSTI needs data), SWI "
-    "with density·fan_out at the 6% start density, MEST's EM&S: " + _EMS_DECISIONS + "; hard top-|W| removal (T unused), "
+    "with density·fan_out at the 6% start density, MEST's EM&S: "
+    + _EMS_DECISIONS
+    + "; hard top-|W| removal (T unused), "
     "percolation, soft CH3-L3p regrowth with the 1e-5 floor on every non-link, constant ζ (unused under EM&S), one "
     "update per epoch until 0.75 of training; the classifier stays dense; " + _SHARED_DECISIONS,
     based_on="chts",

@@ -169,7 +169,9 @@ class SparsityOptions:
         names = self.field_names()
         for key in overrides:
             if key not in names:
-                raise OptionError(f"unknown sparsity option {key!r}{closest(key, names)}; valid options: {', '.join(names)}")
+                raise OptionError(
+                    f"unknown sparsity option {key!r}{closest(key, names)}; valid options: {', '.join(names)}"
+                )
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,7 +223,9 @@ class SparsityOptions:
                 f"prune_score={self.prune_score!r} is a rule, not a score: a density decay ranks links by a score (magnitude, ri, mest, ...)"
             )
         if not isinstance(self.ch_variant, str) or self.ch_variant.upper() not in CH_VARIANTS:
-            raise OptionError(f"ch_variant={self.ch_variant!r} is not one of {CH_VARIANTS}{closest(self.ch_variant, CH_VARIANTS)}")
+            raise OptionError(
+                f"ch_variant={self.ch_variant!r} is not one of {CH_VARIANTS}{closest(self.ch_variant, CH_VARIANTS)}"
+            )
         if self.ch_variant.upper() == "RA" and self.ch_predictor != "l3p":
             raise OptionError("ch_variant='RA' exists only for the path-based predictor: set ch_predictor='l3p'")
         removal = registry("removal").part(self.removal)
@@ -230,12 +234,15 @@ class SparsityOptions:
                 f"removal={self.removal!r} is deterministic (it picks the removed links itself); use removal_selection='topk'"
             )
         if not isinstance(self.head_groups, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in self.head_groups.items()
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in self.head_groups.items()
         ):
             raise OptionError(f"head_groups must map layer patterns to positive head counts, got {self.head_groups!r}")
         for name in ("prune_with_history", "ems", "percolation", "skip_step_on_update"):
             if not isinstance(getattr(self, name), bool):
-                raise OptionError(f"{name} must be true or false, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}")
+                raise OptionError(
+                    f"{name} must be true or false, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}"
+                )
         if not isinstance(self.init_options, Mapping):
             raise OptionError(f"init_options must be a mapping, got {type(self.init_options).__name__}")
         self._check_init_options()
@@ -251,7 +258,11 @@ class SparsityOptions:
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
         engine_given = {"n_out", "n_in", "sparsity", "n_links", "generator"}
-        valid = [name for name, p in params.items() if name not in engine_given and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        valid = [
+            name
+            for name, p in params.items()
+            if name not in engine_given and p.kind is not inspect.Parameter.VAR_POSITIONAL
+        ]
         for key in self.init_options:
             if key not in valid:
                 raise OptionError(
@@ -265,7 +276,9 @@ class SparsityOptions:
         when ζ > 0 or under the official EM&S, the prune score only under a density decay or EM&S,
         the temperature only for a soft removal."""
         used = {"init", "weight_init", "regrowth", "regrowth_selection", "regrown_init"}
-        if self.zeta > 0 or (self.ems and self.ems_mode == "official"):  # official EM&S removes by the removal score, ζ or not
+        if self.zeta > 0 or (
+            self.ems and self.ems_mode == "official"
+        ):  # official EM&S removes by the removal score, ζ or not
             used |= {"removal", "removal_selection"}
             if self.removal_selection != "topk":
                 used.add("temperature_schedule")

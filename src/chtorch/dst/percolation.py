@@ -26,7 +26,16 @@ from torch import nn
 from chtorch.dst.scope import layer_shape
 from chtorch.masks import in_degree, out_degree
 
-__all__ = ["Coupling", "chain", "rows", "percolate", "infer_couplings", "active_neuron_fraction", "active_neuron_count", "ANP_COUNTS"]
+__all__ = [
+    "Coupling",
+    "chain",
+    "rows",
+    "percolate",
+    "infer_couplings",
+    "active_neuron_fraction",
+    "active_neuron_count",
+    "ANP_COUNTS",
+]
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,9 @@ def _check(couplings: Sequence[Coupling], masks: Mapping[str, torch.Tensor]) -> 
         if c.kind == "chain":
             for a, b in zip(c.layers, c.layers[1:]):
                 if masks[a].shape[0] != masks[b].shape[1]:
-                    raise ValueError(f"chain {a} -> {b}: {a} has {masks[a].shape[0]} outputs but {b} has {masks[b].shape[1]} inputs")
+                    raise ValueError(
+                        f"chain {a} -> {b}: {a} has {masks[a].shape[0]} outputs but {b} has {masks[b].shape[1]} inputs"
+                    )
         else:
             sizes = {masks[n].shape[0] for n in c.layers}
             if len(sizes) != 1:
@@ -159,13 +170,18 @@ def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]
 def active_neuron_fraction(mask: torch.Tensor) -> tuple[float, float]:
     """(fraction of input neurons with a link, fraction of output neurons with a link)."""
     n_out, n_in = mask.shape
-    return (int(torch.count_nonzero(mask.any(dim=0))) / max(1, n_in), int(torch.count_nonzero(mask.any(dim=1))) / max(1, n_out))
+    return (
+        int(torch.count_nonzero(mask.any(dim=0))) / max(1, n_in),
+        int(torch.count_nonzero(mask.any(dim=1))) / max(1, n_out),
+    )
 
 
 ANP_COUNTS = ("official", "both_sides")
 
 
-def active_neuron_count(masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = (), count: str = "official") -> tuple[int, int]:
+def active_neuron_count(
+    masks: Mapping[str, torch.Tensor], couplings: Iterable[Coupling] = (), count: str = "official"
+) -> tuple[int, int]:
     """(active, total) neurons of the sparse layers' bipartite graphs — the paper's ANP is
     ``active / total``.
 

@@ -54,7 +54,9 @@ def sync_masks(masks: list[torch.Tensor], check: bool = True) -> None:
         dist.all_gather(gathered, local)
         values = {int(t.item()) for t in gathered}
         if len(values) != 1:
-            raise MaskDivergenceError(f"ranks hold different masks after a topology update (checksums {sorted(values)})")
+            raise MaskDivergenceError(
+                f"ranks hold different masks after a topology update (checksums {sorted(values)})"
+            )
     for mask in masks:
         buffer = mask.to(torch.uint8)
         dist.broadcast(buffer, src=0)

@@ -54,7 +54,16 @@ WEIGHT_INITS = Registry("weight_init", "weight initialisation")
 REGROWN_INITS = Registry("regrown_init", "regrown-weight initialisation")
 
 #: Kinds of part, in the order ``chtorch methods -v`` lists them.
-KINDS = ("topology", "weight_init", "removal", "selection", "temperature_schedule", "regrowth", "regrown_init", "density_schedule")
+KINDS = (
+    "topology",
+    "weight_init",
+    "removal",
+    "selection",
+    "temperature_schedule",
+    "regrowth",
+    "regrown_init",
+    "density_schedule",
+)
 
 _BUILTIN_MODULES = (
     "chtorch.topology",
@@ -101,7 +110,9 @@ def registry(kind: str) -> Registry:
     return table[kind]
 
 
-def register_part(kind: str, name: str, *aliases: str, **declarations: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register_part(
+    kind: str, name: str, *aliases: str, **declarations: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a user's part of ``kind`` as ``name``, e.g.::
 
         @chtorch.register_part("removal", "abs_times_age", summary="|W| weighted by link age")

@@ -43,7 +43,9 @@ def no_regrowth_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -
     return random_score(keep)
 
 
-@REGROWTHS.register("gradient", summary="|dense gradient| accumulated before the update (RigL, GraNet)", needs=("dense_gradient",))
+@REGROWTHS.register(
+    "gradient", summary="|dense gradient| accumulated before the update (RigL, GraNet)", needs=("dense_gradient",)
+)
 def gradient_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
     if grad is None:
         raise ValueError("gradient regrowth needs the dense gradient; none was recorded before this update")
@@ -56,7 +58,9 @@ def gradient_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> t
     needs=("live_neurons",),
     params={"predictor": "ch_predictor", "variant": "ch_variant"},
 )
-def ch_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None, predictor: str = "l3n", variant: str = "CH2") -> torch.Tensor:
+def ch_score(
+    keep: torch.Tensor, *, grad: torch.Tensor | None = None, predictor: str = "l3n", variant: str = "CH2"
+) -> torch.Tensor:
     from chtorch import linkpred
 
     predict = linkpred.ch_l3n if predictor == "l3n" else linkpred.ch_l3p

@@ -33,7 +33,9 @@ def magnitude_score(weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Ten
 
 
 @REMOVALS.register("ri", summary="relative importance |W|/Σ_col|W| + |W|/Σ_row|W| (CHTss pruning, §3.1 Eq. 1)")
-def relative_importance_score(weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None) -> torch.Tensor:
+def relative_importance_score(
+    weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None
+) -> torch.Tensor:
     magnitude = magnitude_score(weight, mask)
     column_sum = magnitude.sum(dim=0, keepdim=True)  # (1, n_in): total |W| into each input neuron
     row_sum = magnitude.sum(dim=1, keepdim=True)  # (n_out, 1): total |W| of each output neuron
@@ -45,9 +47,14 @@ def _mest_needs(options: object) -> frozenset[str]:
 
 
 @REMOVALS.register(
-    "mest", summary="|W| + λ|∇W| (MEST; needs the dense gradient when λ > 0)", needs=_mest_needs, params={"mest_lambda": "mest_lambda"}
+    "mest",
+    summary="|W| + λ|∇W| (MEST; needs the dense gradient when λ > 0)",
+    needs=_mest_needs,
+    params={"mest_lambda": "mest_lambda"},
 )
-def mest_score(weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None, mest_lambda: float = 0.01) -> torch.Tensor:
+def mest_score(
+    weight: torch.Tensor, mask: torch.Tensor, *, grad: torch.Tensor | None = None, mest_lambda: float = 0.01
+) -> torch.Tensor:
     magnitude = magnitude_score(weight, mask)
     if grad is None:
         if mest_lambda > 0:
@@ -67,13 +74,17 @@ def removal_scores(
     registered removal score ``criterion``; ``mest_lambda`` reaches the parts that read it."""
     part = REMOVALS.part(criterion)
     if "rule" in part.flags:
-        raise ValueError(f"removal {part.name!r} is a rule that picks the kept links itself, not a score; use keep_links")
+        raise ValueError(
+            f"removal {part.name!r} is a rule that picks the kept links itself, not a score; use keep_links"
+        )
     params = {"mest_lambda": mest_lambda} if "mest_lambda" in part.params else {}
     return part.fn(weight, mask, grad=grad, **params)
 
 
 @REMOVALS.register(
-    "set", summary="smallest positive and largest negative weights, each sign separately (SET's rule)", flags=("rule", "deterministic")
+    "set",
+    summary="smallest positive and largest negative weights, each sign separately (SET's rule)",
+    flags=("rule", "deterministic"),
 )
 def _keep_set_rule(weight: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
     """SET: remove the smallest positive and the largest negative weights, sharing the removals

@@ -95,7 +95,10 @@ class UpdateReport:
             ]
             for l in self.layers.values()
         ]
-        table = format_table(["layer", "links", "pruned", "removed", "percolated", "regrown", "overlap", "in", "out", "frozen", "ms"], rows)
+        table = format_table(
+            ["layer", "links", "pruned", "removed", "percolated", "regrown", "overlap", "in", "out", "frozen", "ms"],
+            rows,
+        )
         return head + "\n" + table
 
 
@@ -137,6 +140,20 @@ def summary_table(engine: Any) -> str:
         f"density {engine.density():.4f}, ITOP {engine.itop_rate():.1%}"
     )
     table = format_table(
-        ["layer", "shape", "target", "links", "target dens.", "density", "in", "out", "ITOP", "overlap", "frozen", "backend"], rows
+        [
+            "layer",
+            "shape",
+            "target",
+            "links",
+            "target dens.",
+            "density",
+            "in",
+            "out",
+            "ITOP",
+            "overlap",
+            "frozen",
+            "backend",
+        ],
+        rows,
     )
     return head + "\n" + table

@@ -39,7 +39,9 @@ class Snapshot:
         weights = {name: layer_weight(m) for name, m in modules.items()}
         self.weights = {name: w.detach().clone() for name, w in weights.items()}
         self.grads = {name: None if w.grad is None else w.grad.detach().clone() for name, w in weights.items()}
-        self.groups = [{key: (list(v) if key == "params" else v) for key, v in group.items()} for group in optimizer.param_groups]
+        self.groups = [
+            {key: (list(v) if key == "params" else v) for key, v in group.items()} for group in optimizer.param_groups
+        ]
         self.state_keys = list(optimizer.state.keys())
         self.state = {id(p): {k: (v, _copy(v)) for k, v in optimizer.state[p].items()} for p in self.state_keys}
         self.hooks: list[Any] = []

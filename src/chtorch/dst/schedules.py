@@ -144,7 +144,9 @@ def temperature_linear(
     return start + (end - start) * min(step, t_end) / t_end
 
 
-@TEMPERATURE_SCHEDULES.register("paper", summary="the paper's text: δ linear from delta_start to delta_end until T_end, T = 1/(1−δ)")
+@TEMPERATURE_SCHEDULES.register(
+    "paper", summary="the paper's text: δ linear from delta_start to delta_end until T_end, T = 1/(1−δ)"
+)
 def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """``T = 1/(1 − δ)`` with δ linear in the step (Zhang et al., NeurIPS 2025, §3.1 / App. H):
     T = 2 at δ = 0.5, 4 at 0.75, 10 at 0.9. ``δ = 1`` gives ``inf`` (hard top-k).
@@ -154,7 +156,8 @@ def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta
 
 
 @TEMPERATURE_SCHEDULES.register(
-    "delta", summary="chtorch before issue 11: δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)"
+    "delta",
+    summary="chtorch before issue 11: δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)",
 )
 def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``): neither
@@ -162,7 +165,9 @@ def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, en
     return temperature(step, t_end, start_delta, end_delta, linear_in="delta")
 
 
-@TEMPERATURE_SCHEDULES.register("temperature", summary="T itself linear from T(delta_start) to T(delta_end) until T_end, T(δ) = δ/(1−δ)")
+@TEMPERATURE_SCHEDULES.register(
+    "temperature", summary="T itself linear from T(delta_start) to T(delta_end) until T_end, T(δ) = δ/(1−δ)"
+)
 def temperature_linear_t(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T linear in the step between ``δ/(1−δ)`` at the two ends (:func:`temperature` with
     ``linear_in="temperature"``): ``linear`` with its end points given as δ."""

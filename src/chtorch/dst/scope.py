@@ -88,7 +88,9 @@ def logical_weight(module: nn.Module) -> torch.Tensor:
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 
-def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str | Sequence[str] | None = None) -> list[str]:
+def select_layers(
+    model: nn.Module, layers: LayerSelector = None, exclude: str | Sequence[str] | None = None
+) -> list[str]:
     """Names of the modules to sparsify.
 
     ``layers``: ``None`` = every supported layer (:data:`SUPPORTED_LAYERS`) except the model's last
@@ -134,7 +136,9 @@ def select_layers(model: nn.Module, layers: LayerSelector = None, exclude: str |
         all_names = [n for n, _ in named]
         for pattern in ex:
             if not isinstance(pattern, str):
-                raise ValueError(f"exclude must be layer names or glob patterns (str), got {type(pattern).__name__} {pattern!r}")
+                raise ValueError(
+                    f"exclude must be layer names or glob patterns (str), got {type(pattern).__name__} {pattern!r}"
+                )
             if not any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in all_names):
                 raise ValueError(
                     f"exclude pattern {pattern!r} matches no module{closest(pattern, all_names)}; "
@@ -216,9 +220,13 @@ def head_groups(patterns: Mapping[str, int], names: Sequence[str], modules: Mapp
     for pattern, heads in patterns.items():
         hits = [name for name in names if name == pattern or fnmatch.fnmatchcase(name, pattern)]
         if not hits:
-            raise OptionError(f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {list(names)}")
+            raise OptionError(
+                f"head_groups pattern {pattern!r} matches no sparsified layer; sparse layers: {list(names)}"
+            )
         for name in hits:
             if layer_shape(modules[name])[0] % heads:
-                raise OptionError(f"layer {name!r} has {layer_shape(modules[name])[0]} outputs, not divisible into {heads} heads")
+                raise OptionError(
+                    f"layer {name!r} has {layer_shape(modules[name])[0]} outputs, not divisible into {heads} heads"
+                )
             groups[name] = heads
     return groups

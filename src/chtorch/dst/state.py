@@ -47,7 +47,9 @@ def _count(where: str, value: Any, high: int | None = None) -> int:
     return value
 
 
-def _tensor(where: str, value: Any, shape: tuple[int, int], kinds: tuple[str, ...], optional: bool) -> torch.Tensor | None:
+def _tensor(
+    where: str, value: Any, shape: tuple[int, int], kinds: tuple[str, ...], optional: bool
+) -> torch.Tensor | None:
     if value is None and optional:
         return None
     if not torch.is_tensor(value) or tuple(value.shape) != shape:
@@ -64,15 +66,23 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
     if not isinstance(state, dict):
         raise ValueError(f"a DynamicSparsity state must be a dict (from sp.state_dict()), got {type(state).__name__}")
     if not _same(state.get("version"), STATE_VERSION):
-        raise ValueError(f"not a chtorch DynamicSparsity state (version {_show(state.get('version'))}, expected {STATE_VERSION})")
+        raise ValueError(
+            f"not a chtorch DynamicSparsity state (version {_show(state.get('version'))}, expected {STATE_VERSION})"
+        )
     missing = [key for key in _RUN_KEYS if key not in state]
     if missing:
         raise ValueError(f"the sparsity state lacks {missing}: it is not a complete sp.state_dict()")
     fix = "resume with the run's own settings, or start a new run"
     if not _same(state["method"], engine.method):
-        raise ValueError(f"the sparsity state is from method {_show(state['method'])}, but this run uses {engine.method!r}; {fix}")
+        raise ValueError(
+            f"the sparsity state is from method {_show(state['method'])}, but this run uses {engine.method!r}; {fix}"
+        )
     sparsity = state["sparsity"]
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or abs(float(sparsity) - engine.sparsity) > 1e-12:
+    if (
+        isinstance(sparsity, bool)
+        or not isinstance(sparsity, (int, float))
+        or abs(float(sparsity) - engine.sparsity) > 1e-12
+    ):
         raise ValueError(
             f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {engine.sparsity}: resume with the same sparsity"
         )
@@ -86,7 +96,9 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
         raise ValueError(f"the sparsity state's options must be a dict, got {type(saved).__name__}")
     differ = sorted(k for k in set(mine) | set(saved) if not _same(saved.get(k, "<absent>"), mine.get(k, "<absent>")))
     if differ:
-        shown = ", ".join(f"{k}: state {_show(saved.get(k, '<absent>'))}, run {mine.get(k, '<absent>')!r}" for k in differ[:5])
+        shown = ", ".join(
+            f"{k}: state {_show(saved.get(k, '<absent>'))}, run {mine.get(k, '<absent>')!r}" for k in differ[:5]
+        )
         raise ValueError(f"the sparsity state is from other options ({shown}); {fix}")
     _count("step_count", state["step_count"])
     _count("update_count", state["update_count"])
@@ -106,7 +118,9 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
         if not isinstance(shape, (tuple, list)) or tuple(shape) != layer.shape:
             raise ValueError(f"{where}: saved shape {_show(shape)} != model shape {layer.shape} (another model)")
         overlap = entry["last_overlap"]
-        if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= 1):
+        if overlap is not None and (
+            isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= 1
+        ):
             raise ValueError(f"{where}: last_overlap must be None or a fraction in [0, 1], got {_show(overlap)}")
         if not isinstance(entry["frozen"], bool):
             raise ValueError(f"{where}: frozen must be a bool, got {_show(entry['frozen'])}")
@@ -120,7 +134,9 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
         if not isinstance(flag, bool):
             raise ValueError(f"{where}: early_stop_flag must be a bool, got {_show(flag)}")
         if (entry["history"] is None) != (layer.history is None):
-            raise ValueError(f"{where}: history is {'absent' if entry['history'] is None else 'present'} in the state but not in this run")
+            raise ValueError(
+                f"{where}: history is {'absent' if entry['history'] is None else 'present'} in the state but not in this run"
+            )
         links = entry.get("links")  # absent in states written before link counts were recorded
         entries[layer.name] = {
             "target": _count(f"{where}: target", entry["target"], layer.shape[0] * layer.shape[1]),

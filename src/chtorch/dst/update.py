@@ -59,7 +59,9 @@ def regrow_at_zero(history: torch.Tensor | None, new: torch.Tensor, like: torch.
     return torch.zeros_like(like)
 
 
-@REGROWN_INITS.register("history", summary="regrown links start at their last value before removal (App. J)", needs=("weight_history",))
+@REGROWN_INITS.register(
+    "history", summary="regrown links start at their last value before removal (App. J)", needs=("weight_history",)
+)
 def regrow_from_history(history: torch.Tensor | None, new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if history is None:
         return torch.zeros_like(like)
@@ -87,7 +89,13 @@ def _keep_best(
 
 
 def prune_to_density(
-    sp: DynamicSparsity, layer: Layer, weight: torch.Tensor, rows: slice, target: int, grad: torch.Tensor | None, key: tuple[int, ...]
+    sp: DynamicSparsity,
+    layer: Layer,
+    weight: torch.Tensor,
+    rows: slice,
+    target: int,
+    grad: torch.Tensor | None,
+    key: tuple[int, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 1 on one row block (``weight``: the layer's dense weight): keep the ``target`` best links
     when it holds more. Returns (kept mask, positions revived from history) for the block."""
@@ -123,10 +131,14 @@ def remove_links(
     n_active = int(torch.count_nonzero(keep))
     n_keep = n_active - int(math.floor(zeta * n_active))
     generator = make_generator(sp.seed, "remove", *key)
-    return _keep_best(weight, keep, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature)
+    return _keep_best(
+        weight, keep, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature
+    )
 
 
-def regrow_links(sp: DynamicSparsity, keep: torch.Tensor, n_new: int, grad: torch.Tensor | None, key: tuple[int, ...]) -> torch.Tensor:
+def regrow_links(
+    sp: DynamicSparsity, keep: torch.Tensor, n_new: int, grad: torch.Tensor | None, key: tuple[int, ...]
+) -> torch.Tensor:
     """Step 4 on one row block: exactly ``n_new`` new links, disjoint from ``keep``."""
     from chtorch.dst.registry import REGROWTHS
 
@@ -204,13 +216,17 @@ def keep_core(
     opts = sp.options
     n_keep = min(int(n_core), int(torch.count_nonzero(mask)))
     generator = make_generator(sp.seed, "remove", *key)
-    return _keep_best(weight, mask, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature)
+    return _keep_best(
+        weight, mask, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature
+    )
 
 
 def network_stopped(sp: DynamicSparsity) -> bool:
     """True once CHT's network-wide early stop has frozen every layer: the update changes nothing."""
     opts = sp.options
-    return opts.early_stop is not None and opts.early_stop_scope == "network" and all(layer.frozen for layer in sp.layers)
+    return (
+        opts.early_stop is not None and opts.early_stop_scope == "network" and all(layer.frozen for layer in sp.layers)
+    )
 
 
 def flag_early_stop(layer: Layer, overlap: float, threshold: float, scope: str) -> None:
@@ -237,11 +253,15 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
     index = sp.update_count
     zeta = sp.zeta(step)
     temperature = sp.temperature(step)
-    report = UpdateReport(step=step, update_index=index, sparsity=sp.scheduled_sparsity(step), zeta=zeta, temperature=temperature)
+    report = UpdateReport(
+        step=step, update_index=index, sparsity=sp.scheduled_sparsity(step), zeta=zeta, temperature=temperature
+    )
     grads = {layer.name: sp.dense_grad(layer) for layer in sp.layers}
     problem = sp.non_finite(grads)
     if problem is not None:
-        warnings.warn(f"chtorch: topology update at step {step} skipped, masks unchanged: {problem}", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"chtorch: topology update at step {step} skipped, masks unchanged: {problem}", RuntimeWarning, stacklevel=4
+        )
         sp.reset_grad_accumulators()
         report.skipped = problem
         return report
@@ -259,7 +279,9 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
         keep, revived, pruned = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
         core_blocks = split(core, layer.groups) if core is not None else [None] * layer.groups
-        for b, (rows, block_target, block_core) in enumerate(zip(layer.blocks(), split(target, layer.groups), core_blocks)):
+        for b, (rows, block_target, block_core) in enumerate(
+            zip(layer.blocks(), split(target, layer.groups), core_blocks)
+        ):
             key = _block_key(index, layer, b)
             block_grad = None if grad is None else grad[rows]
             if block_core is not None and not layer.frozen:
@@ -296,14 +318,18 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         new = torch.zeros_like(keep)
         core = core_of[layer.name] if ems_official and not layer.frozen else None
         core_blocks = split(core, layer.groups) if core is not None else [None] * layer.groups
-        for b, (rows, block_target, block_core) in enumerate(zip(layer.blocks(), split(layer.target, layer.groups), core_blocks)):
+        for b, (rows, block_target, block_core) in enumerate(
+            zip(layer.blocks(), split(layer.target, layer.groups), core_blocks)
+        ):
             if block_core is None:
                 n_new = block_target - int(torch.count_nonzero(keep[rows]))
             else:
                 # official EM&S: grow exactly the extra density; links lost to percolation are not
                 # compensated, so a layer may end below its budget (the last stage grows nothing)
                 n_new = min(block_target - block_core, int(torch.count_nonzero(~keep[rows])))
-            new[rows] = regrow_links(sp, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b))
+            new[rows] = regrow_links(
+                sp, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b)
+            )
         info.regrown = int(torch.count_nonzero(new))
         info.overlap = int(torch.count_nonzero(new & old & ~keep))
         install(sp, layer, old, keep, new, revived_by_layer[layer.name], pruned_by_layer[layer.name])
@@ -317,7 +343,11 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         info.seconds += time.perf_counter() - t0
         report.layers[layer.name] = info
 
-    if opts.early_stop is not None and opts.early_stop_scope == "network" and all(layer.early_stop_flag for layer in sp.layers):
+    if (
+        opts.early_stop is not None
+        and opts.early_stop_scope == "network"
+        and all(layer.early_stop_flag for layer in sp.layers)
+    ):
         for layer in sp.layers:  # every layer has reached its epitopological local minimum: stop evolving
             layer.frozen = True
     for layer in sp.layers:

@@ -73,7 +73,9 @@ def default_layers(model: nn.Module) -> list[str]:
     if isinstance(head, nn.Module) and is_sparsifiable(head):
         names = [n for n, m in model.named_modules() if n and is_sparsifiable(m) and m is not head]
         if not names:
-            raise ValueError(f"the model has no layer chtorch can sparsify ({SUPPORTED_LAYERS}) besides its output embedding")
+            raise ValueError(
+                f"the model has no layer chtorch can sparsify ({SUPPORTED_LAYERS}) besides its output embedding"
+            )
         return names
     return select_layers(model)
 
@@ -84,7 +86,9 @@ def head_groups_for(model: nn.Module) -> dict[str, int]:
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None)
     if not heads:
-        raise ValueError("per_head=True needs model.config.num_attention_heads; pass head_groups={pattern: heads} instead")
+        raise ValueError(
+            "per_head=True needs model.config.num_attention_heads; pass head_groups={pattern: heads} instead"
+        )
     kv = getattr(config, "num_key_value_heads", None) or heads
     return {"*.q_proj": int(heads), "*.k_proj": int(kv), "*.v_proj": int(kv)}
 
@@ -188,7 +192,9 @@ class ChtorchCallback(TrainerCallback):
         if optimizer is None:
             raise RuntimeError("ChtorchCallback: the Trainer passed no optimizer to on_train_begin")
         if not state.max_steps or state.max_steps <= 0:
-            raise RuntimeError("ChtorchCallback needs state.max_steps (set max_steps or num_train_epochs with a sized dataset)")
+            raise RuntimeError(
+                "ChtorchCallback needs state.max_steps (set max_steps or num_train_epochs with a sized dataset)"
+            )
         options = dict(self.options)
         if self.per_head and "head_groups" not in options:
             options["head_groups"] = head_groups_for(model)
@@ -214,7 +220,12 @@ class ChtorchCallback(TrainerCallback):
         if payload is not None:
             self.sparsity.load_state_dict(payload["engine"])
             sp = self.sparsity
-            log.info("chtorch: restored masks and sparsity state from %s (step %d, %d updates)", resume_dir, sp.step_count, sp.update_count)
+            log.info(
+                "chtorch: restored masks and sparsity state from %s (step %d, %d updates)",
+                resume_dir,
+                sp.step_count,
+                sp.update_count,
+            )
 
     def _resume_dir(self, args: Any, state: Any) -> Path | None:
         """The checkpoint the Trainer resumed from (``None`` for a fresh run): the directory named by
@@ -262,7 +273,9 @@ class ChtorchCallback(TrainerCallback):
 
         lr_scheduler.lr_lambdas = [rewarmed(f) for f in lr_scheduler.lr_lambdas]
         step = lr_scheduler.last_epoch
-        for group, base_lr, f in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
+        for group, base_lr, f in zip(
+            lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas
+        ):
             group["lr"] = base_lr * f(step)
 
     # -- events -----------------------------------------------------------------------------------
@@ -285,7 +298,9 @@ class ChtorchCallback(TrainerCallback):
                     handler.callbacks.insert(0, self)
                 return
             frame = frame.f_back
-        log.warning("chtorch: Trainer callback handler not found; chtorch/* values may reach TensorBoard/W&B one log late")
+        log.warning(
+            "chtorch: Trainer callback handler not found; chtorch/* values may reach TensorBoard/W&B one log late"
+        )
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._move_to_front()
@@ -343,7 +358,11 @@ class ChtorchCallback(TrainerCallback):
         sp = self.sparsity
         chains = sp.couplings or infer_couplings(sp.model, sp.layer_names)
         active, total = active_neuron_count(sp.masks, chains)
-        return {"chtorch/density": sp.density(), "chtorch/itop": sp.itop_rate(), "chtorch/active_neurons": active / max(1, total)}
+        return {
+            "chtorch/density": sp.density(),
+            "chtorch/itop": sp.itop_rate(),
+            "chtorch/active_neurons": active / max(1, total),
+        }
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if self.sparsity is None or logs is None:

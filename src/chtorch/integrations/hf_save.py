@@ -53,7 +53,9 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
     if save_pretrained is None:
         raise TypeError(f"save_pretrained_sparse needs a Hugging Face PreTrainedModel, got {type(model).__name__}")
     if "state_dict" in kwargs:
-        raise TypeError("save_pretrained_sparse builds the state_dict itself (the model's, less the weight_mask buffers)")
+        raise TypeError(
+            "save_pretrained_sparse builds the state_dict itself (the model's, less the weight_mask buffers)"
+        )
     masks = _masks_of(model)
     if not masks:
         raise ValueError("the model has no weight_mask buffers: it is not sparsified (use model.save_pretrained)")
@@ -62,7 +64,9 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
     for name, mask in masks.items():
         weight = logical_weight(modules[name]).detach()
         if bool((weight[~mask.to(weight.device)] != 0).any()):
-            raise ValueError(f"layer {name!r} has non-zero weights off its mask; save after an optimizer step of the sparse engine")
+            raise ValueError(
+                f"layer {name!r} has non-zero weights off its mask; save after an optimizer step of the sparse engine"
+            )
         bits = np.packbits(mask.detach().cpu().numpy().astype(np.bool_).reshape(-1))
         packed[name] = torch.from_numpy(bits)
         shapes[name] = list(mask.shape)
@@ -111,13 +115,19 @@ def restore_masks(
         masks = _read_mask_file(path)
         for name, mask in masks.items():
             if name not in modules or not is_sparsifiable(modules[name]):
-                raise ValueError(f"{path} has a mask for {name!r}, which is not a layer of this model ({SUPPORTED_LAYERS})")
+                raise ValueError(
+                    f"{path} has a mask for {name!r}, which is not a layer of this model ({SUPPORTED_LAYERS})"
+                )
             if tuple(mask.shape) != layer_shape(modules[name]):
-                raise ValueError(f"{path}: mask of {name!r} is {tuple(mask.shape)}, the layer is {layer_shape(modules[name])}")
+                raise ValueError(
+                    f"{path}: mask of {name!r} is {tuple(mask.shape)}, the layer is {layer_shape(modules[name])}"
+                )
             weight = logical_weight(modules[name]).detach()
             masks[name] = mask.to(weight.device)
             if bool((weight[~masks[name]] != 0).any()):
-                raise ValueError(f"{path}: layer {name!r} has non-zero weights off the saved mask; were other weights loaded?")
+                raise ValueError(
+                    f"{path}: layer {name!r} has non-zero weights off the saved mask; were other weights loaded?"
+                )
         return masks
     names = list(layers) if layers is not None else default_layers(model)
     masks = {}

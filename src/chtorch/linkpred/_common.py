@@ -94,7 +94,9 @@ def check_mask_input(mask: torch.Tensor, name: str = "mask") -> None:
     if mask.layout != torch.strided:
         raise ValueError(f"{name} must be a dense (strided) tensor, got layout {mask.layout}; pass mask.to_dense()")
     if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must have dtype torch.bool, got {mask.dtype}; pass `{name} != 0` (or `weight != 0`) instead")
+        raise ValueError(
+            f"{name} must have dtype torch.bool, got {mask.dtype}; pass `{name} != 0` (or `weight != 0`) instead"
+        )
     if mask.dim() != 2:
         raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {tuple(mask.shape)}")
 

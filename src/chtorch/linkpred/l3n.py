@@ -73,7 +73,11 @@ def choose_method(mask: torch.Tensor) -> str:
     ``"dense"`` (see ``prefer_sparse`` and ``NATIVE_MAX_DENSITY``)."""
     if not prefer_sparse(mask):
         return "dense"
-    if mask.device.type == "cpu" and int(mask.count_nonzero()) <= NATIVE_MAX_DENSITY * mask.numel() and native.available():
+    if (
+        mask.device.type == "cpu"
+        and int(mask.count_nonzero()) <= NATIVE_MAX_DENSITY * mask.numel()
+        and native.available()
+    ):
         return "native"
     return "sparse"
 
@@ -221,7 +225,9 @@ def ch_l3n(mask: torch.Tensor, variant: str = "CH2", method: str = "auto") -> to
             if mask.device.type != "cpu":
                 raise RuntimeError(f"method='native' runs on CPU only (mask is on {mask.device}); use method='auto'")
             if not native.available():
-                raise RuntimeError(f"method='native' is unavailable here ({native.reason_unavailable()}); use method='auto'")
+                raise RuntimeError(
+                    f"method='native' is unavailable here ({native.reason_unavailable()}); use method='auto'"
+                )
             return _l3n_native(mask, key)
         if how == "sparse":
             return _l3n_sparse(mask, key)

@@ -40,7 +40,14 @@ from __future__ import annotations
 
 import torch
 
-from chtorch.linkpred._common import L3P_VARIANTS, check_mask_input, cooccurrence, neighbours, parse_variant, prefer_sparse
+from chtorch.linkpred._common import (
+    L3P_VARIANTS,
+    check_mask_input,
+    cooccurrence,
+    neighbours,
+    parse_variant,
+    prefer_sparse,
+)
 
 __all__ = ["ch_l3p", "l3p_cost"]
 

@@ -63,7 +63,9 @@ class LlamaConfig(DictConfig):
     rms_norm_eps: float = setting(1e-6, "epsilon of every RMSNorm", min=0.0, min_open=True)
     rope_theta: float = setting(10000.0, "RoPE base", min=0.0, min_open=True)
     tie_embeddings: bool = setting(False, "lm_head reuses the token embedding matrix (the paper: untied)")
-    initializer_range: float = setting(0.02, "std of the normal initialisation (HF/GaLore: 0.02)", min=0.0, min_open=True)
+    initializer_range: float = setting(
+        0.02, "std of the normal initialisation (HF/GaLore: 0.02)", min=0.0, min_open=True
+    )
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):

@@ -47,10 +47,14 @@ class MLPConfig:
     in_features: int = setting(help="length of the flattened input", min=1)
     n_classes: int = setting(help="number of output logits", min=1)
     hidden: tuple[int, ...] = setting(
-        (1568, 1568, 1568), "hidden widths; the paper uses three of 1568 (3072 for CIFAR-10), i.e. 2x the input size", min=1
+        (1568, 1568, 1568),
+        "hidden widths; the paper uses three of 1568 (3072 for CIFAR-10), i.e. 2x the input size",
+        min=1,
     )
     activation: str = setting(
-        "relu", "activation after each hidden layer", choices=("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu")
+        "relu",
+        "activation after each hidden layer",
+        choices=("relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu"),
     )
     dropout: float = setting(0.0, "dropout after each hidden activation", min=0.0, max=1.0, max_open=True)
     bias: bool = setting(True, "biases in every Linear layer")
@@ -84,7 +88,9 @@ class MLP(nn.Module):
         super().__init__()
         self.config = config
         widths = (config.in_features, *config.hidden)
-        self.layers = nn.ModuleList(nn.Linear(n_in, n_out, bias=config.bias) for n_in, n_out in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out, bias=config.bias) for n_in, n_out in zip(widths[:-1], widths[1:])
+        )
         # One stateless activation/dropout module shared by all hidden layers keeps the Linear
         # layers' names consecutive (layers.0, layers.1, ...).
         self.act = ACTIVATIONS[config.activation]()

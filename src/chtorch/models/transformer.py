@@ -171,7 +171,9 @@ class MultiHeadAttention(nn.Module):
         k = self.k_proj(key_value).view(b, lk, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(key_value).view(b, lk, self.n_heads, self.head_dim).transpose(1, 2)
         dropout_p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)  # (B, H, Lq, hd)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+        )  # (B, H, Lq, hd)
         return self.o_proj(out.transpose(1, 2).reshape(b, lq, d))
 
 
@@ -281,7 +283,11 @@ class Seq2SeqTransformer(nn.Module):
         # construction do not advance the user's global stream; reset_parameters sets every value.
         with torch.random.fork_rng(devices=[]):
             self.src_embed = nn.Embedding(cfg.src_vocab, cfg.d_model, padding_idx=cfg.pad_id)
-            self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=cfg.pad_id)
+            self.tgt_embed = (
+                self.src_embed
+                if cfg.share_embeddings
+                else nn.Embedding(cfg.tgt_vocab, cfg.d_model, padding_idx=cfg.pad_id)
+            )
             self.encoder = _Stack([EncoderLayer(cfg) for _ in range(cfg.n_layers)], cfg)
             self.decoder = _Stack([DecoderLayer(cfg) for _ in range(cfg.n_layers)], cfg)
             self.generator = nn.Linear(cfg.d_model, cfg.tgt_vocab)

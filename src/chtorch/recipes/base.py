@@ -77,7 +77,9 @@ class Recipe(abc.ABC):
     def set_distributed(self, rank: int, world_size: int) -> None:
         """Called by the trainer before :meth:`setup` with this process's place under ``torchrun``."""
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
         self.rank, self.world_size = int(rank), int(world_size)
 
     @property
@@ -161,7 +163,9 @@ def get_recipe(name: str) -> type[Recipe]:
     """The recipe class registered as ``name`` (the built-in ones register when
     :mod:`chtorch.recipes.builtin` is imported; :mod:`chtorch.train` does)."""
     if name not in _RECIPES:
-        raise ValueError(f"unknown recipe {name!r}{closest(name, _RECIPES)}; known recipes: {', '.join(sorted(_RECIPES))}")
+        raise ValueError(
+            f"unknown recipe {name!r}{closest(name, _RECIPES)}; known recipes: {', '.join(sorted(_RECIPES))}"
+        )
     return _RECIPES[name]
 
 

@@ -31,7 +31,11 @@ def run_dir(config: Any) -> Path | None:
 
 
 def cached_tokenizer(
-    run_dir: str | os.PathLike[str] | None, subdir: str, meta: dict[str, Any], build: Callable[[], Any], save: bool = True
+    run_dir: str | os.PathLike[str] | None,
+    subdir: str,
+    meta: dict[str, Any],
+    build: Callable[[], Any],
+    save: bool = True,
 ) -> Any:
     """The tokenizer saved in ``run_dir/subdir`` when its recorded ``meta`` (the settings it was
     built with) equals ``meta``; else ``build()``, saved there with ``meta`` when ``save`` (only

@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.config import Config, ConfigError, model_schema, model_values, register_model_schema, register_recipe_schema, setting
+from chtorch.config import (
+    Config,
+    ConfigError,
+    model_schema,
+    model_values,
+    register_model_schema,
+    register_recipe_schema,
+    setting,
+)
 from chtorch.dst.options import closest
 from chtorch.models.mlp import MLPConfig
 from chtorch.recipes.base import Recipe, register_recipe
@@ -32,7 +40,9 @@ class ImageDataConfig:
     """An image classification dataset read from its standard files (see chtorch.data)."""
 
     name: str = setting("digits", "dataset: digits (built in, offline), mnist, fashion_mnist, emnist_balanced, cifar10")
-    dir: str | None = setting(None, "data root holding the dataset's files (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
+    dir: str | None = setting(
+        None, "data root holding the dataset's files (default: $CHTORCH_DATA, then ~/.cache/chtorch)"
+    )
     batch_size: int = setting(32, "training batch size (the paper: 32)", min=1)
     eval_batch_size: int = setting(1000, "evaluation batch size", min=1)
     normalize: bool = setting(True, "standardise pixels with the dataset's mean and std")
@@ -65,7 +75,8 @@ def validate_image_config(config: Config) -> None:
     except ValueError:
         names = dataset_names()
         raise ConfigError(
-            f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; known datasets: {', '.join(names)}", "data.name"
+            f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; known datasets: {', '.join(names)}",
+            "data.name",
         ) from None
 
 

@@ -35,7 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from chtorch.config import ConfigError, model_schema, model_values, register_model_schema, register_recipe_schema, setting
+from chtorch.config import (
+    ConfigError,
+    model_schema,
+    model_values,
+    register_model_schema,
+    register_recipe_schema,
+    setting,
+)
 from chtorch.dst.percolation import Coupling, infer_couplings
 from chtorch.models.llama import PAPER_CONFIGS, LlamaConfig
 from chtorch.recipes.base import Recipe, register_recipe
@@ -52,17 +59,24 @@ class LMDataConfig:
     """A text corpus, its tokenizer and the batching of a token stream (paper Table 6)."""
 
     name: str = setting(
-        "tinyshakespeare", "corpus: tinyshakespeare, shakespeare-plays, a .txt/.txt.gz path, or openwebtext / c4 (Hugging Face datasets)"
+        "tinyshakespeare",
+        "corpus: tinyshakespeare, shakespeare-plays, a .txt/.txt.gz path, or openwebtext / c4 (Hugging Face datasets)",
     )
     dir: str | None = setting(None, "data root holding the corpus (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
     verify: bool = setting(True, "verify the corpus checksum before reading (named corpora)")
     max_documents: int = setting(100000, "Hugging Face corpora: documents read (streamed)", min=2)
     tokenizer: str = setting(
-        "bpe", "bpe (trained on the training text), char (one token per character), or a path to a tokenizer file/directory"
+        "bpe",
+        "bpe (trained on the training text), char (one token per character), or a path to a tokenizer file/directory",
     )
     vocab_size: int = setting(8192, "BPE vocabulary size (special tokens included; the paper: 32000 t5-base)", min=8)
     val_fraction: float = setting(
-        0.1, "fraction of the text held out for validation (the paper: 5% of OpenWebText)", min=0.0, max=1.0, min_open=True, max_open=True
+        0.1,
+        "fraction of the text held out for validation (the paper: 5% of OpenWebText)",
+        min=0.0,
+        max=1.0,
+        min_open=True,
+        max_open=True,
     )
     seq_len: int = setting(256, "tokens per training window (the paper: 256)", min=1)
     batch_size: int = setting(32, "windows per optimizer step (the paper: 512)", min=1)
@@ -77,7 +91,13 @@ LlamaModelConfig = model_schema(
     "llama",
     LlamaConfig,
     doc="A LLaMA-style decoder (RMSNorm, RoPE, SwiGLU); ``size`` picks the paper's config (Table 6).",
-    before=[("size", str, setting("60m", "60m, 130m, 1b (the paper), tiny or small (CPU-sized)", choices=tuple(PAPER_CONFIGS)))],
+    before=[
+        (
+            "size",
+            str,
+            setting("60m", "60m, 130m, 1b (the paper), tiny or small (CPU-sized)", choices=tuple(PAPER_CONFIGS)),
+        )
+    ],
     exclude=("vocab_size", "max_seq_len", "rms_norm_eps", "rope_theta", "initializer_range"),
     overrides={
         "d_model": "override the size's width",
@@ -107,7 +127,9 @@ LLAMA_CODE_DEFAULTS = {
 }
 # The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part of
 # LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).
-register_recipe_schema("lm", LMDataConfig, ["llama"], sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True})
+register_recipe_schema(
+    "lm", LMDataConfig, ["llama"], sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True}
+)
 register_model_schema("llama", LlamaModelConfig)
 
 
@@ -175,14 +197,25 @@ class LanguageModeling(Recipe):
         kind = cfg.tokenizer
         if kind not in ("bpe", "char"):
             return load_tokenizer(kind)
-        meta = {"kind": kind, "corpus": cfg.name, "val_fraction": cfg.val_fraction, "vocab_size": cfg.vocab_size if kind == "bpe" else None}
+        meta = {
+            "kind": kind,
+            "corpus": cfg.name,
+            "val_fraction": cfg.val_fraction,
+            "vocab_size": cfg.vocab_size if kind == "bpe" else None,
+        }
         save = bool(getattr(self, "is_main", True))  # under torchrun only rank 0 writes the run directory
         if kind == "char":
             # The alphabet of the whole corpus, so that validation text has no <unk>.
-            return cached_tokenizer(run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs), save=save)
+            return cached_tokenizer(
+                run_dir(self.config), "tokenizer", meta, lambda: CharTokenizer.train(all_docs), save=save
+            )
         texts = [piece for doc in train_docs for piece in _chunks(doc)]
         return cached_tokenizer(
-            run_dir(self.config), "tokenizer", meta, lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"), save=save
+            run_dir(self.config),
+            "tokenizer",
+            meta,
+            lambda: train_bpe(texts, cfg.vocab_size, kind="bytelevel"),
+            save=save,
         )
 
     def _encode(self, docs: list[str]) -> torch.Tensor:
@@ -215,7 +248,10 @@ class LanguageModeling(Recipe):
         values = model_values(self.config.model)
         try:
             return paper_llama_config(
-                self.config.model.size, vocab_size=self.tokenizer.vocab_size, max_seq_len=self.config.data.seq_len, **values
+                self.config.model.size,
+                vocab_size=self.tokenizer.vocab_size,
+                max_seq_len=self.config.data.seq_len,
+                **values,
             )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}", "model") from None

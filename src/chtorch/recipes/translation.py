@@ -38,7 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from chtorch.config import ConfigError, model_schema, model_values, register_model_schema, register_recipe_schema, setting
+from chtorch.config import (
+    ConfigError,
+    model_schema,
+    model_values,
+    register_model_schema,
+    register_recipe_schema,
+    setting,
+)
 from chtorch.data.files import atomic_write, atomic_write_text
 from chtorch.dst.percolation import Coupling, infer_couplings
 from chtorch.models.transformer import Seq2SeqConfig
@@ -75,7 +82,9 @@ class TranslationDataConfig:
         "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
         choices=_CORPORA,
     )
-    dir: str | None = setting(None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)")
+    dir: str | None = setting(
+        None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)"
+    )
     verify: bool = setting(True, "verify the Multi30k files' checksums before reading")
     src_lang: str = setting("en", "source language (file suffix / dataset key)")
     tgt_lang: str = setting("de", "target language")
@@ -87,18 +96,26 @@ class TranslationDataConfig:
     )
     vocab_size: int = setting(8000, "BPE vocabulary size (special tokens included)", min=8)
     tokenizer_kind: str = setting(
-        "whitespace", "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel", choices=("whitespace", "bytelevel")
+        "whitespace",
+        "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel",
+        choices=("whitespace", "bytelevel"),
     )
     joint_vocab: bool = setting(True, "one BPE for both languages (else one per language)")
     min_frequency: int = setting(2, "BPE: minimum pair frequency of a merge", min=1)
-    batch_tokens: int = setting(1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1)
+    batch_tokens: int = setting(
+        1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1
+    )
     eval_batch_tokens: int = setting(4096, "padded tokens per validation-loss batch", min=1)
     eval_batch_size: int = setting(64, "sentences per beam-search batch", min=1)
     max_len: int = setting(100, "drop training pairs with more tokens than this on either side", min=1)
     steps_per_epoch: int | None = setting(
-        None, "optimizer steps per epoch (default: one pass over the training set); passes continue across epochs", min=1
+        None,
+        "optimizer steps per epoch (default: one pass over the training set); passes continue across epochs",
+        min=1,
     )
-    label_smoothing: float = setting(0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True)
+    label_smoothing: float = setting(
+        0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True
+    )
     beam_size: int = setting(2, "beam size for the test translations (the paper: 2)", min=1)
     length_penalty: float = setting(0.0, "GNMT length-penalty exponent alpha of beam search (0 = none)", min=0.0)
     max_decode_len: int = setting(100, "longest translation generated, in tokens", min=1)
@@ -159,7 +176,9 @@ class Translation(Recipe):
             from chtorch.data import read_parallel
 
             if cfg.dir is None:
-                raise ConfigError("data.name=parallel reads {split}.{lang} files from data.dir: set data.dir", "data.dir")
+                raise ConfigError(
+                    "data.name=parallel reads {split}.{lang} files from data.dir: set data.dir", "data.dir"
+                )
             return read_parallel(cfg.dir, split, src=cfg.src_lang, tgt=cfg.tgt_lang)
         from chtorch.data.translation import load_hf_translation
 
@@ -204,8 +223,12 @@ class Translation(Recipe):
             texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
             tok = cached_tokenizer(folder, "tokenizer", {**base, "side": "joint"}, bpe(texts), save=self._main)
             return tok, tok
-        src = cached_tokenizer(folder, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]), save=self._main)
-        tgt = cached_tokenizer(folder, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]), save=self._main)
+        src = cached_tokenizer(
+            folder, "tokenizer_src", {**base, "side": "src"}, bpe([s for s, _ in train_pairs]), save=self._main
+        )
+        tgt = cached_tokenizer(
+            folder, "tokenizer_tgt", {**base, "side": "tgt"}, bpe([t for _, t in train_pairs]), save=self._main
+        )
         return src, tgt
 
     def setup(self) -> None:
@@ -229,10 +252,14 @@ class Translation(Recipe):
         self.n_raw_train = len(train)
         self.train_ids = filter_pairs(encode_pairs(train, self.src_tok, self.tgt_tok), cfg.max_len)
         if not self.train_ids:
-            raise ConfigError(f"no training pair has 1..{cfg.max_len} tokens on both sides: raise data.max_len", "data.max_len")
+            raise ConfigError(
+                f"no training pair has 1..{cfg.max_len} tokens on both sides: raise data.max_len", "data.max_len"
+            )
         # Validation loss needs non-empty sources; cap lengths at the model's position table.
         limit = self.config.model.max_len - 1
-        self.val_ids = [(s[:limit], t[: limit - 1]) for s, t in encode_pairs(val, self.src_tok, self.tgt_tok) if len(s) > 0]
+        self.val_ids = [
+            (s[:limit], t[: limit - 1]) for s, t in encode_pairs(val, self.src_tok, self.tgt_tok) if len(s) > 0
+        ]
         self.test_sources = [
             ids[:limit]
             for ids in (
@@ -253,7 +280,10 @@ class Translation(Recipe):
 
         try:
             config = Seq2SeqConfig(
-                src_vocab=self.src_tok.vocab_size, tgt_vocab=self.tgt_tok.vocab_size, pad_id=self.pad_id, **model_values(self.config.model)
+                src_vocab=self.src_tok.vocab_size,
+                tgt_vocab=self.tgt_tok.vocab_size,
+                pad_id=self.pad_id,
+                **model_values(self.config.model),
             )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}", "model") from None
@@ -325,9 +355,13 @@ class Translation(Recipe):
         model.eval()
         total, tokens = 0.0, 0
         for indices in token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens):
-            batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(self.device)
+            batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(
+                self.device
+            )
             logits = model(batch.src, batch.tgt_in)
-            total += float(label_smoothed_cross_entropy(logits, batch.tgt_out, 0.0, pad_id=self.pad_id, reduction="sum"))
+            total += float(
+                label_smoothed_cross_entropy(logits, batch.tgt_out, 0.0, pad_id=self.pad_id, reduction="sum")
+            )
             tokens += batch.n_tokens
         model.train(was_training)
         return total / max(1, tokens)
@@ -418,7 +452,9 @@ class Translation(Recipe):
         from chtorch.data.translation import collate_pairs, token_batch_indices
 
         indices = token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens)[0]
-        batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(self.device)
+        batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(
+            self.device
+        )
         return (batch.src, batch.tgt_in)
 
     def describe(self) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def replace_parameter(
     state = optimizer.state.pop(old, None)
     if state:
         optimizer.state[new] = {
-            key: convert(value) if isinstance(value, torch.Tensor) and value.shape == old.shape else value for key, value in state.items()
+            key: convert(value) if isinstance(value, torch.Tensor) and value.shape == old.shape else value
+            for key, value in state.items()
         }
     return True
 
@@ -191,6 +192,8 @@ def align_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) ->
                 continue
             for key, value in list(state.items()):
                 if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == nnz and param.dim() == 2:
-                    state[key] = value.new_zeros(param.shape).index_put_(mask.nonzero(as_tuple=True), value.to(param.device))
+                    state[key] = value.new_zeros(param.shape).index_put_(
+                        mask.nonzero(as_tuple=True), value.to(param.device)
+                    )
                     converted += 1
     return converted

@@ -60,9 +60,13 @@ def resolve_impl(impl: str, dtype: torch.dtype, device: torch.device) -> str:
     floating = dtype in (torch.float32, torch.float64)
     if impl == "native":
         if device.type != "cpu" or not floating:
-            raise RuntimeError(f"impl='native' runs float32/float64 on CPU only (got {dtype} on {device.type}); use impl='auto'")
+            raise RuntimeError(
+                f"impl='native' runs float32/float64 on CPU only (got {dtype} on {device.type}); use impl='auto'"
+            )
         if not native.available():
-            raise RuntimeError(f"impl='native' is unavailable here ({native.reason_unavailable()}); use impl='auto' or 'csr'")
+            raise RuntimeError(
+                f"impl='native' is unavailable here ({native.reason_unavailable()}); use impl='auto' or 'csr'"
+            )
         return impl
     if impl != "auto":
         return impl
@@ -102,7 +106,9 @@ _consume_beta_warning()
 # --- implementation "csr": torch.sparse kernels -------------------------------------------------
 
 
-def _csr_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int) -> torch.Tensor:
+def _csr_forward(
+    x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int
+) -> torch.Tensor:
     weight = _csr(layout.crow, layout.cols, values, layout.shape)
     if bias is None:
         out_t = torch.sparse.mm(weight, x.t())
@@ -116,7 +122,9 @@ def _csr_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: Sparse
     return torch.sparse.mm(weight_t, grad_out.t()).t()
 
 
-def _csr_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _csr_grad_values(
+    grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout
+) -> torch.Tensor:
     pattern = _csr(layout.crow, layout.cols, torch.zeros_like(values), layout.shape)
     return torch.sparse.sampled_addmm(pattern, grad_out.t(), x, beta=0.0).values()
 
@@ -142,7 +150,9 @@ def _gather_spmm(
     return out_t
 
 
-def _gather_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int) -> torch.Tensor:
+def _gather_forward(
+    x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int
+) -> torch.Tensor:
     out_t = _gather_spmm(x.t().contiguous(), values, layout.cols, layout.rows, layout.out_features)
     out = out_t.t()
     return out if bias is None else out + bias
@@ -152,7 +162,9 @@ def _gather_grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: Spa
     return _gather_spmm(grad_out.t().contiguous(), values, layout.rows, layout.cols, layout.in_features).t()
 
 
-def _gather_grad_values(grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _gather_grad_values(
+    grad_out: torch.Tensor, x: torch.Tensor, values: torch.Tensor, layout: SparseLayout
+) -> torch.Tensor:
     grad_t, x_t = grad_out.t().contiguous(), x.t().contiguous()
     grad_values = torch.empty_like(values)
     for start, stop in _chunks(values.numel(), x_t.shape[1]):
@@ -184,18 +196,26 @@ def _panels(t: torch.Tensor) -> torch.Tensor:
     return native.load().to_panels(t.contiguous())
 
 
-def _native_forward(x_op: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int) -> torch.Tensor:
+def _native_forward(
+    x_op: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout, batch: int
+) -> torch.Tensor:
     ops = native.load()
     bias = None if bias is None else bias.detach().contiguous()
-    return ops.spmm(layout.crow, layout.cols, None, values.detach().contiguous(), x_op, bias, layout.out_features, batch)
+    return ops.spmm(
+        layout.crow, layout.cols, None, values.detach().contiguous(), x_op, bias, layout.out_features, batch
+    )
 
 
 def _native_grad_input(grad_op: torch.Tensor, values: torch.Tensor, layout: SparseLayout, batch: int) -> torch.Tensor:
     ops = native.load()
-    return ops.spmm(layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_op, None, layout.in_features, batch)
+    return ops.spmm(
+        layout.crow_t, layout.col_t, layout.perm, values.contiguous(), grad_op, None, layout.in_features, batch
+    )
 
 
-def _native_grad_values(grad_op: torch.Tensor, x_op: torch.Tensor, values: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+def _native_grad_values(
+    grad_op: torch.Tensor, x_op: torch.Tensor, values: torch.Tensor, layout: SparseLayout
+) -> torch.Tensor:
     return native.load().sddmm(layout.crow, layout.cols, grad_op, x_op)
 
 

@@ -31,7 +31,9 @@ class SparseInferenceLinear(nn.Module):
     values: torch.Tensor
     bias: torch.Tensor | None
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> None:
         """``weight``: dense ``(out, in)``; ``mask``: bool links to keep (default ``weight != 0``)."""
         super().__init__()
         if weight.dim() != 2:
@@ -80,7 +82,9 @@ class SparseInferenceLinear(nn.Module):
             else:
                 out_t = torch.addmm(self.bias.unsqueeze(1), weight, x2d.t())
         else:
-            out_t = _gather_spmm(x2d.t().contiguous(), self.values, self.col_indices, self.row_indices, self.out_features)
+            out_t = _gather_spmm(
+                x2d.t().contiguous(), self.values, self.col_indices, self.row_indices, self.out_features
+            )
             if self.bias is not None:
                 out_t += self.bias.unsqueeze(1)
         return out_t.t().reshape(*lead, self.out_features)

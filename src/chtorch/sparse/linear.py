@@ -311,7 +311,9 @@ class SparseLinear(nn.Module):
         self.values.grad = None
         self.values.data = data
 
-    def _new_link_values(self, new_values: float | torch.Tensor, layout: SparseLayout, added: torch.Tensor, n_added: int) -> torch.Tensor:
+    def _new_link_values(
+        self, new_values: float | torch.Tensor, layout: SparseLayout, added: torch.Tensor, n_added: int
+    ) -> torch.Tensor:
         if not isinstance(new_values, torch.Tensor):
             return torch.full((n_added,), float(new_values))
         new_values = new_values.detach().to(self.values.device)
@@ -372,7 +374,9 @@ class SparseLinear(nn.Module):
                 padded[: layout.nnz] = weight[layout.rows, layout.cols]
                 translated[values_key] = padded
         n_missing = len(missing_keys)
-        super()._load_from_state_dict(translated, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            translated, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         # Report the key the checkpoint format uses, not the internal parameter name.
         for i in range(n_missing, len(missing_keys)):
             if missing_keys[i] == values_key:

@@ -66,7 +66,15 @@ def _cpu_signature() -> str:
 
 
 def _build_tag(source: bytes) -> str:
-    key = b"|".join([source, torch.__version__.encode(), sys.version.encode(), _cpu_signature().encode(), platform.machine().encode()])
+    key = b"|".join(
+        [
+            source,
+            torch.__version__.encode(),
+            sys.version.encode(),
+            _cpu_signature().encode(),
+            platform.machine().encode(),
+        ]
+    )
     return hashlib.sha256(key).hexdigest()[:16]
 
 

@@ -19,7 +19,9 @@ def layer_budget(
 
 
 @overload
-def layer_budget(n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: bool) -> tuple[int, int, int | None]: ...
+def layer_budget(
+    n_out: int, n_in: int, sparsity: float | None, n_links: int | None, *, required: bool
+) -> tuple[int, int, int | None]: ...
 
 
 def layer_budget(
@@ -51,7 +53,9 @@ def resolve_n_links(n_out: int, n_in: int, sparsity: float | None, n_links: int 
     """
     total = n_out * n_in
     if n_links is not None:
-        return check_number("n_links", n_links, 0, total, integer=True, hint=f"at most n_out * n_in for a ({n_out}, {n_in}) layer")
+        return check_number(
+            "n_links", n_links, 0, total, integer=True, hint=f"at most n_out * n_in for a ({n_out}, {n_in}) layer"
+        )
     if sparsity is None:
         raise ValueError("give the layer's sparsity (fraction of zeros, e.g. 0.99) or an exact n_links")
     return link_budget(n_out, n_in, check_number("sparsity", sparsity, 0, 1, hint="the fraction of zeros"))

@@ -76,7 +76,9 @@ def brf_degrees(
     raise ValueError(f"degree must be one of {_DEGREES} or a sequence of node degrees, got {degree!r}")
 
 
-@register_initializer("brf", summary="bipartite receptive field: links near each node's ring centre, randomness r (CHTs, CHTss)")
+@register_initializer(
+    "brf", summary="bipartite receptive field: links near each node's ring centre, randomness r (CHTs, CHTss)"
+)
 def brf(
     n_out: int,
     n_in: int,
@@ -138,7 +140,9 @@ def brf(
     return mask if chosen_side == "out" else mask.t().contiguous()
 
 
-def _explicit_degrees(degree: Sequence[int] | torch.Tensor, n_nodes: int, n_partners: int, side: str, device: torch.device) -> torch.Tensor:
+def _explicit_degrees(
+    degree: Sequence[int] | torch.Tensor, n_nodes: int, n_partners: int, side: str, device: torch.device
+) -> torch.Tensor:
     degrees = torch.as_tensor(degree, device=device)
     if degrees.dim() != 1 or degrees.numel() != n_nodes:
         raise ValueError(

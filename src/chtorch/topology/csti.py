@@ -46,7 +46,11 @@ def csti_scores(n_out: int, n_in: int, correlation: torch.Tensor) -> torch.Tenso
     same feature are 0 (the diagonal rule, applied to every tile).
     """
     n_out, n_in = check_shape(n_out, n_in)
-    if not isinstance(correlation, torch.Tensor) or correlation.dim() != 2 or (correlation.shape[0] != correlation.shape[1]):
+    if (
+        not isinstance(correlation, torch.Tensor)
+        or correlation.dim() != 2
+        or (correlation.shape[0] != correlation.shape[1])
+    ):
         raise ValueError("correlation must be a square (n_features, n_features) tensor, e.g. pearson_correlation(x)")
     c = correlation.shape[0]
     if c == 0 or n_in % c != 0:
@@ -62,7 +66,9 @@ def csti_scores(n_out: int, n_in: int, correlation: torch.Tensor) -> torch.Tenso
 
 
 @register_initializer(
-    "csti", summary="correlated sparse topological initialisation: links where input features correlate most", needs=("input_correlation",)
+    "csti",
+    summary="correlated sparse topological initialisation: links where input features correlate most",
+    needs=("input_correlation",),
 )
 def csti(
     n_out: int,

@@ -128,7 +128,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     except OSError as exc:
         cause = errno.errorcode.get(exc.errno or 0, "")
         why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{exc.strerror or exc}"
-        kept = f"the previous checkpoint {path} is intact" if path.is_file() else f"no earlier checkpoint exists at {path}"
+        kept = (
+            f"the previous checkpoint {path} is intact" if path.is_file() else f"no earlier checkpoint exists at {path}"
+        )
         error = CheckpointWriteError(
             f"could not write the checkpoint {path}: {why} ({cause + ': ' if cause else ''}{exc}); {kept} and no temporary "
             f"file is left. Free space (or fix the cause) and continue with `chtorch train --resume {path.parent}`"
@@ -157,7 +159,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: the run has not finished an epoch yet, or this is not a run directory")
+        raise CheckpointError(
+            f"no checkpoint at {path}: the run has not finished an epoch yet, or this is not a run directory"
+        )
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated (not a complete PyTorch archive); it cannot be resumed — "
@@ -218,7 +222,10 @@ _TRAINING_KEYS: dict[str, tuple[Any, str]] = {
     "metrics_offset": (_is_int, "a non-negative integer"),
     "world_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "finished": (lambda v: isinstance(v, bool), "true or false"),
-    "elapsed": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, "seconds >= 0"),
+    "elapsed": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+        "seconds >= 0",
+    ),
     "model": (
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
         "a state_dict",
@@ -239,8 +246,14 @@ _TRAINING_KEYS: dict[str, tuple[Any, str]] = {
         ),
         "the RNG states (torch, numpy, python)",
     ),
-    "config": (lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()), "a mapping of config sections"),
-    "sums": (lambda v: isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()), "a mapping of numbers"),
+    "config": (
+        lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
+        "a mapping of config sections",
+    ),
+    "sums": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()),
+        "a mapping of numbers",
+    ),
 }
 
 

@@ -116,7 +116,9 @@ def _check_same_config(run: _Run) -> None:
         return
     import yaml
 
-    saved = _comparable(json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)), run.method)
+    saved = _comparable(
+        json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)), run.method
+    )
     planned = _comparable(json.loads(json.dumps(config_to_dict(run.config), default=str)), run.method)
     ignore = set(RESUME_OVERRIDABLE) | {"run.dir", "run.name"}
     differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and saved.get(k) != planned.get(k))
@@ -139,7 +141,9 @@ def _plan(config: Config, methods: Sequence[str], seeds: Sequence[int], out_dir:
         raise ConfigError("--methods is empty: give a comma-separated list, e.g. dense,set,rigl,chts")
     for m in methods:
         if m not in known:
-            raise ConfigError(f"unknown method {m!r}{closest(m, known)}; known methods: {', '.join(known)}", "sparsity.method")
+            raise ConfigError(
+                f"unknown method {m!r}{closest(m, known)}; known methods: {', '.join(known)}", "sparsity.method"
+            )
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--methods lists a method twice: {', '.join(methods)}")
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
@@ -224,7 +228,11 @@ def _run_parallel(plan: list[_Run], jobs: int, out_dir: Path, out: TextIO) -> li
                     print(f"[{i}/{len(plan)}] finished {run.name} in {seconds:.0f} s", file=out, flush=True)
                 else:
                     failures.append(f"{run.name} (exit status {proc.returncode}; see {log.name})")
-                    print(f"[{i}/{len(plan)}] FAILED {run.name} (exit status {proc.returncode}); see {log.name}", file=out, flush=True)
+                    print(
+                        f"[{i}/{len(plan)}] FAILED {run.name} (exit status {proc.returncode}); see {log.name}",
+                        file=out,
+                        flush=True,
+                    )
     except KeyboardInterrupt:
         # The runs got the Ctrl-C too (same process group): each saves a checkpoint and exits.
         for proc, (_, _, _, log) in running.items():
@@ -233,7 +241,11 @@ def _run_parallel(plan: list[_Run], jobs: int, out_dir: Path, out: TextIO) -> li
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-        print("\nchtorch: compare interrupted; run the same command again to resume the unfinished runs", file=out, flush=True)
+        print(
+            "\nchtorch: compare interrupted; run the same command again to resume the unfinished runs",
+            file=out,
+            flush=True,
+        )
         raise
     return failures
 
@@ -267,10 +279,16 @@ def compare(
     else:
         failures = _run_parallel(plan, jobs, out_dir, out)
     table, rows, runs, plots = write_compare(out_dir)
-    result = CompareResult(out_dir, metric=rows[0]["metric"] if rows else "", rows=rows, runs=runs, table=table, plots=plots)
+    result = CompareResult(
+        out_dir, metric=rows[0]["metric"] if rows else "", rows=rows, runs=runs, table=table, plots=plots
+    )
     print("", file=out)
     print(table, file=out)
-    print(f"\nsaved {out_dir / 'compare.md'}, compare.csv" + (" and the overlay plots" if plots else ""), file=out, flush=True)
+    print(
+        f"\nsaved {out_dir / 'compare.md'}, compare.csv" + (" and the overlay plots" if plots else ""),
+        file=out,
+        flush=True,
+    )
     if failures:
         raise TrainingError(
             f"{len(failures)} of {len(plan)} runs failed: {'; '.join(failures)}. The table holds the others; "

@@ -29,7 +29,12 @@ def epoch_bands(run_dirs: list[str], key: str, scale: float = 1.0) -> tuple[list
     for run_dir in run_dirs:
         for r in read_metrics(run_dir):
             value = r.get(key)
-            if r.get("kind") == "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                r.get("kind") == "epoch"
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 per_epoch.setdefault(int(r["epoch"]), []).append(scale * float(value))
     epochs = sorted(per_epoch)
     stats = [mean_stderr(per_epoch[e]) for e in epochs]
@@ -41,7 +46,9 @@ def _title(plan: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return f"compare {plan['name']} — sparsity {plan.get('sparsity')}, seeds {', '.join(map(str, seeds))}"
 
 
-def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]], runs: list[dict[str, Any]], metric: str) -> list[Path]:
+def compare_plots(
+    out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]], runs: list[dict[str, Any]], metric: str
+) -> list[Path]:
     """Write the overlay plots of the finished ``runs``; returns the files."""
     scale = 100.0 if "accuracy" in metric else 1.0
     label = metric.replace("_", " ") + (" (%)" if scale == 100.0 else "")
@@ -55,7 +62,12 @@ def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]
             if not epochs:
                 continue
             (line,) = ax.plot(
-                epochs, mean, marker="o" if len(epochs) <= 30 else None, markersize=3, label=method, color=colours.get(method)
+                epochs,
+                mean,
+                marker="o" if len(epochs) <= 30 else None,
+                markersize=3,
+                label=method,
+                color=colours.get(method),
             )
             colours[method] = line.get_color()
             if any(e is not None for e in err):
@@ -85,7 +97,11 @@ def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]
         if values_key:
             for i, row in enumerate(rows):
                 ax.plot(
-                    [i] * len(row[values_key]), [s * v for v in row[values_key]], "k.", markersize=4, label="a seed" if i == 0 else None
+                    [i] * len(row[values_key]),
+                    [s * v for v in row[values_key]],
+                    "k.",
+                    markersize=4,
+                    label="a seed" if i == 0 else None,
                 )
                 ax.plot(
                     i,
@@ -97,7 +113,10 @@ def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]
                     label="best epoch (mean)" if i == 0 else None,
                 )
             low = min([s * v for row in rows for v in row[values_key]] + [m - e for m, e in zip(means, errs)])
-            high = max([s * v for row in rows for v in row["best_values"] + row[values_key]] + [m + e for m, e in zip(means, errs)])
+            high = max(
+                [s * v for row in rows for v in row["best_values"] + row[values_key]]
+                + [m + e for m, e in zip(means, errs)]
+            )
         for i, row in enumerate(rows):
             cell = row.get("paper")
             if not cell:
@@ -105,7 +124,9 @@ def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]
             value = cell["accuracy"] if values_key else cell["anp"]
             if value is None:
                 continue
-            ax.plot(i, value, marker="D", color="tab:red", linestyle="", label="paper" if not paper_label_done else None)
+            ax.plot(
+                i, value, marker="D", color="tab:red", linestyle="", label="paper" if not paper_label_done else None
+            )
             paper_label_done = True
             if values_key:
                 low, high = min(low, value), max(high, value)
@@ -115,7 +136,9 @@ def compare_plots(out_dir: Path, plan: dict[str, Any], rows: list[dict[str, Any]
         else:
             ax.set_ylim(0.0, 105.0)
         ax.set_xticks(x)
-        ax.set_xticklabels(methods, rotation=30 if len(methods) > 5 else 0, ha="right" if len(methods) > 5 else "center")
+        ax.set_xticklabels(
+            methods, rotation=30 if len(methods) > 5 else 0, ha="right" if len(methods) > 5 else "center"
+        )
         ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3, axis="y")
     handles, labels = [], []

@@ -128,7 +128,9 @@ def collect_rows(plan: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]
                 "seeds": [r["seed"] for r in mine],
                 "values": [r["last"] for r in mine],
                 "best_values": [r["best"] for r in mine],
-                "paper": None if cell is None else {"row": cell.row, "accuracy": cell.accuracy, "stderr": cell.stderr, "anp": cell.anp},
+                "paper": None
+                if cell is None
+                else {"row": cell.row, "accuracy": cell.accuracy, "stderr": cell.stderr, "anp": cell.anp},
             }
         )
     return metric, rows, runs
@@ -175,7 +177,17 @@ def _csv(rows: list[dict[str, Any]], metric: str | None) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["method", metric or "metric", "stderr", "best", "best_stderr", "active_neurons", "active_neurons_stderr", "density", "runs"]
+        [
+            "method",
+            metric or "metric",
+            "stderr",
+            "best",
+            "best_stderr",
+            "active_neurons",
+            "active_neurons_stderr",
+            "density",
+            "runs",
+        ]
         + ["values", "best_values", "paper_row", "paper_accuracy", "paper_stderr", "paper_anp"]
     )
     for r in rows:
@@ -211,7 +223,9 @@ def write_compare(
         "best epoch once the topology is final (what the official MLP code keeps, the column to compare with the paper)."
     )
     if plan.get("paper_table"):
-        budget += f" Paper cells: {plan['paper_table']} (Zhang et al., NeurIPS 2025), accuracy ± SE over 3 seeds and ANP."
+        budget += (
+            f" Paper cells: {plan['paper_table']} (Zhang et al., NeurIPS 2025), accuracy ± SE over 3 seeds and ANP."
+        )
     table = format_table(rows, metric)
     figures: list[Path] = []
     if plots:

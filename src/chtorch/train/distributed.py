@@ -270,7 +270,9 @@ def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     # torch >= 2.13 names the option forward_sync_buffers (broadcast_buffers warns there).
     params = inspect.signature(DistributedDataParallel.__init__).parameters
-    no_forward_sync: dict[str, Any] = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    no_forward_sync: dict[str, Any] = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
     return DistributedDataParallel(model, device_ids=device_ids, **no_forward_sync)
 
 

@@ -34,7 +34,14 @@ from chtorch.data.files import atomic_write_bytes
 from chtorch.recipes.base import get_recipe
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 
-__all__ = ["EXPORT_FORMAT", "ExportFileError", "export_run", "save_exported", "load_exported", "read_export_description"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportFileError",
+    "export_run",
+    "save_exported",
+    "load_exported",
+    "read_export_description",
+]
 
 EXPORT_FORMAT = "chtorch-compact-model"
 EXPORT_VERSION = 1
@@ -49,7 +56,11 @@ def _model_classes() -> dict[str, tuple[type[nn.Module], type]]:
     """The model classes an export may name (never a class taken from the file itself)."""
     from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
 
-    return {"MLP": (MLP, MLPConfig), "LlamaLM": (LlamaLM, LlamaConfig), "Seq2SeqTransformer": (Seq2SeqTransformer, Seq2SeqConfig)}
+    return {
+        "MLP": (MLP, MLPConfig),
+        "LlamaLM": (LlamaLM, LlamaConfig),
+        "Seq2SeqTransformer": (Seq2SeqTransformer, Seq2SeqConfig),
+    }
 
 
 def _safetensors() -> Any:
@@ -75,7 +86,12 @@ def _layer_entry(module: nn.Module) -> dict[str, Any] | None:
     from chtorch.sparse import SparseInferenceLinear
 
     if isinstance(module, SparseInferenceLinear):
-        return {"kind": "csr", "in_features": module.in_features, "out_features": module.out_features, "bias": module.bias is not None}
+        return {
+            "kind": "csr",
+            "in_features": module.in_features,
+            "out_features": module.out_features,
+            "bias": module.bias is not None,
+        }
     if type(module) is nn.Linear:
         return {
             "kind": "linear",
@@ -91,7 +107,9 @@ def _description_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def save_exported(model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+def save_exported(
+    model: nn.Module, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """Save ``model`` (a chtorch model whose linear layers may be compacted or CSR) as
     ``path`` (safetensors) and ``path.with_suffix('.json')`` (the description); returns both paths.
     Both files are written atomically, the tensors first."""
@@ -99,7 +117,9 @@ def save_exported(model: nn.Module, path: str | os.PathLike[str], *, extra: dict
     config = getattr(model, "config", None)
     name = type(model).__name__
     if name not in _model_classes() or not dataclasses.is_dataclass(config) or isinstance(config, type):
-        raise ExportFileError(f"cannot describe a {name} for export: only {', '.join(_model_classes())} (with their .config) are supported")
+        raise ExportFileError(
+            f"cannot describe a {name} for export: only {', '.join(_model_classes())} (with their .config) are supported"
+        )
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
     data = st.save(tensors, metadata={"format": EXPORT_FORMAT})
@@ -108,7 +128,9 @@ def save_exported(model: nn.Module, path: str | os.PathLike[str], *, extra: dict
         "version": EXPORT_VERSION,
         "model": {"class": name, "config": json.loads(json.dumps(dataclasses.asdict(config)))},
         "layers": {n: e for n, m in model.named_modules() if n and (e := _layer_entry(m)) is not None},
-        "tensors": {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)} for k, v in tensors.items()},
+        "tensors": {
+            k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)} for k, v in tensors.items()
+        },
         "weights": {"file": path.name, "sha256": _sha256(data), "bytes": len(data)},
         **(extra or {}),
     }
@@ -125,7 +147,9 @@ def read_export_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     json_path = path if path.suffix == ".json" else _description_path(path)
     if not json_path.is_file():
-        raise ExportFileError(f"no export description at {json_path}: an exported model is a .safetensors file with its .json beside it")
+        raise ExportFileError(
+            f"no export description at {json_path}: an exported model is a .safetensors file with its .json beside it"
+        )
     size = json_path.stat().st_size
     if size > _MAX_DESCRIPTION_BYTES:
         raise ExportFileError(f"{json_path} is {size} bytes: not an export description (those are a few kB)")
@@ -138,9 +162,13 @@ def read_export_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(description, dict) or description.get("format") != EXPORT_FORMAT:
         raise ExportFileError(f"{json_path} is not a chtorch export description (format {EXPORT_FORMAT!r})")
     if description.get("version") != EXPORT_VERSION:
-        raise ExportFileError(f"{json_path} has export version {description.get('version')!r}; this chtorch reads {EXPORT_VERSION}")
+        raise ExportFileError(
+            f"{json_path} has export version {description.get('version')!r}; this chtorch reads {EXPORT_VERSION}"
+        )
     if description.get("description_sha256") != _description_digest(description):
-        raise ExportFileError(f"{json_path} fails its SHA-256 check: it was changed after it was written; export the run again")
+        raise ExportFileError(
+            f"{json_path} fails its SHA-256 check: it was changed after it was written; export the run again"
+        )
     return description
 
 
@@ -154,12 +182,16 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
     path = Path(path)
     description = read_export_description(path)
     try:
-        weights_path = (path if path.suffix != ".json" else path.with_suffix(".safetensors")).with_name(description["weights"]["file"])
+        weights_path = (path if path.suffix != ".json" else path.with_suffix(".safetensors")).with_name(
+            description["weights"]["file"]
+        )
         expected = description["weights"]["sha256"]
         class_name, config_values = description["model"]["class"], description["model"]["config"]
         layers = description["layers"]
     except (KeyError, TypeError):
-        raise ExportFileError(f"{_description_path(path)} lacks the weights, model or layers entry; export the run again") from None
+        raise ExportFileError(
+            f"{_description_path(path)} lacks the weights, model or layers entry; export the run again"
+        ) from None
     if not weights_path.is_file():
         raise ExportFileError(f"the tensors of this export are missing: {weights_path} not found")
     data = weights_path.read_bytes()
@@ -170,7 +202,9 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
         )
     classes = _model_classes()
     if class_name not in classes:
-        raise ExportFileError(f"{_description_path(path)} names model class {class_name!r}; chtorch builds only {', '.join(classes)}")
+        raise ExportFileError(
+            f"{_description_path(path)} names model class {class_name!r}; chtorch builds only {', '.join(classes)}"
+        )
     model_cls, config_cls = classes[class_name]
     try:
         model = model_cls(config_cls(**config_values))
@@ -235,7 +269,13 @@ def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
 
 def describe_batch(example: Any) -> str:
     """The measurement batch in words: the shape of each input tensor."""
-    tensors = list(example) if isinstance(example, tuple) else list(example.values()) if isinstance(example, dict) else [example]
+    tensors = (
+        list(example)
+        if isinstance(example, tuple)
+        else list(example.values())
+        if isinstance(example, dict)
+        else [example]
+    )
     return ", ".join(" x ".join(str(d) for d in t.shape) + f" {str(t.dtype).removeprefix('torch.')}" for t in tensors)
 
 
@@ -262,7 +302,9 @@ def export_run(
     run_dir = Path(run_dir)
     path = Path(out) if out is not None else run_dir / "compact.safetensors"
     if path.suffix != ".safetensors":
-        raise ExportFileError(f"--out {path}: an exported model is a .safetensors file (its description goes beside it as .json)")
+        raise ExportFileError(
+            f"--out {path}: an exported model is a .safetensors file (its description goes beside it as .json)"
+        )
     recipe, model, sparse = _model_from_checkpoint(run_dir)
     chains, activation = recipe.export_chains(model, sparse)
     compacted = compact(model, chains, activation) if chains else copy.deepcopy(model)

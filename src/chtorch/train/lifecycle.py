@@ -171,7 +171,9 @@ def nonfinite_error(run_dir: Path, count: int, limit: int) -> TrainingError:
     )
 
 
-def interrupted_message(run_dir: Path, epoch: int, epochs: int, step: int, total_steps: int, world_size: int, distributed: bool) -> str:
+def interrupted_message(
+    run_dir: Path, epoch: int, epochs: int, step: int, total_steps: int, world_size: int, distributed: bool
+) -> str:
     """What an interrupted run prints: where it stopped and the command that resumes it."""
     resume_cmd = f"chtorch train --resume {run_dir}"
     if distributed:

@@ -94,7 +94,10 @@ def check_logger_names(names: Sequence[str]) -> list[str]:
     names = [str(n).strip().lower() for n in names]
     for name in names:
         if name not in LOGGERS:
-            raise ConfigError(f"run.loggers: unknown logger {name!r}{closest(name, LOGGERS)}; known: {', '.join(LOGGERS)}", "run.loggers")
+            raise ConfigError(
+                f"run.loggers: unknown logger {name!r}{closest(name, LOGGERS)}; known: {', '.join(LOGGERS)}",
+                "run.loggers",
+            )
     if len(set(names)) != len(names):
         raise ConfigError(f"run.loggers names a logger twice: {names}", "run.loggers")
     if "jsonl" not in names:

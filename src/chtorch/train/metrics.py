@@ -65,7 +65,9 @@ class MetricsLog:
     ``tensorboard=True`` (``train.tensorboard``) adds a TensorBoard logger when the package is installed.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], tensorboard: bool = False, loggers: Sequence[Any] | None = None) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], tensorboard: bool = False, loggers: Sequence[Any] | None = None
+    ) -> None:
         self.path = Path(run_dir) / METRICS_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
@@ -105,7 +107,9 @@ class MetricsLog:
         """Drop every record written after byte ``offset`` (a resumed run rewrites them)."""
         size = self.path.stat().st_size
         if offset > size:
-            raise ValueError(f"{self.path} is shorter ({size} bytes) than the checkpoint expects ({offset}); was it edited?")
+            raise ValueError(
+                f"{self.path} is shorter ({size} bytes) than the checkpoint expects ({offset}); was it edited?"
+            )
         with open(self.path, "r+b") as handle:
             handle.truncate(offset)
 
@@ -191,11 +195,16 @@ def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str
     return path
 
 
-def load_topology(path: str | os.PathLike[str]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]], dict[str, Any]]:
+def load_topology(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]], dict[str, Any]]:
     """``({layer: (rows, cols, (n_out, n_in))}, meta)`` from :func:`save_topology`."""
     with np.load(path, allow_pickle=False) as data:
         names = [str(n) for n in data["names"]]
         shapes = data["shapes"]
-        layers = {name: (data[f"rows{i}"], data[f"cols{i}"], (int(shapes[i][0]), int(shapes[i][1]))) for i, name in enumerate(names)}
+        layers = {
+            name: (data[f"rows{i}"], data[f"cols{i}"], (int(shapes[i][0]), int(shapes[i][1])))
+            for i, name in enumerate(names)
+        }
         meta = json.loads(str(data["meta"]))
     return layers, meta

@@ -48,9 +48,13 @@ def _make(config: OptimConfig, params: list[nn.Parameter], kind: dict[str, bool]
         )
     betas = (float(config.betas[0]), float(config.betas[1]))
     if config.name == "adam":
-        return torch.optim.Adam(params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay, **kind)
+        return torch.optim.Adam(
+            params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay, **kind
+        )
     if config.name == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay, **kind)
+        return torch.optim.AdamW(
+            params, lr=config.lr, betas=betas, eps=config.eps, weight_decay=config.weight_decay, **kind
+        )
     raise ValueError(f"unknown optimizer {config.name!r}; choose sgd, adam or adamw")
 
 
@@ -143,4 +147,6 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` over :func:`lr_multiplier`; call ``scheduler.step()`` after every optimizer
     step. Its state (the step counter) is all a checkpoint needs."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, total_steps, update_interval, t_end, d_model))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(config, total_steps, update_interval, t_end, d_model)
+    )

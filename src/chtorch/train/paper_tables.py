@@ -70,7 +70,9 @@ _TABLE7: dict[str, dict[str, tuple[float, float, float | None]]] = {
 }
 
 #: ``run.paper_table`` value -> {paper row: (accuracy, stderr, ANP)}.
-TABLES: dict[str, dict[str, tuple[float, float, float | None]]] = {f"table7-{name}": rows for name, rows in _TABLE7.items()}
+TABLES: dict[str, dict[str, tuple[float, float, float | None]]] = {
+    f"table7-{name}": rows for name, rows in _TABLE7.items()
+}
 
 _FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "granet": "GraNet", "gmp": "GMP"}
 
@@ -99,7 +101,11 @@ def paper_row(method: str, options: Mapping[str, Any] | Any | None = None) -> st
     if options is None:
         predictor = "l3n"
     else:
-        predictor = options.get("ch_predictor", "l3n") if isinstance(options, Mapping) else getattr(options, "ch_predictor", "l3n")
+        predictor = (
+            options.get("ch_predictor", "l3n")
+            if isinstance(options, Mapping)
+            else getattr(options, "ch_predictor", "l3n")
+        )
     if method == "chts":
         return "CHTsp" if predictor == "l3p" else "CHTsn"
     if method == "chtss" and predictor == "l3n":
@@ -119,7 +125,9 @@ def paper_cell(table: str | None, row: str | None) -> PaperCell | None:
     return PaperCell(row, *values)
 
 
-def best_after_final_topology(epochs: list[dict[str, Any]], metric: str, higher_is_better: bool = True) -> tuple[float, int] | None:
+def best_after_final_topology(
+    epochs: list[dict[str, Any]], metric: str, higher_is_better: bool = True
+) -> tuple[float, int] | None:
     """(best ``metric``, its epoch) over the epoch records evaluated once the topology is final:
     from the first epoch whose cumulative ``updates`` count equals the run's last (every epoch when
     no record counts updates: dense and static runs). None when no epoch has the metric.

@@ -71,7 +71,12 @@ _ABBREV = {"encoder": "enc", "decoder": "dec"}
 
 
 def figure(
-    rows: int, cols: int, width: float, height: float, height_ratios: Sequence[float] | None = None, constrained: bool = True
+    rows: int,
+    cols: int,
+    width: float,
+    height: float,
+    height_ratios: Sequence[float] | None = None,
+    constrained: bool = True,
 ) -> tuple[Any, Any]:
     """A figure of ``rows × cols`` axes, each ``width`` inches wide and ``height`` tall (or, with
     ``height_ratios``, rows of those heights in inches). Constrained layout by default; figures drawn
@@ -82,7 +87,9 @@ def figure(
         raise ImportError("plots need matplotlib: pip install matplotlib (or chtorch[plot])") from exc
     total = float(sum(height_ratios)) if height_ratios else height * rows
     fig = Figure(figsize=(width * cols, total), layout="constrained" if constrained else None)
-    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={"height_ratios": list(height_ratios)} if height_ratios else None)
+    axes = fig.subplots(
+        rows, cols, squeeze=False, gridspec_kw={"height_ratios": list(height_ratios)} if height_ratios else None
+    )
     return fig, axes
 
 
@@ -143,15 +150,35 @@ def mark_updates(ax: Any, xs: Sequence[float], label: bool = False) -> None:
         return
     if len(xs) <= 40:
         for i, x in enumerate(xs):
-            ax.axvline(x, color="0.6", linewidth=0.6, linestyle=":", zorder=0, label="topology update" if label and i == 0 else None)
+            ax.axvline(
+                x,
+                color="0.6",
+                linewidth=0.6,
+                linestyle=":",
+                zorder=0,
+                label="topology update" if label and i == 0 else None,
+            )
     else:
         ax.vlines(
-            xs, 0.0, 0.04, transform=ax.get_xaxis_transform(), color="0.45", linewidth=0.6, label="topology update" if label else None
+            xs,
+            0.0,
+            0.04,
+            transform=ax.get_xaxis_transform(),
+            color="0.45",
+            linewidth=0.6,
+            label="topology update" if label else None,
         )
 
 
 def heatmap(
-    fig: Any, ax: Any, values: np.ndarray, xs: Sequence[float], labels: Sequence[str], title: str, cbar: str, **kwargs: Any
+    fig: Any,
+    ax: Any,
+    values: np.ndarray,
+    xs: Sequence[float],
+    labels: Sequence[str],
+    title: str,
+    cbar: str,
+    **kwargs: Any,
 ) -> None:
     """``values`` (layers × time) as an image with one labelled row per layer and a colour bar.
     Missing values (NaN) stay blank."""
@@ -177,7 +204,15 @@ def heatmap(
                 if np.isfinite(values[i, j]):
                     shade = image.cmap(norm(values[i, j]))
                     dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
-                    ax.text(x[j], i, f"{values[i, j]:.3g}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
+                    ax.text(
+                        x[j],
+                        i,
+                        f"{values[i, j]:.3g}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if dark else "black",
+                    )
 
 
 def epoch_axis(ax: Any, label: str = "epoch") -> None:

@@ -30,7 +30,17 @@ from typing import Any
 import numpy as np
 
 from chtorch.train.metrics import load_topology, read_metrics
-from chtorch.train.plot_kit import epoch_axis, figure, heatmap, layer_label, legend_outside, mark_updates, run_title, safe_name, save
+from chtorch.train.plot_kit import (
+    epoch_axis,
+    figure,
+    heatmap,
+    layer_label,
+    legend_outside,
+    mark_updates,
+    run_title,
+    safe_name,
+    save,
+)
 
 __all__ = ["make_plots", "adjacency_image", "adjacency_files", "degree_matrix", "HISTOGRAM_LAYERS", "load_run_config"]
 
@@ -76,7 +86,14 @@ def _families(epochs: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {m: sorted(found[m], key=lambda k: _SPLITS.index(k.partition("_")[0])) for m in order}
 
 
-def _curves(epochs: list[dict[str, Any]], steps: list[dict[str, Any]], update_x: list[float], spe: float | None, title: str, path: Path):
+def _curves(
+    epochs: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    update_x: list[float],
+    spe: float | None,
+    title: str,
+    path: Path,
+):
     families = _families(epochs)
     if not families:
         return None
@@ -157,11 +174,32 @@ def _topology(epochs: list[dict[str, Any]], update_x: list[float], title: str, p
         ax.grid(alpha=0.3)
     density = _layer_matrix(layered, names, "density")
     heatmap(
-        fig, axes[1][0], density, xs, labels, "density per layer", "density", cmap="viridis", vmin=0.0, vmax=max(np.nanmax(density), 1e-9)
+        fig,
+        axes[1][0],
+        density,
+        xs,
+        labels,
+        "density per layer",
+        "density",
+        cmap="viridis",
+        vmin=0.0,
+        vmax=max(np.nanmax(density), 1e-9),
     )
-    for ax, key, what in ((axes[1][1], "active_in", "active input neurons"), (axes[1][2], "active_out", "active output neurons")):
+    for ax, key, what in (
+        (axes[1][1], "active_in", "active input neurons"),
+        (axes[1][2], "active_out", "active output neurons"),
+    ):
         heatmap(
-            fig, ax, _layer_matrix(layered, names, key, 100.0), xs, labels, f"{what} per layer", "%", cmap="magma", vmin=0.0, vmax=100.0
+            fig,
+            ax,
+            _layer_matrix(layered, names, key, 100.0),
+            xs,
+            labels,
+            f"{what} per layer",
+            "%",
+            cmap="magma",
+            vmin=0.0,
+            vmax=100.0,
         )
     for ax in axes[1]:
         epoch_axis(ax)
@@ -179,7 +217,12 @@ def _updates(updates: list[dict[str, Any]], title: str, path: Path):
     ratios = [3.0] + ([max(2.6, 0.17 * len(names) + 1.3)] if names else [])
     fig, axes = figure(rows, 2, 5.2, 0.0, height_ratios=ratios)
     ax = axes[0][0]
-    ax.plot(xs, [u["removed"] for u in updates], marker="." if few else None, label="removed (pruned + removed + percolated)")
+    ax.plot(
+        xs,
+        [u["removed"] for u in updates],
+        marker="." if few else None,
+        label="removed (pruned + removed + percolated)",
+    )
     ax.plot(xs, [u["regrown"] for u in updates], marker="." if few else None, label="regrown")
     ax.set_title("links changed per update — network")
     ax.legend(fontsize="small")
@@ -211,7 +254,17 @@ def _updates(updates: list[dict[str, Any]], title: str, path: Path):
                 info = u["layers"].get(name) or {}
                 if _is_number(info.get("regrown")) and info.get("links"):
                     turnover[i, j] = 100.0 * info["regrown"] / info["links"]
-        heatmap(fig, axes[1][1], turnover, xs, labels, "links regrown per layer (% of its links)", "%", cmap="viridis", vmin=0.0)
+        heatmap(
+            fig,
+            axes[1][1],
+            turnover,
+            xs,
+            labels,
+            "links regrown per layer (% of its links)",
+            "%",
+            cmap="viridis",
+            vmin=0.0,
+        )
         for ax in axes[1]:
             epoch_axis(ax, "topology update")
     fig.suptitle(title)
@@ -323,7 +376,10 @@ def _adjacency(name: str, start: dict[str, Any], end: dict[str, Any] | None, tit
         if not binary:
             f = int(np.ceil(shape[0] / image.shape[0]))
             fig.colorbar(shown, ax=ax, label=f"link density per {f}×{f} block", shrink=0.85)
-        ax.set_title(f"{tag}: {len(rows) / (shape[0] * shape[1]):.2%} links" + (" (black = link)" if binary else ""), fontsize="small")
+        ax.set_title(
+            f"{tag}: {len(rows) / (shape[0] * shape[1]):.2%} links" + (" (black = link)" if binary else ""),
+            fontsize="small",
+        )
         ax.set_xlabel(f"input neuron (of {shape[1]})")
         ax.set_ylabel(f"output neuron (of {shape[0]})")
     fig.suptitle(f"{title}\nadjacency of {name}", fontsize="medium")

@@ -35,7 +35,9 @@ class Progress:
             except ImportError:  # pragma: no cover - tqdm is a dependency of the cli extra
                 mode = "lines"
             else:
-                self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
+                self.bar = tqdm(
+                    total=total, initial=done, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr
+                )
         self.mode = mode
         self.total, self.start_done, self.epochs = total, done, epochs
         self.t0 = time.perf_counter()

@@ -45,12 +45,18 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     config = _load_config(run_dir)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    run, sp, data, model, optim, train = (config.get(k, {}) for k in ("run", "sparsity", "data", "model", "optim", "train"))
+    run, sp, data, model, optim, train = (
+        config.get(k, {}) for k in ("run", "sparsity", "data", "model", "optim", "train")
+    )
     last = epochs[-1] if epochs else {}
     name = run.get("name", run_dir.name)
 
     lines = [f"# chtorch run `{name}`", ""]
-    status = "finished" if summary.get("finished") else f"not finished ({last.get('epoch', 0)}/{train.get('epochs', '?')} epochs)"
+    status = (
+        "finished"
+        if summary.get("finished")
+        else f"not finished ({last.get('epoch', 0)}/{train.get('epochs', '?')} epochs)"
+    )
     lines += [
         f"- **status**: {status}",
         f"- **task**: {run.get('recipe', '?')} — dataset `{data.get('name', '?')}`, model `{model.get('name', '?')}`"
@@ -109,7 +115,11 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     ]
     present = [(f, t) for f, t in figures if (run_dir / f).is_file()]
     snapshot_layers = list(layers) or _snapshot_layers(run_dir)
-    adjacency = [(file, layer) for layer, file in zip(snapshot_layers, adjacency_files(snapshot_layers)) if (run_dir / file).is_file()]
+    adjacency = [
+        (file, layer)
+        for layer, file in zip(snapshot_layers, adjacency_files(snapshot_layers))
+        if (run_dir / file).is_file()
+    ]
     if present or adjacency:
         lines += ["## Plots", ""]
         for file, title in present:

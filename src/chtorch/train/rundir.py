@@ -89,9 +89,13 @@ def check_out_dir(path: str | os.PathLike[str]) -> None:
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
         if not ancestor.is_dir():
-            raise RunDirError(f"--out {path}: {ancestor} is a file, so no directory can be created under it; choose another path")
+            raise RunDirError(
+                f"--out {path}: {ancestor} is a file, so no directory can be created under it; choose another path"
+            )
         if not _writable(ancestor):
-            raise RunDirError(f"--out {path}: cannot create it, {ancestor} is not writable (permission denied); choose another path")
+            raise RunDirError(
+                f"--out {path}: cannot create it, {ancestor} is not writable (permission denied); choose another path"
+            )
         return
     if not _writable(path):
         raise RunDirError(f"--out {path} is not writable (permission denied); choose another directory")
@@ -150,7 +154,10 @@ class RunLock:
             ) from None
         except OSError as exc:  # a file system without locks (some network mounts): train unlocked, say so
             os.close(fd)
-            warnings.warn(f"chtorch: cannot lock {self.path} ({exc.strerror or exc}); make sure no other process trains it", stacklevel=2)
+            warnings.warn(
+                f"chtorch: cannot lock {self.path} ({exc.strerror or exc}); make sure no other process trains it",
+                stacklevel=2,
+            )
             return self
         self._fd = fd
         return self
@@ -182,19 +189,29 @@ def check_device(name: str) -> None:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"run.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps", "run.device") from None
+        raise ConfigError(
+            f"run.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps", "run.device"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             built = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
             raise ConfigError(f"run.device={name!r} but {built}; use run.device=cpu or auto", "run.device")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"run.device={name!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})", "run.device")
+            raise ConfigError(
+                f"run.device={name!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})", "run.device"
+            )
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            why = "this PyTorch is built without MPS" if mps is None or not mps.is_built() else "MPS is not available on this machine"
-            raise ConfigError(f"run.device={name!r} but {why} (Apple GPUs only); use run.device=cpu or auto", "run.device")
+            why = (
+                "this PyTorch is built without MPS"
+                if mps is None or not mps.is_built()
+                else "MPS is not available on this machine"
+            )
+            raise ConfigError(
+                f"run.device={name!r} but {why} (Apple GPUs only); use run.device=cpu or auto", "run.device"
+            )
     else:
         raise ConfigError(f"run.device={name!r}: chtorch trains on auto, cpu, cuda, cuda:N or mps", "run.device")
 
@@ -209,7 +226,9 @@ def defer_sigint(out: Any = None) -> Iterator[None]:
 
     def waiting(signum: int, frame: Any) -> None:
         print(
-            "\nchtorch: still writing the checkpoint (a few seconds at most); the run stops right after", file=out or sys.stderr, flush=True
+            "\nchtorch: still writing the checkpoint (a few seconds at most); the run stops right after",
+            file=out or sys.stderr,
+            flush=True,
         )
 
     previous = signal.signal(signal.SIGINT, waiting)
@@ -225,13 +244,17 @@ def defer_sigint(out: Any = None) -> Iterator[None]:
 def _read_text(path: Path, what: str) -> str:
     size = path.stat().st_size
     if size > MAX_RECORDS_BYTES:
-        raise RunRecordsError(f"{path} is {size} bytes, more than chtorch reads as {what} ({MAX_RECORDS_BYTES}); is it a chtorch file?")
+        raise RunRecordsError(
+            f"{path} is {size} bytes, more than chtorch reads as {what} ({MAX_RECORDS_BYTES}); is it a chtorch file?"
+        )
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise RunRecordsError(f"{path} is not UTF-8 text (line {line}, byte {exc.start}): it is damaged or not a chtorch {what}") from None
+        raise RunRecordsError(
+            f"{path} is not UTF-8 text (line {line}, byte {exc.start}): it is damaged or not a chtorch {what}"
+        ) from None
 
 
 def _absurd(record: dict[str, Any]) -> str | None:
@@ -241,7 +264,9 @@ def _absurd(record: dict[str, Any]) -> str | None:
         return f"'kind' is {kind!r}"
     for key in ("epoch", "step", "update"):
         value = record.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT
+        ):
             return f"{key!r} is {str(value)[:40]!r}, not a count"
     for key, value in record.items():
         if isinstance(value, float) and math.isinf(value) and key in ("density", "seconds", "lr"):
@@ -265,17 +290,25 @@ def check_run_records(run_dir: str | os.PathLike[str]) -> None:
             continue
         where = f"{path} line {i + 1}"
         if len(line) > _MAX_LINE:
-            raise RunRecordsError(f"{where} is {len(line)} characters long: not a record chtorch wrote (damaged or edited file)")
+            raise RunRecordsError(
+                f"{where} is {len(line)} characters long: not a record chtorch wrote (damaged or edited file)"
+            )
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             if i == last:
                 continue  # cut by a crash while it was written
-            raise RunRecordsError(f"{where} is not JSON: the file is damaged or was edited; restore it or remove that line") from None
+            raise RunRecordsError(
+                f"{where} is not JSON: the file is damaged or was edited; restore it or remove that line"
+            ) from None
         except (ValueError, RecursionError) as exc:  # an int of 5000 digits, nesting 10**5 deep
-            raise RunRecordsError(f"{where} is not a record chtorch wrote ({type(exc).__name__}: {str(exc)[:80]})") from None
+            raise RunRecordsError(
+                f"{where} is not a record chtorch wrote ({type(exc).__name__}: {str(exc)[:80]})"
+            ) from None
         if not isinstance(record, dict):
-            raise RunRecordsError(f"{where} is a JSON {type(record).__name__}, not a record (an object); the file was edited")
+            raise RunRecordsError(
+                f"{where} is a JSON {type(record).__name__}, not a record (an object); the file was edited"
+            )
         why = _absurd(record)
         if why is not None:
             raise RunRecordsError(f"{where}: {why}: not a record chtorch wrote; restore the file or remove that line")
@@ -287,7 +320,9 @@ def check_run_records(run_dir: str | os.PathLike[str]) -> None:
         except (ValueError, RecursionError) as exc:
             if isinstance(exc, RunRecordsError):
                 raise
-            raise RunRecordsError(f"{summary} is not valid JSON ({str(exc)[:80]}); delete it (`chtorch report` works without it)") from None
+            raise RunRecordsError(
+                f"{summary} is not valid JSON ({str(exc)[:80]}); delete it (`chtorch report` works without it)"
+            ) from None
     config = run_dir / "config.yaml"
     if config.is_file():
         import yaml
@@ -297,6 +332,8 @@ def check_run_records(run_dir: str | os.PathLike[str]) -> None:
         try:
             raw = safe_load_file(config)
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise RunRecordsError(f"{config} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); restore it or move it away") from None
+            raise RunRecordsError(
+                f"{config} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); restore it or move it away"
+            ) from None
         if raw is not None and not isinstance(raw, dict):
             raise RunRecordsError(f"{config} is not a mapping of config sections; restore it or move it away")

@@ -35,7 +35,9 @@ def train(
     decision: tuple[str, str | None] | None = None
     lock = RunLock(".")  # rank 0 locks the run directory; the others only follow
     if ctx.is_main:  # rank 0 names the directory (a time stamp) and the others follow
-        target = Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
+        target = (
+            Path(run_dir) if run_dir is not None else (Path(config.run.dir) if config.run.dir else new_run_dir(config))
+        )
         error = None
         if (target / CHECKPOINT_NAME).exists():
             error = (
@@ -77,7 +79,9 @@ def resume(
         return _resume(path, overrides, out=out, callbacks=callbacks)
 
 
-def _resume(path: Path, overrides: Sequence[str], *, out: TextIO | None, callbacks: Sequence[Callable[[Trainer], None]]) -> RunResult:
+def _resume(
+    path: Path, overrides: Sequence[str], *, out: TextIO | None, callbacks: Sequence[Callable[[Trainer], None]]
+) -> RunResult:
     run_dir = path if path.is_dir() else path.parent
     state = load_training_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
     for text in overrides:

@@ -157,7 +157,10 @@ class Trainer:
         self.steps_per_epoch = spe
         if self.steps_per_epoch < 1:
             more = f" for {self.world_size} processes" if self.dist.enabled else ""
-            raise ConfigError(f"the training set yields no batch{more}: lower data.batch_size or raise data.train_limit", "data.batch_size")
+            raise ConfigError(
+                f"the training set yields no batch{more}: lower data.batch_size or raise data.train_limit",
+                "data.batch_size",
+            )
         if not self.dist.all_equal(self.steps_per_epoch):
             raise ddp.DistributedError(
                 "the ranks have different numbers of steps per epoch; every rank must get a shard "
@@ -203,7 +206,9 @@ class Trainer:
         else:
             self.chains = []
         self.update_interval = interval
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps, interval, t_end, self.recipe.model_dim())
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.optim, self.total_steps, interval, t_end, self.recipe.model_dim()
+        )
         self.train_model = self.model  # wrapped in DDP by fit(), after a checkpoint is loaded
 
     # ------------------------------------------------------------------ state
@@ -249,7 +254,9 @@ class Trainer:
             self.model.load_state_dict(state["model"], strict=True)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())  # torch's message spans lines; an error is one line
-            raise CheckpointError(f"the checkpoint does not fit this model (another model or sparsity config?): {detail}") from None
+            raise CheckpointError(
+                f"the checkpoint does not fit this model (another model or sparsity config?): {detail}"
+            ) from None
         if self.sparsity is not None:
             try:
                 self.sparsity.load_state_dict(state["sparsity"])
@@ -351,12 +358,16 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
             handler_installed = True
-        progress = Progress(cfg.train.progress if self.is_main else "off", self.total_steps, self.step, cfg.train.epochs, self.out)
+        progress = Progress(
+            cfg.train.progress if self.is_main else "off", self.total_steps, self.step, cfg.train.epochs, self.out
+        )
         interrupted = False
         record: dict[str, Any] = {}
         try:
             if self.epoch >= cfg.train.epochs:
-                progress.message(f"chtorch: {self.run_dir} already finished {self.epoch}/{cfg.train.epochs} epochs; nothing to train")
+                progress.message(
+                    f"chtorch: {self.run_dir} already finished {self.epoch}/{cfg.train.epochs} epochs; nothing to train"
+                )
             while self.epoch < cfg.train.epochs:
                 record = self._run_epoch(progress)
                 if self._stop_requested and self.epoch < cfg.train.epochs:
@@ -372,7 +383,13 @@ class Trainer:
                 self.save()
             self.log.close()
             message = interrupted_message(
-                self.run_dir, self.epoch, cfg.train.epochs, self.step, self.total_steps, self.world_size, self.dist.enabled
+                self.run_dir,
+                self.epoch,
+                cfg.train.epochs,
+                self.step,
+                self.total_steps,
+                self.world_size,
+                self.dist.enabled,
             )
             print(message, file=self.out, flush=True)
             return self._result(record, finished=False, interrupted=True)
@@ -430,7 +447,9 @@ class Trainer:
                     self.sums[key] = self.sums.get(key, 0.0) + value
             self.batch += 1
             if report is not None:
-                self.log.write(records.update_record(report, epoch, self.sparsity.density() if self.sparsity is not None else 1.0))
+                self.log.write(
+                    records.update_record(report, epoch, self.sparsity.density() if self.sparsity is not None else 1.0)
+                )
             if cfg.train.log_every and self.step % cfg.train.log_every == 0 and self.step != logged_step:
                 logged_step = self.step  # a skipped (non-finite) step does not log the same step twice
                 self.log.write(records.step_record(epoch, self.step, float(loss.detach()), self.lr_used))
@@ -475,7 +494,9 @@ class Trainer:
     # ------------------------------------------------------------------ the end
     def _result(self, record: dict[str, Any], finished: bool, interrupted: bool) -> RunResult:
         summary = records.run_summary(self, record, finished)
-        return RunResult(self.run_dir, record, finished, interrupted, self.epoch, self.step, self.recipe.primary_metric, summary)
+        return RunResult(
+            self.run_dir, record, finished, interrupted, self.epoch, self.step, self.recipe.primary_metric, summary
+        )
 
     def _finish(self) -> RunResult:
         cfg = self.config
@@ -485,7 +506,9 @@ class Trainer:
         rows = [r for r in read_metrics(self.run_dir) if r.get("kind") == "epoch"]
         record = rows[-1] if rows else {}
         result = self._result(record, finished=True, interrupted=False)
-        records.write_outputs(self.run_dir, result.summary, plots=cfg.train.plots, report=cfg.train.report, out=self.out)
+        records.write_outputs(
+            self.run_dir, result.summary, plots=cfg.train.plots, report=cfg.train.report, out=self.out
+        )
         if cfg.train.progress != "off":
             self.print_summary(result)
         self.dist.broadcast(record)
@@ -493,7 +516,9 @@ class Trainer:
 
     def print_summary(self, result: RunResult) -> None:
         cfg = self.config
-        line = records.summary_line(cfg.run.name, cfg.sparsity.method, result.record, result.primary_metric, result.epochs, self.elapsed)
+        line = records.summary_line(
+            cfg.run.name, cfg.sparsity.method, result.record, result.primary_metric, result.epochs, self.elapsed
+        )
         print(line, file=self.out)
         if self.sparsity is not None:
             print(self.sparsity.summary(), file=self.out)
