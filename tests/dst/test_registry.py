@@ -125,6 +125,7 @@ def test_presets_compose() -> None:
         "sigmoid_k",
         "prune_score",
         "decay_end_fraction",
+        "final_update",  # through T_end, as the LLaMA code (the only code with a density decay)
     }
     base = chts.build_options()
     derived = chtss.build_options()

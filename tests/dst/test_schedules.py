@@ -21,7 +21,11 @@ approx = pytest.approx
 def test_is_update_step_hand_values():
     # every 100 steps, T_end = 750
     assert [s for s in range(0, 1001) if S.is_update_step(s, 100, 750)] == [100, 200, 300, 400, 500, 600, 700]
-    assert S.is_update_step(800, 100, 800) and not S.is_update_step(800, 100, 799)
+    # the default ("before_t_end", the MLP/Transformer code's step < T_end) never updates at T_end itself;
+    # "at_t_end" (the LLaMA code's step <= T_end) does
+    assert not S.is_update_step(800, 100, 800) and S.is_update_step(800, 100, 801)
+    assert S.is_update_step(800, 100, 800, final_update="at_t_end")
+    assert not S.is_update_step(800, 100, 799, final_update="at_t_end")
     assert not S.is_update_step(0, 1, 10)  # never at step 0
     assert [s for s in range(0, 400) if S.is_update_step(s, 100, 1000, start=50)] == [150, 250, 350]
     with pytest.raises(ValueError, match="interval must be an integer >= 1"):
@@ -199,6 +203,29 @@ def test_mest_ems_stages():
 # ----------------------------------------------------------------------------- learning rate
 
 
+def test_final_update_hand_values():
+    # SET on the MLP protocol: ΔT = one epoch of 1875 steps, T_end = the whole run (100 epochs)
+    epoch, total = 1875, 187_500
+    before = [s // epoch for s in range(1, total + 1) if S.is_update_step(s, epoch, total)]
+    at = [s // epoch for s in range(1, total + 1) if S.is_update_step(s, epoch, total, final_update="at_t_end")]
+    assert before == list(range(1, 100))  # the official MLP code: no update after the last epoch's training
+    assert at == list(range(1, 101))  # one more, right before the last evaluation
+    # the Transformer protocol: 5000 steps, ΔT 100, T_end 0.75 -> 3750 (not a multiple: both rules agree)
+    assert [s for s in range(3600, 3900) if S.is_update_step(s, 100, 3750)] == [3600, 3700]
+    # the LLaMA protocol: 10 000 steps, T_end 7500: updates 100 … 7500 (75 of them) against 74
+    assert sum(S.is_update_step(s, 100, 7500, final_update="at_t_end") for s in range(10_001)) == 75
+    assert sum(S.is_update_step(s, 100, 7500) for s in range(10_001)) == 74
+    assert S.update_limit(7500) == 7499 and S.update_limit(7500, "at_t_end") == 7500
+    with pytest.raises(ValueError, match="final_update must be one of"):
+        S.update_limit(10, "after")
+
+
+def test_final_update_choices_are_the_options_choices():
+    from chtorch.dst import options
+
+    assert options.FINAL_UPDATES == S.FINAL_UPDATES
+
+
 def test_rewarmup_factor_hand_values():
     # step = finished optimizer steps; the j-th step after the update at 100 (j = step - 100 + 1) runs at j/20
     f = [S.rewarmup_factor(s, 100, 20) for s in (100, 105, 118, 119, 150, 199, 200, 210)]
@@ -207,12 +234,34 @@ def test_rewarmup_factor_hand_values():
     assert S.rewarmup_factor(205, 100, 20, t_end=150) == 1.0  # no update after T_end: no re-warm-up
     assert S.rewarmup_factor(105, 100, 20, t_end=150) == approx(0.3)
     assert S.rewarmup_factor(105, 100, 0) == 1.0
+    # without t_end (both official codes: (t mod ΔT)/w for the whole run) the ramp repeats after T_end too
+    assert [S.rewarmup_factor(s, 100, 20) for s in (800, 809, 900, 999)] == approx([0.05, 0.5, 0.05, 1.0])
+
+
+def test_rewarmup_after_t_end_as_the_official_codes():
+    # the Transformer code's inoam: noam(t) * min(1, (t mod ΔT)/w) at every t, T_end or not. With ΔT 100,
+    # w 20 and T_end 3750, the LR factor of steps after T_end still dips after every multiple of 100
+    # ("end"), while "last_update" (passing the last update step) holds 1.0 from step 3800 on.
+    from chtorch.config import OptimConfig
+    from chtorch.train.optim import lr_multiplier
+
+    limit = S.update_limit(3750, "before_t_end")
+    whole = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=20), 5000, update_interval=100, t_end=limit)
+    stop = lr_multiplier(
+        OptimConfig(schedule="constant", rewarmup_steps=20, rewarmup_until="last_update"),
+        5000,
+        update_interval=100,
+        t_end=limit,
+    )
+    assert [whole(s) for s in (3700, 3800, 3809, 4900, 4919)] == approx([0.05, 0.05, 0.5, 0.05, 1.0])
+    assert [stop(s) for s in (3700, 3710, 3800, 3809, 4900)] == approx([0.05, 0.55, 1.0, 1.0, 1.0])
+    assert OptimConfig().rewarmup_until == "end"
 
 
 def test_rewarmup_follows_the_last_update_at_t_end():
     # the drift fixed in issue 10: the trainer and the HF callback stopped at step >= t_end and so
     # skipped the ramp after an update that happens exactly at t_end
-    assert [s for s in range(1, 40) if S.is_update_step(s, 10, 30)] == [10, 20, 30]
+    assert [s for s in range(1, 40) if S.is_update_step(s, 10, 30, final_update="at_t_end")] == [10, 20, 30]
     assert [S.rewarmup_factor(s, 10, 4, t_end=30) for s in (29, 30, 31, 33, 40)] == approx([1.0, 0.25, 0.5, 1.0, 1.0])
 
 
@@ -276,18 +325,28 @@ def test_every_rewarmup_user_calls_the_one_function(monkeypatch):
 
     monkeypatch.setattr(S, "rewarmup_factor", recording)
     f = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=10, t_end=30)
+    assert f(31) == 0.5 and calls == [(31, 10, 4, None)]  # the default: the whole run
+    calls.clear()
+    config = OptimConfig(schedule="constant", rewarmup_steps=4, rewarmup_until="last_update")
+    f = lr_multiplier(config, 100, update_interval=10, t_end=30)
     assert f(31) == 0.5 and calls == [(31, 10, 4, 30)]
 
     hf = pytest.importorskip("chtorch.integrations.hf", exc_type=ImportError)
     calls.clear()
     callback = hf.ChtorchCallback("set", sparsity=0.5, rewarmup_steps=4)
-    callback.sparsity = SimpleNamespace(options=SimpleNamespace(update_interval=10), t_end=30)
+    callback.sparsity = SimpleNamespace(options=SimpleNamespace(update_interval=10, final_update="at_t_end"), t_end=30)
     param = torch.nn.Parameter(torch.zeros(1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lambda step: 2.0)
     callback._wrap_schedule(scheduler)
     calls.clear()
-    assert scheduler.lr_lambdas[0](31) == 1.0 and calls == [(31, 10, 4, 30)]
+    assert scheduler.lr_lambdas[0](31) == 1.0 and calls == [(31, 10, 4, None)]
+    callback = hf.ChtorchCallback("set", sparsity=0.5, rewarmup_steps=4, rewarmup_until="last_update")
+    callback.sparsity = SimpleNamespace(options=SimpleNamespace(update_interval=10, final_update="before_t_end"), t_end=30)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lambda step: 2.0)
+    callback._wrap_schedule(scheduler)
+    calls.clear()
+    assert scheduler.lr_lambdas[0](31) == 1.0 and calls == [(31, 10, 4, 29)]  # the last update step: 20
     monkeypatch.undo()
     # and unpatched, both follow the function exactly
     f = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=10, t_end=30)
-    assert [f(s) for s in range(45)] == [S.rewarmup_factor(s, 10, 4, 30) for s in range(45)]
+    assert [f(s) for s in range(45)] == [S.rewarmup_factor(s, 10, 4) for s in range(45)]

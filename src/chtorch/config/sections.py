@@ -91,6 +91,12 @@ class OptimConfig:
         "iterative re-warm-up: after each topology update the LR ramps up again over this many steps (paper: 20)",
         min=0,
     )
+    rewarmup_until: str = setting(
+        "end",
+        "how long the re-warm-up repeats: end (every update interval of the whole run, T_end or not, as both official "
+        "codes' (t mod ΔT)/w) or last_update (only after the topology updates that run)",
+        choices=("end", "last_update"),
+    )
     grad_clip: float = setting(0.0, "clip the gradient norm to this value (0 = off)", min=0.0)
     kernel: str = setting(
         "auto",

@@ -333,7 +333,10 @@ class DynamicSparsity:
         return part.fn(step, self.t_end, opts.delta_start, opts.delta_end, **part.kwargs(opts))
 
     def is_update_step(self, step: int) -> bool:
-        return schedules.is_update_step(step, self.options.update_interval, self.t_end)
+        """True when a topology update runs after optimizer step ``step`` (option ``final_update``
+        says whether T_end itself is included)."""
+        opts = self.options
+        return schedules.is_update_step(step, opts.update_interval, self.t_end, final_update=opts.final_update)
 
     def skips_optimizer_step(self) -> bool:
         """True when option ``skip_step_on_update`` is on and the coming :meth:`step` runs a topology
@@ -354,7 +357,7 @@ class DynamicSparsity:
         if not opts.needs_dense_gradient:
             return False
         next_update = math.ceil(step / opts.update_interval) * opts.update_interval
-        return next_update <= self.t_end and next_update - step < opts.grad_accumulation and next_update > 0
+        return self.is_update_step(next_update) and next_update - step < opts.grad_accumulation
 
     def _recording(self) -> bool:
         return self._grad_window(self.step_count + 1)

@@ -51,6 +51,20 @@ def sparse_weight_init_fan_out(weight: torch.Tensor, mask: torch.Tensor, generat
     swi_(weight, mask, generator=generator, fan="out")
 
 
+@WEIGHT_INITS.register(
+    "kaiming",
+    summary="dense Kaiming normal N(0, 2/fan_in), then masked: the official MLP code's --init_mode kaiming (SET, RigL)",
+)
+def kaiming_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
+    """Kaiming normal over the whole ``(n_out, n_in)`` weight, ``σ = sqrt(2/n_in)`` (not corrected for the
+    density, unlike SWI); the engine then zeroes the non-links. The official MLP code's DSTScheduler
+    draws this for ``--init_mode kaiming`` (``stdv = sqrt(2 / w.shape[1])``), the default of its
+    ``run.py`` and the README's SET command (docs/decisions.md, "initial weights")."""
+    from chtorch.topology import swi_
+
+    swi_(weight, torch.ones_like(mask, dtype=torch.bool), generator=generator)  # density 1: plain Kaiming
+
+
 def initial_mask(
     init: str,
     init_options: Mapping[str, Any],

@@ -177,7 +177,9 @@ _SHARED_DECISIONS = (
     "historical weights), except a link removed and regrown in the same update, which keeps its weight and state as in "
     "every official code (readmitted='reset' restarts it); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
     "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts; "
-    "percolation pairs only identical row indices of q/k (docs/decisions.md)"
+    "percolation pairs only identical row indices of q/k; topology updates run while step < T_end, as the "
+    "MLP/Transformer code (final_update='at_t_end': through T_end, as the LLaMA code, the LM recipe and the "
+    "density-decay presets) (docs/decisions.md)"
 )
 _SOFT_DECISIONS = (
     "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T linear in the step from 1 to 3 until "
@@ -258,7 +260,8 @@ register_method(
     "GMP: gradual magnitude pruning from 50% sparsity on the cubic schedule; pruned weights may return",
     "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
     decisions="pruned weights compete again with their last value (prune_with_history) and a revived weight restarts at "
-    "zero, as the official LLaMA code (revived_init='history': at its last value) (docs/decisions.md, GMP)",
+    "zero, as the official LLaMA code (revived_init='history': at its last value) (docs/decisions.md, GMP); updates run "
+    "through T_end (final_update='at_t_end'), as the LLaMA code, so the decay's last event at T_end runs",
     init="erdos_renyi",
     density_schedule="cubic",
     initial_sparsity=0.5,
@@ -268,12 +271,15 @@ register_method(
     regrowth="none",
     t_end_fraction=0.75,
     decay_end_fraction=0.75,
+    final_update="at_t_end",
 )
 
 register_method(
     "granet",
     "GraNet: cubic gradual pruning from 50% plus magnitude drop / gradient regrowth (cosine ζ)",
     "Liu et al., 'Sparse Training via Boosting Pruning Plasticity with Neuroregeneration', NeurIPS 2021",
+    decisions="updates run through T_end (final_update='at_t_end'), as the LLaMA code, the only official code with a "
+    "density decay, so the decay's last event at T_end runs",
     init="erdos_renyi",
     density_schedule="cubic",
     initial_sparsity=0.5,
@@ -284,6 +290,7 @@ register_method(
     zeta_anneal="cosine",
     t_end_fraction=0.75,
     decay_end_fraction=0.75,
+    final_update="at_t_end",
 )
 
 register_method(
@@ -347,13 +354,15 @@ register_method(
     "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates; pruning keeps the top relative-importance links of each "
     "layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth restore the "
     "scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
-    "(decay_end_fraction sets the decay length); " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
+    "(decay_end_fraction sets the decay length); updates run through T_end (final_update='at_t_end'), as the LLaMA "
+    "code, the only official code with a density decay, so the decay's last event at T_end runs; " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
     based_on="chts",
     density_schedule="sigmoid",
     initial_sparsity=0.5,
     sigmoid_k=6.0,
     prune_score="ri",
     decay_end_fraction=0.75,
+    final_update="at_t_end",
 )
 
 register_method(

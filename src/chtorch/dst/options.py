@@ -27,6 +27,7 @@ EMS_MODES = ("official", "schedule")
 EARLY_STOP_SCOPES = ("network", "layer")
 REVIVED_INITS = ("zero", "history")
 READMITTED = ("keep", "reset")
+FINAL_UPDATES = ("before_t_end", "at_t_end")  # chtorch.dst.schedules.FINAL_UPDATES (checked equal in the tests)
 
 #: Option name -> kind of registered part it names (see :mod:`chtorch.dst.registry`).
 PART_OPTIONS = {
@@ -54,8 +55,10 @@ class SparsityOptions:
     Schedule
         ``update_interval``: optimizer steps between topology updates (ΔT).
         ``t_end_fraction``: topology updates stop after ``t_end_fraction * total_steps`` (T_end);
-        ``t_end`` (absolute step) overrides it. ``zeta``: fraction of active links removed at an
-        update; ``zeta_anneal``: "constant" or "cosine" (ζ_t = ζ/2·(1+cos(πt/T_end))).
+        ``t_end`` (absolute step) overrides it. ``final_update``: "before_t_end" (updates while
+        step < T_end, the official MLP and Transformer code) or "at_t_end" (while step <= T_end, the
+        LLaMA code; the density-decay presets, whose only code it is). ``zeta``: fraction of active
+        links removed at an update; ``zeta_anneal``: "constant" or "cosine" (ζ_t = ζ/2·(1+cos(πt/T_end))).
     Density
         ``distribution``: "uniform" (every layer the same sparsity, as in the paper) or "erk".
         ``density_schedule``: "constant", or a gradual decay ("linear", "cubic" = GMP/GraNet,
@@ -111,6 +114,7 @@ class SparsityOptions:
     update_interval: int = 100
     t_end_fraction: float = 0.75
     t_end: int | None = None
+    final_update: str = "before_t_end"
     zeta: float = 0.3
     zeta_anneal: str = "constant"
 
@@ -206,6 +210,7 @@ class SparsityOptions:
         number("soft_floor", 0)
         number("early_stop", 0, 1, allow_none=True)
         check_choice("zeta_anneal", self.zeta_anneal, ZETA_ANNEALS, error=OptionError)
+        check_choice("final_update", self.final_update, FINAL_UPDATES, error=OptionError)
         check_choice("distribution", self.distribution, DISTRIBUTIONS, error=OptionError)
         check_choice("ch_predictor", self.ch_predictor, PREDICTORS, error=OptionError)
         check_choice("regrowth_candidates", self.regrowth_candidates, REGROWTH_CANDIDATES, error=OptionError)
@@ -327,4 +332,25 @@ def check_engine_args(sparsity: float, total_steps: int, options: SparsityOption
         raise OptionError(
             f"regrowth={options.regrowth!r} cannot restore links taken by removal or percolation, so budgets would drift: "
             "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
+        )
+    _check_decay_reaches_target(total_steps, options)
+
+
+def _check_decay_reaches_target(total_steps: int, options: SparsityOptions) -> None:
+    """A density decay that ends within T_end must end on an update that runs: under
+    ``final_update="before_t_end"`` the event at T_end itself never runs, so the target would never be
+    reached. (A decay that outlasts T_end, as the LLaMA script's 8000 of 10 000 steps with T_end 7500,
+    stops short of the target in the official code too, and is allowed.)"""
+    from chtorch.dst.schedules import is_update_step
+
+    if options.density_schedule == "constant":
+        return
+    t_end = options.t_end if options.t_end is not None else int(options.t_end_fraction * total_steps)
+    interval = options.update_interval
+    last_event = (int(options.decay_end_fraction * total_steps) // interval) * interval
+    if 0 < last_event <= t_end and not is_update_step(last_event, interval, t_end, final_update=options.final_update):
+        raise OptionError(
+            f"the density decay's last event is at step {last_event} = T_end, where final_update="
+            f"{options.final_update!r} runs no update, so the target sparsity would never be reached: set "
+            "final_update='at_t_end' (as the density-decay presets) or end the decay earlier (decay_end_fraction)"
         )

@@ -6,7 +6,8 @@ Evci et al., ICML 2020 (RigL cosine drop fraction); Zhu & Gupta 2017 (GMP cubic 
 Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S); Vaswani et al. 2017 (noam).
 
 Conventions: ``step`` counts optimizer steps (0 before the first one). Topology updates happen at
-``step = start + interval, start + 2·interval, …`` while ``step <= t_end``. Density-decay schedules
+``step = start + interval, start + 2·interval, …`` while ``step < t_end`` (``final_update="before_t_end"``, the
+official MLP/Transformer code) or ``step <= t_end`` (``"at_t_end"``, the LLaMA code). Density-decay schedules
 are indexed by ``tau``, the number of decay events done (``0 … n``).
 """
 
@@ -19,6 +20,8 @@ from chtorch._checks import check_number
 from chtorch.dst.registry import DENSITY_SCHEDULES, TEMPERATURE_SCHEDULES
 
 __all__ = [
+    "FINAL_UPDATES",
+    "update_limit",
     "is_update_step",
     "default_t_end",
     "zeta",
@@ -59,14 +62,32 @@ def _real(name: str, value: object, low: float | None = None, high: float | None
 # --------------------------------------------------------------------------- topology update timing
 
 
-def is_update_step(step: int, interval: int, t_end: int, start: int = 0) -> bool:
+#: Where the topology updates stop (option ``final_update``; docs/decisions.md, "the last topology update"):
+#: "before_t_end": while ``step < T_end`` (the official MLP and Transformer code, ``self.step < self.T_end``);
+#: "at_t_end": while ``step <= T_end`` (the official LLaMA code, ``self.step <= self.T_end``).
+FINAL_UPDATES = ("before_t_end", "at_t_end")
+
+
+def update_limit(t_end: int, final_update: str = "before_t_end") -> int:
+    """The last step at which a topology update may run: ``t_end − 1`` under ``"before_t_end"``,
+    ``t_end`` under ``"at_t_end"`` (-1 when no update can run: ``t_end = 0`` before it).
+    E.g. t_end=750: 749 and 750; an update at step 750 (ΔT = 50) runs only under "at_t_end"."""
+    t_end = _int("t_end", t_end)
+    if final_update not in FINAL_UPDATES:
+        raise ValueError(f"final_update must be one of {FINAL_UPDATES}, got {final_update!r}")
+    return t_end if final_update == "at_t_end" else t_end - 1
+
+
+def is_update_step(step: int, interval: int, t_end: int, start: int = 0, final_update: str = "before_t_end") -> bool:
     """True when a topology update is due after optimizer step ``step``: every ``interval`` steps
-    counted from ``start`` (so never at ``start`` itself, and never at step 0), while ``step <= t_end``."""
+    counted from ``start`` (so never at ``start`` itself, and never at step 0), while ``step < t_end``
+    (``final_update="before_t_end"``) or ``step <= t_end`` (``"at_t_end"``): :func:`update_limit`.
+    E.g. interval=100, t_end=800: the last update at 700 ("before_t_end") or 800 ("at_t_end")."""
     step = _int("step", step)
     interval = _int("interval", interval, 1)
-    t_end = _int("t_end", t_end)
     start = _int("start", start)
-    return step > start and step > 0 and step <= t_end and (step - start) % interval == 0
+    limit = update_limit(t_end, final_update)
+    return step > start and step > 0 and step <= limit and (step - start) % interval == 0
 
 
 def default_t_end(total_steps: int, fraction: float = 0.75) -> int:
@@ -342,10 +363,12 @@ def rewarmup_factor(step: int, interval: int, warmup_steps: int, t_end: int | No
     skips nothing, so the ``j``-th step after an update (``j = step mod interval + 1``, 1 … ΔT) runs
     at ``min(1, j / warmup_steps)``: the paper's ramp without a zero-LR step (docs/decisions.md,
     "LR re-warm-up"). The first steps of training ramp the same way (the initial topology is new too).
-    The ramp follows every update, the last one included: 1.0 once the last update before ``step``
-    would lie after ``t_end`` (no update happens there), and always when ``warmup_steps == 0``.
+    ``t_end=None`` (the default, both official codes: their factor is ``(t mod ΔT)/w`` for the whole
+    run) ramps after every multiple of ``interval``, after T_end too; a step ``t_end`` (the last step
+    at which an update may run, :func:`update_limit`) ramps only after real updates: 1.0 once the last
+    multiple of ``interval`` before ``step`` lies after ``t_end``. Always 1.0 when ``warmup_steps == 0``.
     E.g. interval=100, warmup=20: 0.05 at step 100 (the first step after the update), 0.3 at 105,
-    1.0 from 119 to 199; with t_end=150: 1.0 from step 200 on.
+    1.0 from 119 to 199, 0.05 again at 800 and 900; with t_end=150: 1.0 from step 200 on.
     """
     step = _int("step", step)
     interval = _int("interval", interval, 1)

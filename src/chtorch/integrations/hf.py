@@ -119,6 +119,9 @@ class ChtorchCallback(TrainerCallback):
         rewarmup_steps: the paper's iterative LR re-warm-up after every topology update
             (:func:`chtorch.dst.schedules.rewarmup_factor`), applied on top of the Trainer's ``LambdaLR``
             schedule (0 = off; paper: 20).
+        rewarmup_until: ``"end"`` (the default): the ramp repeats every ``update_interval`` steps of the
+            whole run, after T_end too, as both official codes; ``"last_update"``: only after the
+            topology updates that run (docs/decisions.md, "LR re-warm-up").
         **options: overrides of the method's parts (:class:`chtorch.dst.options.SparsityOptions`), e.g.
             ``zeta=0.1``, or a part you registered (``removal="my_score"``). The model family of a
             Trainer is usually a pretrained or HF-initialised Transformer, whose official code keeps the
@@ -153,6 +156,7 @@ class ChtorchCallback(TrainerCallback):
         update_interval: int | None = None,
         per_head: bool = False,
         rewarmup_steps: int = 0,
+        rewarmup_until: str = "end",
         masks: Mapping[str, torch.Tensor] | None = None,
         **options: Any,
     ) -> None:
@@ -170,6 +174,8 @@ class ChtorchCallback(TrainerCallback):
             )
         resolve_options(preset.name, options)  # validate the overrides now (a dense method is refused here)
         check_number("rewarmup_steps", rewarmup_steps, 0, integer=True)
+        if rewarmup_until not in ("end", "last_update"):
+            raise ValueError(f"rewarmup_until must be 'end' or 'last_update', got {rewarmup_until!r}")
         self.method = preset.name
         self.target_sparsity = float(sparsity)
         self.layers = layers
@@ -177,6 +183,7 @@ class ChtorchCallback(TrainerCallback):
         self.seed = seed
         self.per_head = per_head
         self.rewarmup_steps = rewarmup_steps
+        self.rewarmup_until = rewarmup_until
         self.options = options
         self.initial_masks = None if masks is None else dict(masks)
         if self.initial_masks is not None and layers is None:
@@ -261,9 +268,12 @@ class ChtorchCallback(TrainerCallback):
                 f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
                 f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0"
             )
-        from chtorch.dst.schedules import rewarmup_factor
+        from chtorch.dst.schedules import rewarmup_factor, update_limit
 
-        interval, w, t_end = self.sparsity.options.update_interval, self.rewarmup_steps, self.sparsity.t_end
+        opts = self.sparsity.options
+        interval, w = opts.update_interval, self.rewarmup_steps
+        last = update_limit(self.sparsity.t_end, opts.final_update)
+        t_end = last if self.rewarmup_until == "last_update" else None
 
         def rewarmed(base: Any) -> Any:
             def factor(step: int) -> float:

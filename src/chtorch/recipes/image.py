@@ -80,9 +80,11 @@ def validate_image_config(config: Config) -> None:
         ) from None
 
 
-# SWI (Zhang et al.; docs/decisions.md, "initial weights": the MLP code uses SWI): masked Kaiming init shrinks the signal by
-# sqrt(density) per layer, so a 90-99% sparse MLP barely trains without it — for every method alike. The
-# official MLP code's DSTScheduler scales by density·out_features ("swi_out"; docs/decisions.md, SWI fan).
+# SWI (Zhang et al.; docs/decisions.md, "initial weights"): masked Kaiming init shrinks the signal by sqrt(density)
+# per layer, so a 90-99% sparse MLP trains poorly without it. The official MLP code's DSTScheduler scales by
+# density·out_features ("swi_out"; docs/decisions.md, SWI fan) for its CHT and CHTs commands; its SET command (and
+# run.py's default, so RigL) draws dense Kaiming instead: the shipped MLP configs set weight_init: kaiming for set
+# and rigl. The methods without public MLP code (MEST, GMP, GraNet, CHTss) get SWI.
 register_recipe_schema(
     "image_classification",
     ImageDataConfig,

@@ -114,7 +114,8 @@ LlamaModelConfig = model_schema(
 # The official LLaMA code (docs/decisions.md) is the family's default, for every method: the model's own
 # initialisation (not SWI); soft removal with T linear 1 -> 9 (its README/script); top-k CH regrowth even
 # for its "soft" methods; no percolation (the README and script commands do not pass --chain_removal);
-# CHT's early-stop flag is never set there. The paper's text (soft regrowth, percolation) is one override away:
+# CHT's early-stop flag is never set there; topology updates run through T_end (`self.step <= self.T_end`, where the
+# MLP/Transformer code stops before it). The paper's text (soft regrowth, percolation) is one override away:
 # sparsity.options: {regrowth_selection: soft, percolation: true}.
 LLAMA_CODE_DEFAULTS = {
     "weight_init": "keep",
@@ -124,6 +125,7 @@ LLAMA_CODE_DEFAULTS = {
     "regrowth_selection": "topk",
     "percolation": False,
     "early_stop": None,
+    "final_update": "at_t_end",
 }
 # The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part of
 # LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).

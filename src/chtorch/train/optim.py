@@ -91,8 +91,10 @@ def lr_multiplier(
     d_model: int | None = None,
 ) -> Callable[[int], float]:
     """``step -> factor`` applied to ``config.lr`` (for noam: the LR divided by nothing — ``lr`` is
-    noam's scale). ``update_interval``/``t_end`` enable the iterative re-warm-up when
-    ``config.rewarmup_steps > 0`` (None: a dense run, no re-warm-up).
+    noam's scale). ``update_interval`` enables the iterative re-warm-up when ``config.rewarmup_steps > 0``
+    (None: a dense run, no re-warm-up); it repeats every interval of the whole run (``rewarmup_until="end"``,
+    both official codes) or only up to ``t_end``, the last step at which an update runs
+    (:func:`chtorch.dst.schedules.update_limit`), with ``rewarmup_until="last_update"``.
 
     - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
     - linear: from 1 to ``final_lr/lr`` at ``decay_fraction · total_steps`` (after the warm-up), then held;
@@ -128,10 +130,11 @@ def lr_multiplier(
 
     if config.rewarmup_steps > 0 and update_interval is not None:
         w = config.rewarmup_steps
+        limit = t_end if config.rewarmup_until == "last_update" else None
 
         def rewarmed(step: int) -> float:
             # LambdaLR's counter ``step`` is the number of finished optimizer steps, as the re-warm-up expects.
-            return base(step) * schedules.rewarmup_factor(step, update_interval, w, t_end)
+            return base(step) * schedules.rewarmup_factor(step, update_interval, w, limit)
 
         return rewarmed
     return base

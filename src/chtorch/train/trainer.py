@@ -47,6 +47,7 @@ from chtorch.config import (
     method_options_for,
     save_config,
 )
+from chtorch.dst import schedules
 from chtorch.dst.methods import is_dense
 from chtorch.dst.percolation import infer_couplings
 from chtorch.recipes.base import Recipe, get_recipe
@@ -201,7 +202,8 @@ class Trainer:
                 )
             except ValueError as exc:  # OptionError included: a combination the engine refuses for this model
                 raise ConfigError(f"sparsity settings do not fit this model: {exc}", "sparsity") from None
-            t_end = self.sparsity.t_end
+            # the last step at which an update runs (option final_update), where a "last_update" re-warm-up stops
+            t_end = schedules.update_limit(self.sparsity.t_end, self.sparsity.options.final_update)
             self.chains = self.sparsity.couplings or infer_couplings(self.model, names)
         else:
             self.chains = []
