@@ -341,7 +341,9 @@ def test_every_rewarmup_user_calls_the_one_function(monkeypatch):
     calls.clear()
     assert scheduler.lr_lambdas[0](31) == 1.0 and calls == [(31, 10, 4, None)]
     callback = hf.ChtorchCallback("set", sparsity=0.5, rewarmup_steps=4, rewarmup_until="last_update")
-    callback.sparsity = SimpleNamespace(options=SimpleNamespace(update_interval=10, final_update="before_t_end"), t_end=30)
+    callback.sparsity = SimpleNamespace(
+        options=SimpleNamespace(update_interval=10, final_update="before_t_end"), t_end=30
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([param], lr=1.0), lambda step: 2.0)
     callback._wrap_schedule(scheduler)
     calls.clear()

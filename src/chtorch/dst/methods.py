@@ -355,7 +355,10 @@ register_method(
     "layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth restore the "
     "scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
     "(decay_end_fraction sets the decay length); updates run through T_end (final_update='at_t_end'), as the LLaMA "
-    "code, the only official code with a density decay, so the decay's last event at T_end runs; " + _SOFT_DECISIONS + "; " + _SHARED_DECISIONS,
+    "code, the only official code with a density decay, so the decay's last event at T_end runs; "
+    + _SOFT_DECISIONS
+    + "; "
+    + _SHARED_DECISIONS,
     based_on="chts",
     density_schedule="sigmoid",
     initial_sparsity=0.5,
