@@ -100,7 +100,7 @@ def test_per_head_groups_give_every_head_its_own_exact_budget() -> None:
         opt,
         method="chts",
         sparsity=0.75,
-        total_steps=6,
+        total_steps=8,  # T_end = 6: updates after steps 2 and 4
         update_interval=2,
         layers=PROJECTIONS,
         head_groups=groups,

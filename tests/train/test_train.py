@@ -86,7 +86,11 @@ def test_iterative_rewarmup_after_each_topology_update() -> None:
     # updates follow steps 10, 20, 30; the j-th step after one runs at min(1, j/4)
     assert [f(s) for s in (0, 1, 3, 9, 10, 11, 13)] == [0.25, 0.5, 1.0, 1.0, 0.25, 0.5, 1.0]
     assert f(30) == 0.25 and f(31) == 0.5  # the update at t_end = 30 is re-warmed too (issue 10's drift)
-    assert f(40) == 1.0 and f(41) == 1.0  # no update after t_end: no re-warm-up
+    # as both official codes, the ramp repeats every interval of the whole run, after t_end too
+    assert f(40) == 0.25 and f(41) == 0.5 and f(43) == 1.0
+    config = OptimConfig(schedule="constant", rewarmup_steps=4, rewarmup_until="last_update")
+    last = lr_multiplier(config, 100, update_interval=10, t_end=30)
+    assert last(30) == 0.25 and last(40) == 1.0 and last(41) == 1.0  # no update after t_end: no re-warm-up
     dense = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=None)
     assert dense(10) == 1.0
 
@@ -105,7 +109,8 @@ def test_epoch_update_unit_converts_to_steps(tmp_path: Path) -> None:
     assert trainer.total_steps == 4 * spe == trainer.sparsity.total_steps
     trainer.fit()
     updates = [r for r in read_metrics(tmp_path / "r") if r["kind"] == "update"]
-    assert [u["step"] for u in updates] == [2 * spe, 4 * spe]  # SET updates until the end
+    # SET updates every 2 epochs while step < T_end = the whole run (the MLP code): none after the last step
+    assert [u["step"] for u in updates] == [2 * spe]
 
 
 @pytest.mark.e2e
@@ -372,7 +377,7 @@ def test_optimizer_step_of_update_iterations_is_skipped_when_asked(tmp_path: Pat
     trainer = seen[-1]
     bias = trainer.model.get_submodule(trainer.sparsity.layer_names[0]).bias
     updates = sum(1 for e in range(1, 4) if trainer.sparsity.is_update_step(e * trainer.steps_per_epoch))
-    assert updates == 3  # one per epoch, T_end = the whole run for set
+    assert updates == 2  # one per epoch before T_end = the whole run for set: none after the last epoch
     assert int(trainer.optimizer.state[bias]["step"]) == trainer.step - (updates if skip else 0)
 
 
