@@ -333,8 +333,6 @@ class DynamicSparsity:
         return part.fn(step, self.t_end, opts.delta_start, opts.delta_end, **part.kwargs(opts))
 
     def is_update_step(self, step: int) -> bool:
-        """True when a topology update runs after optimizer step ``step`` (option ``final_update``
-        says whether T_end itself is included)."""
         opts = self.options
         return schedules.is_update_step(step, opts.update_interval, self.t_end, final_update=opts.final_update)
 

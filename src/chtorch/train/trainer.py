@@ -202,7 +202,6 @@ class Trainer:
                 )
             except ValueError as exc:  # OptionError included: a combination the engine refuses for this model
                 raise ConfigError(f"sparsity settings do not fit this model: {exc}", "sparsity") from None
-            # the last step at which an update runs (option final_update), where a "last_update" re-warm-up stops
             t_end = schedules.update_limit(self.sparsity.t_end, self.sparsity.options.final_update)
             self.chains = self.sparsity.couplings or infer_couplings(self.model, names)
         else:
