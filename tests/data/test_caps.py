@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chtorch._io import atomic_write_bytes
 from chtorch.data import DataFormatError, DownloadError, load_dataset, read_cifar_batch, read_idx, vision
 from chtorch.data import cifar as cifar_module
-from chtorch.data.files import atomic_write_bytes, download, gunzip_capped, maybe_decompress
+from chtorch.data.files import download, gunzip_capped, maybe_decompress
 from chtorch.data.idx import idx_content
 
 

@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chtorch import _io
 from chtorch.data import (
     ChecksumError,
     DataError,
@@ -257,11 +258,11 @@ def test_download_function_verifies_and_replaces_atomically(tmp_path):
 def test_atomic_write_removes_temporary_on_error(tmp_path):
     target = tmp_path / "x.bin"
     with pytest.raises(RuntimeError):
-        with data_files.atomic_write(target) as (handle, _):
+        with _io.atomic_write(target) as (handle, _):
             handle.write(b"partial")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
-    data_files.atomic_write_bytes(target, b"done")
+    _io.atomic_write_bytes(target, b"done")
     assert target.read_bytes() == b"done" and list(tmp_path.iterdir()) == [target]
 
 

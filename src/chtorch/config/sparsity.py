@@ -12,10 +12,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from chtorch._checks import closest
 from chtorch.config.coercion import coerce
 from chtorch.config.errors import ConfigError
 from chtorch.config.sections import Config
-from chtorch.dst.options import SparsityOptions, closest
+from chtorch.dst.options import SparsityOptions
 
 __all__ = ["method_options_for", "resolve_sparsity_options", "validate_sparsity"]
 

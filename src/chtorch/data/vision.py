@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from chtorch._io import atomic_write_bytes
 from chtorch.data.augment import random_crop_flip
 from chtorch.data.cifar import MAX_CIFAR_BATCH_BYTES, read_cifar_batch
 from chtorch.data.files import (
@@ -36,7 +37,6 @@ from chtorch.data.files import (
     DataError,
     DataFormatError,
     DataNotFoundError,
-    atomic_write_bytes,
     cache_dir,
     download,
     find_file,

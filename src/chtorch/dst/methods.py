@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from chtorch.dst.options import OptionError, SparsityOptions, closest
+from chtorch._checks import closest
+from chtorch.dst.options import OptionError, SparsityOptions
 
 __all__ = [
     "MethodPreset",

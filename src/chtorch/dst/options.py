@@ -15,7 +15,7 @@ from typing import Any
 
 from chtorch._checks import check_choice, check_number, closest
 
-__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS", "check_engine_args"]
+__all__ = ["SparsityOptions", "OptionError", "PART_OPTIONS", "check_engine_args"]
 
 # Plain choices that are not parts (no behaviour of their own to register).
 PREDICTORS = ("l3n", "l3p")

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from chtorch.dst.options import OptionError, closest
+from chtorch._checks import closest
+from chtorch.dst.options import OptionError
 
 __all__ = [
     "LayerSelector",

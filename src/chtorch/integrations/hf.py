@@ -388,7 +388,7 @@ class ChtorchCallback(TrainerCallback):
             "engine": self.sparsity.state_dict(),
         }
         target = folder / STATE_NAME
-        from chtorch.data.files import atomic_write
+        from chtorch._io import atomic_write
 
         with atomic_write(target) as (handle, _):
             torch.save(payload, handle)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from chtorch.data.files import atomic_write
+from chtorch._io import atomic_write
 
 __all__ = ["MASKS_NAME", "save_pretrained_sparse", "restore_masks"]
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.models._config import DictConfig, setting
+from chtorch._fields import setting
+from chtorch.models._config import DictConfig
 
 __all__ = [
     "LlamaConfig",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from chtorch.models._config import setting
+from chtorch._fields import setting
 
 __all__ = ["ACTIVATIONS", "MLPConfig", "MLP", "paper_mlp_config"]
 

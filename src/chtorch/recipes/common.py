@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chtorch._io import atomic_write_text
 from chtorch.config import setting
-from chtorch.data.files import atomic_write_text
 
 __all__ = ["run_dir", "cached_tokenizer", "PER_HEAD_SPARSITY"]
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chtorch._checks import closest
 from chtorch.config import (
     Config,
     ConfigError,
@@ -27,7 +28,6 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
-from chtorch.dst.options import closest
 from chtorch.models.mlp import MLPConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.rng import derive_seed, make_generator

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chtorch._io import atomic_write, atomic_write_text
 from chtorch.config import (
     ConfigError,
     model_schema,
@@ -46,7 +47,6 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
-from chtorch.data.files import atomic_write, atomic_write_text
 from chtorch.dst.percolation import Coupling, infer_couplings
 from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chtorch.data.files import atomic_write
+from chtorch._io import atomic_write
 
 __all__ = [
     "CHECKPOINT_NAME",

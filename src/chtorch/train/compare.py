@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from chtorch._checks import closest
 from chtorch.config import (
     Config,
     ConfigError,
@@ -36,7 +37,6 @@ from chtorch.config import (
     save_config,
 )
 from chtorch.dst.methods import all_methods, is_dense
-from chtorch.dst.options import closest
 from chtorch.train.checkpoint import CHECKPOINT_NAME
 from chtorch.train.compare_table import PLAN_NAME, format_table, mean_stderr, write_compare
 from chtorch.train.lifecycle import RESUME_OVERRIDABLE, SUMMARY_NAME, TrainingError

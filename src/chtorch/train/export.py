@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
+from chtorch._io import atomic_write_bytes
 from chtorch.compaction import layer_links
 from chtorch.config import build_config
-from chtorch.data.files import atomic_write_bytes
 from chtorch.recipes.base import get_recipe
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chtorch.data.files import atomic_write, atomic_write_text
+from chtorch._io import atomic_write, atomic_write_text
 from chtorch.dst.percolation import (
     active_neuron_count,  # re-exported: it lives with percolation
 )

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import torch
 
-from chtorch.data.files import atomic_write_text
+from chtorch._io import atomic_write_text
 from chtorch.train.lifecycle import SUMMARY_NAME, chtorch_version
 from chtorch.train.metrics import active_neuron_count, save_topology
 from chtorch.train.progress import format_duration

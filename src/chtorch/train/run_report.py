@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from chtorch.data.files import atomic_write_text
+from chtorch._io import atomic_write_text
 from chtorch.train.loggers import CsvLogger
 from chtorch.train.metrics import load_topology, read_metrics
 from chtorch.train.plots import adjacency_files
