@@ -3,7 +3,9 @@ every rank compute the same values).
 
 References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; where the paper and the official code differ: docs/decisions.md);
 Evci et al., ICML 2020 (RigL cosine drop fraction); Zhu & Gupta 2017 (GMP cubic schedule);
-Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S); Vaswani et al. 2017 (noam).
+Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S). The optimizer's own LR
+schedules (linear decay, noam, cosine) live in :mod:`chtorch.train.lr_schedules`; the re-warm-up
+after a topology update is the engine's (below).
 
 Conventions: ``step`` counts optimizer steps (0 before the first one). Topology updates happen at
 ``step = start + interval, start + 2·interval, …`` while ``step <= t_end``. Density-decay schedules
@@ -40,9 +42,6 @@ __all__ = [
     "mest_ems_extra_density",
     "rewarmup_factor",
     "rewarmup_lambda",
-    "linear_decay",
-    "noam",
-    "cosine_with_warmup",
 ]
 
 _ANNEALS = ("cosine", "constant")
@@ -330,7 +329,7 @@ def mest_ems_extra_density(
     return 0.0
 
 
-# --------------------------------------------------------------------------- learning rate
+# --------------------------------------------------------------------------- LR re-warm-up after an update
 
 
 def rewarmup_factor(step: int, interval: int, warmup_steps: int, t_end: int | None = None) -> float:
@@ -365,7 +364,8 @@ def rewarmup_lambda(
 ) -> Callable[[int], float]:
     """A function ``step -> multiplier`` for ``torch.optim.lr_scheduler.LambdaLR``:
     ``base(step) · rewarmup_factor(step, interval, warmup_steps, t_end)`` (``base`` defaults to 1),
-    e.g. ``base=lambda s: cosine_with_warmup(s, total, warmup)``. Arguments are checked now."""
+    e.g. ``base=lambda s: cosine_with_warmup(s, total, warmup)``
+    (:mod:`chtorch.train.lr_schedules`). Arguments are checked now."""
     _int("interval", interval, 1)
     _int("warmup_steps", warmup_steps)
     if t_end is not None:
@@ -378,43 +378,3 @@ def rewarmup_lambda(
         return factor if base is None else float(base(step)) * factor
 
     return multiplier
-
-
-def linear_decay(step: int, total: int, start: float, end: float) -> float:
-    """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total``), held after: an LR
-    value (the MLP recipe: 0.025 → 2.5e-4), or a multiplier with ``start=1``."""
-    step = _int("step", step)
-    total = _int("total", total)
-    start = _real("start", start)
-    end = _real("end", end)
-    if total == 0:
-        return end
-    return start + (end - start) * min(step, total) / total
-
-
-def noam(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
-    """Noam schedule (Vaswani et al. 2017, OpenNMT ``noam``), an **LR value**:
-    ``scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)``; 0 at step 0. Use with base LR 1.0
-    in ``LambdaLR``. E.g. d_model=512, warmup=4000, scale=2: peak 2·512^-0.5·4000^-0.5 ≈ 1.398e-3."""
-    step = _int("step", step)
-    d_model = _int("d_model", d_model, 1)
-    warmup = _int("warmup", warmup, 1)
-    scale = _real("scale", scale)
-    if step == 0:
-        return 0.0
-    return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
-    """A **multiplier**: linear warm-up ``step / warmup``, then cosine decay from 1 to ``min_ratio`` at
-    ``total`` (held after), as the LLaMA recipe's global schedule (the official LLaMA code)."""
-    step = _int("step", step)
-    total = _int("total", total)
-    warmup = _int("warmup", warmup)
-    min_ratio = _real("min_ratio", min_ratio, 0.0, 1.0)
-    if step < warmup:
-        return step / warmup
-    if total <= warmup:
-        return min_ratio  # no room for a decay phase
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
