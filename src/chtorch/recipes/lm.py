@@ -326,7 +326,7 @@ class LanguageModeling(Recipe):
 
     def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
         """No plain chains: the SwiGLU feed-forwards are gated blocks, compacted by
-        :func:`chtorch.compaction_blocks.compact_gated`."""
+        :func:`chtorch.compaction.compact_gated`."""
         return [], None
 
     def example_input(self) -> Any:

@@ -442,7 +442,7 @@ class Translation(Recipe):
 
     def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
         """Each feed-forward ``w_1 → ReLU → w_2`` is a chain (its hidden neurons are what percolation
-        frees); attention is accounted for by :func:`chtorch.compaction_blocks.attention_notes`."""
+        frees); attention is accounted for by :func:`chtorch.compaction.attention_notes`."""
         modules = dict(model.named_modules())
         chains = [[name, name[: -len("w_1")] + "w_2"] for name in modules if name.endswith(".ffn.w_1")]
         return [c for c in chains if c[1] in modules], torch.relu

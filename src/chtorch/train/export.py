@@ -17,6 +17,7 @@ tensors with ``safetensors`` (no ``torch.load``). Needs the ``safetensors`` pack
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,15 @@ from torch import nn
 
 import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
 from chtorch._io import atomic_write_bytes
-from chtorch.compaction import layer_links
+from chtorch.compaction import (
+    attention_notes,
+    compact,
+    compact_gated,
+    export_report,
+    find_gated_blocks,
+    layer_links,
+    to_sparse_inference,
+)
 from chtorch.config import build_config
 from chtorch.recipes.base import get_recipe
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
@@ -292,12 +301,7 @@ def export_run(
 
     What is compacted: the recipe's chains (an MLP's hidden layers, a Transformer's ``w_1 → w_2``
     feed-forwards) and every gated feed-forward (LLaMA's ``gate|up → down``,
-    :func:`chtorch.compaction_blocks.compact_gated`); attention projections keep their size."""
-    import copy
-
-    from chtorch.compaction import compact, export_report, to_sparse_inference
-    from chtorch.compaction_blocks import attention_notes, compact_gated, find_gated_blocks
-
+    :func:`chtorch.compaction.compact_gated`); attention projections keep their size."""
     _safetensors()  # before the work, not after it
     run_dir = Path(run_dir)
     path = Path(out) if out is not None else run_dir / "compact.safetensors"
