@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chtorch import __version__
+
 if TYPE_CHECKING:
     from chtorch.config import Config
 
@@ -48,8 +50,6 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
-
-    from chtorch import __version__
 
     try:
         torch_version = version("torch")

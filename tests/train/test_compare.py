@@ -15,9 +15,10 @@ import pytest
 from chtorch.cli import main
 from chtorch.config import ConfigError, load_config
 from chtorch.train import TrainingError, compare
-from chtorch.train.compare_table import best_epoch_value, format_table, mean_stderr
+from chtorch.train.compare_table import best_epoch_value, format_table
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import TABLES, paper_cell, paper_row
+from chtorch.train.seed_stats import mean_stderr
 from chtorch.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]

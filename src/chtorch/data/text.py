@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from chtorch.data.files import Checksums, DataFormatError, DataNotFoundError, find_file, read_verified, search_dirs
+from chtorch.rng import make_generator
 
 __all__ = [
     "TEXT_CORPORA",
@@ -176,8 +177,6 @@ def split_documents(documents: Sequence[str], val_fraction: float = 0.05, seed: 
     """Hold out ``round(val_fraction * n)`` (at least 1) documents chosen by a seeded permutation
     (``chtorch.rng.make_generator(seed, "split_documents")``); both parts keep the original order.
     The paper's LLaMA runs hold out 5% of OpenWebText."""
-    from chtorch.rng import make_generator
-
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = len(documents)

@@ -28,9 +28,13 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
-from chtorch.models.mlp import MLPConfig
+from chtorch.data import TensorLoader, dataset_names, load_dataset, random_crop_flip
+from chtorch.data.vision import dataset_info
+from chtorch.models import MLP
+from chtorch.models.mlp import ACTIVATIONS, MLPConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.rng import derive_seed, make_generator
+from chtorch.topology import pearson_correlation
 
 __all__ = ["ImageClassification", "ImageDataConfig", "MLPModelConfig"]
 
@@ -67,9 +71,6 @@ MLPModelConfig = model_schema(
 
 def validate_image_config(config: Config) -> None:
     """The dataset must be known; its name is normalised (``fmnist`` -> ``fashion_mnist``)."""
-    from chtorch.data import dataset_names
-    from chtorch.data.vision import dataset_info
-
     try:
         config.data.name = dataset_info(config.data.name).name
     except ValueError:
@@ -106,8 +107,6 @@ class ImageClassification(Recipe):
     shards_data = True  # under torchrun each rank gets its slice of every epoch's permutation
 
     def setup(self) -> None:
-        from chtorch.data import TensorLoader, load_dataset
-
         cfg = self.config.data
         root = cfg.dir
         kwargs = dict(root=root, normalize=cfg.normalize, download=cfg.download, verify=cfg.verify)
@@ -143,8 +142,6 @@ class ImageClassification(Recipe):
             self.fill = [0.0] * len(train.mean)
 
     def build_model(self) -> nn.Module:
-        from chtorch.models import MLP
-
         config = MLPConfig(in_features=self.in_features, n_classes=self.n_classes, **model_values(self.config.model))
         return MLP(config).to(self.device)
 
@@ -158,8 +155,6 @@ class ImageClassification(Recipe):
         augment = self.config.data.augment
         for index, (x, y) in enumerate(itertools.islice(batches, start, None), start=start):
             if augment:
-                from chtorch.data import random_crop_flip
-
                 # Under torchrun each rank crops its own images differently (rank in the key).
                 keys = (epoch, index) if self.world_size == 1 else (epoch, index, self.rank)
                 g = make_generator(self.config.run.seed, "augment", *keys)
@@ -201,8 +196,6 @@ class ImageClassification(Recipe):
         if str(options.get("init", "")).lower() == "csti":
             init_options = dict(options.get("init_options", {}))
             if "correlation" not in init_options:
-                from chtorch.topology import pearson_correlation
-
                 n = min(self.config.data.csti_samples, self.x_train.shape[0])
                 x = self.x_train[:n].reshape(n, -1).cpu()
                 init_options["correlation"] = pearson_correlation(x).to(self.device)
@@ -211,8 +204,6 @@ class ImageClassification(Recipe):
 
     def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
         """The MLP is one chain: its hidden layers in order, then the dense classifier."""
-        from chtorch.models.mlp import ACTIVATIONS
-
         names = [f"layers.{i}" for i in range(len(self.config.model.hidden))] + ["classifier"]
         activation = ACTIVATIONS[self.config.model.activation]()
         return [names], activation

@@ -47,7 +47,10 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
+from chtorch.data import encode_pairs, filter_pairs, load_tokenizer, read_multi30k, read_parallel, train_bpe
+from chtorch.data.translation import collate_pairs, load_hf_translation, token_batch_indices
 from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.models import Seq2SeqTransformer, label_smoothed_cross_entropy
 from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
@@ -169,18 +172,13 @@ class Translation(Recipe):
     def _read_split(self, split: str) -> list[tuple[str, str]]:
         cfg = self.config.data
         if cfg.name == "multi30k":
-            from chtorch.data import read_multi30k
-
             return read_multi30k(split, cfg.dir, src=cfg.src_lang, tgt=cfg.tgt_lang, verify=cfg.verify)
         if cfg.name == "parallel":
-            from chtorch.data import read_parallel
-
             if cfg.dir is None:
                 raise ConfigError(
                     "data.name=parallel reads {split}.{lang} files from data.dir: set data.dir", "data.dir"
                 )
             return read_parallel(cfg.dir, split, src=cfg.src_lang, tgt=cfg.tgt_lang)
-        from chtorch.data.translation import load_hf_translation
 
         try:
             import datasets  # noqa: F401
@@ -198,8 +196,6 @@ class Translation(Recipe):
         return pairs if n is None else pairs[:n]
 
     def _tokenizers(self, train_pairs: list[tuple[str, str]]) -> tuple[Any, Any]:
-        from chtorch.data import load_tokenizer, train_bpe
-
         cfg = self.config.data
         if cfg.tokenizer is not None:
             tok = load_tokenizer(cfg.tokenizer)
@@ -232,9 +228,6 @@ class Translation(Recipe):
         return src, tgt
 
     def setup(self) -> None:
-        from chtorch.data import encode_pairs, filter_pairs
-        from chtorch.data.translation import token_batch_indices
-
         cfg = self.config.data
         if self.config.model.share_embeddings and not cfg.joint_vocab and cfg.tokenizer is None:
             raise ConfigError(
@@ -276,8 +269,6 @@ class Translation(Recipe):
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from chtorch.models import Seq2SeqTransformer
-
         try:
             config = Seq2SeqConfig(
                 src_vocab=self.src_tok.vocab_size,
@@ -312,16 +303,12 @@ class Translation(Recipe):
 
     def _pass(self, index: int) -> list[list[int]]:
         """The batches (pair indices) of pass ``index`` over the training set."""
-        from chtorch.data.translation import token_batch_indices
-
         if self._pass_cache is None or self._pass_cache[0] != index:
             g = make_generator(self.config.run.seed, "translation-batches", index)
             self._pass_cache = (index, token_batch_indices(self.train_ids, self.config.data.batch_tokens, g))
         return self._pass_cache[1]
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        from chtorch.data.translation import collate_pairs
-
         self._epoch = epoch
         if epoch == 0 and start == 0:
             self._forget_best()  # a fresh run: a best_model.pt left by an aborted attempt is stale
@@ -333,8 +320,6 @@ class Translation(Recipe):
             yield batch.to(self.device)
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        from chtorch.models import label_smoothed_cross_entropy
-
         logits = model(batch.src, batch.tgt_in)
         loss = label_smoothed_cross_entropy(logits, batch.tgt_out, self.config.data.label_smoothing, pad_id=self.pad_id)
         n = batch.n_tokens
@@ -348,9 +333,6 @@ class Translation(Recipe):
     @torch.no_grad()
     def validation_loss(self, model: nn.Module) -> float:
         """Mean NLL per target token (``<eos>`` included) of the validation pairs, no smoothing."""
-        from chtorch.data.translation import collate_pairs, token_batch_indices
-        from chtorch.models import label_smoothed_cross_entropy
-
         was_training = model.training
         model.eval()
         total, tokens = 0.0, 0
@@ -449,8 +431,6 @@ class Translation(Recipe):
 
     def example_input(self) -> Any:
         """The first validation batch (``data.eval_batch_tokens`` tokens): ``(src, tgt_in)``."""
-        from chtorch.data.translation import collate_pairs, token_batch_indices
-
         indices = token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens)[0]
         batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(
             self.device

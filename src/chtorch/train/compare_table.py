@@ -16,31 +16,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chtorch.train.compare_plots import compare_plots
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import REPORTED, best_after_final_topology, paper_cell
+from chtorch.train.seed_stats import mean_stderr
 
-__all__ = ["PLAN_NAME", "mean_stderr", "load_plan", "collect_rows", "format_table", "write_compare", "is_compare_dir"]
+__all__ = ["PLAN_NAME", "load_plan", "collect_rows", "format_table", "write_compare", "is_compare_dir"]
 
 #: The plan ``chtorch compare`` writes before training: name, methods, seeds, paper table, run directories.
 PLAN_NAME = "compare-plan.json"
-
-
-def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
-    """(mean, standard error of the mean) — the error is None for fewer than two values."""
-    n = len(values)
-    if n == 0:
-        return math.nan, None
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 def is_compare_dir(path: str | os.PathLike[str]) -> bool:
@@ -229,8 +217,6 @@ def write_compare(
     table = format_table(rows, metric)
     figures: list[Path] = []
     if plots:
-        from chtorch.train.compare_plots import compare_plots
-
         try:
             figures = compare_plots(out_dir, plan, rows, runs, metric or "metric")
         except ImportError:

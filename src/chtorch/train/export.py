@@ -40,7 +40,9 @@ from chtorch.compaction import (
     to_sparse_inference,
 )
 from chtorch.config import build_config
+from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
 from chtorch.recipes.base import get_recipe
+from chtorch.sparse import SparseInferenceLinear
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 
 __all__ = [
@@ -63,8 +65,6 @@ class ExportFileError(CheckpointError):
 
 def _model_classes() -> dict[str, tuple[type[nn.Module], type]]:
     """The model classes an export may name (never a class taken from the file itself)."""
-    from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
-
     return {
         "MLP": (MLP, MLPConfig),
         "LlamaLM": (LlamaLM, LlamaConfig),
@@ -92,8 +92,6 @@ def _description_digest(description: dict[str, Any]) -> str:
 
 
 def _layer_entry(module: nn.Module) -> dict[str, Any] | None:
-    from chtorch.sparse import SparseInferenceLinear
-
     if isinstance(module, SparseInferenceLinear):
         return {
             "kind": "csr",
@@ -232,8 +230,6 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
 
 
 def _build_layer(entry: dict[str, Any]) -> nn.Module:
-    from chtorch.sparse import SparseInferenceLinear
-
     n_in, n_out, bias = int(entry["in_features"]), int(entry["out_features"]), bool(entry["bias"])
     if not 0 <= n_in <= 1 << 24 or not 0 <= n_out <= 1 << 24:
         raise ValueError(f"layer size {n_out} x {n_in} is out of range")

@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import chtorch
 from chtorch.config import Config, ConfigError
+from chtorch.data import DataError
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 
 __all__ = [
@@ -89,8 +91,6 @@ def settings_errors(section: str) -> Iterator[None]:
     """A ValueError from building the data or model is a setting the schema could not check (e.g.
     ``model.hidden=[32, -4]``): report it as a :class:`ConfigError` of ``section``. Data-file errors
     keep their own type and message."""
-    from chtorch.data import DataError
-
     try:
         yield
     except DataError:
@@ -108,12 +108,7 @@ def launch_hint(world_size: int) -> str:
 
 
 def chtorch_version() -> str:
-    try:
-        import chtorch
-
-        return chtorch.__version__
-    except Exception:  # pragma: no cover
-        return "unknown"
+    return chtorch.__version__
 
 
 def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:

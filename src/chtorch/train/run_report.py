@@ -10,7 +10,7 @@ from typing import Any
 from chtorch._io import atomic_write_text
 from chtorch.train.loggers import CsvLogger
 from chtorch.train.metrics import load_topology, read_metrics
-from chtorch.train.plots import adjacency_files
+from chtorch.train.plots import adjacency_files, make_plots
 
 __all__ = ["write_report", "rebuild"]
 
@@ -157,8 +157,6 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 def rebuild(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path, str | None]:
     """Re-create the plots (when matplotlib is available) and ``report.md`` of ``run_dir``:
     ``(plots, report path, why plots were skipped or None)``."""
-    from chtorch.train.plots import make_plots
-
     run_dir = Path(run_dir)
     CsvLogger(run_dir).flush()
     plots: list[Path] = []
