@@ -1,4 +1,5 @@
-"""Image datasets beyond MNIST: EMNIST and CIFAR-10 readers (synthetic files), scikit-learn's digits, the tensor loader."""
+"""Image datasets beyond MNIST: the EMNIST and CIFAR-10 readers (on synthetic files), scikit-learn's
+digits, the tensor loader."""
 
 from __future__ import annotations
 
