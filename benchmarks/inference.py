@@ -1,4 +1,4 @@
-"""Inference latency of compacted / sparse exports vs the dense model (issue 5).
+"""Inference latency of compacted / sparse exports vs the dense model.
 
 Model: the paper's MNIST MLP 784-1568-1568-1568-10 at 99% sparsity in the three hidden layers
 (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4). A DST run with percolation leaves only part

@@ -1,4 +1,4 @@
-"""Where the time of a truly sparse training step goes (issue 12, item 1), and of CH2-L3n.
+"""Where the time of a truly sparse training step goes, and of CH2-L3n.
 
 The paper's MLP 784-1568-1568-1568-10 at 99% sparsity (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
 Table 4), hidden layers as ``SparseLinear``. For each kernel implementation, thread count and batch
@@ -134,7 +134,7 @@ def profile_l3n(n: int, density: float, repeats: int, seed: int) -> dict[str, Ti
         "prep (neighbour lists)": lambda: neighbours(mask),
     }
     if native.available():
-        # the native kernel builds its own neighbour lists (C++) since 2026-11-26: its prep is this one
+        # the native kernel builds its own neighbour lists (in C++): its prep is this one
         jobs["prep (neighbour lists)"] = lambda: native.load().neighbour_lists(mask)
         jobs["native total"] = lambda: _l3n_native(mask, "CH2")
     return interleave(jobs, repeats, warmup=1)

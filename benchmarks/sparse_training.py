@@ -1,4 +1,4 @@
-"""Training-step speed: truly sparse SparseLinear vs dense vs masked dense (issue 5).
+"""Training-step speed: truly sparse SparseLinear vs dense vs masked dense.
 
 The paper's MNIST MLP 784-1568-1568-1568-10 (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4:
 SGD momentum 0.9, weight decay 5e-4, 99% sparsity in every layer but the classifier). One step is
@@ -15,7 +15,7 @@ Also timed: one topology update through ``SparseLinear.set_mask`` (30% of links 
 state carried) for the three layers. Each configuration runs at every ``--thread-counts`` value, the
 thread counts interleaved with the variants in one round robin (this 2-vCPU machine's speed at two
 threads drifts by up to 1.7x over minutes), and the file reports the thread scaling of dense and
-sparse side by side (issue 12's goals).
+sparse side by side.
 
     python -m benchmarks.sparse_training                       # print the table
     python -m benchmarks.sparse_training --out benchmarks/results/sparse-training-cpu.md

@@ -1,4 +1,4 @@
-"""Multi30k en->de with a CPU-sized Transformer: dense vs SET vs RigL vs CHTs vs CHTss, BLEU (issue 6).
+"""Multi30k en->de with a CPU-sized Transformer: dense vs SET vs RigL vs CHTs vs CHTss, BLEU.
 
 Every run uses the same config, budget (steps, batch, schedule) and seed; only ``sparsity.method``
 and ``sparsity.sparsity`` change. Runs go one after another in this process (the machine has two

@@ -1,4 +1,4 @@
-"""Issue 13 item 6, data files: decompression is capped by what the format's header declares (a
+"""Untrusted data files: decompression is capped by what the format's header declares (a
 small gzip holding gigabytes is refused without filling memory), downloads are capped, and files
 written atomically get the user's umask."""
 

@@ -70,7 +70,7 @@ def train(sp, model, opt, steps: int, n_in: int, n_classes: int, start: int = 0,
         if report is not None:
             reports.append(report)
             if check:
-                targets = sp._targets(report.step)
+                targets = sp.targets(report.step)
                 official_ems = sp.options.ems and sp.options.ems_mode == "official"
                 cores = core_targets(sp)
                 for (name, info), target, core in zip(report.layers.items(), targets, cores):
@@ -100,7 +100,7 @@ def test_every_preset_keeps_budgets_and_zero_off_mask(method, sparsity, sizes, o
     opt = make_optimizer(model, opt_kind)
     sp = chtorch.sparsify(model, opt, method=method, sparsity=sparsity, total_steps=40, update_interval=5, seed=seed)
     check_invariants(sp, opt)
-    for layer, target in zip(sp.layers, sp._targets(0)):
+    for layer, target in zip(sp.layers, sp.targets(0)):
         assert int(layer.mask.sum()) == target
     reports = train(sp, model, opt, 40, sizes[0], sizes[-1])
     expected_updates = sum(sp.is_update_step(t) for t in range(1, 41))

@@ -1,4 +1,4 @@
-"""The options of issue 11: where chtorch, the paper and the official code differ (docs/decisions.md).
+"""The faithfulness options: where chtorch, the paper and the official code differ (docs/decisions.md).
 
 Hand-worked values and invariants for the removal temperature, regrowth candidates, the official
 MEST EM&S, CHT's early-stop scope, GMP's revived weights, SWI fan-out, the ANP count and the presets
@@ -172,7 +172,7 @@ def test_official_ems_keeps_the_top_magnitude_core_and_grows_the_extra():
         for layer, core in zip(sp.layers, cores):
             info = report.layers[layer.name]
             old_mask, weight = before[layer.name]
-            assert info.regrown == sp._targets(report.step)[layer.index] - core  # exactly the extra density
+            assert info.regrown == sp.targets(report.step)[layer.index] - core  # exactly the extra density
             assert info.removed == int(old_mask.sum()) - core  # ζ ignored: the drop is extra/(density+extra)
         # the kept links are the core's top-|W| ones (hard magnitude)
     last_report, last_before = reports[-1]

@@ -210,8 +210,7 @@ def test_rewarmup_factor_hand_values():
 
 
 def test_rewarmup_follows_the_last_update_at_t_end():
-    # the drift fixed in issue 10: the trainer and the HF callback stopped at step >= t_end and so
-    # skipped the ramp after an update that happens exactly at t_end
+    # an update exactly at t_end is followed by the ramp too (stopping at step >= t_end would skip it)
     assert [s for s in range(1, 40) if S.is_update_step(s, 10, 30)] == [10, 20, 30]
     assert [S.rewarmup_factor(s, 10, 4, t_end=30) for s in (29, 30, 31, 33, 40)] == approx([1.0, 0.25, 0.5, 1.0, 1.0])
 

@@ -175,7 +175,7 @@ def test_readmitted_must_be_known():
 
 @pytest.mark.parametrize("bad", [True, 3, "r=0.5"])
 def test_init_options_that_are_not_a_mapping_get_a_clear_error(bad):
-    # found by the API fuzzer: sparsify(..., init_options=True) used to raise a bare TypeError
+    # sparsify(..., init_options=True) is an OptionError, not a bare TypeError
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(OptionError, match="init_options must be a mapping"):

@@ -39,7 +39,6 @@ __all__ = [
     "env_world_size",
     "resolve_device",
     "wrap_model",
-    "unwrap_model",
 ]
 
 T = TypeVar("T")
@@ -274,10 +273,3 @@ def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
         {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
     )
     return DistributedDataParallel(model, device_ids=device_ids, **no_forward_sync)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (checkpoints store its state)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
