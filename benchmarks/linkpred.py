@@ -85,7 +85,8 @@ def fmt_ms(seconds: float | None) -> str:
 def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
     head = (
         "| layer | density | 4-GEMM ref (ms) | L3n auto (ms) | auto method | ref / L3n (wall) | ref / L3n (CPU) "
-        "| L3n PyTorch bags (ms) | L3p CH3 (ms) | L3p / ref | L3p GMAC | repeats |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| L3n PyTorch bags (ms) | L3p CH3 (ms) | L3p / ref | L3p GMAC "
+        "| repeats |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -93,7 +94,8 @@ def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
         l3p_ratio = f"{l3p / r['ref']:.2f}" if l3p is not None else f"skipped (> {l3p_max_gmac:g} GMAC)"
         lines.append(
             f"| {r['layer']} | {r['density'] * 100:g}% | {fmt_ms(r['ref'])} | {fmt_ms(r['l3n'])} | {r['method']} "
-            f"| **{r['speedup']:.1f}x** | {r['speedup_cpu']:.1f}x | {fmt_ms(r['bags'])} | {fmt_ms(l3p)} | {l3p_ratio} | {r['l3p_gmac']:.2f} "
+            f"| **{r['speedup']:.1f}x** | {r['speedup_cpu']:.1f}x | "
+            f"{fmt_ms(r['bags'])} | {fmt_ms(l3p)} | {l3p_ratio} | {r['l3p_gmac']:.2f} "
             f"| {r['repeats']} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -121,7 +123,8 @@ def main() -> None:
     extra = [
         f"- median of >= {repeats} interleaved repeat(s) after one warm-up (more for fast layers, see the "
         f"last column); random masks (uniform, seed {args.seed})",
-        "- times are wall-clock medians; the CPU-time ratio (process CPU time) is less sensitive to other processes on a shared machine",
+        "- times are wall-clock medians; the CPU-time ratio (process CPU "
+        "time) is less sensitive to other processes on a shared machine",
         "- ref = plain dense four-GEMM CH2-L3n (`ch_l3n_dense_reference`, the official code's form); "
         "L3n = `ch_l3n(mask, 'CH2')` (method `auto`); PyTorch bags = `method='sparse'`; L3p = `ch_l3p(mask, 'CH3')`",
         "",

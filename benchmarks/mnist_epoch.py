@@ -92,7 +92,8 @@ def main() -> None:
             loader.set_epoch(epoch)
             results[v].append(run_epoch(*runs[v], loader))
             print(
-                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (cpu {results[v][-1][3]:.1f} s; update {results[v][-1][1]:.2f} s), "
+                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (cpu "
+                f"{results[v][-1][3]:.1f} s; update {results[v][-1][1]:.2f} s), "
                 f"loss {results[v][-1][2]:.3f}",
                 flush=True,
             )

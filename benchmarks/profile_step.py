@@ -91,7 +91,8 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
         for layer, grad in zip(layers, grads):
             grad_input(to_operand(grad), layer.active_values().detach(), layer.layout, batch)
 
-    # the backward converts the output gradient once for dx and dW (counted in dx), the input was converted by the forward
+    # the backward converts the output gradient once for dx and dW (counted in dx), the input was converted by the
+    # forward
     converted = [(to_operand(grad), to_operand(inp)) for grad, inp in zip(grads, inputs)]
 
     def k_dw() -> None:
@@ -183,10 +184,13 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = session.header(
         [
-            f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the three hidden layers (SparseLinear), "
-            "classifier dense; wall ms per call, process CPU ms in brackets; parts timed interleaved, 3 calls per sample, "
+            f"- model: MLP {'-'.join(map(str, SIZES))}, density "
+            f"{args.density} in the three hidden layers (SparseLinear), "
+            "classifier dense; wall ms per call, process CPU ms in "
+            "brackets; parts timed interleaved, 3 calls per sample, "
             f"median of {args.repeats}",
-            "- overhead = fwd+bwd − (kernels fwd + dx + dW) − dense rest: Python, autograd nodes, transposes, allocation",
+            "- overhead = fwd+bwd − (kernels fwd + dx + dW) − dense "
+            "rest: Python, autograd nodes, transposes, allocation",
             "",
             "| threads | impl | optimizer | batch | " + " | ".join(PARTS) + " | overhead | overhead share of step |",
             "|---:|---|---|---:|" + "---:|" * (len(PARTS) + 2),

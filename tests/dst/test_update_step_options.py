@@ -1,4 +1,5 @@
-"""Options of an update iteration where chtorch and the official code differ (docs/decisions.md): skipping the optimizer step on an update iteration, and the optimizer state of readmitted links."""
+"""Options of an update iteration where chtorch and the official code differ (docs/decisions.md):
+skipping the optimizer step on an update iteration, and the optimizer state of readmitted links."""
 
 from __future__ import annotations
 

@@ -98,6 +98,7 @@ def attention_notes(model: nn.Module) -> list[str]:
     if not blocks:
         return []
     return [
-        f"attention ({len(blocks)} blocks): {qk_dead} of {qk_total} q/k and {vo_dead} of {vo_total} v/o dimensions carry nothing; "
+        f"attention ({len(blocks)} blocks): {qk_dead} of {qk_total} "
+        f"q/k and {vo_dead} of {vo_total} v/o dimensions carry nothing; "
         "not compacted (heads must keep equal sizes, and the q/k head size sets the softmax scale)"
     ]

@@ -110,7 +110,8 @@ def _validate(config: Config) -> None:
     recipe = recipe_schema(config.run.recipe)
     if config.model.name not in recipe.models:
         raise ConfigError(
-            f"model {config.model.name!r} cannot be trained by recipe {recipe.name!r}; it trains: {', '.join(recipe.models)}",
+            f"model {config.model.name!r} cannot be trained by recipe "
+            f"{recipe.name!r}; it trains: {', '.join(recipe.models)}",
             "model.name",
         )
     validate_sparsity(config, recipe.sparsity_defaults)

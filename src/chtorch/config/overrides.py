@@ -34,7 +34,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             raise ConfigError(
                 f"--set {text!r}: name a key inside a section, e.g. {parts[0]}.<key>=value"
                 if parts[0] in SECTIONS
-                else f"--set {text!r}: unknown section {parts[0]!r}{closest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}",
+                else f"--set {text!r}: unknown section "
+                f"{parts[0]!r}{closest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}",
                 parts[0],
             )
         node = out

@@ -39,7 +39,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            f"{path}: a config must be a mapping of sections (run, model, data, optim, sparsity, train), got {type(raw).__name__}"
+            f"{path}: a config must be a mapping of sections (run, model, "
+            f"data, optim, sparsity, train), got {type(raw).__name__}"
         )
     return dict(raw)
 

@@ -162,7 +162,8 @@ def gunzip_capped(data: bytes, source: str | os.PathLike[str], max_bytes: int = 
             out += chunk
             if len(out) > max_bytes:
                 raise DataFormatError(
-                    f"{source}: decompresses to more than {max_bytes} bytes, more than this file can hold; it is damaged or "
+                    f"{source}: decompresses to more than {max_bytes} "
+                    "bytes, more than this file can hold; it is damaged or "
                     "not a dataset file: delete it and download it again"
                 )
             pending = decoder.unconsumed_tail
@@ -227,7 +228,8 @@ def verify_bytes(
                 lines.append(f"  this file is {what}")
                 break
     lines.append(
-        "  The file is corrupt, truncated or from another dataset: delete it and download it again, or pass verify=False to skip the check."
+        "  The file is corrupt, truncated or from another dataset: delete "
+        "it and download it again, or pass verify=False to skip the check."
     )
     if hint:
         lines.append("  " + hint)

@@ -125,7 +125,8 @@ def load_hf_text(
         import datasets
     except ImportError as exc:
         raise ImportError(
-            "load_hf_text needs Hugging Face `datasets`: pip install datasets (or use load_corpus on a local .txt/.txt.gz file)"
+            "load_hf_text needs Hugging Face `datasets`: pip install "
+            "datasets (or use load_corpus on a local .txt/.txt.gz file)"
         ) from exc
     if path is None:
         if name not in HF_TEXT_DATASETS:
@@ -197,7 +198,8 @@ def _check_stream(tokens: torch.Tensor, seq_len: int, batch_size: int) -> None:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
     if len(tokens) < seq_len + 1:
         raise ValueError(
-            f"the token stream ({len(tokens)} tokens) is shorter than seq_len + 1 = {seq_len + 1}; use a shorter seq_len or more text"
+            f"the token stream ({len(tokens)} tokens) is shorter than "
+            f"seq_len + 1 = {seq_len + 1}; use a shorter seq_len or more text"
         )
 
 

@@ -245,7 +245,8 @@ def _extract_emnist_if_needed(
                 size = archive.getinfo(members[f.name]).file_size
                 if size > MAX_ZIP_MEMBER_BYTES:
                     raise DataFormatError(
-                        f"{zip_path}: member {f.name} declares {size} bytes, more than an EMNIST file holds ({MAX_ZIP_MEMBER_BYTES}); "
+                        f"{zip_path}: member {f.name} declares {size} bytes, more "
+                        f"than an EMNIST file holds ({MAX_ZIP_MEMBER_BYTES}); "
                         "download gzip.zip again"
                     )
                 atomic_write_bytes(target / f.name, archive.read(members[f.name]))

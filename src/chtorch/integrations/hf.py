@@ -40,7 +40,8 @@ try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "chtorch.integrations.hf needs Hugging Face transformers (and accelerate for its Trainer): pip install 'chtorch[hf]'"
+        "chtorch.integrations.hf needs Hugging Face transformers "
+        "(and accelerate for its Trainer): pip install 'chtorch[hf]'"
     ) from exc
 
 import chtorch
@@ -137,7 +138,8 @@ class ChtorchCallback(TrainerCallback):
         options.setdefault("weight_init", "keep")
         if options.get("skip_step_on_update"):
             raise ValueError(
-                "skip_step_on_update=True cannot be honoured by a Trainer callback (the Trainer's optimizer step cannot be "
+                "skip_step_on_update=True cannot be honoured by a "
+                "Trainer callback (the Trainer's optimizer step cannot be "
                 "left out from one); drop it: the update iteration then trains as in the official Transformer code"
             )
         resolve_options(preset.name, options)  # validate the overrides now (a dense method is refused here)
@@ -219,7 +221,8 @@ class ChtorchCallback(TrainerCallback):
         payload = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
         if payload.get("method") != self.method:
             raise RuntimeError(
-                f"ChtorchCallback: {path / STATE_NAME} was written by method {payload.get('method')!r}, this run uses {self.method!r}"
+                f"ChtorchCallback: {path / STATE_NAME} was written by method "
+                f"{payload.get('method')!r}, this run uses {self.method!r}"
             )
         return payload
 

@@ -13,7 +13,8 @@ outputs (tested). The layers that dynamic sparse training selects are the seven 
 embeddings, norms and ``lm_head`` stay dense (paper §4.1; the LLaMA code's ``TARGET_MODULE_NAMES``).
 
 RoPE uses the "rotate half" layout of HF: dimension i of a head is paired with dimension
-i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolation, docs/decisions.md, "q/k percolation with RoPE").
+i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolation, docs/decisions.md, "q/k percolation
+with RoPE").
 """
 
 from __future__ import annotations

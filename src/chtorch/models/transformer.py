@@ -83,7 +83,8 @@ class Seq2SeqConfig(DictConfig):
                 raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
-                f"Seq2SeqConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}; choose n_heads that divides d_model"
+                f"Seq2SeqConfig: d_model={self.d_model} is not divisible by "
+                f"n_heads={self.n_heads}; choose n_heads that divides d_model"
             )
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)

@@ -3,7 +3,8 @@
 Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §4 / Table 4: flattened images, hidden Linear layers
 with ReLU, a dense classifier, cross-entropy, batch 32. Whole splits are held in memory (on the
 training device) and batched by :class:`chtorch.data.TensorLoader`, whose permutation depends only on
-``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is computed here from the training images, because it
+``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is
+computed here from the training images, because it
 is data and the library core takes only tensors.
 """
 
@@ -76,12 +77,14 @@ def validate_image_config(config: Config) -> None:
     except ValueError:
         names = dataset_names()
         raise ConfigError(
-            f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; known datasets: {', '.join(names)}",
+            f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; "
+            f"known datasets: {', '.join(names)}",
             "data.name",
         ) from None
 
 
-# SWI (Zhang et al.; docs/decisions.md, "initial weights": the MLP code uses SWI): masked Kaiming init shrinks the signal by
+# SWI (Zhang et al.; docs/decisions.md, "initial weights": the MLP code uses SWI): masked Kaiming init shrinks the
+# signal by
 # sqrt(density) per layer, so a 90-99% sparse MLP barely trains without it — for every method alike. The
 # official MLP code's DSTScheduler scales by density·out_features ("swi_out"; docs/decisions.md, SWI fan).
 register_recipe_schema(

@@ -20,7 +20,8 @@ This recipe does the same at any scale:
   ``1b``, or CPU-sized ``tiny`` / ``small``; any field can be overridden);
 * **evaluation**: ``val_loss`` (mean next-token cross-entropy over every validation token, each
   predicted once) and ``val_ppl = exp(val_loss)``, the primary metric (lower is better);
-* **percolation couplings** (docs/decisions.md, "percolation" and "q/k percolation with RoPE"): q/k rows and gate/up rows are
+* **percolation couplings** (docs/decisions.md, "percolation" and "q/k percolation with RoPE"): q/k rows and gate/up
+rows are
   alive only together; ``v_proj → o_proj`` and ``gate_proj|up_proj → down_proj`` are chains.
   ``model.per_head_sparsity`` budgets, removes and regrows q/k/v rows per attention head.
 """

@@ -82,7 +82,8 @@ class TranslationDataConfig:
 
     name: str = setting(
         "multi30k",
-        "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
+        "corpus: multi30k (raw files), parallel (any {split}.{lang} "
+        "files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
         choices=_CORPORA,
     )
     dir: str | None = setting(
@@ -231,7 +232,8 @@ class Translation(Recipe):
         cfg = self.config.data
         if self.config.model.share_embeddings and not cfg.joint_vocab and cfg.tokenizer is None:
             raise ConfigError(
-                "model.share_embeddings needs one joint vocabulary: set data.joint_vocab=true or model.share_embeddings=false",
+                "model.share_embeddings needs one joint vocabulary: set "
+                "data.joint_vocab=true or model.share_embeddings=false",
                 "model.share_embeddings",
             )
         train = self._limit(self._read_split(cfg.train_split), cfg.train_limit)

@@ -137,7 +137,10 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
     scale = _scale(metric)
     name = (metric or "metric").replace("_", " ") + (" (%)" if scale == 100.0 else "")
     paper = any(r.get("paper") for r in rows)
-    head = f"| method | {name}, last epoch | {name}, best epoch | {name}, {REPORTED} | active neurons (%) | density | runs |"
+    head = (
+        f"| method | {name}, last epoch | {name}, best epoch | "
+        f"{name}, {REPORTED} | active neurons (%) | density | runs |"
+    )
     rule = "|---|---:|---:|---:|---:|---:|---:|"
     if paper:
         head += " paper (row) | paper ANP (%) |"
@@ -146,7 +149,8 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
     for row in rows:
         runs = f"{row['runs']}" + (f" of {row['planned']}" if row.get("planned", row["runs"]) != row["runs"] else "")
         line = (
-            f"| {row['method']} | {_pm(row['mean'], row['stderr'], scale)} | {_pm(row['best_mean'], row['best_stderr'], scale)} | "
+            f"| {row['method']} | {_pm(row['mean'], row['stderr'], scale)} "
+            f"| {_pm(row['best_mean'], row['best_stderr'], scale)} | "
             f"{_pm(row['best_final_mean'], row['best_final_stderr'], scale)} | "
             f"{_pm(row['active_neurons'], row['active_neurons_stderr'], 100.0, 1)} | {row['density']:.4f} | {runs} |"
         )
@@ -205,10 +209,13 @@ def write_compare(
         return text, rows, runs, []
     first = runs[0]
     budget = (
-        f"Budget for every method: {first['epochs']} epochs = {first['steps']} optimizer steps, sparsity {plan.get('sparsity')} "
+        f"Budget for every method: {first['epochs']} epochs = "
+        f"{first['steps']} optimizer steps, sparsity {plan.get('sparsity')} "
         f"for the sparse methods, seeds {', '.join(map(str, plan['seeds']))}; dataset `{first.get('dataset') or '?'}`. "
-        "± is the standard error over seeds; the best epoch is each run's best evaluated epoch; the best after T_end is the "
-        "best epoch once the topology is final (what the official MLP code keeps, the column to compare with the paper)."
+        "± is the standard error over seeds; the best epoch is each "
+        "run's best evaluated epoch; the best after T_end is the "
+        "best epoch once the topology is final (what the official "
+        "MLP code keeps, the column to compare with the paper)."
     )
     if plan.get("paper_table"):
         budget += (

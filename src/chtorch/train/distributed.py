@@ -98,7 +98,8 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
             )
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(
-                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s): start at most that many "
+                f"LOCAL_RANK={local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s): start at most that many "
                 "processes per node (torchrun --nproc_per_node), or train on CPU with run.device=cpu"
             )
         device = torch.device("cuda", local_rank)

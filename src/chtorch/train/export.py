@@ -77,7 +77,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError:
         raise ExportFileError(
-            "exported models are stored as safetensors, which is not installed: pip install safetensors (or 'chtorch[cli]')"
+            "exported models are stored as safetensors, which is not "
+            "installed: pip install safetensors (or 'chtorch[cli]')"
         ) from None
     return safetensors.torch
 
@@ -125,7 +126,8 @@ def save_exported(
     name = type(model).__name__
     if name not in _model_classes() or not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ExportFileError(
-            f"cannot describe a {name} for export: only {', '.join(_model_classes())} (with their .config) are supported"
+            f"cannot describe a {name} for export: only "
+            f"{', '.join(_model_classes())} (with their .config) are supported"
         )
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
@@ -164,7 +166,8 @@ def read_export_description(path: str | os.PathLike[str]) -> dict[str, Any]:
         description = json.loads(json_path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ExportFileError(
-            f"{json_path} is not a valid export description ({type(exc).__name__}: {str(exc)[:100]}); export the run again"
+            f"{json_path} is not a valid export description "
+            f"({type(exc).__name__}: {str(exc)[:100]}); export the run again"
         ) from None
     if not isinstance(description, dict) or description.get("format") != EXPORT_FORMAT:
         raise ExportFileError(f"{json_path} is not a chtorch export description (format {EXPORT_FORMAT!r})")
@@ -204,7 +207,8 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
     data = weights_path.read_bytes()
     if _sha256(data) != expected:
         raise ExportFileError(
-            f"{weights_path} fails its SHA-256 check (expected {expected}, found {_sha256(data)}): the file is damaged or from "
+            f"{weights_path} fails its SHA-256 check (expected {expected}, "
+            f"found {_sha256(data)}): the file is damaged or from "
             "another export; export the run again"
         )
     classes = _model_classes()
@@ -224,7 +228,8 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
         raise ExportFileError(
-            f"{weights_path} and its description do not make a model ({type(exc).__name__}: {str(exc)[:200]}); export the run again"
+            f"{weights_path} and its description do not make a model "
+            f"({type(exc).__name__}: {str(exc)[:200]}); export the run again"
         ) from None
     return model.eval()
 

@@ -104,7 +104,10 @@ def settings_errors(section: str) -> Iterator[None]:
 def launch_hint(world_size: int) -> str:
     if world_size <= 1:
         return "a plain `chtorch train --resume RUN_DIR`, without torchrun"
-    return f"`torchrun --nproc_per_node {world_size} -m chtorch.cli train --resume RUN_DIR` (over all nodes: {world_size} processes)"
+    return (
+        f"`torchrun --nproc_per_node {world_size} -m chtorch.cli train "
+        f"--resume RUN_DIR` (over all nodes: {world_size} processes)"
+    )
 
 
 def chtorch_version() -> str:
@@ -150,7 +153,8 @@ def check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
         more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
         raise CheckpointError(
             f"{run_dir / CHECKPOINT_NAME} is from another run than {path} ({shown}{more}): it holds another model or "
-            "sparsity. Put back this run's own checkpoint, or resume the run the checkpoint came from in its own directory"
+            "sparsity. Put back this run's own checkpoint, or resume "
+            "the run the checkpoint came from in its own directory"
         )
 
 
@@ -173,4 +177,7 @@ def interrupted_message(
     resume_cmd = f"chtorch train --resume {run_dir}"
     if distributed:
         resume_cmd = f"torchrun --nproc_per_node {world_size} -m chtorch.cli train --resume {run_dir}"
-    return f"chtorch: interrupted at epoch {epoch + 1}/{epochs}, step {step}/{total_steps}; checkpoint saved.\nresume with:  {resume_cmd}"
+    return (
+        f"chtorch: interrupted at epoch {epoch + 1}/{epochs}, step "
+        f"{step}/{total_steps}; checkpoint saved.\nresume with:  {resume_cmd}"
+    )

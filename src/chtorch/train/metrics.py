@@ -5,7 +5,8 @@ counts, topology snapshots.
 ``"epoch"`` (training and evaluation metrics, density, active neurons, per-layer state),
 ``"update"`` (what a topology update did, per layer) or ``"step"`` (the loss every
 ``train.log_every`` steps). ``metrics.csv``, ``updates.csv`` and ``steps.csv`` are flat tables re-derived
-from it (the ``csv`` logger), and plots and the report are drawn from it, so ``chtorch report`` can rebuild them at any time.
+from it (the ``csv`` logger), and plots and the report are drawn from it, so ``chtorch report`` can rebuild them at any
+time.
 
 Topology snapshots (``topology/*.npz``) store each sparse layer's links as (row, column) index
 arrays — about 8 bytes per link, 0.2 MB for a 1568×1568 layer at 99% sparsity — for the degree

@@ -97,7 +97,8 @@ def lr_multiplier(
 
     - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
     - linear: from 1 to ``final_lr/lr`` at ``decay_fraction · total_steps`` (after the warm-up), then held;
-    - cosine: :func:`~chtorch.train.lr_schedules.cosine_with_warmup` down to ``final_lr/lr`` at the same step, then held;
+    - cosine: :func:`~chtorch.train.lr_schedules.cosine_with_warmup` down to ``final_lr/lr`` at the same step, then
+    held;
     - noam: :func:`~chtorch.train.lr_schedules.noam` at step + 1 (OpenNMT counts steps from 1).
     """
     lr, warmup = config.lr, config.warmup_steps

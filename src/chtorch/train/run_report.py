@@ -63,13 +63,15 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         + (f" hidden {model.get('hidden')}" if model.get("hidden") else ""),
         f"- **method**: `{sp.get('method', '?')}` at sparsity {sp.get('sparsity', '?')}, topology update every "
         f"{sp.get('update_interval', '?')} {sp.get('update_unit', '')}(s)",
-        f"- **optimizer**: {optim.get('name', '?')} lr {optim.get('lr', '?')} ({optim.get('schedule', '?')} → {optim.get('final_lr', '?')}), "
+        f"- **optimizer**: {optim.get('name', '?')} lr {optim.get('lr', '?')} "
+        f"({optim.get('schedule', '?')} → {optim.get('final_lr', '?')}), "
         f"batch {data.get('batch_size', '?')}, {train.get('epochs', '?')} epochs, seed {run.get('seed', '?')}",
     ]
     if summary:
         lines.append(
             f"- **time**: {summary.get('seconds', 0):.1f} s on {summary.get('device', '?')}; "
-            f"torch {summary.get('versions', {}).get('torch', '?')}, chtorch {summary.get('versions', {}).get('chtorch', '?')}"
+            f"torch {summary.get('versions', {}).get('torch', '?')}, "
+            f"chtorch {summary.get('versions', {}).get('chtorch', '?')}"
         )
     lines.append("")
 
@@ -137,7 +139,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         lines += [
             "## Plots",
             "",
-            f"No plots (matplotlib is not installed, or train.plots was off): `pip install matplotlib` then `chtorch report {run_dir}`.",
+            "No plots (matplotlib is not installed, or train.plots was "
+            f"off): `pip install matplotlib` then `chtorch report {run_dir}`.",
             "",
         ]
 
