@@ -1,7 +1,8 @@
 """Schedules of dynamic sparse training: pure functions of the step (no state, so a resumed run and
 every rank compute the same values).
 
-References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; where the paper and the official code differ: docs/decisions.md);
+References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; where the paper and the official code differ:
+docs/decisions.md);
 Evci et al., ICML 2020 (RigL cosine drop fraction); Zhu & Gupta 2017 (GMP cubic schedule);
 Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S). The optimizer's own LR
 schedules (linear decay, noam, cosine) live in :mod:`chtorch.train.lr_schedules`; the re-warm-up
@@ -30,7 +31,6 @@ __all__ = [
     "temperature_linear",
     "temperature_paper",
     "TEMPERATURE_SCHEDULES",
-    "get_temperature_schedule",
     "decay_events",
     "decay_tau",
     "constant_sparsity",
@@ -101,7 +101,9 @@ def zeta(step: int, zeta0: float, t_end: int, anneal: str = "cosine") -> float:
 def delta_schedule(step: int, t_end: int, start: float = 0.5, end: float = 0.9) -> float:
     """Softness δ of removal, linear from ``start`` at step 0 to ``end`` at ``t_end`` (held after).
 
-    The paper's setting is 0.5 → 0.9 (App. H); the official MLP/Transformer code's T 1 → 3 corresponds to 0.5 → 0.75 (docs/decisions.md)."""
+    The paper's setting is 0.5 → 0.9 (App. H); the official MLP/Transformer code's T 1 → 3 corresponds to
+    0.5 → 0.75
+    (docs/decisions.md)."""
     step = _int("step", step)
     t_end = _int("t_end", t_end)
     start = _real("start", start, 0.0, 1.0)
@@ -115,7 +117,8 @@ def temperature_from_delta(delta: float) -> float:
     """Exponent T applied to removal scores, ``p ∝ score ** T``: ``T = δ / (1 − δ)``.
 
     This follows the official code's values (δ = 0.5 → 1, 0.75 → 3, 0.9 → 9), not the paper's
-    ``1/(1−δ)`` (docs/decisions.md, removal temperature). ``δ = 1`` returns ``inf``: hard top-k (plain magnitude)."""
+    ``1/(1−δ)`` (docs/decisions.md, removal temperature). ``δ = 1`` returns ``inf``: hard top-k (plain
+    magnitude)."""
     delta = _real("delta", delta, 0.0, 1.0)
     if delta == 1.0:
         return math.inf
@@ -124,7 +127,8 @@ def temperature_from_delta(delta: float) -> float:
 
 @TEMPERATURE_SCHEDULES.register(
     "linear",
-    summary="T linear in the step from temperature_start to temperature_end until T_end (both official codes: MLP/Transformer 1 → 3, LLaMA 1 → 9)",
+    summary="T linear in the step from temperature_start to temperature_end "
+    "until T_end (both official codes: MLP/Transformer 1 → 3, LLaMA 1 → 9)",
     params={"start": "temperature_start", "end": "temperature_end"},
 )
 def temperature_linear(
@@ -156,7 +160,7 @@ def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta
 
 @TEMPERATURE_SCHEDULES.register(
     "delta",
-    summary="chtorch before issue 11: δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)",
+    summary="δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)",
 )
 def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``): neither
@@ -173,11 +177,6 @@ def temperature_linear_t(step: int, t_end: int, start_delta: float = 0.5, end_de
     return temperature(step, t_end, start_delta, end_delta, linear_in="temperature")
 
 
-def get_temperature_schedule(name: str) -> Callable[..., float]:
-    """The removal-temperature schedule ``f(step, t_end, start_delta, end_delta, **params) -> T`` registered as ``name``."""
-    return TEMPERATURE_SCHEDULES.part(name).fn
-
-
 def temperature(
     step: int,
     t_end: int,
@@ -188,10 +187,12 @@ def temperature(
     """Removal temperature at ``step``, from ``T(start_delta)`` at step 0 to ``T(end_delta)`` at ``t_end``
     with ``T(δ) = δ/(1−δ)`` (:func:`temperature_from_delta`).
 
-    ``linear_in="delta"`` (default; docs/decisions.md, removal temperature): δ moves linearly, ``T = T(delta_schedule(...))``;
+    ``linear_in="delta"`` (default; docs/decisions.md, removal temperature): δ moves linearly, ``T =
+    T(delta_schedule(...))``;
     e.g. t_end=1000: T = 1 at step 0, 7/3 at step 500, 9 at step 1000.
     ``linear_in="temperature"``: T itself moves linearly between the same endpoints, which is what both
-    official codes do (the LLaMA code's ``start_T→end_T``, the MLP/Transformer code's ``1 + 2t/T_end``); e.g. T = 5 at step 500 for 0.5→0.9.
+    official codes do (the LLaMA code's ``start_T→end_T``, the MLP/Transformer code's ``1 + 2t/T_end``); e.g. T = 5 at
+    step 500 for 0.5→0.9.
     """
     if linear_in == "delta":
         return temperature_from_delta(delta_schedule(step, t_end, start_delta, end_delta))
