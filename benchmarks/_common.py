@@ -67,7 +67,8 @@ def add_protocol_args(parser: argparse.ArgumentParser, threads: int | None = Non
     parser.add_argument(
         "--allow-load",
         action="store_true",
-        help=f"write --out even when the 1-minute load at the start is above {MAX_LOAD} (the file then carries a warning)",
+        help="write --out even when the 1-minute load at the start "
+        f"is above {MAX_LOAD} (the file then carries a warning)",
     )
     parser.add_argument("--threads", type=int, default=threads or os.cpu_count(), help="torch intra-op threads")
 
@@ -97,7 +98,8 @@ class Session:
         print(f"[{self.title}] 1-minute load at start: {self.load_before[0]:.2f}", flush=True)
         if self.args.out and self.loaded and not self.args.allow_load:
             sys.exit(
-                f"refusing to write {self.args.out}: the 1-minute load average is {self.load_before[0]:.2f} > {MAX_LOAD} "
+                f"refusing to write {self.args.out}: the 1-minute load "
+                f"average is {self.load_before[0]:.2f} > {MAX_LOAD} "
                 "(other jobs would skew the figures). Wait for a quiet machine, or pass --allow-load to write a file "
                 "marked as measured under load."
             )
@@ -117,7 +119,8 @@ class Session:
         lines = [f"# {self.title}", ""]
         if self.loaded:
             lines += [
-                f"> **WARNING: measured under load** (1-minute load {self.load_before[0]:.2f} > {MAX_LOAD} at the start, "
+                "> **WARNING: measured under load** (1-minute load "
+                f"{self.load_before[0]:.2f} > {MAX_LOAD} at the start, "
                 "written with --allow-load). These figures are not speed claims.",
                 "",
             ]
@@ -127,7 +130,8 @@ class Session:
         lines += [
             f"- date: {self.started.isoformat(timespec='seconds')}",
             f"- hardware: {hardware}",
-            f"- torch {torch.__version__}, python {platform.python_version()}, torch threads: {torch.get_num_threads()}",
+            f"- torch {torch.__version__}, python {platform.python_version()}, "
+            f"torch threads: {torch.get_num_threads()}",
             f"- 1-minute load average before / after: {self.load_before[0]:.2f} / {self.load_after[0]:.2f} "
             f"(a figure counts only when the start load is below {MAX_LOAD})",
             f"- command: `{_environment()}python -m {_module_name()} {' '.join(sys.argv[1:])}`",

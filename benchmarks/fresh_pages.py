@@ -1,4 +1,5 @@
-"""What fresh pages cost the sparse kernels at large batches (issue 12: the 4096-token Transformer cell).
+"""What fresh pages cost the sparse kernels at large batches (the 4096-token
+Transformer cell).
 
 glibc serves an allocation of 32 MiB or more (the FFN activation of 4096 tokens x 2048 features is exactly
 32 MiB) with a fresh ``mmap`` and returns it to the system when freed, so every such buffer is

@@ -1,4 +1,4 @@
-"""The sparse backend and CH2-L3n on CUDA, one command (issue 12, item 5).
+"""The sparse backend and CH2-L3n on CUDA, one command.
 
 Measures, interleaved, on the first CUDA device:
 

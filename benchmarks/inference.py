@@ -1,4 +1,4 @@
-"""Inference latency of compacted / sparse exports vs the dense model (issue 5).
+"""Inference latency of compacted / sparse exports vs the dense model.
 
 Model: the paper's MNIST MLP 784-1568-1568-1568-10 at 99% sparsity in the three hidden layers
 (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4). A DST run with percolation leaves only part
@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"active {active:.2f} (hidden {widths}) batch {batch:4d} {name:15s}: "
                     f"dense {timing['dense'].ms()}, export {timing[name].ms()} "
-                    f"-> x{timing['dense'].wall / timing[name].wall:.2f} faster; stored params /{r['params_stored']:.1f}; "
-                    f"FLOPs dense/export {report.original.executed_flops / max(1, report.exported.executed_flops):.1f}; "
+                    f"-> x{timing['dense'].wall / timing[name].wall:.2f} "
+                    f"faster; stored params /{r['params_stored']:.1f}; "
+                    "FLOPs dense/export "
+                    f"{report.original.executed_flops / max(1, report.exported.executed_flops):.1f}; "
                     f"max diff {report.max_abs_diff:.1e}",
                     flush=True,
                 )
@@ -116,9 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the hidden layers, synthetic "
             "percolated topology (see the script's docstring); latency = median of "
-            f"{args.repeats} forwards in inference mode, interleaved with the dense original (wall ms, CPU ms in brackets)",
+            f"{args.repeats} forwards in inference mode, interleaved "
+            "with the dense original (wall ms, CPU ms in brackets)",
             "",
-            "| active hidden | hidden widths after compaction | batch | export | dense latency | export latency | speed-up | stored params (dense / export) | FLOPs executed (dense / export) | max abs diff |",
+            "| active hidden | hidden widths after compaction | batch | export | dense latency | export latency "
+            "| speed-up | stored params (dense / export) | FLOPs executed (dense / export) | max abs diff |",
             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
     )

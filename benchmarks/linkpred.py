@@ -6,11 +6,11 @@ dense four-GEMM reference (``ch_l3n_dense_reference``), ``ch_l3n(method="auto")`
 ``ch_l3p`` (CH3); the table gives medians and the ratios reference/L3n and L3p/reference.
 L3p is skipped where its batched-GEMM cost (``l3p_cost``) exceeds ``--l3p-max-gmac``.
 
-Goals (issue 5.3): L3n >= 10x faster than the four GEMMs at <= 2% density, never slower.
+Goals: L3n >= 10x faster than the four GEMMs at <= 2% density, never slower.
 
     python -m benchmarks.linkpred                  # full grids (several minutes on 1 core)
     python -m benchmarks.linkpred --quick          # small sizes, 1 repeat
-    python -m benchmarks.linkpred --out benchmarks/results/linkpred-cpu-2026-01-01.md
+    python -m benchmarks.linkpred --out benchmarks/results/linkpred-cpu-<date>.md
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference, ch_l3p, choose_meth
 
 SIZES = (256, 512, 1024, 2048, 4096)
 DENSITIES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.3)
-ISSUE_LAYERS = ((1024, 1024), (1568, 1568), (1024, 4096))
-ISSUE_DENSITIES = (0.01, 0.05, 0.1, 0.3)
+GRID_LAYERS = ((1024, 1024), (1568, 1568), (1024, 4096))
+GRID_DENSITIES = (0.01, 0.05, 0.1, 0.3)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -85,7 +85,8 @@ def fmt_ms(seconds: float | None) -> str:
 def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
     head = (
         "| layer | density | 4-GEMM ref (ms) | L3n auto (ms) | auto method | ref / L3n (wall) | ref / L3n (CPU) "
-        "| L3n PyTorch bags (ms) | L3p CH3 (ms) | L3p / ref | L3p GMAC | repeats |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| L3n PyTorch bags (ms) | L3p CH3 (ms) | L3p / ref | L3p GMAC "
+        "| repeats |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -93,7 +94,8 @@ def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
         l3p_ratio = f"{l3p / r['ref']:.2f}" if l3p is not None else f"skipped (> {l3p_max_gmac:g} GMAC)"
         lines.append(
             f"| {r['layer']} | {r['density'] * 100:g}% | {fmt_ms(r['ref'])} | {fmt_ms(r['l3n'])} | {r['method']} "
-            f"| **{r['speedup']:.1f}x** | {r['speedup_cpu']:.1f}x | {fmt_ms(r['bags'])} | {fmt_ms(l3p)} | {l3p_ratio} | {r['l3p_gmac']:.2f} "
+            f"| **{r['speedup']:.1f}x** | {r['speedup_cpu']:.1f}x | "
+            f"{fmt_ms(r['bags'])} | {fmt_ms(l3p)} | {l3p_ratio} | {r['l3p_gmac']:.2f} "
             f"| {r['repeats']} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -101,13 +103,13 @@ def table(rows: list[dict[str, object]], l3p_max_gmac: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="sizes 256-1024, 1 repeat, issue grid on 1024x1024")
+    parser.add_argument("--quick", action="store_true", help="sizes 256-1024, 1 repeat, shape grid on 1024x1024")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per layer (median reported)")
     parser.add_argument("--l3p-max-gmac", type=float, default=200.0, help="skip L3p above this many GMAC")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", default=None, help="comma-separated square sizes (default 256..4096)")
-    parser.add_argument("--no-issue-grid", action="store_true", help="skip the issue-5 grid")
+    parser.add_argument("--no-shape-grid", action="store_true", help="skip the grid of the paper's layer shapes")
     add_protocol_args(parser)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -116,12 +118,13 @@ def main() -> None:
     if args.sizes:
         sizes = tuple(int(v) for v in args.sizes.split(","))
     repeats = 1 if args.quick else args.repeats
-    issue_layers = () if args.no_issue_grid else ISSUE_LAYERS[:1] if args.quick else ISSUE_LAYERS
+    grid_layers = () if args.no_shape_grid else GRID_LAYERS[:1] if args.quick else GRID_LAYERS
 
     extra = [
         f"- median of >= {repeats} interleaved repeat(s) after one warm-up (more for fast layers, see the "
         f"last column); random masks (uniform, seed {args.seed})",
-        "- times are wall-clock medians; the CPU-time ratio (process CPU time) is less sensitive to other processes on a shared machine",
+        "- times are wall-clock medians; the CPU-time ratio (process CPU "
+        "time) is less sensitive to other processes on a shared machine",
         "- ref = plain dense four-GEMM CH2-L3n (`ch_l3n_dense_reference`, the official code's form); "
         "L3n = `ch_l3n(mask, 'CH2')` (method `auto`); PyTorch bags = `method='sparse'`; L3p = `ch_l3p(mask, 'CH3')`",
         "",
@@ -131,7 +134,7 @@ def main() -> None:
     sections = []
     for title, layers, densities in (
         ("Layer size x density (square layers)", [(n, n) for n in sizes], DENSITIES),
-        ("Issue-5 grid", list(issue_layers), ISSUE_DENSITIES),
+        ("Paper layer shapes", list(grid_layers), GRID_DENSITIES),
     ):
         if not layers:
             continue

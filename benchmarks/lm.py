@@ -1,5 +1,5 @@
 """Tiny LLaMA on tiny-shakespeare: dense vs CHTs vs CHTss at 70% and 90% sparsity, validation
-perplexity (issue 6).
+perplexity.
 
 Same budget for every run (steps, batch, schedule, seed); only ``sparsity.method`` and
 ``sparsity.sparsity`` change. Runs go one after another through ``chtorch.train.train`` (see

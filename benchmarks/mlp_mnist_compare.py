@@ -99,7 +99,8 @@ def main() -> None:
 
     lines = session.header(
         [
-            f"- model: MLP 784 → {args.hidden} → {args.hidden} → {args.hidden} → 10, 99% sparsity in the hidden layers, "
+            f"- model: MLP 784 → {args.hidden} → {args.hidden} → "
+            f"{args.hidden} → 10, 99% sparsity in the hidden layers, "
             "SGD momentum 0.9, weight decay 5e-4, LR linear 0.025 → 2.5e-4, batch 32, ζ 0.3, SWI weights for every "
             "method, CSTI topology for CHTs/CHTss (configs/mlp_mnist_paper.yaml)",
             f"- budget: {budget}",
@@ -110,7 +111,8 @@ def main() -> None:
             table,
             "",
             "The paper's columns are Table 7 (camera-ready; CHTs = CHTsn with CH2-L3n, CHTss = CHTssn). With a budget "
-            "this short the accuracies are well below the paper's 100-epoch numbers and the differences between methods "
+            "this short the accuracies are well below the paper's "
+            "100-epoch numbers and the differences between methods "
             "are within what one seed can resolve; the table shows that every method trains on the same budget through "
             "`chtorch compare`, and how far percolation has shrunk the active neurons after a few updates.",
         ]

@@ -1,4 +1,4 @@
-"""One whole MNIST epoch, topology update included: CHTs on the truly sparse backend vs dense (issue 5).
+"""One whole MNIST epoch, topology update included: CHTs on the truly sparse backend vs dense.
 
 The paper's MLP 784-1568-1568-1568-10 (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4: batch 32,
 SGD momentum 0.9, weight decay 5e-4) at 99% sparsity. An epoch is 1875 optimizer steps over the 60000
@@ -92,7 +92,8 @@ def main() -> None:
             loader.set_epoch(epoch)
             results[v].append(run_epoch(*runs[v], loader))
             print(
-                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (cpu {results[v][-1][3]:.1f} s; update {results[v][-1][1]:.2f} s), "
+                f"epoch {epoch + 1} {v}: {results[v][-1][0]:.1f} s (cpu "
+                f"{results[v][-1][3]:.1f} s; update {results[v][-1][1]:.2f} s), "
                 f"loss {results[v][-1][2]:.3f}",
                 flush=True,
             )

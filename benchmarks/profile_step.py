@@ -1,4 +1,4 @@
-"""Where the time of a truly sparse training step goes (issue 12, item 1), and of CH2-L3n.
+"""Where the time of a truly sparse training step goes, and of CH2-L3n.
 
 The paper's MLP 784-1568-1568-1568-10 at 99% sparsity (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
 Table 4), hidden layers as ``SparseLinear``. For each kernel implementation, thread count and batch
@@ -91,7 +91,8 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
         for layer, grad in zip(layers, grads):
             grad_input(to_operand(grad), layer.active_values().detach(), layer.layout, batch)
 
-    # the backward converts the output gradient once for dx and dW (counted in dx), the input was converted by the forward
+    # the backward converts the output gradient once for dx and dW (counted in dx), the input was converted by the
+    # forward
     converted = [(to_operand(grad), to_operand(inp)) for grad, inp in zip(grads, inputs)]
 
     def k_dw() -> None:
@@ -134,7 +135,7 @@ def profile_l3n(n: int, density: float, repeats: int, seed: int) -> dict[str, Ti
         "prep (neighbour lists)": lambda: neighbours(mask),
     }
     if native.available():
-        # the native kernel builds its own neighbour lists (C++) since 2026-11-26: its prep is this one
+        # the native kernel builds its own neighbour lists (in C++): its prep is this one
         jobs["prep (neighbour lists)"] = lambda: native.load().neighbour_lists(mask)
         jobs["native total"] = lambda: _l3n_native(mask, "CH2")
     return interleave(jobs, repeats, warmup=1)
@@ -183,10 +184,13 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = session.header(
         [
-            f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the three hidden layers (SparseLinear), "
-            "classifier dense; wall ms per call, process CPU ms in brackets; parts timed interleaved, 3 calls per sample, "
+            f"- model: MLP {'-'.join(map(str, SIZES))}, density "
+            f"{args.density} in the three hidden layers (SparseLinear), "
+            "classifier dense; wall ms per call, process CPU ms in "
+            "brackets; parts timed interleaved, 3 calls per sample, "
             f"median of {args.repeats}",
-            "- overhead = fwd+bwd − (kernels fwd + dx + dW) − dense rest: Python, autograd nodes, transposes, allocation",
+            "- overhead = fwd+bwd − (kernels fwd + dx + dW) − dense "
+            "rest: Python, autograd nodes, transposes, allocation",
             "",
             "| threads | impl | optimizer | batch | " + " | ".join(PARTS) + " | overhead | overhead share of step |",
             "|---:|---|---|---:|" + "---:|" * (len(PARTS) + 2),

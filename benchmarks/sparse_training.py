@@ -1,4 +1,4 @@
-"""Training-step speed: truly sparse SparseLinear vs dense vs masked dense (issue 5).
+"""Training-step speed: truly sparse SparseLinear vs dense vs masked dense.
 
 The paper's MNIST MLP 784-1568-1568-1568-10 (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4:
 SGD momentum 0.9, weight decay 5e-4, 99% sparsity in every layer but the classifier). One step is
@@ -15,7 +15,7 @@ Also timed: one topology update through ``SparseLinear.set_mask`` (30% of links 
 state carried) for the three layers. Each configuration runs at every ``--thread-counts`` value, the
 thread counts interleaved with the variants in one round robin (this 2-vCPU machine's speed at two
 threads drifts by up to 1.7x over minutes), and the file reports the thread scaling of dense and
-sparse side by side (issue 12's goals).
+sparse side by side.
 
     python -m benchmarks.sparse_training                       # print the table
     python -m benchmarks.sparse_training --out benchmarks/results/sparse-training-cpu.md
@@ -210,11 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"- model: MLP {'-'.join(map(str, SIZES))}, density {args.density} in the three hidden layers "
             "(random, exact budget), classifier dense; step = forward + backward + optimizer.step + zero_grad",
-            f"- timing: median over {args.repeats} samples of {args.steps} steps, variants and thread counts interleaved "
+            f"- timing: median over {args.repeats} samples of "
+            f"{args.steps} steps, variants and thread counts interleaved "
             "(one round robin); "
             "wall ms with process CPU ms in brackets",
             f"- SparseLinear kernels: {', '.join(args.impls)} (`native` = chtorch's C++/OpenMP kernels)",
-            f"- optimizer: the trainer's (`chtorch.train.optim.build_optimizer`), `optim.kernel={args.optimizer_kernel}` "
+            "- optimizer: the trainer's (`chtorch.train.optim.build_optimizer`), "
+            f"`optim.kernel={args.optimizer_kernel}` "
             "for every variant (`auto`: torch's fused kernel on CPU)",
             "",
             "| threads | optimizer | batch | "
@@ -249,17 +251,20 @@ def main(argv: list[str] | None = None) -> None:
                 dense_scale = a["dense"].wall / b["dense"].wall
                 sparse_scale = a[best].wall / b[best].wall
                 lines.append(
-                    f"| {opt_name} | {batch} | {dense_scale:.2f}x | {sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |"
+                    f"| {opt_name} | {batch} | {dense_scale:.2f}x | "
+                    f"{sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |"
                 )
     if alone:
         lo, hi = args.thread_counts[0], args.thread_counts[-1]
         lines += [
             "",
-            f"Thread scaling of each variant timed alone (its {lo}- and {hi}-thread samples interleaved, no other model "
+            f"Thread scaling of each variant timed alone (its {lo}- "
+            f"and {hi}-thread samples interleaved, no other model "
             "in between: a training run's situation; the dense models of the table above evict the caches before every "
             "sparse sample):",
             "",
-            f"| optimizer | batch | dense {lo} / {hi} thread(s) | dense scaling | {best} {lo} / {hi} thread(s) | {best} scaling "
+            f"| optimizer | batch | dense {lo} / {hi} thread(s) | dense "
+            f"scaling | {best} {lo} / {hi} thread(s) | {best} scaling "
             f"| {best} scaling / dense scaling |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
@@ -270,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
                 s_lo, s_hi = sp[lo][best], sp[hi][best]
                 dense_scale, sparse_scale = d_lo.wall / d_hi.wall, s_lo.wall / s_hi.wall
                 lines.append(
-                    f"| {opt_name} | {batch} | {d_lo.ms()} / {d_hi.ms()} | {dense_scale:.2f}x | {s_lo.ms()} / {s_hi.ms()} | "
+                    f"| {opt_name} | {batch} | {d_lo.ms()} / {d_hi.ms()} "
+                    f"| {dense_scale:.2f}x | {s_lo.ms()} / {s_hi.ms()} | "
                     f"{sparse_scale:.2f}x | {sparse_scale / dense_scale:.2f} |"
                 )
     lines += [

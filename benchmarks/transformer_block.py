@@ -1,4 +1,4 @@
-"""Training step of one Transformer block, sparse vs dense (issue 12, item 3).
+"""Training step of one Transformer block, sparse vs dense.
 
 A pre-norm block of the paper's Transformer shapes (Zhang et al., NeurIPS 2025, arXiv:2501.19107,
 §4: d_model 512, FFN 2048, 8 heads): attention projections q, k, v, o (512x512) and the FFN (512x2048,

@@ -1,4 +1,4 @@
-"""Multi30k en->de with a CPU-sized Transformer: dense vs SET vs RigL vs CHTs vs CHTss, BLEU (issue 6).
+"""Multi30k en->de with a CPU-sized Transformer: dense vs SET vs RigL vs CHTs vs CHTss, BLEU.
 
 Every run uses the same config, budget (steps, batch, schedule) and seed; only ``sparsity.method``
 and ``sparsity.sparsity`` change. Runs go one after another in this process (the machine has two
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         f"- config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}` "
         f"with `{' '.join(TRANSLATION_OVERRIDES + args.overrides)}`",
-        "- seed 0, one run per cell; runs one after another (an accuracy benchmark: wall times are indicative, CPU time in brackets)",
+        "- seed 0, one run per cell; runs one after another (an accuracy "
+        "benchmark: wall times are indicative, CPU time in brackets)",
         "",
     ]
     done = [r for r in results if "error" not in r]
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     lines += [
-        "| method | sparsity | BLEU (best val ckpt) | best epoch | val ppl (last) | ANP | density | wall | topology updates |",
+        "| method | sparsity | BLEU (best val ckpt) | best epoch | "
+        "val ppl (last) | ANP | density | wall | topology updates |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -212,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         f = r["final"]
         lines.append(
             f"| {r['method']} | {sparsity_cell(r)} | {f.get('test_bleu', float('nan')):.2f} | "
-            f"{f.get('best_epoch', '-')} | {f.get('val_ppl', float('nan')):.2f} | {100 * f.get('active_neurons', 1.0):.1f}% | "
-            f"{f.get('density', 1.0):.4f} | {r.get('wall') or r['seconds']:.0f}s ({r.get('cpu') or 0:.0f}s cpu) | {overhead_cell(r)} |"
+            f"{f.get('best_epoch', '-')} | {f.get('val_ppl', float('nan')):.2f} "
+            f"| {100 * f.get('active_neurons', 1.0):.1f}% | "
+            f"{f.get('density', 1.0):.4f} | {r.get('wall') or r['seconds']:.0f}s "
+            f"({r.get('cpu') or 0:.0f}s cpu) | {overhead_cell(r)} |"
         )
     lines += [
         "",

@@ -1,8 +1,11 @@
 """Argument checks shared by every layer of chtorch: one wording for a bad number or a bad name.
 
-The library core raises ``ValueError`` (or the caller's subclass of it, such as
-:class:`chtorch.dst.options.OptionError` or the config's ``ConfigError``) with a message that names the
-argument, what it must be, and the value it got, e.g. ``zeta must be a number in [0, 1], got 1.5``.
+Every range check and every choice check of chtorch, in the library and in the run configuration,
+goes through :func:`check_number` and :func:`check_choice`. They raise ``ValueError``, or what the
+caller's ``error`` builds from the message (an ``OptionError``, a ``ConfigError`` that also names
+the config key), with a message that names the argument, what it must be and the value it got:
+``zeta must be a number in [0, 1], got 1.5``; ``ems_mode='x' is not one of a, b (did you mean 'a'?)``.
+Part of the ground floor: imports nothing of chtorch.
 """
 
 from __future__ import annotations
@@ -78,10 +81,17 @@ def closest(name: Any, candidates: Iterable[Any]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def check_choice(name: str, value: Any, choices: Iterable[str], *, error: type[Exception] = ValueError) -> str:
+def check_choice(
+    name: str, value: Any, choices: Iterable[Any], *, error: Callable[[str], Exception] = ValueError
+) -> Any:
     """Return ``value`` when it is one of ``choices``, else raise ``error`` listing them (with the
-    closest one suggested)."""
+    closest one suggested).
+
+    >>> check_choice("ems_mode", "tripple", ("off", "triple"))
+    Traceback (most recent call last):
+    ValueError: ems_mode='tripple' is not one of off, triple (did you mean 'triple'?)
+    """
     allowed = tuple(choices)
     if value not in allowed:
-        raise error(f"{name}={value!r} is not one of {allowed}{closest(value, allowed)}")
+        raise error(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}{closest(value, allowed)}")
     return value

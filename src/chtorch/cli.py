@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chtorch import __version__
+
 if TYPE_CHECKING:
     from chtorch.config import Config
 
@@ -48,8 +50,6 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
-
-    from chtorch import __version__
 
     try:
         torch_version = version("torch")
@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="train N runs at once, each a subprocess with one torch thread (default 1: one after another, in this process)",
+        help="train N runs at once, each a subprocess with one torch "
+        "thread (default 1: one after another, in this process)",
     )
     _add_set(p)
 
@@ -351,14 +352,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not (run_dir / "metrics.jsonl").is_file():
         return _fail(
-            f"{run_dir} is not a chtorch run directory (no metrics.jsonl), nor a compare directory (no compare-plan.json)"
+            f"{run_dir} is not a chtorch run directory (no metrics.jsonl), "
+            "nor a compare directory (no compare-plan.json)"
         )
     check_run_records(run_dir)  # not UTF-8, not JSON, absurd records: one line naming the file and line
     try:
         plots, report, skipped = rebuild(run_dir)
     except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:  # a damaged topology snapshot, summary...
         return _fail(
-            f"cannot rebuild the report of {run_dir} from its files ({type(exc).__name__}: {str(exc)[:200]}); a file was damaged or edited"
+            f"cannot rebuild the report of {run_dir} from its files "
+            f"({type(exc).__name__}: {str(exc)[:200]}); a file was damaged or edited"
         )
     for path in plots:
         print(f"wrote {path}")

@@ -15,8 +15,6 @@ __all__ = [
     "link_budget",
     "out_degree",
     "in_degree",
-    "active_outputs",
-    "active_inputs",
     "density",
     "check_mask",
     "keep_bits",
@@ -50,16 +48,6 @@ def out_degree(mask: torch.Tensor) -> torch.Tensor:
 def in_degree(mask: torch.Tensor) -> torch.Tensor:
     """Links per input neuron (column sums), shape ``(n_in,)``, int64."""
     return mask.sum(dim=0, dtype=torch.int64)
-
-
-def active_outputs(mask: torch.Tensor) -> torch.Tensor:
-    """Bool ``(n_out,)``: output neurons that keep at least one link."""
-    return out_degree(mask) > 0
-
-
-def active_inputs(mask: torch.Tensor) -> torch.Tensor:
-    """Bool ``(n_in,)``: input neurons that keep at least one link."""
-    return in_degree(mask) > 0
 
 
 def density(mask: torch.Tensor) -> float:

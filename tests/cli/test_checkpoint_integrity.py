@@ -1,4 +1,4 @@
-"""Issue 13 item 4: every checkpoint carries a SHA-256 digest that ``--resume`` and ``export`` verify;
+"""Checkpoint integrity: every checkpoint carries a SHA-256 digest that ``--resume`` and ``export`` verify;
 a flipped bit, a missing key, a wrong type or shape is one line and exit 2 with the run untouched;
 a full disk during a checkpoint write is a clear error and the previous checkpoint stays intact."""
 

@@ -58,7 +58,8 @@ def test_missing_data_error_names_the_command_line_fix(capsys, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.rstrip().endswith(
-        "On the command line: --set data.dir=<folder holding the files> or --set data.download=true (checksum-verified download)."
+        "On the command line: --set data.dir=<folder holding the files> "
+        "or --set data.download=true (checksum-verified download)."
     )
 
 

@@ -1,4 +1,4 @@
-"""Issue 13 item 5: run directories. ``--out`` refuses places where a run would destroy or cannot
+"""Run directories: ``--out`` refuses places where a run would destroy or cannot
 write files, one process trains a run at a time (flock), ``run.name`` is a name, ``run.threads`` and
 ``run.device`` are checked, and a second Ctrl-C during the interrupt save still exits 130 with the
 checkpoint intact."""

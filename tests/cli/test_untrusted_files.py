@@ -1,4 +1,4 @@
-"""Issue 13 item 6, through the command: YAML anchors/aliases and oversized YAML are refused,
+"""Untrusted files, through the command: YAML anchors/aliases and oversized YAML are refused,
 ``chtorch report`` refuses non-UTF-8 or absurd records with one line, and run outputs get the
 user's umask."""
 

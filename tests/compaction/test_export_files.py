@@ -1,4 +1,4 @@
-"""Issue 13 item 7 (and the export half of item 4): ``chtorch export`` writes safetensors plus a
+"""Export files: ``chtorch export`` writes safetensors plus a
 JSON description, loads back without ``torch.load`` or pickle, and refuses damaged files with one
 line."""
 

@@ -56,7 +56,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_serves_every_registered_method(path: Path) -> None:
     """`chtorch compare CONFIG --methods ...` may name any method: a shared option in a config must
-    not make one of them invalid (a config-wide ``zeta`` once broke GMP, whose regrowth is 'none')."""
+    not make one of them invalid (a config-wide ``zeta`` must not break GMP, whose regrowth is 'none')."""
     from chtorch.dst.methods import all_methods
 
     for method in all_methods():

@@ -1,4 +1,4 @@
-"""Issue 13 item 6, data files: decompression is capped by what the format's header declares (a
+"""Untrusted data files: decompression is capped by what the format's header declares (a
 small gzip holding gigabytes is refused without filling memory), downloads are capped, and files
 written atomically get the user's umask."""
 
@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chtorch._io import atomic_write_bytes
 from chtorch.data import DataFormatError, DownloadError, load_dataset, read_cifar_batch, read_idx, vision
 from chtorch.data import cifar as cifar_module
-from chtorch.data.files import atomic_write_bytes, download, gunzip_capped, maybe_decompress
+from chtorch.data.files import download, gunzip_capped, maybe_decompress
 from chtorch.data.idx import idx_content
 
 

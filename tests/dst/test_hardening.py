@@ -1,4 +1,4 @@
-"""Issue 13 items 1-3: model structure, exact zeros with NaN/Inf, validated options, engine state.
+"""The engine against hostile input: model structure, exact zeros with NaN/Inf, validated options, engine state.
 
 Each error here is a row of docs/errors.md ("Library API" section)."""
 

@@ -208,7 +208,7 @@ def test_engine_built_from_saved_masks_keeps_weights_and_moments() -> None:
 
 
 def test_the_api_default_trains_a_sparse_mlp_on_digits(one_thread) -> None:
-    """Issue 14: sparsify(model, opt, method="chts", sparsity=0.99) on a plain 64-512-512-512-10 MLP
+    """The default: sparsify(model, opt, method="chts", sparsity=0.99) on a plain 64-512-512-512-10 MLP
     trained with SGD must learn (with the model's masked Kaiming init it stays at chance)."""
     datasets = pytest.importorskip("sklearn.datasets")
     digits = datasets.load_digits()

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of the public API (issue 13, item 8): sparsify with random options, values and
+"""Hypothesis fuzzing of the public API: sparsify with random options, values and
 types; SparsityOptions; the topology initialisers; CH link prediction with odd masks and dtypes;
 DynamicSparsity.load_state_dict with mutated states. Each call succeeds or raises a clear chtorch
 error (a ValueError subclass with a one-line message), never another exception. The default run is a

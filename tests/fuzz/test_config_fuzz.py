@@ -1,4 +1,4 @@
-"""Mutation fuzzing of every shipped config in configs/ (issue 13, item 8): keys, values and types
+"""Mutation fuzzing of every shipped config in configs/: keys, values and types
 are mutated, then ``chtorch.config.load_config`` and the ``chtorch config`` command run on the result.
 Each mutant gives a config, or a clear error (``ConfigError``, a ValueError subclass, with a one-line
 message; exit status 2 from the command), never another exception. A quick subset by default, many

@@ -15,9 +15,10 @@ import pytest
 from chtorch.cli import main
 from chtorch.config import ConfigError, load_config
 from chtorch.train import TrainingError, compare
-from chtorch.train.compare_table import best_epoch_value, format_table, mean_stderr
+from chtorch.train.compare_table import best_epoch_value, format_table
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import TABLES, paper_cell, paper_row
+from chtorch.train.seed_stats import mean_stderr
 from chtorch.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,8 +86,8 @@ def test_table_formats_last_best_anp_and_paper_columns() -> None:
         "last epoch" in lines[0] and "best epoch" in lines[0] and "best after T_end" in lines[0] and "paper" in lines[0]
     )
     assert (
-        lines[2]
-        == "| chts | 90.00 ± 1.00 | 95.00 | 94.00 ± 0.50 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | 98.76 ± 0.05 (CHTsn) | 27 |"
+        lines[2] == "| chts | 90.00 ± 1.00 | 95.00 | 94.00 ± 0.50 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | "
+        "98.76 ± 0.05 (CHTsn) | 27 |"
     )
     assert lines[3].endswith("| 2 | — | — |")
 
@@ -163,7 +164,10 @@ def test_compare_resumes_an_interrupted_run_exactly(tmp_path: Path) -> None:
     log = io.StringIO()
     compare(config, ["set"], [0], out_dir, out=log)
     assert "finished earlier" not in log.getvalue()
-    epochs = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(d) if r["kind"] == "epoch"]  # noqa: E731
+
+    def epochs(run_dir):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+
     assert epochs(out_dir / "set-seed0") == epochs(tmp_path / "ref" / "set-seed0")
     assert reference.rows[0]["mean"] == json.loads((out_dir / "compare.json").read_text())["rows"][0]["mean"]
 

@@ -85,7 +85,7 @@ def test_iterative_rewarmup_after_each_topology_update() -> None:
     f = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=10, t_end=30)
     # updates follow steps 10, 20, 30; the j-th step after one runs at min(1, j/4)
     assert [f(s) for s in (0, 1, 3, 9, 10, 11, 13)] == [0.25, 0.5, 1.0, 1.0, 0.25, 0.5, 1.0]
-    assert f(30) == 0.25 and f(31) == 0.5  # the update at t_end = 30 is re-warmed too (issue 10's drift)
+    assert f(30) == 0.25 and f(31) == 0.5  # the update at t_end = 30 is re-warmed too
     # as both official codes, the ramp repeats every interval of the whole run, after t_end too
     assert f(40) == 0.25 and f(41) == 0.5 and f(43) == 1.0
     config = OptimConfig(schedule="constant", rewarmup_steps=4, rewarmup_until="last_update")

@@ -11,7 +11,7 @@ One job per module:
 ========================  =====================================================================
 ``errors``                :class:`ConfigError` (every mistake names its dotted key)
 ``fields``                :func:`setting` fields; ``model`` sections derived from the models' configs
-``checks``                the one number check and the one choice check
+``checks``                a value against its field's bounds; :func:`config_error` for the checks
 ``coercion``              YAML / command-line values converted to a field's type
 ``sections``              the shared sections (run, optim, sparsity, train) and :class:`Config`
 ``registry``              recipes register their ``data`` schemas, model families their ``model`` schemas
@@ -31,7 +31,7 @@ chosen by ``run.recipe`` and the ``model`` schema by ``model.name``; each recipe
 from __future__ import annotations
 
 from chtorch.config.build import build_config, build_section
-from chtorch.config.checks import check_choice, check_field, check_number
+from chtorch.config.checks import check_field, config_error
 from chtorch.config.coercion import Text, coerce
 from chtorch.config.errors import ConfigError
 from chtorch.config.fields import model_schema, model_values, setting
@@ -68,8 +68,7 @@ __all__ = [
     "setting",
     "model_schema",
     "model_values",
-    "check_number",
-    "check_choice",
+    "config_error",
     "check_field",
     "coerce",
     "load_config",

@@ -14,13 +14,14 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chtorch.config.checks import check_field, check_number
+from chtorch._checks import check_number, closest
+from chtorch.config.checks import check_field, config_error
 from chtorch.config.coercion import Text, coerce
 from chtorch.config.errors import ConfigError
 from chtorch.config.registry import default_recipe, model_schema_of, model_schemas, recipe_schema, recipe_schemas
 from chtorch.config.sections import FIXED_SECTIONS, SECTIONS, Config, RunConfig
 from chtorch.config.sparsity import validate_sparsity
-from chtorch.dst.options import SparsityOptions, closest
+from chtorch.dst.options import SparsityOptions
 
 __all__ = ["build_config", "build_section"]
 
@@ -109,7 +110,8 @@ def _validate(config: Config) -> None:
     recipe = recipe_schema(config.run.recipe)
     if config.model.name not in recipe.models:
         raise ConfigError(
-            f"model {config.model.name!r} cannot be trained by recipe {recipe.name!r}; it trains: {', '.join(recipe.models)}",
+            f"model {config.model.name!r} cannot be trained by recipe "
+            f"{recipe.name!r}; it trains: {', '.join(recipe.models)}",
             "model.name",
         )
     validate_sparsity(config, recipe.sparsity_defaults)
@@ -121,9 +123,9 @@ def _validate(config: Config) -> None:
     if optim.schedule == "noam" and optim.warmup_steps == 0:
         raise ConfigError("optim.schedule=noam needs optim.warmup_steps > 0 (e.g. 4000)", "optim.warmup_steps")
     if optim.schedule in ("linear", "cosine"):
-        check_number(
-            optim.final_lr, "optim.final_lr", max=optim.lr, why=f" (at most optim.lr={optim.lr}: the schedule decays)"
-        )
+        key = "optim.final_lr"
+        hint = f"at most optim.lr={optim.lr}: the schedule decays"
+        check_number(key, optim.final_lr, None, optim.lr, error=config_error(key), hint=hint)
     name = config.run.name
     if not name or len(name) > 100 or name in (".", "..") or any(c in name for c in "/\\\0") or not name.isprintable():
         raise ConfigError(

@@ -1,20 +1,21 @@
-"""The number and choice checks of the run configuration: one helper each, one message format.
+"""A config value against its field's declared bounds or choices, with chtorch's one number check.
 
-Every range check of a config value goes through :func:`check_number` (a field's declared bounds
-via :func:`check_field`, and the cross-field checks in :mod:`chtorch.config.build`), so an
-out-of-range value always reads ``key must be a number in [lo, hi), got value``.
+Every range or choice check of a config value goes through :func:`chtorch._checks.check_number` or
+:func:`chtorch._checks.check_choice` (a field's declared bounds via :func:`check_field`, and the
+cross-field checks in :mod:`chtorch.config.build`), with :func:`config_error` turning the message into
+a :class:`ConfigError` that names the key, so an out-of-range value always reads
+``key must be a number in [lo, hi), got value``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from chtorch._checks import check_number as _check_number
+from chtorch._checks import check_choice, check_number
 from chtorch.config.errors import ConfigError
-from chtorch.dst.options import closest
 
-__all__ = ["span", "check_number", "check_choice", "check_field"]
+__all__ = ["span", "config_error", "check_field"]
 
 
 def span(min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False) -> str:
@@ -23,34 +24,14 @@ def span(min: float | None = None, max: float | None = None, min_open: bool = Fa
     return f"{left}{'-inf' if min is None else min}, {'inf' if max is None else max}{right}"
 
 
-def check_number(
-    value: float,
-    key: str,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    min_open: bool = False,
-    max_open: bool = False,
-    shown: Any = None,
-    why: str = "",
-) -> float:
-    """``value`` if it is a finite real number inside the interval, else a :class:`ConfigError` naming
-    ``key``. The check and its wording are chtorch's one number check (:func:`chtorch._checks.check_number`);
-    ``shown`` names the whole setting when ``value`` is one item of a list, ``why`` says what the bound means."""
+def config_error(key: str, shown: Any = None) -> Callable[[str], ConfigError]:
+    """The ``error`` argument of the checks for config key ``key``: a :class:`ConfigError` naming it.
+    ``shown`` is the whole setting when the checked value is one item of a list (named in the message)."""
 
     def error(message: str) -> ConfigError:
-        context = f" (in {key}={shown!r})" if shown is not None and shown is not value else ""
-        return ConfigError(message + context, key)
+        return ConfigError(message + (f" (in {key}={shown!r})" if shown is not None else ""), key)
 
-    _check_number(key, value, min, max, low_open=min_open, high_open=max_open, error=error, hint=why.strip(" ()"))
-    return value
-
-
-def check_choice(value: Any, choices: Sequence[Any], key: str) -> Any:
-    """``value`` if it is one of ``choices``, else a :class:`ConfigError` listing them."""
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, choices))}{closest(value, choices)}", key)
-    return value
+    return error
 
 
 def check_field(value: Any, meta: Mapping[str, Any], key: str) -> None:
@@ -58,18 +39,19 @@ def check_field(value: Any, meta: Mapping[str, Any], key: str) -> None:
     if value is None:
         return
     if meta.get("choices") is not None:
-        check_choice(value, meta["choices"], key)
+        check_choice(key, value, meta["choices"], error=config_error(key))
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return
-    for item in value if isinstance(value, list) else [value]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             check_number(
-                item,
                 key,
-                min=lo,
-                max=hi,
-                min_open=meta.get("min_open", False),
-                max_open=meta.get("max_open", False),
-                shown=value,
+                item,
+                lo,
+                hi,
+                low_open=meta.get("min_open", False),
+                high_open=meta.get("max_open", False),
+                error=config_error(key, value if items is value else None),
             )

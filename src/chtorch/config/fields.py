@@ -1,8 +1,8 @@
 """Typed, described fields, and ``model`` sections derived from the models' own config dataclasses.
 
 A config field is a dataclass field whose metadata holds its help text and allowed values
-(:func:`setting`, defined beside the model configs, which use it too). The reference documentation, the
-validation and the error messages all read that metadata.
+(:func:`setting`, from the ground floor :mod:`chtorch._fields`; the model configs use it too). The
+reference documentation, the validation and the error messages all read that metadata.
 
 A model owns exactly one config dataclass (e.g. :class:`chtorch.models.MLPConfig`). A recipe's
 ``model`` section is *derived* from it with :func:`model_schema`: the same fields, types, help
@@ -19,7 +19,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chtorch.models._config import setting
+from chtorch._fields import setting
 
 __all__ = ["setting", "model_schema", "model_values"]
 

@@ -6,10 +6,10 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from chtorch._checks import closest
 from chtorch.config.coercion import Text
 from chtorch.config.errors import ConfigError
 from chtorch.config.sections import SECTIONS
-from chtorch.dst.options import closest
 
 __all__ = ["parse_override", "apply_overrides"]
 
@@ -34,7 +34,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             raise ConfigError(
                 f"--set {text!r}: name a key inside a section, e.g. {parts[0]}.<key>=value"
                 if parts[0] in SECTIONS
-                else f"--set {text!r}: unknown section {parts[0]!r}{closest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}",
+                else f"--set {text!r}: unknown section "
+                f"{parts[0]!r}{closest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}",
                 parts[0],
             )
         node = out

@@ -27,7 +27,8 @@ def _describe(cls: type, section: str) -> list[str]:
             allowed = span(meta.get("min"), meta.get("max"), meta.get("min_open", False), meta.get("max_open", False))
         default = getattr(instance, f.name)
         rows.append(
-            f"| `{section}.{f.name}` | {type_name(hints[f.name])} | `{default!r}` | {allowed} | {meta.get('help', '')} |"
+            f"| `{section}.{f.name}` | {type_name(hints[f.name])} "
+            f"| `{default!r}` | {allowed} | {meta.get('help', '')} |"
         )
     return rows
 

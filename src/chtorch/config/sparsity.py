@@ -12,10 +12,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from chtorch._checks import closest
 from chtorch.config.coercion import coerce
 from chtorch.config.errors import ConfigError
 from chtorch.config.sections import Config
-from chtorch.dst.options import SparsityOptions, closest
+from chtorch.dst.options import SparsityOptions
 
 __all__ = ["method_options_for", "resolve_sparsity_options", "validate_sparsity"]
 
@@ -82,7 +83,8 @@ def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> Non
         key = name.lower()
         if key not in known:
             raise ConfigError(
-                f"sparsity.method_options names unknown method {name!r}{closest(key, known)}; known methods: {', '.join(known)}",
+                "sparsity.method_options names unknown method "
+                f"{name!r}{closest(key, known)}; known methods: {', '.join(known)}",
                 f"sparsity.method_options.{name}",
             )
         method_options[key] = _coerce_options(opts, f"sparsity.method_options.{key}")
@@ -97,7 +99,9 @@ def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> Non
         resolved = resolve_sparsity_options(sp.method, method_options_for(config, sp.method))
         if resolved.density_schedule != "constant" and resolved.initial_sparsity > sp.sparsity:
             raise ConfigError(
-                f"method {sp.method!r} decays density from initial_sparsity={resolved.initial_sparsity} to sparsity.sparsity={sp.sparsity}; "
-                "the target must be at least as sparse: raise sparsity.sparsity or set sparsity.options.initial_sparsity",
+                f"method {sp.method!r} decays density from "
+                f"initial_sparsity={resolved.initial_sparsity} to sparsity.sparsity={sp.sparsity}; "
+                "the target must be at least as sparse: raise "
+                "sparsity.sparsity or set sparsity.options.initial_sparsity",
                 "sparsity.sparsity",
             )

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chtorch._io import atomic_write_text
 from chtorch.config.build import build_config
 from chtorch.config.errors import ConfigError
 from chtorch.config.overrides import apply_overrides
 from chtorch.config.sections import Config, config_to_dict
-from chtorch.data.files import atomic_write_text
 
 __all__ = ["read_yaml", "load_config", "config_to_yaml", "save_config"]
 
@@ -39,7 +39,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
     if not isinstance(raw, Mapping):
         raise ConfigError(
-            f"{path}: a config must be a mapping of sections (run, model, data, optim, sparsity, train), got {type(raw).__name__}"
+            f"{path}: a config must be a mapping of sections (run, model, "
+            f"data, optim, sparsity, train), got {type(raw).__name__}"
         )
     return dict(raw)
 

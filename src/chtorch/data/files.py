@@ -26,17 +26,16 @@ Errors derive from :class:`DataError` and say which file, what was expected and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+
+from chtorch._io import atomic_write
 
 __all__ = [
     "ENV_VAR",
@@ -54,9 +53,6 @@ __all__ = [
     "read_verified",
     "verify_bytes",
     "verify_file",
-    "atomic_write",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "download",
     "cache_dir",
     "search_dirs",
@@ -166,7 +162,8 @@ def gunzip_capped(data: bytes, source: str | os.PathLike[str], max_bytes: int = 
             out += chunk
             if len(out) > max_bytes:
                 raise DataFormatError(
-                    f"{source}: decompresses to more than {max_bytes} bytes, more than this file can hold; it is damaged or "
+                    f"{source}: decompresses to more than {max_bytes} "
+                    "bytes, more than this file can hold; it is damaged or "
                     "not a dataset file: delete it and download it again"
                 )
             pending = decoder.unconsumed_tail
@@ -231,7 +228,8 @@ def verify_bytes(
                 lines.append(f"  this file is {what}")
                 break
     lines.append(
-        "  The file is corrupt, truncated or from another dataset: delete it and download it again, or pass verify=False to skip the check."
+        "  The file is corrupt, truncated or from another dataset: delete "
+        "it and download it again, or pass verify=False to skip the check."
     )
     if hint:
         lines.append("  " + hint)
@@ -287,60 +285,6 @@ def verify_file(
             return
     raw = path.read_bytes()
     verify_bytes(raw, maybe_decompress(raw, path), checksums, path, hint=hint, known=known)
-
-
-def _umask() -> int:
-    """The process's umask (read by setting and restoring it: os has no getter)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[tuple[BinaryIO, Path]]:
-    """Open a temporary file ``.<name>.<random><suffix>`` next to ``path`` for binary writing; on
-    normal exit it is flushed, fsynced and renamed to ``path`` (atomic on POSIX and Windows), and the
-    rename is made durable by fsyncing the directory; on an exception it is removed.
-
-    Yields ``(file_object, temporary_path)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        # mkstemp creates the file owner-only (0600); the final file gets what open() would give
-        # it, 0666 less the user's umask, like every other file a run writes.
-        with contextlib.suppress(OSError, NotImplementedError):
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            yield handle, tmp
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    # POSIX; a no-op where directories cannot be opened
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + :func:`os.replace`)."""
-    with atomic_write(path) as (handle, _):
-        handle.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: readers see the old file or the new one."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def download(

@@ -125,13 +125,15 @@ def idx_content(raw: bytes, source: str | os.PathLike[str], max_bytes: int = MAX
             size = len(head) + math.prod(dims) * np.dtype(_IDX_TYPES[head[2]]).itemsize
             if size > max_bytes:
                 raise DataFormatError(
-                    f"{source}: the IDX header declares dims {dims}, {size} bytes, more than chtorch reads ({max_bytes}); "
+                    f"{source}: the IDX header declares dims {dims}, "
+                    f"{size} bytes, more than chtorch reads ({max_bytes}); "
                     "the file is damaged or not a dataset file: delete it and download it again"
                 )
             body = stream.read(size - len(head))
             if len(body) == size - len(head) and stream.read(1):
                 raise DataFormatError(
-                    f"{source}: more data after the {size} bytes its IDX header declares (dims {dims}); the file is damaged "
+                    f"{source}: more data after the {size} bytes its IDX "
+                    f"header declares (dims {dims}); the file is damaged "
                     "or not a dataset file: delete it and download it again"
                 )
             return head + body

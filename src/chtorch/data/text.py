@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from chtorch.data.files import Checksums, DataFormatError, DataNotFoundError, find_file, read_verified, search_dirs
+from chtorch.rng import make_generator
 
 __all__ = [
     "TEXT_CORPORA",
@@ -124,7 +125,8 @@ def load_hf_text(
         import datasets
     except ImportError as exc:
         raise ImportError(
-            "load_hf_text needs Hugging Face `datasets`: pip install datasets (or use load_corpus on a local .txt/.txt.gz file)"
+            "load_hf_text needs Hugging Face `datasets`: pip install "
+            "datasets (or use load_corpus on a local .txt/.txt.gz file)"
         ) from exc
     if path is None:
         if name not in HF_TEXT_DATASETS:
@@ -176,8 +178,6 @@ def split_documents(documents: Sequence[str], val_fraction: float = 0.05, seed: 
     """Hold out ``round(val_fraction * n)`` (at least 1) documents chosen by a seeded permutation
     (``chtorch.rng.make_generator(seed, "split_documents")``); both parts keep the original order.
     The paper's LLaMA runs hold out 5% of OpenWebText."""
-    from chtorch.rng import make_generator
-
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = len(documents)
@@ -198,7 +198,8 @@ def _check_stream(tokens: torch.Tensor, seq_len: int, batch_size: int) -> None:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
     if len(tokens) < seq_len + 1:
         raise ValueError(
-            f"the token stream ({len(tokens)} tokens) is shorter than seq_len + 1 = {seq_len + 1}; use a shorter seq_len or more text"
+            f"the token stream ({len(tokens)} tokens) is shorter than "
+            f"seq_len + 1 = {seq_len + 1}; use a shorter seq_len or more text"
         )
 
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from chtorch.data.files import atomic_write_text
+from chtorch._io import atomic_write_text
 
 __all__ = [
     "SPECIAL_TOKENS",

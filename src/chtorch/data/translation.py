@@ -228,7 +228,8 @@ def load_hf_translation(
         import datasets
     except ImportError as exc:
         raise ImportError(
-            "load_hf_translation needs Hugging Face `datasets`: pip install datasets (or use read_parallel on local text files)"
+            "load_hf_translation needs Hugging Face `datasets`: pip "
+            "install datasets (or use read_parallel on local text files)"
         ) from exc
     if path is None:
         if name not in HF_TRANSLATION_DATASETS:

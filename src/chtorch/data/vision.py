@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from chtorch._io import atomic_write_bytes
 from chtorch.data.augment import random_crop_flip
 from chtorch.data.cifar import MAX_CIFAR_BATCH_BYTES, read_cifar_batch
 from chtorch.data.files import (
@@ -36,7 +37,6 @@ from chtorch.data.files import (
     DataError,
     DataFormatError,
     DataNotFoundError,
-    atomic_write_bytes,
     cache_dir,
     download,
     find_file,
@@ -245,7 +245,8 @@ def _extract_emnist_if_needed(
                 size = archive.getinfo(members[f.name]).file_size
                 if size > MAX_ZIP_MEMBER_BYTES:
                     raise DataFormatError(
-                        f"{zip_path}: member {f.name} declares {size} bytes, more than an EMNIST file holds ({MAX_ZIP_MEMBER_BYTES}); "
+                        f"{zip_path}: member {f.name} declares {size} bytes, more "
+                        f"than an EMNIST file holds ({MAX_ZIP_MEMBER_BYTES}); "
                         "download gzip.zip again"
                     )
                 atomic_write_bytes(target / f.name, archive.read(members[f.name]))

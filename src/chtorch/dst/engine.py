@@ -114,7 +114,8 @@ class DynamicSparsity:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(
-                f"optimizer must be a torch.optim.Optimizer (built from model.parameters()), got {type(optimizer).__name__}"
+                "optimizer must be a torch.optim.Optimizer (built from "
+                f"model.parameters()), got {type(optimizer).__name__}"
             )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -166,11 +167,12 @@ class DynamicSparsity:
         transposed = [n for n in names if is_transposed(modules[n])]
         if transposed and backend == "sparse":
             raise OptionError(
-                f"backend='sparse' replaces nn.Linear layers only; {transposed[0]!r} is a GPT-2 Conv1D: use backend='masked'"
+                "backend='sparse' replaces nn.Linear layers only; "
+                f"{transposed[0]!r} is a GPT-2 Conv1D: use backend='masked'"
             )
         self.backends.update(dict.fromkeys(transposed, "masked"))  # the truly sparse layer is an nn.Linear replacement
         # Every mask is drawn before the first write to the model, and the writes are undone on any
-        # failure: sparsify is all or nothing (issue 13).
+        # failure: sparsify is all or nothing.
         targets = self._targets_for(shapes, 0)
         planned = {
             name: given[name]
@@ -317,8 +319,6 @@ class DynamicSparsity:
         """Each layer's exact link budget at ``step``."""
         return self._targets_for([layer.shape for layer in self.layers], step)
 
-    _targets = targets  # the name tests and older callers use
-
     def zeta(self, step: int) -> float:
         """Fraction of active links removed by the update at ``step``."""
         return schedules.zeta(step, self.options.zeta, self.t_end, anneal=self.options.zeta_anneal)
@@ -371,7 +371,8 @@ class DynamicSparsity:
         :meth:`remove` and ``ValueError`` when a mask was replaced by one that breaks the budget."""
         if self._removed:
             raise RuntimeError(
-                "sp.step() after sp.remove(): the engine's hooks are detached, so it no longer keeps off-mask entries at zero; "
+                "sp.step() after sp.remove(): the engine's hooks are "
+                "detached, so it no longer keeps off-mask entries at zero; "
                 "build a new engine with chtorch.sparsify(..., masks=...) to continue dynamic sparse training"
             )
         self._watch.check(self.layers)
@@ -437,7 +438,10 @@ class DynamicSparsity:
         return summary_table(self)
 
     def __repr__(self) -> str:
-        return f"DynamicSparsity(method={self.method!r}, sparsity={self.sparsity}, layers={len(self.layers)}, step={self.step_count})"
+        return (
+            f"DynamicSparsity(method={self.method!r}, sparsity={self.sparsity}, "
+            f"layers={len(self.layers)}, step={self.step_count})"
+        )
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

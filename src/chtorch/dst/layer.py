@@ -40,12 +40,11 @@ __all__ = [
 
 BACKENDS = ("auto", "masked", "sparse")
 # "auto" runs a layer sparse at or below this density. What it chooses between is the masked layer
-# (dense GEMMs plus re-masking), not a plain dense one. Measured 2026-11-26 with
-# benchmarks/sparse_training.py (MLP 784-1568³-10, SGD momentum, native kernels, 1-minute load 2.5-3.7,
-# so not a quiet-machine claim): sparse step vs masked step is 4.2× / 3.6× at 10% density and 2.5× /
-# 2.0× at 20% (batch 32 / 256, one thread), 4.1× / 3.6× and 2.7× / 2.1× at two threads, and still
-# 1.5× / 1.2× at 35% (one thread). 20% leaves margin for machines whose dense GEMMs scale better with
-# cores. GPUs (torch.sparse CSR / cuSPARSE) were not measured: set backend="masked" there if in doubt.
+# (dense GEMMs plus re-masking), not a plain dense one. On CPU (MLP 784-1568³-10, native kernels) the
+# sparse step is about 4× faster than the masked step at 10% density, 2-2.5× at 20% and still 1.2-1.5×
+# at 35% (benchmarks/sparse_training.py; figures in benchmarks/results/). 20% leaves margin for machines
+# whose dense GEMMs scale better with cores. GPUs (torch.sparse CSR / cuSPARSE) are not measured: set
+# backend="masked" there if in doubt.
 AUTO_SPARSE_MAX_DENSITY = 0.2
 # Below this many positions a layer is too small for sparse kernels to pay off (launch overhead).
 AUTO_SPARSE_MIN_POSITIONS = 128 * 128
@@ -331,7 +330,8 @@ def choose_backends(
         return dict.fromkeys(names, request), "requested"
     choice = {name: auto_backend(d, a * b) for name, (a, b), d in zip(names, shapes, densities)}
     reason = (
-        f"layers at density <= {AUTO_SPARSE_MAX_DENSITY} with at least {AUTO_SPARSE_MIN_POSITIONS} positions run sparse, "
+        f"layers at density <= {AUTO_SPARSE_MAX_DENSITY} with at "
+        f"least {AUTO_SPARSE_MIN_POSITIONS} positions run sparse, "
         "re-decided at every update"
     )
     n_sparse = sum(v == "sparse" for v in choice.values())

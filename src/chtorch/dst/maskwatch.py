@@ -4,7 +4,7 @@ The ``weight_mask`` buffers live in ``model.state_dict()``, so a user can load a
 not choose. :class:`MaskWatch` notices (a mask's version counter or identity moved, or a
 ``load_state_dict`` pre-hook saw a non-bool mask before torch converted it into the bool buffer)
 and the engine's next ``step()`` refuses a mask that is not bool, has another shape, or holds
-another number of links than the engine left in it, naming the layer (issue 13, item 3). The count
+another number of links than the engine left in it, naming the layer. The count
 is the one the engine last saw, or the one its loaded state recorded: a layer may hold fewer links
 than its budget (MEST EM&S does not compensate percolated links, and a regrowth can run out of
 candidates), so the budget is only an upper bound. Unchanged masks cost a dict lookup per layer and step.
@@ -68,13 +68,15 @@ class MaskWatch:
                 )
             if tuple(mask.shape) != layer.shape:
                 raise ValueError(
-                    f"layer {layer.name!r}: weight_mask has shape {tuple(mask.shape)}, the layer is {layer.shape}; {_FIX}"
+                    f"layer {layer.name!r}: weight_mask has shape "
+                    f"{tuple(mask.shape)}, the layer is {layer.shape}; {_FIX}"
                 )
             links = int(torch.count_nonzero(mask))
             expected = self.links.get(layer.name)
             if expected is None and links > layer.target:
                 raise ValueError(
-                    f"layer {layer.name!r}: weight_mask holds {links} links but the layer's budget is {layer.target}; {_FIX}"
+                    f"layer {layer.name!r}: weight_mask holds {links} "
+                    f"links but the layer's budget is {layer.target}; {_FIX}"
                 )
             if expected is not None and links != expected:
                 raise ValueError(

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from chtorch.dst.options import OptionError, SparsityOptions, closest
+from chtorch._checks import closest
+from chtorch.dst.options import OptionError, SparsityOptions
 
 __all__ = [
     "MethodPreset",
@@ -173,9 +174,11 @@ def resolve_options(method: str, *overrides: Mapping[str, Any] | None) -> Sparsi
 # docs/decisions.md.
 
 _SHARED_DECISIONS = (
-    "regrown links start at zero with zero optimizer state, as the official code (regrown_init='history' gives App. J's "
+    "regrown links start at zero with zero optimizer state, as "
+    "the official code (regrown_init='history' gives App. J's "
     "historical weights), except a link removed and regrown in the same update, which keeps its weight and state as in "
-    "every official code (readmitted='reset' restarts it); the optimizer step is not skipped on an update iteration (sp.step() runs after it); "
+    "every official code (readmitted='reset' restarts it); the optimizer "
+    "step is not skipped on an update iteration (sp.step() runs after it); "
     "CH2-L3n clamps the external degree at >= 0 and computes in float32 with exact counts; "
     "percolation pairs only identical row indices of q/k; topology updates run while step < T_end, as the "
     "MLP/Transformer code (final_update='at_t_end': through T_end, as the LLaMA code, the LM recipe and the "
@@ -183,18 +186,22 @@ _SHARED_DECISIONS = (
 )
 _SOFT_DECISIONS = (
     "soft removal samples the KEPT links without replacement with p ∝ |W|^T, T linear in the step from 1 to 3 until "
-    "T_end as the official MLP/Transformer code (temperature_schedule='linear'; the LLaMA recipe sets temperature_end=9 "
-    "as the LLaMA code; 'paper' gives the paper's T = 1/(1−δ)); soft regrowth samples new links with p ∝ CH score and, "
+    "T_end as the official MLP/Transformer code "
+    "(temperature_schedule='linear'; the LLaMA recipe sets temperature_end=9 "
+    "as the LLaMA code; 'paper' gives the paper's T = 1/(1−δ)); "
+    "soft regrowth samples new links with p ∝ CH score and, "
     "when too few scores are positive, adds 1e-5 to every non-link, so a neuron that percolation disconnected can come "
-    "back, as the MLP/Transformer code (regrowth_candidates='live' keeps to live neurons; the LLaMA recipe uses the LLaMA "
-    "code's top-k); BRF gives each node of the smaller side its degree, as the code does; SWI with density·fan_in, as the "
+    "back, as the MLP/Transformer code (regrowth_candidates='live' "
+    "keeps to live neurons; the LLaMA recipe uses the LLaMA "
+    "code's top-k); BRF gives each node of the smaller side its "
+    "degree, as the code does; SWI with density·fan_in, as the "
     "original CHT layer (the MLP recipe: fan_out, as the MLP code) (docs/decisions.md)"
 )
 _EMS_DECISIONS = (
     "EM&S as the official code (ems_mode='official'): every update keeps only the target-density core by the removal "
     "score (ζ ignored), percolates, then regrows the extra density (5% of the layer, then 2.5%) without compensating "
-    "percolated links; the update at T_end − ΔT cuts to the core and regrows nothing (ems_mode='schedule': chtorch "
-    "before issue 11) (docs/decisions.md, MEST EM&S)"
+    "percolated links; the update at T_end − ΔT cuts to the core and regrows nothing (ems_mode='schedule': the "
+    "extra density only raises the budget) (docs/decisions.md, MEST EM&S)"
 )
 
 register_method(
@@ -259,9 +266,9 @@ register_method(
     "gmp",
     "GMP: gradual magnitude pruning from 50% sparsity on the cubic schedule; pruned weights may return",
     "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
-    decisions="pruned weights compete again with their last value (prune_with_history) and a revived weight restarts at "
-    "zero, as the official LLaMA code (revived_init='history': at its last value) (docs/decisions.md, GMP); updates run "
-    "through T_end (final_update='at_t_end'), as the LLaMA code, so the decay's last event at T_end runs",
+    decisions="pruned weights compete again with their last value (prune_with_history) and a revived weight "
+    "restarts at zero, as the official LLaMA code (revived_init='history': at its last value) (docs/decisions.md, "
+    "GMP); updates run through T_end (final_update='at_t_end'), as the LLaMA code, so the decay's last event at T_end runs",
     init="erdos_renyi",
     density_schedule="cubic",
     initial_sparsity=0.5,
@@ -321,7 +328,8 @@ register_method(
 
 register_method(
     "chts",
-    "CHTs: BRF init, SWI, soft magnitude removal (T 1→3), percolation, soft CH2-L3n regrowth, cosine ζ (the paper's text)",
+    "CHTs: BRF init, SWI, soft magnitude removal (T 1→3), "
+    "percolation, soft CH2-L3n regrowth, cosine ζ (the paper's text)",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107)",
     decisions=_SOFT_DECISIONS
@@ -350,8 +358,10 @@ register_method(
     "CHTss: CHTs plus sigmoid density decay from 50% sparsity (k=6) with relative-importance pruning",
     "Zhang et al., 'Brain network science modelling of sparse neural networks enables Transformers and LLMs to "
     "perform as fully connected', NeurIPS 2025 (arXiv:2501.19107), §3.3",
-    decisions="the sigmoid is the code's min-max normalised s(τ) = s_i + (s_f − s_i)[σ(k(2τ/n − 1)) − σ(−k)] / "
-    "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates; pruning keeps the top relative-importance links of each "
+    decisions="the sigmoid is the code's min-max normalised s(τ) "
+    "= s_i + (s_f − s_i)[σ(k(2τ/n − 1)) − σ(−k)] / "
+    "[σ(k) − σ(−k)] over the n = 0.75·steps / ΔT updates; "
+    "pruning keeps the top relative-importance links of each "
     "layer (uniform, not a global ranking), deterministically, then the CHTs removal and regrowth restore the "
     "scheduled budget, so pruned links are not regrown; the 'half-step' FLOPs matching is not applied "
     "(decay_end_fraction sets the decay length); updates run through T_end (final_update='at_t_end'), as the LLaMA "
@@ -370,10 +380,12 @@ register_method(
 
 register_method(
     "chts_mlp",
-    "CHTs as the official MLP code runs it for Table 7: CSTI, SWI fan-out, EM&S, hard |W| removal, percolation, soft CH3-L3p",
+    "CHTs as the official MLP code runs it for Table 7: CSTI, SWI "
+    "fan-out, EM&S, hard |W| removal, percolation, soft CH3-L3p",
     "Zhang et al., NeurIPS 2025 (arXiv:2501.19107), Table 7 (CHTsp), as the official MLP code's README command "
     "(biomedical-cybernetics/Cannistraci-Hebb-training, mlp_and_cnn)",
-    decisions="the README 'CHTs' recipe: CSTI on every sparse layer (the MLP configs set init='csti' and the recipe passes "
+    decisions="the README 'CHTs' recipe: CSTI on every sparse layer "
+    "(the MLP configs set init='csti' and the recipe passes "
     "the input correlation; the preset alone keeps chts's BRF, since CSTI needs data), SWI "
     "with density·fan_out at the 6% start density, MEST's EM&S: "
     + _EMS_DECISIONS
@@ -396,7 +408,8 @@ register_method(
 register_method(
     "chtsn_mlp",
     "chts_mlp with soft CH2-L3n regrowth (Table 7's CHTsn row)",
-    "Zhang et al., NeurIPS 2025 (arXiv:2501.19107), Table 7 (CHTsn), the official MLP code with --regrow_method CH2_L3n_soft",
+    "Zhang et al., NeurIPS 2025 (arXiv:2501.19107), Table 7 "
+    "(CHTsn), the official MLP code with --regrow_method CH2_L3n_soft",
     decisions="as chts_mlp, with the matrix CH2-L3n predictor",
     based_on="chts_mlp",
     ch_predictor="l3n",

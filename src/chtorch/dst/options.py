@@ -15,7 +15,7 @@ from typing import Any
 
 from chtorch._checks import check_choice, check_number, closest
 
-__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS", "check_engine_args"]
+__all__ = ["SparsityOptions", "OptionError", "PART_OPTIONS", "check_engine_args"]
 
 # Plain choices that are not parts (no behaviour of their own to register).
 PREDICTORS = ("l3n", "l3p")
@@ -70,7 +70,7 @@ class SparsityOptions:
         mutation & soft memory bound (extra density 5% then 2.5% before the target); ``ems_mode``:
         "official" (each update keeps only the target-density core by the removal score, ζ ignored,
         percolates, then regrows the extra density; the last stage keeps the core only) or
-        "schedule" (chtorch before issue 11: the extra only raises the budget, ζ removal on top).
+        "schedule" (the extra only raises the budget, ζ removal on top).
     Initial topology
         ``init``: "erdos_renyi", "bsw", "brf", "bsf" or "csti"; ``init_options`` go to the
         initializer (``beta``, ``r``, ``degree``, ``correlation``); ``weight_init``: "keep" (mask the
@@ -225,7 +225,8 @@ class SparsityOptions:
                 raise OptionError(f"{name}={value!r} is not one of {names}{closest(value, names)}")
         if self.prune_score in registry("removal") and "rule" in registry("removal").part(self.prune_score).flags:
             raise OptionError(
-                f"prune_score={self.prune_score!r} is a rule, not a score: a density decay ranks links by a score (magnitude, ri, mest, ...)"
+                f"prune_score={self.prune_score!r} is a rule, not a score: a "
+                "density decay ranks links by a score (magnitude, ri, mest, ...)"
             )
         if not isinstance(self.ch_variant, str) or self.ch_variant.upper() not in CH_VARIANTS:
             raise OptionError(
@@ -236,7 +237,8 @@ class SparsityOptions:
         removal = registry("removal").part(self.removal)
         if "deterministic" in removal.flags and self.removal_selection != "topk":
             raise OptionError(
-                f"removal={self.removal!r} is deterministic (it picks the removed links itself); use removal_selection='topk'"
+                f"removal={self.removal!r} is deterministic (it picks "
+                "the removed links itself); use removal_selection='topk'"
             )
         if not isinstance(self.head_groups, Mapping) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -330,7 +332,8 @@ def check_engine_args(sparsity: float, total_steps: int, options: SparsityOption
         )
     if "restores_nothing" in get_part("regrowth", options.regrowth).flags and (options.zeta > 0 or options.percolation):
         raise OptionError(
-            f"regrowth={options.regrowth!r} cannot restore links taken by removal or percolation, so budgets would drift: "
+            f"regrowth={options.regrowth!r} cannot restore links "
+            "taken by removal or percolation, so budgets would drift: "
             "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
         )
     _check_decay_reaches_target(total_steps, options)

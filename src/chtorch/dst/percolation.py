@@ -67,7 +67,8 @@ def _check(couplings: Sequence[Coupling], masks: Mapping[str, torch.Tensor]) -> 
         for name in c.layers:
             if name not in masks:
                 raise ValueError(
-                    f"percolation coupling {c} names {name!r}, which is not a sparsified layer; sparse layers: {sorted(masks)}"
+                    f"percolation coupling {c} names {name!r}, which is "
+                    f"not a sparsified layer; sparse layers: {sorted(masks)}"
                 )
         if c.kind == "chain":
             for a, b in zip(c.layers, c.layers[1:]):

@@ -1,18 +1,17 @@
 """The registries of the parts a method is made of, one per option that names a part.
 
-==========================  ===================================  ==============================================
-option                      registry                             a part is called as
-==========================  ===================================  ==============================================
-``init``                    :data:`chtorch.topology.INITIALIZERS`  ``fn(n_out, n_in, n_links=, generator=, **init_options)``
-``weight_init``             :data:`WEIGHT_INITS`                 ``fn(weight, mask, generator=)`` (in place)
-``removal``, ``prune_score``  :data:`REMOVALS`                   ``fn(weight, mask, *, grad=None, **params)`` → scores
-``regrowth``                :data:`REGROWTHS`                    ``fn(keep, *, grad=None, **params)`` → scores
-``removal_selection``,      :data:`SELECTIONS`                   ``fn(scores, k, generator, *, temperature=, floor=)``
-``regrowth_selection``                                           → indices
-``density_schedule``        :data:`DENSITY_SCHEDULES`            ``fn(tau, n, s_i, s_f, **params)`` → sparsity
-``temperature_schedule``    :data:`TEMPERATURE_SCHEDULES`        ``fn(step, t_end, start_delta, end_delta, **params)`` → T
-``regrown_init``            :data:`REGROWN_INITS`                ``fn(history, new)`` → initial values
-==========================  ===================================  ==============================================
+Option → registry: how a part is called.
+
+- ``init`` → :data:`chtorch.topology.INITIALIZERS`: ``fn(n_out, n_in, n_links=, generator=, **init_options)``
+- ``weight_init`` → :data:`WEIGHT_INITS`: ``fn(weight, mask, generator=)`` (in place)
+- ``removal``, ``prune_score`` → :data:`REMOVALS`: ``fn(weight, mask, *, grad=None, **params)`` → scores
+- ``regrowth`` → :data:`REGROWTHS`: ``fn(keep, *, grad=None, **params)`` → scores
+- ``removal_selection``, ``regrowth_selection`` → :data:`SELECTIONS`:
+  ``fn(scores, k, generator, *, temperature=, floor=)`` → indices
+- ``density_schedule`` → :data:`DENSITY_SCHEDULES`: ``fn(tau, n, s_i, s_f, **params)`` → sparsity
+- ``temperature_schedule`` → :data:`TEMPERATURE_SCHEDULES`: ``fn(step, t_end, start_delta, end_delta,
+**params)`` → T
+- ``regrown_init`` → :data:`REGROWN_INITS`: ``fn(history, new)`` → initial values
 
 Each part declares what it needs (:class:`chtorch._registry.Part`): ``"dense_gradient"`` (the engine
 records the dense gradient before an update; the truly sparse backend cannot serve it),

@@ -54,7 +54,8 @@ def gradient_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> t
 
 @REGROWTHS.register(
     "ch",
-    summary="Cannistraci-Hebb link prediction (CH2/CH3-L3n matrix or CH3-L3p path); live neurons only with regrowth_candidates='live'",
+    summary="Cannistraci-Hebb link prediction (CH2/CH3-L3n matrix or "
+    "CH3-L3p path); live neurons only with regrowth_candidates='live'",
     needs=("live_neurons",),
     params={"predictor": "ch_predictor", "variant": "ch_variant"},
 )

@@ -135,7 +135,8 @@ def summary_table(engine: Any) -> str:
             ]
         )
     head = (
-        f"chtorch {engine.method or 'custom'}: sparsity {engine.sparsity}, step {engine.step_count}/{engine.total_steps}, "
+        f"chtorch {engine.method or 'custom'}: sparsity {engine.sparsity}, "
+        f"step {engine.step_count}/{engine.total_steps}, "
         f"{engine.update_count} updates (every {engine.options.update_interval} steps until {engine.t_end}), "
         f"density {engine.density():.4f}, ITOP {engine.itop_rate():.1%}"
     )

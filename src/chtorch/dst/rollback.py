@@ -4,7 +4,7 @@ Building the engine writes to objects the user owns: a ``weight_mask`` buffer on
 layer, masked (or re-drawn) weights and gradients, masked optimizer moments, tensor hooks, an
 optimizer post-hook, and for the sparse backend new modules and new optimizer parameters. A failure
 half-way (an initialiser that raises, a layer the sparse backend refuses) must leave all of them as
-they were, so the user can correct the call and try again (issue 13: "``sparsify`` is atomic").
+they were, so the user can correct the call and try again: ``sparsify`` is atomic.
 :class:`Snapshot` records them before the first write and :meth:`Snapshot.restore` puts them back.
 """
 

@@ -1,9 +1,12 @@
 """Schedules of dynamic sparse training: pure functions of the step (no state, so a resumed run and
 every rank compute the same values).
 
-References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; where the paper and the official code differ: docs/decisions.md);
+References: Zhang et al., NeurIPS 2025, arXiv:2501.19107 (CHTs/CHTss; where the paper and the official code differ:
+docs/decisions.md);
 Evci et al., ICML 2020 (RigL cosine drop fraction); Zhu & Gupta 2017 (GMP cubic schedule);
-Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S); Vaswani et al. 2017 (noam).
+Liu et al., NeurIPS 2021 (GraNet); Yuan et al., NeurIPS 2021 (MEST EM&S). The optimizer's own LR
+schedules (linear decay, noam, cosine) live in :mod:`chtorch.train.lr_schedules`; the re-warm-up
+after a topology update is the engine's (below).
 
 Conventions: ``step`` counts optimizer steps (0 before the first one). Topology updates happen at
 ``step = start + interval, start + 2·interval, …`` while ``step < t_end`` (``final_update="before_t_end"``, the
@@ -31,7 +34,6 @@ __all__ = [
     "temperature_linear",
     "temperature_paper",
     "TEMPERATURE_SCHEDULES",
-    "get_temperature_schedule",
     "decay_events",
     "decay_tau",
     "constant_sparsity",
@@ -43,9 +45,6 @@ __all__ = [
     "mest_ems_extra_density",
     "rewarmup_factor",
     "rewarmup_lambda",
-    "linear_decay",
-    "noam",
-    "cosine_with_warmup",
 ]
 
 _ANNEALS = ("cosine", "constant")
@@ -123,7 +122,9 @@ def zeta(step: int, zeta0: float, t_end: int, anneal: str = "cosine") -> float:
 def delta_schedule(step: int, t_end: int, start: float = 0.5, end: float = 0.9) -> float:
     """Softness δ of removal, linear from ``start`` at step 0 to ``end`` at ``t_end`` (held after).
 
-    The paper's setting is 0.5 → 0.9 (App. H); the official MLP/Transformer code's T 1 → 3 corresponds to 0.5 → 0.75 (docs/decisions.md)."""
+    The paper's setting is 0.5 → 0.9 (App. H); the official MLP/Transformer code's T 1 → 3 corresponds to
+    0.5 → 0.75
+    (docs/decisions.md)."""
     step = _int("step", step)
     t_end = _int("t_end", t_end)
     start = _real("start", start, 0.0, 1.0)
@@ -137,7 +138,8 @@ def temperature_from_delta(delta: float) -> float:
     """Exponent T applied to removal scores, ``p ∝ score ** T``: ``T = δ / (1 − δ)``.
 
     This follows the official code's values (δ = 0.5 → 1, 0.75 → 3, 0.9 → 9), not the paper's
-    ``1/(1−δ)`` (docs/decisions.md, removal temperature). ``δ = 1`` returns ``inf``: hard top-k (plain magnitude)."""
+    ``1/(1−δ)`` (docs/decisions.md, removal temperature). ``δ = 1`` returns ``inf``: hard top-k (plain
+    magnitude)."""
     delta = _real("delta", delta, 0.0, 1.0)
     if delta == 1.0:
         return math.inf
@@ -146,7 +148,8 @@ def temperature_from_delta(delta: float) -> float:
 
 @TEMPERATURE_SCHEDULES.register(
     "linear",
-    summary="T linear in the step from temperature_start to temperature_end until T_end (both official codes: MLP/Transformer 1 → 3, LLaMA 1 → 9)",
+    summary="T linear in the step from temperature_start to temperature_end "
+    "until T_end (both official codes: MLP/Transformer 1 → 3, LLaMA 1 → 9)",
     params={"start": "temperature_start", "end": "temperature_end"},
 )
 def temperature_linear(
@@ -178,7 +181,7 @@ def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta
 
 @TEMPERATURE_SCHEDULES.register(
     "delta",
-    summary="chtorch before issue 11: δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)",
+    summary="δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)",
 )
 def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``): neither
@@ -195,11 +198,6 @@ def temperature_linear_t(step: int, t_end: int, start_delta: float = 0.5, end_de
     return temperature(step, t_end, start_delta, end_delta, linear_in="temperature")
 
 
-def get_temperature_schedule(name: str) -> Callable[..., float]:
-    """The removal-temperature schedule ``f(step, t_end, start_delta, end_delta, **params) -> T`` registered as ``name``."""
-    return TEMPERATURE_SCHEDULES.part(name).fn
-
-
 def temperature(
     step: int,
     t_end: int,
@@ -210,10 +208,12 @@ def temperature(
     """Removal temperature at ``step``, from ``T(start_delta)`` at step 0 to ``T(end_delta)`` at ``t_end``
     with ``T(δ) = δ/(1−δ)`` (:func:`temperature_from_delta`).
 
-    ``linear_in="delta"`` (default; docs/decisions.md, removal temperature): δ moves linearly, ``T = T(delta_schedule(...))``;
+    ``linear_in="delta"`` (default; docs/decisions.md, removal temperature): δ moves linearly, ``T =
+    T(delta_schedule(...))``;
     e.g. t_end=1000: T = 1 at step 0, 7/3 at step 500, 9 at step 1000.
     ``linear_in="temperature"``: T itself moves linearly between the same endpoints, which is what both
-    official codes do (the LLaMA code's ``start_T→end_T``, the MLP/Transformer code's ``1 + 2t/T_end``); e.g. T = 5 at step 500 for 0.5→0.9.
+    official codes do (the LLaMA code's ``start_T→end_T``, the MLP/Transformer code's ``1 + 2t/T_end``); e.g. T = 5 at
+    step 500 for 0.5→0.9.
     """
     if linear_in == "delta":
         return temperature_from_delta(delta_schedule(step, t_end, start_delta, end_delta))
@@ -351,7 +351,7 @@ def mest_ems_extra_density(
     return 0.0
 
 
-# --------------------------------------------------------------------------- learning rate
+# --------------------------------------------------------------------------- LR re-warm-up after an update
 
 
 def rewarmup_factor(step: int, interval: int, warmup_steps: int, t_end: int | None = None) -> float:
@@ -388,7 +388,8 @@ def rewarmup_lambda(
 ) -> Callable[[int], float]:
     """A function ``step -> multiplier`` for ``torch.optim.lr_scheduler.LambdaLR``:
     ``base(step) · rewarmup_factor(step, interval, warmup_steps, t_end)`` (``base`` defaults to 1),
-    e.g. ``base=lambda s: cosine_with_warmup(s, total, warmup)``. Arguments are checked now."""
+    e.g. ``base=lambda s: cosine_with_warmup(s, total, warmup)``
+    (:mod:`chtorch.train.lr_schedules`). Arguments are checked now."""
     _int("interval", interval, 1)
     _int("warmup_steps", warmup_steps)
     if t_end is not None:
@@ -401,43 +402,3 @@ def rewarmup_lambda(
         return factor if base is None else float(base(step)) * factor
 
     return multiplier
-
-
-def linear_decay(step: int, total: int, start: float, end: float) -> float:
-    """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total``), held after: an LR
-    value (the MLP recipe: 0.025 → 2.5e-4), or a multiplier with ``start=1``."""
-    step = _int("step", step)
-    total = _int("total", total)
-    start = _real("start", start)
-    end = _real("end", end)
-    if total == 0:
-        return end
-    return start + (end - start) * min(step, total) / total
-
-
-def noam(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
-    """Noam schedule (Vaswani et al. 2017, OpenNMT ``noam``), an **LR value**:
-    ``scale · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)``; 0 at step 0. Use with base LR 1.0
-    in ``LambdaLR``. E.g. d_model=512, warmup=4000, scale=2: peak 2·512^-0.5·4000^-0.5 ≈ 1.398e-3."""
-    step = _int("step", step)
-    d_model = _int("d_model", d_model, 1)
-    warmup = _int("warmup", warmup, 1)
-    scale = _real("scale", scale)
-    if step == 0:
-        return 0.0
-    return scale * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.1) -> float:
-    """A **multiplier**: linear warm-up ``step / warmup``, then cosine decay from 1 to ``min_ratio`` at
-    ``total`` (held after), as the LLaMA recipe's global schedule (the official LLaMA code)."""
-    step = _int("step", step)
-    total = _int("total", total)
-    warmup = _int("warmup", warmup)
-    min_ratio = _real("min_ratio", min_ratio, 0.0, 1.0)
-    if step < warmup:
-        return step / warmup
-    if total <= warmup:
-        return min_ratio  # no room for a decay phase
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

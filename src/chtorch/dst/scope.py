@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from chtorch.dst.options import OptionError, closest
+from chtorch._checks import closest
+from chtorch.dst.options import OptionError
 
 __all__ = [
     "LayerSelector",
@@ -94,7 +95,8 @@ def select_layers(
     """Names of the modules to sparsify.
 
     ``layers``: ``None`` = every supported layer (:data:`SUPPORTED_LAYERS`) except the model's last
-    ``nn.Linear`` (the classifier or ``lm_head``, which the paper keeps dense); a glob pattern or exact name, or a list of them; or a
+    ``nn.Linear`` (the classifier or ``lm_head``, which the paper keeps dense); a glob pattern or exact name, or a list
+    of them; or a
     callable ``(name, module) -> bool``. ``exclude``: patterns removed from the selection. Raises
     ``ValueError`` when a pattern selects nothing, a selected module is not a supported layer, or
     nothing is left.
@@ -116,7 +118,8 @@ def select_layers(
         for pattern in patterns:
             if not isinstance(pattern, str):
                 raise ValueError(
-                    f"layers must be layer names or glob patterns (str) or a callable, got {type(pattern).__name__} {pattern!r}"
+                    "layers must be layer names or glob patterns (str) or "
+                    f"a callable, got {type(pattern).__name__} {pattern!r}"
                 )
         chosen = []
         all_names = [n for n, _ in named]
@@ -178,13 +181,16 @@ def check_structure(model: nn.Module, names: Sequence[str]) -> None:
         tied = [n for n in owners.get(id(weight), []) if n != f"{name}.weight"]
         if tied:
             raise ValueError(
-                f"layer {name!r} has a tied weight: {name}.weight is the same Parameter as {', '.join(tied)}, and chtorch keeps one mask "
+                f"layer {name!r} has a tied weight: {name}.weight is the same "
+                f"Parameter as {', '.join(tied)}, and chtorch keeps one mask "
                 "per Parameter (masking it for this layer would also zero the tied weights' entries). Exclude it "
-                f"(exclude={name!r}; the paper keeps lm_head and embeddings dense) or untie the weights (e.g. tie_word_embeddings=False)"
+                f"(exclude={name!r}; the paper keeps lm_head and embeddings "
+                "dense) or untie the weights (e.g. tie_word_embeddings=False)"
             )
         if not weight.requires_grad:
             raise ValueError(
-                f"layer {name!r}: its weight does not require grad (frozen), so dynamic sparse training cannot update it; "
+                f"layer {name!r}: its weight does not require grad "
+                "(frozen), so dynamic sparse training cannot update it; "
                 f"exclude it (exclude={name!r}) or unfreeze it with weight.requires_grad_(True)"
             )
 
@@ -207,9 +213,12 @@ def check_budgets(
                 continue
             blocks = f" ({heads} head blocks need a link each)" if heads > 1 else ""
             raise OptionError(
-                f"sparsity {sparsity:g} leaves layer {name!r} ({n_out}x{n_in}, {n_out * n_in} positions) with {target} link(s) "
-                f"at step {step}{blocks}: a layer without links cuts the network; lower the sparsity (this layer keeps a link "
-                f"up to about {1 - (heads + 0.5) / (n_out * n_in):.6g} with a uniform distribution) or exclude it (exclude={name!r})"
+                f"sparsity {sparsity:g} leaves layer {name!r} ({n_out}x{n_in}, "
+                f"{n_out * n_in} positions) with {target} link(s) "
+                f"at step {step}{blocks}: a layer without links cuts the "
+                "network; lower the sparsity (this layer keeps a link "
+                f"up to about {1 - (heads + 0.5) / (n_out * n_in):.6g} with "
+                f"a uniform distribution) or exclude it (exclude={name!r})"
             )
 
 

@@ -2,7 +2,7 @@
 
 A state is only valid for the run that wrote it: the same method, options, ``total_steps``,
 sparsity and sparse layers of the same shapes. Everything is checked before anything changes, so a
-refused state leaves the engine exactly as it was (issue 13, item 3).
+refused state leaves the engine exactly as it was.
 """
 
 from __future__ import annotations
@@ -84,11 +84,13 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
         or abs(float(sparsity) - engine.sparsity) > 1e-12
     ):
         raise ValueError(
-            f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {engine.sparsity}: resume with the same sparsity"
+            f"the sparsity state is for sparsity {_show(sparsity)}, but "
+            f"this run uses {engine.sparsity}: resume with the same sparsity"
         )
     if not _same(state["total_steps"], engine.total_steps):
         raise ValueError(
-            f"the sparsity state is for total_steps={_show(state['total_steps'])}, but this run has {engine.total_steps}; {fix}"
+            f"the sparsity state is for total_steps={_show(state['total_steps'])}, "
+            f"but this run has {engine.total_steps}; {fix}"
         )
     mine = engine.options.to_dict()
     saved = state["options"]
@@ -135,7 +137,8 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
             raise ValueError(f"{where}: early_stop_flag must be a bool, got {_show(flag)}")
         if (entry["history"] is None) != (layer.history is None):
             raise ValueError(
-                f"{where}: history is {'absent' if entry['history'] is None else 'present'} in the state but not in this run"
+                f"{where}: history is {'absent' if entry['history'] is None else 'present'} "
+                "in the state but not in this run"
             )
         links = entry.get("links")  # absent in states written before link counts were recorded
         entries[layer.name] = {

@@ -40,9 +40,14 @@ try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "chtorch.integrations.hf needs Hugging Face transformers (and accelerate for its Trainer): pip install 'chtorch[hf]'"
+        "chtorch.integrations.hf needs Hugging Face transformers "
+        "(and accelerate for its Trainer): pip install 'chtorch[hf]'"
     ) from exc
 
+import chtorch
+from chtorch._checks import check_number
+from chtorch._io import atomic_write
+from chtorch.integrations.hf_layers import default_layers, head_groups_for  # noqa: E402
 from chtorch.integrations.hf_save import MASKS_NAME, restore_masks, save_pretrained_sparse  # noqa: E402
 
 __all__ = [
@@ -60,37 +65,6 @@ log = logging.getLogger("chtorch.integrations.hf")
 #: File written into every Trainer checkpoint directory.
 STATE_NAME = "chtorch_sparsity.pt"
 _HAS_OPTIMIZER_STEP = hasattr(TrainerCallback, "on_optimizer_step")
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """Every ``nn.Linear`` and GPT-2 ``Conv1D`` of ``model`` except its output embedding
-    (``get_output_embeddings()``, the ``lm_head`` of a causal LM, kept dense as in the paper §4.1);
-    without one, every such layer but the last ``nn.Linear``."""
-    from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, select_layers
-
-    get_output_embeddings = getattr(model, "get_output_embeddings", None)
-    head = get_output_embeddings() if get_output_embeddings is not None else None
-    if isinstance(head, nn.Module) and is_sparsifiable(head):
-        names = [n for n, m in model.named_modules() if n and is_sparsifiable(m) and m is not head]
-        if not names:
-            raise ValueError(
-                f"the model has no layer chtorch can sparsify ({SUPPORTED_LAYERS}) besides its output embedding"
-            )
-        return names
-    return select_layers(model)
-
-
-def head_groups_for(model: nn.Module) -> dict[str, int]:
-    """``head_groups`` for per-head removal/regrowth from a HF config: ``q_proj`` rows in
-    ``num_attention_heads`` blocks, ``k_proj``/``v_proj`` rows in ``num_key_value_heads`` blocks."""
-    config = getattr(model, "config", None)
-    heads = getattr(config, "num_attention_heads", None)
-    if not heads:
-        raise ValueError(
-            "per_head=True needs model.config.num_attention_heads; pass head_groups={pattern: heads} instead"
-        )
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    return {"*.q_proj": int(heads), "*.k_proj": int(kv), "*.v_proj": int(kv)}
 
 
 def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -160,7 +134,6 @@ class ChtorchCallback(TrainerCallback):
         masks: Mapping[str, torch.Tensor] | None = None,
         **options: Any,
     ) -> None:
-        from chtorch._checks import check_number
         from chtorch.dst.methods import get_method, resolve_options
 
         preset = get_method(method)  # unknown names fail now, not at train begin
@@ -169,7 +142,8 @@ class ChtorchCallback(TrainerCallback):
         options.setdefault("weight_init", "keep")
         if options.get("skip_step_on_update"):
             raise ValueError(
-                "skip_step_on_update=True cannot be honoured by a Trainer callback (the Trainer's optimizer step cannot be "
+                "skip_step_on_update=True cannot be honoured by a "
+                "Trainer callback (the Trainer's optimizer step cannot be "
                 "left out from one); drop it: the update iteration then trains as in the official Transformer code"
             )
         resolve_options(preset.name, options)  # validate the overrides now (a dense method is refused here)
@@ -194,8 +168,6 @@ class ChtorchCallback(TrainerCallback):
 
     # -- set-up -----------------------------------------------------------------------------------
     def _build(self, args: Any, state: Any, model: nn.Module, optimizer: Any) -> None:
-        import chtorch
-
         if optimizer is None:
             raise RuntimeError("ChtorchCallback: the Trainer passed no optimizer to on_train_begin")
         if not state.max_steps or state.max_steps <= 0:
@@ -256,7 +228,8 @@ class ChtorchCallback(TrainerCallback):
         payload = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
         if payload.get("method") != self.method:
             raise RuntimeError(
-                f"ChtorchCallback: {path / STATE_NAME} was written by method {payload.get('method')!r}, this run uses {self.method!r}"
+                f"ChtorchCallback: {path / STATE_NAME} was written by method "
+                f"{payload.get('method')!r}, this run uses {self.method!r}"
             )
         return payload
 
@@ -398,7 +371,6 @@ class ChtorchCallback(TrainerCallback):
             "engine": self.sparsity.state_dict(),
         }
         target = folder / STATE_NAME
-        from chtorch.data.files import atomic_write
 
         with atomic_write(target) as (handle, _):
             torch.save(payload, handle)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from chtorch.data.files import atomic_write
+from chtorch._io import atomic_write
+from chtorch.integrations.hf_layers import default_layers
 
 __all__ = ["MASKS_NAME", "save_pretrained_sparse", "restore_masks"]
 
@@ -107,7 +108,6 @@ def restore_masks(
     ``weight != 0`` for ``layers`` (default: every supported layer but the output embedding that has
     at least one zero weight)."""
     from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, layer_shape, logical_weight
-    from chtorch.integrations.hf import default_layers
 
     modules = dict(model.named_modules())
     path = None if save_directory is None else Path(save_directory) / MASKS_NAME

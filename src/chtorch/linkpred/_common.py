@@ -67,9 +67,9 @@ _MIN_BLOCK_WIDTH = 64
 # CUDA: not measured (no GPU on the development machine). Estimate: the bag sums are memory-bound
 # (~4·nnz·n bytes gathered) while fp32 GEMMs run near peak, so the break-even is ~1-3% density on
 # layers large enough to leave launch overheads behind.
-# 2026-11-26, quiet machine (benchmarks/results/linkpred-cpu-{1thread,2threads}-2026-11-26.md): at 30% the
-# sparse evaluation was 1.1-1.4x the dense form at one thread but 0.9x at 1568² with two threads (the dense
-# GEMMs scale with cores better), so the large-layer threshold is 22%: "never slower than dense".
+# On a quiet CPU at 30% density the sparse evaluation runs 1.1-1.4x as fast as the dense form at one
+# thread but 0.9x at 1568² with two threads (the dense GEMMs scale with cores better; benchmarks/linkpred.py),
+# so the large-layer threshold is 22%: "never slower than dense".
 _SPARSE_RULES = {  # device type -> ((min n_out·n_in, max density), ...)
     "cpu": ((512 * 512, 0.22), (256 * 256, 0.08), (128 * 128, 0.05)),
     "cuda": ((1024 * 1024, 0.01),),

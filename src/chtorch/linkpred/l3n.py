@@ -57,13 +57,11 @@ from chtorch.sparse import native
 __all__ = ["ch_l3n", "ch_l3n_dense_reference", "choose_method", "NATIVE_MAX_DENSITY"]
 
 # Above this density the native kernel's Gustavson counting stops paying and the embedding_bag sums
-# of method "sparse" are faster. Re-measured 2026-11-26 (CPU time, 1 thread, CH2, interleaved, 1-minute
-# load 5-6, so not a quiet-machine claim): native/sparse = 0.56 / 0.95 / 1.32 / 1.39 at 1024² and
-# 0.72 / 1.04 / 1.32 / 1.36 at 1568² for densities 1 / 2 / 3 / 4%, and 1.4-1.7 from 5% to 20%; both
-# stay far below the dense four-GEMM form (0.05-0.25×) there. The earlier 0.10 cost up to 1.4× at 3-10%.
-# On the quiet machine (benchmarks/results/profile-sparse-step-cpu-2026-11-26.md) native took 0.62× / 0.77×
-# of the bag sums' time at 2% on 1024² / 1568², and 1.3× / 1.1× at 5%: the cut is 2.5%, so that a random
-# "2%" mask (a few links above 2% by chance) still gets the native kernel.
+# of method "sparse" are faster: on CPU (CH2, 1024² and 1568² layers) native takes about 0.6-0.8× the
+# bag sums' time at 2% density and 1.1-1.4× from 3-5% on (benchmarks/profile_step.py and
+# benchmarks/linkpred.py; figures in benchmarks/results/); both stay far below the dense four-GEMM form
+# (0.05-0.25×) there. The cut is 2.5%, so that a random "2%" mask (a few links above 2% by chance) still
+# gets the native kernel.
 NATIVE_MAX_DENSITY = 0.025
 _VARIANT_CODE = {"CH2": 0, "CH3": 1, "CH3.1": 2}
 

@@ -13,7 +13,8 @@ outputs (tested). The layers that dynamic sparse training selects are the seven 
 embeddings, norms and ``lm_head`` stay dense (paper §4.1; the LLaMA code's ``TARGET_MODULE_NAMES``).
 
 RoPE uses the "rotate half" layout of HF: dimension i of a head is paired with dimension
-i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolation, docs/decisions.md, "q/k percolation with RoPE").
+i + head_dim/2 (this is what couples q/k rows i and i + head_dim/2 for percolation, docs/decisions.md, "q/k percolation
+with RoPE").
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.models._config import DictConfig, setting
+from chtorch._fields import setting
+from chtorch.models._config import DictConfig
 
 __all__ = [
     "LlamaConfig",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from chtorch.models._config import setting
+from chtorch._fields import setting
 
 __all__ = ["ACTIVATIONS", "MLPConfig", "MLP", "paper_mlp_config"]
 
@@ -101,7 +101,8 @@ class MLP(nn.Module):
         x = x.flatten(1) if x.dim() > 2 else x
         if x.dim() != 2 or x.shape[1] != self.config.in_features:
             raise ValueError(
-                f"MLP expects inputs of shape (B, {self.config.in_features}) or (B, ...) flattening to it, got {tuple(x.shape)}"
+                f"MLP expects inputs of shape (B, {self.config.in_features}) "
+                f"or (B, ...) flattening to it, got {tuple(x.shape)}"
             )
         for layer in self.layers:
             x = self.drop(self.act(layer(x)))

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chtorch.models._config import DictConfig, setting
+from chtorch._fields import setting
+from chtorch.models._config import DictConfig
 
 __all__ = [
     "Seq2SeqConfig",
@@ -82,7 +83,8 @@ class Seq2SeqConfig(DictConfig):
                 raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
-                f"Seq2SeqConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}; choose n_heads that divides d_model"
+                f"Seq2SeqConfig: d_model={self.d_model} is not divisible by "
+                f"n_heads={self.n_heads}; choose n_heads that divides d_model"
             )
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)

@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from chtorch._checks import closest
 from chtorch.config import Config
-from chtorch.dst.options import closest
 from chtorch.dst.percolation import Coupling
 
 __all__ = ["Recipe", "register_recipe", "get_recipe", "recipes"]

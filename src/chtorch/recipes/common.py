@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chtorch._io import atomic_write_text
 from chtorch.config import setting
-from chtorch.data.files import atomic_write_text
+from chtorch.data import load_tokenizer
 
 __all__ = ["run_dir", "cached_tokenizer", "PER_HEAD_SPARSITY"]
 
@@ -42,8 +43,6 @@ def cached_tokenizer(
     the main process of a ``torchrun`` job writes; the trainer lets it set up first, so the others
     find its file). Without a run directory, just ``build()``. A resumed run therefore reuses the
     exact vocabulary it started with."""
-    from chtorch.data import load_tokenizer
-
     if run_dir is None:
         return build()
     folder = Path(run_dir) / subdir

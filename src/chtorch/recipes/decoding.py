@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from chtorch.models import beam_search
+
 __all__ = ["corpus_bleu", "translate"]
 
 
@@ -41,8 +43,6 @@ def translate(
     """Beam-search translations (token ids, ``<eos>`` and padding removed) of encoded ``sources``,
     in input order. Sentences are decoded ``batch_size`` at a time, sorted by length so a batch
     holds little padding; an empty source yields an empty translation."""
-    from chtorch.models import beam_search
-
     out: list[list[int]] = [[] for _ in sources]
     order = sorted((i for i, s in enumerate(sources) if len(s) > 0), key=lambda i: len(sources[i]))
     limit = getattr(getattr(model, "config", None), "max_len", None)

@@ -3,7 +3,8 @@
 Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §4 / Table 4: flattened images, hidden Linear layers
 with ReLU, a dense classifier, cross-entropy, batch 32. Whole splits are held in memory (on the
 training device) and batched by :class:`chtorch.data.TensorLoader`, whose permutation depends only on
-``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is computed here from the training images, because it
+``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is
+computed here from the training images, because it
 is data and the library core takes only tensors.
 """
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chtorch._checks import closest
 from chtorch.config import (
     Config,
     ConfigError,
@@ -27,10 +29,13 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
-from chtorch.dst.options import closest
-from chtorch.models.mlp import MLPConfig
+from chtorch.data import TensorLoader, dataset_names, load_dataset, random_crop_flip
+from chtorch.data.vision import dataset_info
+from chtorch.models import MLP
+from chtorch.models.mlp import ACTIVATIONS, MLPConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.rng import derive_seed, make_generator
+from chtorch.topology import pearson_correlation
 
 __all__ = ["ImageClassification", "ImageDataConfig", "MLPModelConfig"]
 
@@ -67,15 +72,13 @@ MLPModelConfig = model_schema(
 
 def validate_image_config(config: Config) -> None:
     """The dataset must be known; its name is normalised (``fmnist`` -> ``fashion_mnist``)."""
-    from chtorch.data import dataset_names
-    from chtorch.data.vision import dataset_info
-
     try:
         config.data.name = dataset_info(config.data.name).name
     except ValueError:
         names = dataset_names()
         raise ConfigError(
-            f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; known datasets: {', '.join(names)}",
+            f"unknown dataset {config.data.name!r}{closest(config.data.name, names)}; "
+            f"known datasets: {', '.join(names)}",
             "data.name",
         ) from None
 
@@ -108,8 +111,6 @@ class ImageClassification(Recipe):
     shards_data = True  # under torchrun each rank gets its slice of every epoch's permutation
 
     def setup(self) -> None:
-        from chtorch.data import TensorLoader, load_dataset
-
         cfg = self.config.data
         root = cfg.dir
         kwargs = dict(root=root, normalize=cfg.normalize, download=cfg.download, verify=cfg.verify)
@@ -145,8 +146,6 @@ class ImageClassification(Recipe):
             self.fill = [0.0] * len(train.mean)
 
     def build_model(self) -> nn.Module:
-        from chtorch.models import MLP
-
         config = MLPConfig(in_features=self.in_features, n_classes=self.n_classes, **model_values(self.config.model))
         return MLP(config).to(self.device)
 
@@ -160,8 +159,6 @@ class ImageClassification(Recipe):
         augment = self.config.data.augment
         for index, (x, y) in enumerate(itertools.islice(batches, start, None), start=start):
             if augment:
-                from chtorch.data import random_crop_flip
-
                 # Under torchrun each rank crops its own images differently (rank in the key).
                 keys = (epoch, index) if self.world_size == 1 else (epoch, index, self.rank)
                 g = make_generator(self.config.run.seed, "augment", *keys)
@@ -203,8 +200,6 @@ class ImageClassification(Recipe):
         if str(options.get("init", "")).lower() == "csti":
             init_options = dict(options.get("init_options", {}))
             if "correlation" not in init_options:
-                from chtorch.topology import pearson_correlation
-
                 n = min(self.config.data.csti_samples, self.x_train.shape[0])
                 x = self.x_train[:n].reshape(n, -1).cpu()
                 init_options["correlation"] = pearson_correlation(x).to(self.device)
@@ -213,8 +208,6 @@ class ImageClassification(Recipe):
 
     def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
         """The MLP is one chain: its hidden layers in order, then the dense classifier."""
-        from chtorch.models.mlp import ACTIVATIONS
-
         names = [f"layers.{i}" for i in range(len(self.config.model.hidden))] + ["classifier"]
         activation = ACTIVATIONS[self.config.model.activation]()
         return [names], activation

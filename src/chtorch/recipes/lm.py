@@ -20,7 +20,8 @@ This recipe does the same at any scale:
   ``1b``, or CPU-sized ``tiny`` / ``small``; any field can be overridden);
 * **evaluation**: ``val_loss`` (mean next-token cross-entropy over every validation token, each
   predicted once) and ``val_ppl = exp(val_loss)``, the primary metric (lower is better);
-* **percolation couplings** (docs/decisions.md, "percolation" and "q/k percolation with RoPE"): q/k rows and gate/up rows are
+* **percolation couplings** (docs/decisions.md, "percolation" and "q/k percolation with RoPE"): q/k rows and gate/up
+rows are
   alive only together; ``v_proj → o_proj`` and ``gate_proj|up_proj → down_proj`` are chains.
   ``model.per_head_sparsity`` budgets, removes and regrows q/k/v rows per attention head.
 """
@@ -43,7 +44,18 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
+from chtorch.data import (
+    CharTokenizer,
+    SequentialWindows,
+    load_corpus,
+    load_tokenizer,
+    split_documents,
+    tokenize_corpus,
+    train_bpe,
+)
+from chtorch.data.text import load_hf_text, random_windows
 from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.models import LlamaLM, causal_lm_loss, paper_llama_config
 from chtorch.models.llama import PAPER_CONFIGS, LlamaConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
@@ -172,9 +184,6 @@ class LanguageModeling(Recipe):
         """(training documents, validation documents)."""
         cfg = self.config.data
         if cfg.name in _HF_CORPORA:
-            from chtorch.data import split_documents
-            from chtorch.data.text import load_hf_text
-
             try:
                 import datasets  # noqa: F401
             except ImportError:
@@ -186,15 +195,12 @@ class LanguageModeling(Recipe):
             # Streamed from the Hugging Face cache, or downloaded when the network allows.
             docs = list(load_hf_text(cfg.name, "train", max_documents=cfg.max_documents))
             return split_documents(docs, cfg.val_fraction, seed=self.config.run.seed)
-        from chtorch.data import load_corpus
 
         text = load_corpus(cfg.name, cfg.dir, verify=cfg.verify)
         train, val = split_text(text, cfg.val_fraction)
         return [train], [val]
 
     def _tokenizer(self, train_docs: list[str], all_docs: list[str]) -> Any:
-        from chtorch.data import CharTokenizer, load_tokenizer, train_bpe
-
         cfg = self.config.data
         kind = cfg.tokenizer
         if kind not in ("bpe", "char"):
@@ -221,8 +227,6 @@ class LanguageModeling(Recipe):
         )
 
     def _encode(self, docs: list[str]) -> torch.Tensor:
-        from chtorch.data import tokenize_corpus
-
         if len(docs) == 1:  # one contiguous text: no document separators
             return tokenize_corpus(_chunks(docs[0]), self.tokenizer, eos_between=False)
         return tokenize_corpus(docs, self.tokenizer, eos_between=True)
@@ -245,8 +249,6 @@ class LanguageModeling(Recipe):
 
     # -- model ------------------------------------------------------------------------------------
     def llama_config(self) -> Any:
-        from chtorch.models import paper_llama_config
-
         values = model_values(self.config.model)
         try:
             return paper_llama_config(
@@ -259,8 +261,6 @@ class LanguageModeling(Recipe):
             raise ConfigError(f"model: {exc}", "model") from None
 
     def build_model(self) -> nn.Module:
-        from chtorch.models import LlamaLM
-
         return LlamaLM(self.llama_config()).to(self.device)
 
     def model_dim(self) -> int | None:
@@ -284,8 +284,6 @@ class LanguageModeling(Recipe):
         return self.config.data.steps_per_epoch
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        from chtorch.data.text import random_windows
-
         cfg = self.config.data
         for index in range(start, cfg.steps_per_epoch):
             step = epoch * cfg.steps_per_epoch + index
@@ -294,8 +292,6 @@ class LanguageModeling(Recipe):
             yield x.to(self.device), y.to(self.device)
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        from chtorch.models import causal_lm_loss
-
         x, y = batch
         loss = causal_lm_loss(model(x), y)
         n = y.numel()
@@ -310,8 +306,6 @@ class LanguageModeling(Recipe):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Mean cross-entropy over every validation token (each predicted once) and its exp."""
         import torch.nn.functional as F
-
-        from chtorch.data import SequentialWindows
 
         cfg = self.config.data
         was_training = model.training
@@ -328,13 +322,11 @@ class LanguageModeling(Recipe):
 
     def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
         """No plain chains: the SwiGLU feed-forwards are gated blocks, compacted by
-        :func:`chtorch.compaction_blocks.compact_gated`."""
+        :func:`chtorch.compaction.compact_gated`."""
         return [], None
 
     def example_input(self) -> Any:
         """The first validation batch: ``data.eval_batch_size`` windows of ``data.seq_len`` tokens."""
-        from chtorch.data import SequentialWindows
-
         cfg = self.config.data
         x, _ = next(iter(SequentialWindows(self.val_tokens, cfg.seq_len, cfg.eval_batch_size)))
         return x.to(self.device)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chtorch._io import atomic_write, atomic_write_text
 from chtorch.config import (
     ConfigError,
     model_schema,
@@ -46,8 +47,10 @@ from chtorch.config import (
     register_recipe_schema,
     setting,
 )
-from chtorch.data.files import atomic_write, atomic_write_text
+from chtorch.data import encode_pairs, filter_pairs, load_tokenizer, read_multi30k, read_parallel, train_bpe
+from chtorch.data.translation import collate_pairs, load_hf_translation, token_batch_indices
 from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.models import Seq2SeqTransformer, label_smoothed_cross_entropy
 from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
@@ -79,7 +82,8 @@ class TranslationDataConfig:
 
     name: str = setting(
         "multi30k",
-        "corpus: multi30k (raw files), parallel (any {split}.{lang} files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
+        "corpus: multi30k (raw files), parallel (any {split}.{lang} "
+        "files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
         choices=_CORPORA,
     )
     dir: str | None = setting(
@@ -169,18 +173,13 @@ class Translation(Recipe):
     def _read_split(self, split: str) -> list[tuple[str, str]]:
         cfg = self.config.data
         if cfg.name == "multi30k":
-            from chtorch.data import read_multi30k
-
             return read_multi30k(split, cfg.dir, src=cfg.src_lang, tgt=cfg.tgt_lang, verify=cfg.verify)
         if cfg.name == "parallel":
-            from chtorch.data import read_parallel
-
             if cfg.dir is None:
                 raise ConfigError(
                     "data.name=parallel reads {split}.{lang} files from data.dir: set data.dir", "data.dir"
                 )
             return read_parallel(cfg.dir, split, src=cfg.src_lang, tgt=cfg.tgt_lang)
-        from chtorch.data.translation import load_hf_translation
 
         try:
             import datasets  # noqa: F401
@@ -198,8 +197,6 @@ class Translation(Recipe):
         return pairs if n is None else pairs[:n]
 
     def _tokenizers(self, train_pairs: list[tuple[str, str]]) -> tuple[Any, Any]:
-        from chtorch.data import load_tokenizer, train_bpe
-
         cfg = self.config.data
         if cfg.tokenizer is not None:
             tok = load_tokenizer(cfg.tokenizer)
@@ -232,13 +229,11 @@ class Translation(Recipe):
         return src, tgt
 
     def setup(self) -> None:
-        from chtorch.data import encode_pairs, filter_pairs
-        from chtorch.data.translation import token_batch_indices
-
         cfg = self.config.data
         if self.config.model.share_embeddings and not cfg.joint_vocab and cfg.tokenizer is None:
             raise ConfigError(
-                "model.share_embeddings needs one joint vocabulary: set data.joint_vocab=true or model.share_embeddings=false",
+                "model.share_embeddings needs one joint vocabulary: set "
+                "data.joint_vocab=true or model.share_embeddings=false",
                 "model.share_embeddings",
             )
         train = self._limit(self._read_split(cfg.train_split), cfg.train_limit)
@@ -276,8 +271,6 @@ class Translation(Recipe):
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from chtorch.models import Seq2SeqTransformer
-
         try:
             config = Seq2SeqConfig(
                 src_vocab=self.src_tok.vocab_size,
@@ -312,16 +305,12 @@ class Translation(Recipe):
 
     def _pass(self, index: int) -> list[list[int]]:
         """The batches (pair indices) of pass ``index`` over the training set."""
-        from chtorch.data.translation import token_batch_indices
-
         if self._pass_cache is None or self._pass_cache[0] != index:
             g = make_generator(self.config.run.seed, "translation-batches", index)
             self._pass_cache = (index, token_batch_indices(self.train_ids, self.config.data.batch_tokens, g))
         return self._pass_cache[1]
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
-        from chtorch.data.translation import collate_pairs
-
         self._epoch = epoch
         if epoch == 0 and start == 0:
             self._forget_best()  # a fresh run: a best_model.pt left by an aborted attempt is stale
@@ -333,8 +322,6 @@ class Translation(Recipe):
             yield batch.to(self.device)
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        from chtorch.models import label_smoothed_cross_entropy
-
         logits = model(batch.src, batch.tgt_in)
         loss = label_smoothed_cross_entropy(logits, batch.tgt_out, self.config.data.label_smoothing, pad_id=self.pad_id)
         n = batch.n_tokens
@@ -348,9 +335,6 @@ class Translation(Recipe):
     @torch.no_grad()
     def validation_loss(self, model: nn.Module) -> float:
         """Mean NLL per target token (``<eos>`` included) of the validation pairs, no smoothing."""
-        from chtorch.data.translation import collate_pairs, token_batch_indices
-        from chtorch.models import label_smoothed_cross_entropy
-
         was_training = model.training
         model.eval()
         total, tokens = 0.0, 0
@@ -442,15 +426,13 @@ class Translation(Recipe):
 
     def export_chains(self, model: nn.Module, layer_names: list[str]) -> tuple[list[list[str]], Any]:
         """Each feed-forward ``w_1 → ReLU → w_2`` is a chain (its hidden neurons are what percolation
-        frees); attention is accounted for by :func:`chtorch.compaction_blocks.attention_notes`."""
+        frees); attention is accounted for by :func:`chtorch.compaction.attention_notes`."""
         modules = dict(model.named_modules())
         chains = [[name, name[: -len("w_1")] + "w_2"] for name in modules if name.endswith(".ffn.w_1")]
         return [c for c in chains if c[1] in modules], torch.relu
 
     def example_input(self) -> Any:
         """The first validation batch (``data.eval_batch_tokens`` tokens): ``(src, tgt_in)``."""
-        from chtorch.data.translation import collate_pairs, token_batch_indices
-
         indices = token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens)[0]
         batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(
             self.device

@@ -95,4 +95,7 @@ class SparseInferenceLinear(nn.Module):
         return dense.index_put_((self.row_indices, self.col_indices), self.values)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"nnz={self.nnz}, bias={self.bias is not None}"
+        )

@@ -130,7 +130,8 @@ class SparseLinear(nn.Module):
             mask = getattr(linear, "weight_mask", None)
             if mask is None:
                 raise ValueError(
-                    "no mask given and the layer has no `weight_mask` buffer; pass mask=... (bool, shape (out_features, in_features))"
+                    "no mask given and the layer has no `weight_mask` buffer; "
+                    "pass mask=... (bool, shape (out_features, in_features))"
                 )
         weight = linear.weight
         mask = _check_mask(mask, tuple(weight.shape)).to(weight.device)

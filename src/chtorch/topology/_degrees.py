@@ -25,7 +25,8 @@ def even_degrees(total: int, n_nodes: int, device: torch.device | str = "cpu") -
 
 def uniform_degrees(total: int, n_nodes: int, cap: int, generator: torch.Generator) -> torch.Tensor:
     """BRFu degrees: every node starts at 1, the other ``total − n_nodes`` links go to uniformly random
-    nodes (a multinomial), as the official BRF code does (Zhang et al., NeurIPS 2025, App. D). Two cases the code does not handle are made exact here:
+    nodes (a multinomial), as the official BRF code does (Zhang et al., NeurIPS 2025, App. D). Two cases the code does
+    not handle are made exact here:
 
     - a node may hold at most ``cap`` links (the size of the other side); overflow is re-dealt uniformly
       among nodes that still have room, until none is left;

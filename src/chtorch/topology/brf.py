@@ -146,7 +146,8 @@ def _explicit_degrees(
     degrees = torch.as_tensor(degree, device=device)
     if degrees.dim() != 1 or degrees.numel() != n_nodes:
         raise ValueError(
-            f"an explicit degree sequence for side={side!r} needs {n_nodes} entries (one per node), got shape {tuple(degrees.shape)}"
+            f"an explicit degree sequence for side={side!r} needs {n_nodes} "
+            f"entries (one per node), got shape {tuple(degrees.shape)}"
         )
     if degrees.is_floating_point() or degrees.dtype == torch.bool or degrees.is_complex():
         raise ValueError(f"degrees must be integers, got dtype {degrees.dtype}")

@@ -16,7 +16,8 @@ def swi_std(shape: tuple[int, int], density: float, fan: str = "in") -> float:
     """SWI standard deviation ``sqrt(2 / (density · fan))`` for a ``(n_out, n_in)`` weight.
 
     ``fan="in"``: ``fan = n_in`` (the original CHT ``sparse_layer``: expected links per output neuron);
-    ``fan="out"``: ``fan = n_out`` (what the official MLP/Transformer code's DSTScheduler computes, ``(1−S)·N / in_features``).
+    ``fan="out"``: ``fan = n_out`` (what the official MLP/Transformer code's DSTScheduler computes, ``(1−S)·N /
+    in_features``).
     The two agree on square layers. Returns 0.0 for density 0.
     """
     if fan not in _FANS:

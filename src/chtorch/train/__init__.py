@@ -14,7 +14,8 @@ package; see :mod:`chtorch.recipes.base` to add one).
 ``records``        metrics rows, tables, snapshots, summary and terminal lines
 ``metrics``        the metrics log, CSV, topology files, active-neuron counts
 ``checkpoint``     atomic checkpoints and RNG state
-``optim``          optimizer and LR schedules (with the re-warm-up)
+``optim``          optimizer and its LambdaLR (with the re-warm-up)
+``lr_schedules``   the LR curves: linear decay, noam, cosine with warm-up
 ``progress``       progress bar / lines
 ``distributed``    ``torchrun`` process groups and collectives
 ``plots``, ``run_report``, ``compare``, ``export``   what is made from finished runs

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chtorch.data.files import atomic_write
+from chtorch._io import atomic_write
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -132,7 +132,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
             f"the previous checkpoint {path} is intact" if path.is_file() else f"no earlier checkpoint exists at {path}"
         )
         error = CheckpointWriteError(
-            f"could not write the checkpoint {path}: {why} ({cause + ': ' if cause else ''}{exc}); {kept} and no temporary "
+            f"could not write the checkpoint {path}: {why} "
+            f"({cause + ': ' if cause else ''}{exc}); {kept} and no temporary "
             f"file is left. Free space (or fix the cause) and continue with `chtorch train --resume {path.parent}`"
         )
         error.errno = exc.errno
@@ -187,13 +188,15 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if state.get("version") != VERSION:
         older = " (written before checkpoints carried a SHA-256 digest)" if state.get("version") == 1 else ""
         raise CheckpointError(
-            f"{path} has checkpoint version {state.get('version')!r}{older}; this chtorch reads version {VERSION}: start a new run"
+            f"{path} has checkpoint version {state.get('version')!r}{older}; "
+            f"this chtorch reads version {VERSION}: start a new run"
         )
     stored = state.pop(DIGEST_KEY, None)
     actual = content_digest(state)
     if stored != actual:
         raise CheckpointError(
-            f"checkpoint {path} fails its SHA-256 check (stored {stored}, content {actual}): it was changed after it was "
+            f"checkpoint {path} fails its SHA-256 check (stored "
+            f"{stored}, content {actual}): it was changed after it was "
             "written (a flipped bit on disk, an edit); it cannot be used — take an earlier copy or start a new run"
         )
     return state
@@ -285,7 +288,8 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathL
             for name, value in optimizer.state.get(param, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
                     raise CheckpointError(
-                        f"checkpoint {path}: optimizer state {name!r} has shape {tuple(value.shape)} for a parameter of shape "
+                        f"checkpoint {path}: optimizer state {name!r} has "
+                        f"shape {tuple(value.shape)} for a parameter of shape "
                         f"{tuple(param.shape)}; the file does not belong to this model — use the run's own checkpoint"
                     )
 

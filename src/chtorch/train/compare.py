@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from chtorch._checks import closest
 from chtorch.config import (
     Config,
     ConfigError,
@@ -36,13 +37,13 @@ from chtorch.config import (
     save_config,
 )
 from chtorch.dst.methods import all_methods, is_dense
-from chtorch.dst.options import closest
 from chtorch.train.checkpoint import CHECKPOINT_NAME
-from chtorch.train.compare_table import PLAN_NAME, format_table, mean_stderr, write_compare
+from chtorch.train.compare_table import PLAN_NAME, format_table, write_compare
 from chtorch.train.lifecycle import RESUME_OVERRIDABLE, SUMMARY_NAME, TrainingError
 from chtorch.train.loggers import check_logger_names
 from chtorch.train.paper_tables import paper_row
 from chtorch.train.runs import resume, train
+from chtorch.train.seed_stats import mean_stderr
 
 __all__ = ["compare", "CompareResult", "mean_stderr", "format_table"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from chtorch.train.compare_table import mean_stderr
 from chtorch.train.metrics import read_metrics
 from chtorch.train.plot_kit import epoch_axis, figure, legend_outside, save
+from chtorch.train.seed_stats import mean_stderr
 
 __all__ = ["compare_plots", "epoch_bands"]
 

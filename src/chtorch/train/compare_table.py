@@ -16,31 +16,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chtorch.train.compare_plots import compare_plots
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import REPORTED, best_after_final_topology, paper_cell
+from chtorch.train.seed_stats import mean_stderr
 
-__all__ = ["PLAN_NAME", "mean_stderr", "load_plan", "collect_rows", "format_table", "write_compare", "is_compare_dir"]
+__all__ = ["PLAN_NAME", "load_plan", "collect_rows", "format_table", "write_compare", "is_compare_dir"]
 
 #: The plan ``chtorch compare`` writes before training: name, methods, seeds, paper table, run directories.
 PLAN_NAME = "compare-plan.json"
-
-
-def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
-    """(mean, standard error of the mean) — the error is None for fewer than two values."""
-    n = len(values)
-    if n == 0:
-        return math.nan, None
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 def is_compare_dir(path: str | os.PathLike[str]) -> bool:
@@ -149,7 +137,10 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
     scale = _scale(metric)
     name = (metric or "metric").replace("_", " ") + (" (%)" if scale == 100.0 else "")
     paper = any(r.get("paper") for r in rows)
-    head = f"| method | {name}, last epoch | {name}, best epoch | {name}, {REPORTED} | active neurons (%) | density | runs |"
+    head = (
+        f"| method | {name}, last epoch | {name}, best epoch | "
+        f"{name}, {REPORTED} | active neurons (%) | density | runs |"
+    )
     rule = "|---|---:|---:|---:|---:|---:|---:|"
     if paper:
         head += " paper (row) | paper ANP (%) |"
@@ -158,7 +149,8 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
     for row in rows:
         runs = f"{row['runs']}" + (f" of {row['planned']}" if row.get("planned", row["runs"]) != row["runs"] else "")
         line = (
-            f"| {row['method']} | {_pm(row['mean'], row['stderr'], scale)} | {_pm(row['best_mean'], row['best_stderr'], scale)} | "
+            f"| {row['method']} | {_pm(row['mean'], row['stderr'], scale)} "
+            f"| {_pm(row['best_mean'], row['best_stderr'], scale)} | "
             f"{_pm(row['best_final_mean'], row['best_final_stderr'], scale)} | "
             f"{_pm(row['active_neurons'], row['active_neurons_stderr'], 100.0, 1)} | {row['density']:.4f} | {runs} |"
         )
@@ -217,10 +209,13 @@ def write_compare(
         return text, rows, runs, []
     first = runs[0]
     budget = (
-        f"Budget for every method: {first['epochs']} epochs = {first['steps']} optimizer steps, sparsity {plan.get('sparsity')} "
+        f"Budget for every method: {first['epochs']} epochs = "
+        f"{first['steps']} optimizer steps, sparsity {plan.get('sparsity')} "
         f"for the sparse methods, seeds {', '.join(map(str, plan['seeds']))}; dataset `{first.get('dataset') or '?'}`. "
-        "± is the standard error over seeds; the best epoch is each run's best evaluated epoch; the best after T_end is the "
-        "best epoch once the topology is final (what the official MLP code keeps, the column to compare with the paper)."
+        "± is the standard error over seeds; the best epoch is each "
+        "run's best evaluated epoch; the best after T_end is the "
+        "best epoch once the topology is final (what the official "
+        "MLP code keeps, the column to compare with the paper)."
     )
     if plan.get("paper_table"):
         budget += (
@@ -229,8 +224,6 @@ def write_compare(
     table = format_table(rows, metric)
     figures: list[Path] = []
     if plots:
-        from chtorch.train.compare_plots import compare_plots
-
         try:
             figures = compare_plots(out_dir, plan, rows, runs, metric or "metric")
         except ImportError:

@@ -1,6 +1,7 @@
 """The one-line epoch summary printed during training.
 
-    epoch 3/8 | train loss 2.7625 | val loss 1.8605 ppl 6.4272 | test bleu 12.3400 | density 0.1008 | active 92.1% | lr 0.0693 | 0.1s eta 0:02
+    epoch 3/8 | train loss 2.7625 | val loss 1.8605 ppl 6.4272 | test bleu 12.3400 | density 0.1008 | active 92.1% | lr
+    0.0693 | 0.1s eta 0:02
 
 Metrics are grouped by the split they were measured on — ``train_*``, ``val_*`` (validation, used for
 model selection) and ``test_*`` — and each group is named as such, so validation numbers are never

@@ -39,7 +39,6 @@ __all__ = [
     "env_world_size",
     "resolve_device",
     "wrap_model",
-    "unwrap_model",
 ]
 
 T = TypeVar("T")
@@ -99,7 +98,8 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
             )
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(
-                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s): start at most that many "
+                f"LOCAL_RANK={local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s): start at most that many "
                 "processes per node (torchrun --nproc_per_node), or train on CPU with run.device=cpu"
             )
         device = torch.device("cuda", local_rank)
@@ -274,10 +274,3 @@ def wrap_model(model: nn.Module, ctx: DistributedContext) -> nn.Module:
         {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
     )
     return DistributedDataParallel(model, device_ids=device_ids, **no_forward_sync)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (checkpoints store its state)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model

@@ -17,6 +17,7 @@ tensors with ``safetensors`` (no ``torch.load``). Needs the ``safetensors`` pack
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -28,10 +29,20 @@ import torch
 from torch import nn
 
 import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
-from chtorch.compaction import layer_links
+from chtorch._io import atomic_write_bytes
+from chtorch.compaction import (
+    attention_notes,
+    compact,
+    compact_gated,
+    export_report,
+    find_gated_blocks,
+    layer_links,
+    to_sparse_inference,
+)
 from chtorch.config import build_config
-from chtorch.data.files import atomic_write_bytes
+from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
 from chtorch.recipes.base import get_recipe
+from chtorch.sparse import SparseInferenceLinear
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 
 __all__ = [
@@ -54,8 +65,6 @@ class ExportFileError(CheckpointError):
 
 def _model_classes() -> dict[str, tuple[type[nn.Module], type]]:
     """The model classes an export may name (never a class taken from the file itself)."""
-    from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
-
     return {
         "MLP": (MLP, MLPConfig),
         "LlamaLM": (LlamaLM, LlamaConfig),
@@ -68,7 +77,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError:
         raise ExportFileError(
-            "exported models are stored as safetensors, which is not installed: pip install safetensors (or 'chtorch[cli]')"
+            "exported models are stored as safetensors, which is not "
+            "installed: pip install safetensors (or 'chtorch[cli]')"
         ) from None
     return safetensors.torch
 
@@ -83,8 +93,6 @@ def _description_digest(description: dict[str, Any]) -> str:
 
 
 def _layer_entry(module: nn.Module) -> dict[str, Any] | None:
-    from chtorch.sparse import SparseInferenceLinear
-
     if isinstance(module, SparseInferenceLinear):
         return {
             "kind": "csr",
@@ -118,7 +126,8 @@ def save_exported(
     name = type(model).__name__
     if name not in _model_classes() or not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ExportFileError(
-            f"cannot describe a {name} for export: only {', '.join(_model_classes())} (with their .config) are supported"
+            f"cannot describe a {name} for export: only "
+            f"{', '.join(_model_classes())} (with their .config) are supported"
         )
     path = Path(path)
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in model.state_dict().items()}
@@ -157,7 +166,8 @@ def read_export_description(path: str | os.PathLike[str]) -> dict[str, Any]:
         description = json.loads(json_path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ExportFileError(
-            f"{json_path} is not a valid export description ({type(exc).__name__}: {str(exc)[:100]}); export the run again"
+            f"{json_path} is not a valid export description "
+            f"({type(exc).__name__}: {str(exc)[:100]}); export the run again"
         ) from None
     if not isinstance(description, dict) or description.get("format") != EXPORT_FORMAT:
         raise ExportFileError(f"{json_path} is not a chtorch export description (format {EXPORT_FORMAT!r})")
@@ -197,7 +207,8 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
     data = weights_path.read_bytes()
     if _sha256(data) != expected:
         raise ExportFileError(
-            f"{weights_path} fails its SHA-256 check (expected {expected}, found {_sha256(data)}): the file is damaged or from "
+            f"{weights_path} fails its SHA-256 check (expected {expected}, "
+            f"found {_sha256(data)}): the file is damaged or from "
             "another export; export the run again"
         )
     classes = _model_classes()
@@ -217,14 +228,13 @@ def load_exported(path: str | os.PathLike[str]) -> nn.Module:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
         raise ExportFileError(
-            f"{weights_path} and its description do not make a model ({type(exc).__name__}: {str(exc)[:200]}); export the run again"
+            f"{weights_path} and its description do not make a model "
+            f"({type(exc).__name__}: {str(exc)[:200]}); export the run again"
         ) from None
     return model.eval()
 
 
 def _build_layer(entry: dict[str, Any]) -> nn.Module:
-    from chtorch.sparse import SparseInferenceLinear
-
     n_in, n_out, bias = int(entry["in_features"]), int(entry["out_features"]), bool(entry["bias"])
     if not 0 <= n_in <= 1 << 24 or not 0 <= n_out <= 1 << 24:
         raise ValueError(f"layer size {n_out} x {n_in} is out of range")
@@ -292,12 +302,7 @@ def export_run(
 
     What is compacted: the recipe's chains (an MLP's hidden layers, a Transformer's ``w_1 → w_2``
     feed-forwards) and every gated feed-forward (LLaMA's ``gate|up → down``,
-    :func:`chtorch.compaction_blocks.compact_gated`); attention projections keep their size."""
-    import copy
-
-    from chtorch.compaction import compact, export_report, to_sparse_inference
-    from chtorch.compaction_blocks import attention_notes, compact_gated, find_gated_blocks
-
+    :func:`chtorch.compaction.compact_gated`); attention projections keep their size."""
     _safetensors()  # before the work, not after it
     run_dir = Path(run_dir)
     path = Path(out) if out is not None else run_dir / "compact.safetensors"

@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import chtorch
 from chtorch.config import Config, ConfigError
+from chtorch.data import DataError
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 
 __all__ = [
@@ -89,8 +91,6 @@ def settings_errors(section: str) -> Iterator[None]:
     """A ValueError from building the data or model is a setting the schema could not check (e.g.
     ``model.hidden=[32, -4]``): report it as a :class:`ConfigError` of ``section``. Data-file errors
     keep their own type and message."""
-    from chtorch.data import DataError
-
     try:
         yield
     except DataError:
@@ -104,16 +104,14 @@ def settings_errors(section: str) -> Iterator[None]:
 def launch_hint(world_size: int) -> str:
     if world_size <= 1:
         return "a plain `chtorch train --resume RUN_DIR`, without torchrun"
-    return f"`torchrun --nproc_per_node {world_size} -m chtorch.cli train --resume RUN_DIR` (over all nodes: {world_size} processes)"
+    return (
+        f"`torchrun --nproc_per_node {world_size} -m chtorch.cli train "
+        f"--resume RUN_DIR` (over all nodes: {world_size} processes)"
+    )
 
 
 def chtorch_version() -> str:
-    try:
-        import chtorch
-
-        return chtorch.__version__
-    except Exception:  # pragma: no cover
-        return "unknown"
+    return chtorch.__version__
 
 
 def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
@@ -155,7 +153,8 @@ def check_same_run(run_dir: Path, state: dict[str, Any]) -> None:
         more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
         raise CheckpointError(
             f"{run_dir / CHECKPOINT_NAME} is from another run than {path} ({shown}{more}): it holds another model or "
-            "sparsity. Put back this run's own checkpoint, or resume the run the checkpoint came from in its own directory"
+            "sparsity. Put back this run's own checkpoint, or resume "
+            "the run the checkpoint came from in its own directory"
         )
 
 
@@ -178,4 +177,7 @@ def interrupted_message(
     resume_cmd = f"chtorch train --resume {run_dir}"
     if distributed:
         resume_cmd = f"torchrun --nproc_per_node {world_size} -m chtorch.cli train --resume {run_dir}"
-    return f"chtorch: interrupted at epoch {epoch + 1}/{epochs}, step {step}/{total_steps}; checkpoint saved.\nresume with:  {resume_cmd}"
+    return (
+        f"chtorch: interrupted at epoch {epoch + 1}/{epochs}, step "
+        f"{step}/{total_steps}; checkpoint saved.\nresume with:  {resume_cmd}"
+    )

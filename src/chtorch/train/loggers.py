@@ -30,7 +30,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from chtorch._checks import closest
+from chtorch.config import ConfigError, config_to_dict, config_to_yaml
+from chtorch.train.metrics import METRICS_NAME, jsonable, read_metrics, write_csv
+
 __all__ = [
+    "MetricsLog",
     "Logger",
     "LOGGERS",
     "record_scalars",
@@ -88,9 +93,6 @@ def record_scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 def check_logger_names(names: Sequence[str]) -> list[str]:
     """Validate ``run.loggers``: known names, no repeats, ``jsonl`` present. Raises ConfigError."""
-    from chtorch.config import ConfigError
-    from chtorch.dst.options import closest
-
     names = [str(n).strip().lower() for n in names]
     for name in names:
         if name not in LOGGERS:
@@ -124,8 +126,6 @@ class CsvLogger:
         pass  # tables hold scalars; config.yaml and report.md hold the texts
 
     def flush(self) -> None:
-        from chtorch.train.metrics import read_metrics, write_csv
-
         records = read_metrics(self.run_dir)
         for kind, name in (("epoch", "metrics.csv"), ("update", "updates.csv"), ("step", "steps.csv")):
             rows = [r for r in records if r.get("kind") == kind]
@@ -197,8 +197,6 @@ class WandbLogger:
 
 
 def _missing(logger: str, package: str) -> Exception:
-    from chtorch.config import ConfigError
-
     return ConfigError(
         f"run.loggers names {logger}, which needs the {package} package: pip install {package} (or chtorch[{logger}]), "
         f"or leave {logger} out of run.loggers",
@@ -242,3 +240,73 @@ def build_loggers(
             logger.close()
         raise
     return loggers
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` in ``run_dir`` that forwards every record's scalars to
+    ``loggers`` (the sinks above).
+
+    ``offset`` is the file's byte length (stored in checkpoints): :meth:`truncate` cuts the file back
+    to it on resume, so records written after the checkpoint are not duplicated.
+    ``tensorboard=True`` (``train.tensorboard``) adds a TensorBoard logger when the package is installed.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike[str], tensorboard: bool = False, loggers: Sequence[Any] | None = None
+    ) -> None:
+        self.path = Path(run_dir) / METRICS_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+        self.loggers: list[Any] = list(loggers or [])
+        if tensorboard and not any(type(lg).__name__ == "TensorBoardLogger" for lg in self.loggers):
+            self.loggers += build_loggers(run_dir, ["jsonl"], tensorboard_if_installed=True)
+
+    @classmethod
+    def for_run(cls, run_dir: str | os.PathLike[str], config: Any, resume_step: int | None = None) -> MetricsLog:
+        """The log of a trainer's run: the loggers of ``config.run.loggers`` (plus TensorBoard when
+        ``config.train.tensorboard`` and it is installed); ``resume_step`` is the checkpoint's step
+        when the run resumes (TensorBoard drops what an interrupted session logged after it)."""
+        loggers = build_loggers(
+            run_dir,
+            getattr(config.run, "loggers", ["jsonl", "csv"]),
+            run_name=config.run.name,
+            config=config_to_dict(config),
+            resume_step=resume_step,
+            tensorboard_if_installed=bool(config.train.tensorboard),
+        )
+        log = cls(run_dir, loggers=loggers)
+        if resume_step is None:
+            for logger in loggers:
+                logger.log_text(0, "config", config_to_yaml(config))
+        return log
+
+    @property
+    def offset(self) -> int:
+        return self.path.stat().st_size
+
+    def truncate(self, offset: int) -> None:
+        """Drop every record written after byte ``offset`` (a resumed run rewrites them)."""
+        size = self.path.stat().st_size
+        if offset > size:
+            raise ValueError(
+                f"{self.path} is shorter ({size} bytes) than the checkpoint expects ({offset}); was it edited?"
+            )
+        with open(self.path, "r+b") as handle:
+            handle.truncate(offset)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        record = jsonable(record)
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+        if self.loggers:
+            scalars = record_scalars(record)
+            step = int(record.get("step", 0))
+            for logger in self.loggers:
+                logger.log_scalars(step, scalars)
+
+    def close(self) -> None:
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close()

@@ -1,10 +1,12 @@
-"""Run records: the metrics log (JSONL, forwarded to the loggers of :mod:`chtorch.train.loggers`), active-neuron counts, topology snapshots.
+"""Run records: the metrics file (JSONL; written by :class:`chtorch.train.loggers.MetricsLog`), active-neuron
+counts, topology snapshots.
 
 ``metrics.jsonl`` is the source of truth: one JSON object per line with a ``kind`` —
 ``"epoch"`` (training and evaluation metrics, density, active neurons, per-layer state),
 ``"update"`` (what a topology update did, per layer) or ``"step"`` (the loss every
 ``train.log_every`` steps). ``metrics.csv``, ``updates.csv`` and ``steps.csv`` are flat tables re-derived
-from it (the ``csv`` logger), and plots and the report are drawn from it, so ``chtorch report`` can rebuild them at any time.
+from it (the ``csv`` logger), and plots and the report are drawn from it, so ``chtorch report`` can rebuild them at any
+time.
 
 Topology snapshots (``topology/*.npz``) store each sparse layer's links as (row, column) index
 arrays — about 8 bytes per link, 0.2 MB for a 1568×1568 layer at 99% sparsity — for the degree
@@ -18,20 +20,21 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from chtorch.data.files import atomic_write, atomic_write_text
+from chtorch._io import atomic_write, atomic_write_text
 from chtorch.dst.percolation import (
     active_neuron_count,  # re-exported: it lives with percolation
 )
 
 __all__ = [
-    "MetricsLog",
+    "METRICS_NAME",
+    "jsonable",
     "read_metrics",
     "write_csv",
     "active_neuron_count",
@@ -42,95 +45,19 @@ __all__ = [
 METRICS_NAME = "metrics.jsonl"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with tensors, numpy scalars and non-finite floats turned into what JSON can hold."""
     if isinstance(value, torch.Tensor):
         value = value.item() if value.numel() == 1 else value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return value
-
-
-class MetricsLog:
-    """Append-only ``metrics.jsonl`` in ``run_dir`` that forwards every record's scalars to
-    ``loggers`` (see :mod:`chtorch.train.loggers`).
-
-    ``offset`` is the file's byte length (stored in checkpoints): :meth:`truncate` cuts the file back
-    to it on resume, so records written after the checkpoint are not duplicated.
-    ``tensorboard=True`` (``train.tensorboard``) adds a TensorBoard logger when the package is installed.
-    """
-
-    def __init__(
-        self, run_dir: str | os.PathLike[str], tensorboard: bool = False, loggers: Sequence[Any] | None = None
-    ) -> None:
-        self.path = Path(run_dir) / METRICS_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
-        self.loggers: list[Any] = list(loggers or [])
-        if tensorboard and not any(type(lg).__name__ == "TensorBoardLogger" for lg in self.loggers):
-            from chtorch.train.loggers import build_loggers
-
-            self.loggers += build_loggers(run_dir, ["jsonl"], tensorboard_if_installed=True)
-
-    @classmethod
-    def for_run(cls, run_dir: str | os.PathLike[str], config: Any, resume_step: int | None = None) -> MetricsLog:
-        """The log of a trainer's run: the loggers of ``config.run.loggers`` (plus TensorBoard when
-        ``config.train.tensorboard`` and it is installed); ``resume_step`` is the checkpoint's step
-        when the run resumes (TensorBoard drops what an interrupted session logged after it)."""
-        from chtorch.config import config_to_dict, config_to_yaml
-        from chtorch.train.loggers import build_loggers
-
-        loggers = build_loggers(
-            run_dir,
-            getattr(config.run, "loggers", ["jsonl", "csv"]),
-            run_name=config.run.name,
-            config=config_to_dict(config),
-            resume_step=resume_step,
-            tensorboard_if_installed=bool(config.train.tensorboard),
-        )
-        log = cls(run_dir, loggers=loggers)
-        if resume_step is None:
-            for logger in loggers:
-                logger.log_text(0, "config", config_to_yaml(config))
-        return log
-
-    @property
-    def offset(self) -> int:
-        return self.path.stat().st_size
-
-    def truncate(self, offset: int) -> None:
-        """Drop every record written after byte ``offset`` (a resumed run rewrites them)."""
-        size = self.path.stat().st_size
-        if offset > size:
-            raise ValueError(
-                f"{self.path} is shorter ({size} bytes) than the checkpoint expects ({offset}); was it edited?"
-            )
-        with open(self.path, "r+b") as handle:
-            handle.truncate(offset)
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        record = _jsonable(record)
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-        if self.loggers:
-            from chtorch.train.loggers import record_scalars
-
-            scalars = record_scalars(record)
-            step = int(record.get("step", 0))
-            for logger in self.loggers:
-                logger.log_scalars(step, scalars)
-
-    def close(self) -> None:
-        loggers, self.loggers = self.loggers, []
-        for logger in loggers:
-            logger.close()
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -184,7 +111,7 @@ def save_topology(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str
     arrays: dict[str, np.ndarray] = {
         "names": np.array(list(masks), dtype=np.str_),
         "shapes": np.array([tuple(m.shape) for m in masks.values()], dtype=np.int64).reshape(-1, 2),
-        "meta": np.array(json.dumps(_jsonable(meta)), dtype=np.str_),
+        "meta": np.array(json.dumps(jsonable(meta)), dtype=np.str_),
     }
     for i, mask in enumerate(masks.values()):
         idx = torch.nonzero(mask.detach().cpu()).to(torch.int32).numpy()

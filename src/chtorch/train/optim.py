@@ -6,7 +6,7 @@
   ("inoam", w = 20; one function for it: :func:`chtorch.dst.schedules.rewarmup_factor`).
 - LLaMA (Table 6 / the official LLaMA code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
 
-Every schedule is a pure function of the optimizer step (:mod:`chtorch.dst.schedules`), wrapped in a
+Every schedule is a pure function of the optimizer step (:mod:`chtorch.train.lr_schedules`), wrapped in a
 ``LambdaLR`` whose only state is the step counter, so a resumed run reproduces it exactly.
 """
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from chtorch.config import OptimConfig
 from chtorch.dst import schedules
+from chtorch.train.lr_schedules import cosine_with_warmup, linear_decay, noam
 
 __all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
 
@@ -98,8 +99,9 @@ def lr_multiplier(
 
     - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
     - linear: from 1 to ``final_lr/lr`` at ``decay_fraction · total_steps`` (after the warm-up), then held;
-    - cosine: :func:`chtorch.dst.schedules.cosine_with_warmup` down to ``final_lr/lr`` at the same step, then held;
-    - noam: :func:`chtorch.dst.schedules.noam` at step + 1 (OpenNMT counts steps from 1).
+    - cosine: :func:`~chtorch.train.lr_schedules.cosine_with_warmup` down to ``final_lr/lr`` at the same step, then
+    held;
+    - noam: :func:`~chtorch.train.lr_schedules.noam` at step + 1 (OpenNMT counts steps from 1).
     """
     lr, warmup = config.lr, config.warmup_steps
     end_ratio = config.final_lr / lr
@@ -112,11 +114,11 @@ def lr_multiplier(
             raise ValueError("optim.schedule=noam needs the model width: set optim.d_model")
 
         def base(step: int) -> float:
-            return schedules.noam(step + 1, width, warmup)
+            return noam(step + 1, width, warmup)
     elif kind == "cosine":
 
         def base(step: int) -> float:
-            return schedules.cosine_with_warmup(step, decay_steps, warmup, min_ratio=end_ratio)
+            return cosine_with_warmup(step, decay_steps, warmup, min_ratio=end_ratio)
     elif kind in ("linear", "constant"):
 
         def base(step: int) -> float:
@@ -124,7 +126,7 @@ def lr_multiplier(
                 return (step + 1) / warmup
             if kind == "constant":
                 return 1.0
-            return schedules.linear_decay(step - warmup, max(0, decay_steps - warmup), 1.0, end_ratio)
+            return linear_decay(step - warmup, max(0, decay_steps - warmup), 1.0, end_ratio)
     else:
         raise ValueError(f"unknown LR schedule {kind!r}; choose constant, linear, cosine or noam")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from chtorch.data.files import atomic_write
+from chtorch._io import atomic_write
 
 __all__ = [
     "figure",

@@ -13,10 +13,12 @@ from typing import Any, TextIO
 
 import torch
 
-from chtorch.data.files import atomic_write_text
+from chtorch._io import atomic_write_text
 from chtorch.train.lifecycle import SUMMARY_NAME, chtorch_version
 from chtorch.train.metrics import active_neuron_count, save_topology
+from chtorch.train.plots import make_plots
 from chtorch.train.progress import format_duration
+from chtorch.train.run_report import write_report
 
 __all__ = [
     "NullLog",
@@ -183,13 +185,9 @@ def write_outputs(run_dir: Path, summary: dict[str, Any], *, plots: bool, report
     """The files of a finished run: ``summary.json``, the plots (when matplotlib is installed) and ``report.md``."""
     atomic_write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2, default=str))
     if plots:
-        from chtorch.train.plots import make_plots
-
         try:
             make_plots(run_dir)
         except ImportError as exc:
             print(f"chtorch: no plots ({exc})", file=out)
     if report:
-        from chtorch.train.run_report import write_report
-
         write_report(run_dir)

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from chtorch.data.files import atomic_write_text
+from chtorch._io import atomic_write_text
 from chtorch.train.loggers import CsvLogger
 from chtorch.train.metrics import load_topology, read_metrics
-from chtorch.train.plots import adjacency_files
+from chtorch.train.plots import adjacency_files, make_plots
 
 __all__ = ["write_report", "rebuild"]
 
@@ -63,13 +63,15 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         + (f" hidden {model.get('hidden')}" if model.get("hidden") else ""),
         f"- **method**: `{sp.get('method', '?')}` at sparsity {sp.get('sparsity', '?')}, topology update every "
         f"{sp.get('update_interval', '?')} {sp.get('update_unit', '')}(s)",
-        f"- **optimizer**: {optim.get('name', '?')} lr {optim.get('lr', '?')} ({optim.get('schedule', '?')} → {optim.get('final_lr', '?')}), "
+        f"- **optimizer**: {optim.get('name', '?')} lr {optim.get('lr', '?')} "
+        f"({optim.get('schedule', '?')} → {optim.get('final_lr', '?')}), "
         f"batch {data.get('batch_size', '?')}, {train.get('epochs', '?')} epochs, seed {run.get('seed', '?')}",
     ]
     if summary:
         lines.append(
             f"- **time**: {summary.get('seconds', 0):.1f} s on {summary.get('device', '?')}; "
-            f"torch {summary.get('versions', {}).get('torch', '?')}, chtorch {summary.get('versions', {}).get('chtorch', '?')}"
+            f"torch {summary.get('versions', {}).get('torch', '?')}, "
+            f"chtorch {summary.get('versions', {}).get('chtorch', '?')}"
         )
     lines.append("")
 
@@ -137,7 +139,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         lines += [
             "## Plots",
             "",
-            f"No plots (matplotlib is not installed, or train.plots was off): `pip install matplotlib` then `chtorch report {run_dir}`.",
+            "No plots (matplotlib is not installed, or train.plots was "
+            f"off): `pip install matplotlib` then `chtorch report {run_dir}`.",
             "",
         ]
 
@@ -157,8 +160,6 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 def rebuild(run_dir: str | os.PathLike[str]) -> tuple[list[Path], Path, str | None]:
     """Re-create the plots (when matplotlib is available) and ``report.md`` of ``run_dir``:
     ``(plots, report path, why plots were skipped or None)``."""
-    from chtorch.train.plots import make_plots
-
     run_dir = Path(run_dir)
     CsvLogger(run_dir).flush()
     plots: list[Path] = []

@@ -148,7 +148,8 @@ class RunLock:
             os.close(fd)
             self._remove_created()
             raise RunDirError(
-                f"{self.path} is being trained by another chtorch process right now (it holds the run's lock): wait for it "
+                f"{self.path} is being trained by another chtorch process "
+                "right now (it holds the run's lock): wait for it "
                 "to finish, or stop it (Ctrl-C saves a checkpoint) and then `chtorch train --resume` it; "
                 "two processes training one run would interleave its records"
             ) from None

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 import chtorch.recipes.builtin  # noqa: F401  (registers the built-in recipes)
+from chtorch.api import sparsify
 from chtorch.config import (
     Config,
     ConfigError,
-    config_to_dict,
     method_options_for,
     save_config,
 )
@@ -51,24 +51,22 @@ from chtorch.dst import schedules
 from chtorch.dst.methods import is_dense
 from chtorch.dst.percolation import infer_couplings
 from chtorch.recipes.base import Recipe, get_recipe
+from chtorch.rng import derive_seed
 from chtorch.train import distributed as ddp
 from chtorch.train import records
 from chtorch.train.checkpoint import (
     CHECKPOINT_NAME,
-    CheckpointError,
-    check_optimizer_state,
     remove_stale_temporaries,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from chtorch.train.console import epoch_line
-from chtorch.train.lifecycle import RunResult, check_same_run, chtorch_version, interrupted_message, nonfinite_error
-from chtorch.train.lifecycle import launch_hint as _launch_hint
+from chtorch.train.lifecycle import RunResult, check_same_run, interrupted_message, nonfinite_error
 from chtorch.train.lifecycle import settings_errors as _settings_errors
-from chtorch.train.metrics import MetricsLog, read_metrics
+from chtorch.train.loggers import MetricsLog
+from chtorch.train.metrics import read_metrics
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.progress import Progress
+from chtorch.train.run_state import restore_run, run_state
 from chtorch.train.rundir import defer_sigint
 
 __all__ = ["Trainer"]
@@ -148,8 +146,6 @@ class Trainer:
             self.model = self.recipe.build_model()  # identical on every rank: same seed (DDP also broadcasts it)
         if self.dist.enabled:
             # Dropout may differ per rank (it is per-sample noise); the topology never uses this RNG.
-            from chtorch.rng import derive_seed
-
             torch.manual_seed(derive_seed(cfg.run.seed, "rank", self.rank))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         spe = int(self.recipe.steps_per_epoch)
@@ -173,7 +169,6 @@ class Trainer:
         interval = t_end = None
         sp = cfg.sparsity
         if not is_dense(sp.method):
-            from chtorch.api import sparsify
             from chtorch.dst.scope import select_layers
 
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
@@ -214,71 +209,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs. Under DDP this is a collective (every rank calls it; rank 0's
-        result holds every rank's RNG state and running sums, the other ranks' results do not)."""
-        per_rank = self.dist.gather({"rng": rng_state(), "sums": {k: float(v) for k, v in self.sums.items()}})
-        state = {
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "step": self.step,
-            "finished": self.epoch >= self.config.train.epochs,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sparsity": None if self.sparsity is None else self.sparsity.state_dict(),
-            "rng": rng_state(),
-            "config": config_to_dict(self.config),
-            "metrics_offset": self.log.offset,
-            "sums": {k: float(v) for k, v in self.sums.items()},
-            "nonfinite": self.nonfinite,
-            "elapsed": self.elapsed,
-            "versions": {"torch": str(torch.__version__), "chtorch": chtorch_version()},
-            "world_size": self.world_size,
-        }
-        if self.dist.enabled:
-            state["ranks"] = per_rank
-        return state
+        """Everything a resume needs (:func:`chtorch.train.run_state.run_state`; a collective under DDP)."""
+        return run_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint into the freshly built run; a checkpoint from another model or
-        sparsity is refused before anything changes."""
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.world_size:
-            raise CheckpointError(
-                f"this run was trained by {saved_world} process(es) and is being resumed by {self.world_size}: resume it "
-                f"with the same number — {_launch_hint(saved_world)} — since the number of processes decides the data "
-                "shards, the steps per epoch and the sparsity schedule"
-            )
-        if (state["sparsity"] is None) != (self.sparsity is None):
-            raise CheckpointError("the checkpoint's sparsity (dense vs sparse) does not match this run's config")
-        try:
-            self.model.load_state_dict(state["model"], strict=True)
-        except RuntimeError as exc:
-            detail = " ".join(str(exc).split())  # torch's message spans lines; an error is one line
-            raise CheckpointError(
-                f"the checkpoint does not fit this model (another model or sparsity config?): {detail}"
-            ) from None
-        if self.sparsity is not None:
-            try:
-                self.sparsity.load_state_dict(state["sparsity"])
-            except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"the checkpoint's sparsity state does not fit this run: {exc}") from None
-        try:  # shapes and types torch does not check itself: one line, not a traceback at the first step
-            self.optimizer.load_state_dict(state["optimizer"])
-            check_optimizer_state(self.optimizer, self.run_dir / CHECKPOINT_NAME)
-            self.scheduler.load_state_dict(state["scheduler"])
-            mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
-            set_rng_state(mine["rng"])
-        except CheckpointError:
-            raise
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"the checkpoint's optimizer, scheduler or RNG state does not fit this run: {type(exc).__name__}: {exc}"
-            ) from None
-        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
-        self.sums = dict(mine["sums"])
-        self.nonfinite = int(state["nonfinite"])
-        self.elapsed = float(state["elapsed"])
+        """Restore a checkpoint into the freshly built run (:func:`chtorch.train.run_state.restore_run`)."""
+        restore_run(self, state)
 
     def save(self) -> Path:
         """Write the checkpoint now (atomically; on rank 0 — under DDP every rank must call this)."""

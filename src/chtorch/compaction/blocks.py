@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from chtorch.compaction import _empty_linear, _has_topology, _links, _set_submodule, layer_links
+from chtorch.compaction._common import empty_linear, has_topology, layer_links, links_of, set_submodule
 
 __all__ = ["find_gated_blocks", "compact_gated", "attention_notes"]
 
@@ -51,7 +51,7 @@ def _unwritten(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | No
 
 def gated_alive(model: nn.Module, block: Sequence[str]) -> torch.Tensor:
     """Bool ``(d_ff,)``: the hidden neurons of a gated block that can change its output."""
-    gate, up, down = (_links(model, n) for n in block)
+    gate, up, down = (links_of(model, n) for n in block)
     return ~(_unwritten(*gate) | _unwritten(*up) | ~down[1].any(dim=0))
 
 
@@ -64,20 +64,20 @@ def compact_gated(model: nn.Module, blocks: Sequence[Sequence[str]], *, inplace:
         alive = gated_alive(model, block)
         for i, name in enumerate(block):
             old = model.get_submodule(name)
-            weight, mask, bias = _links(model, name)
+            weight, mask, bias = links_of(model, name)
             if i < 2:
                 weight, mask, bias = weight[alive], mask[alive], None if bias is None else bias[alive]
             else:
                 weight, mask = weight[:, alive], mask[:, alive]
-            layer = _empty_linear(weight.shape[1], weight.shape[0], bias is not None, weight.dtype)
+            layer = empty_linear(weight.shape[1], weight.shape[0], bias is not None, weight.dtype)
             requires_grad = next(iter(old.parameters()), torch.empty(0)).requires_grad
             layer.weight = nn.Parameter(weight.detach().clone().contiguous(), requires_grad=requires_grad)
             if bias is not None:
                 layer.bias = nn.Parameter(bias.detach().clone().contiguous(), requires_grad=requires_grad)
-            if _has_topology(old):
+            if has_topology(old):
                 layer.register_buffer("weight_mask", mask.clone().contiguous(), persistent=True)
             layer.train(old.training)
-            _set_submodule(target, name, layer)
+            set_submodule(target, name, layer)
     return target
 
 
@@ -87,8 +87,8 @@ def attention_notes(model: nn.Module) -> list[str]:
     qk_dead = qk_total = vo_dead = vo_total = 0
     blocks = _siblings(model, ("q_proj", "k_proj", "v_proj", "o_proj"))
     for q, k, v, o in blocks:
-        (qw, qm, qb), (kw, km, kb) = _links(model, q), _links(model, k)
-        (vw, vm, vb), (_, om, _) = _links(model, v), _links(model, o)
+        (qw, qm, qb), (kw, km, kb) = links_of(model, q), links_of(model, k)
+        (vw, vm, vb), (_, om, _) = links_of(model, v), links_of(model, o)
         if qm.shape[0] == km.shape[0]:
             qk_dead += int((_unwritten(qw, qm, qb) | _unwritten(kw, km, kb)).sum())
             qk_total += qm.shape[0]
@@ -98,6 +98,7 @@ def attention_notes(model: nn.Module) -> list[str]:
     if not blocks:
         return []
     return [
-        f"attention ({len(blocks)} blocks): {qk_dead} of {qk_total} q/k and {vo_dead} of {vo_total} v/o dimensions carry nothing; "
+        f"attention ({len(blocks)} blocks): {qk_dead} of {qk_total} "
+        f"q/k and {vo_dead} of {vo_total} v/o dimensions carry nothing; "
         "not compacted (heads must keep equal sizes, and the q/k head size sets the softmax scale)"
     ]
