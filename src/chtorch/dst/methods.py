@@ -268,7 +268,8 @@ register_method(
     "Zhu & Gupta, 'To prune, or not to prune: exploring the efficacy of pruning for model compression', 2017",
     decisions="pruned weights compete again with their last value (prune_with_history) and a revived weight "
     "restarts at zero, as the official LLaMA code (revived_init='history': at its last value) (docs/decisions.md, "
-    "GMP); updates run through T_end (final_update='at_t_end'), as the LLaMA code, so the decay's last event at T_end runs",
+    "GMP); updates run through T_end (final_update='at_t_end'), as the LLaMA code, so the decay's last event "
+    "at T_end runs",
     init="erdos_renyi",
     density_schedule="cubic",
     initial_sparsity=0.5,
