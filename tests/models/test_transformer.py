@@ -224,6 +224,62 @@ def test_length_penalty_is_gnmt():
     assert length_penalty(7, 0.0) == 1.0
     assert length_penalty(7, 1.0) == pytest.approx(2.0)
     assert length_penalty(1, 0.6) == pytest.approx(1.0)
+    assert length_penalty(7, 1.0, "avg") == 7.0
+    assert length_penalty(7, 1.0, "none") == 1.0
+    with pytest.raises(ValueError, match="length penalty"):
+        length_penalty(7, 1.0, "gnmt")
+
+
+class ScriptedDecoder(torch.nn.Module):
+    """A decoder whose next-token distribution depends only on the prefix length t (<bos> included):
+    p(<eos>) = EOS_PROB[t], the rest on token 3; <pad> (0) and <bos> (1) get -inf."""
+
+    EOS_PROB = {1: 0.3, 2: 0.4, 3: 0.55}
+
+    def encode(self, src):
+        return torch.zeros(src.shape[0], 1, 1), torch.ones(src.shape[0], 1, dtype=torch.bool)
+
+    def decode(self, tgt_in, memory, memory_mask):
+        n, t = tgt_in.shape
+        q = self.EOS_PROB.get(t, 0.5)
+        logits = torch.full((n, t, 4), float("-inf"))
+        logits[:, -1, EOS] = math.log(q)
+        logits[:, -1, 3] = math.log(1 - q)
+        return logits
+
+
+@pytest.mark.parametrize(
+    "penalty, min_len, length, score",
+    [
+        # Hypotheses and log-probabilities: [eos] ln .3 = -1.2040; [a eos] ln .7 + ln .4 = -1.2730;
+        # [a a eos] ln .7 + ln .6 + ln .55 = -1.4653; unterminated [a a a] ln .7 + ln .6 + ln .45 = -1.6660.
+        ("none", 0, 1, math.log(0.3)),  # raw sums: the shortest wins
+        # wu, alpha 1, |Y| = n + 1 (OpenNMT counts <bos>): -1.2040 / (7/6) = -1.0320,
+        # -1.2730 / (8/6) = -0.9548, -1.4653 / (9/6) = -0.9769: [a eos] wins
+        ("wu", 0, 2, (math.log(0.7) + math.log(0.4)) * 6 / 8),
+        # avg: -1.2040 / 2, -1.2730 / 3 = -0.4243, -1.4653 / 4 = -0.3663, -1.6660 / 4: [a a eos] wins
+        ("avg", 0, 3, (math.log(0.7) + math.log(0.6) + math.log(0.55)) / 4),
+        # min_len 1 bans [eos]; without a penalty [a eos] is then the best
+        ("none", 1, 2, math.log(0.7) + math.log(0.4)),
+    ],
+)
+def test_length_penalties_pick_the_hand_worked_hypothesis(penalty, min_len, length, score):
+    src = torch.tensor([[5, 6]])
+    out = beam_search(
+        ScriptedDecoder(),
+        src,
+        beam_size=2,
+        bos_id=BOS,
+        eos_id=EOS,
+        pad_id=PAD,
+        max_len=3,
+        alpha=1.0,
+        penalty=penalty,
+        min_len=min_len,
+    )
+    assert int(out.lengths[0]) == length
+    assert out.tokens[0, : length - 1].tolist() == [3] * (length - 1) and int(out.tokens[0, length - 1]) == EOS
+    assert float(out.scores[0]) == pytest.approx(score, rel=1e-5)
 
 
 def rescore(model, src, tokens, lengths):
@@ -267,7 +323,7 @@ def test_beam_scores_are_the_model_log_probability(alpha):
     ended = out.tokens.gather(1, (out.lengths - 1)[:, None]).squeeze(1) == EOS
     assert ended.any() and (out.lengths > 1).any()  # finished hypotheses of several lengths
     raw = rescore(model, src, out.tokens, out.lengths)
-    penalty = torch.tensor([length_penalty(int(n), alpha) for n in out.lengths])
+    penalty = torch.tensor([length_penalty(int(n) + 1, alpha) for n in out.lengths])  # |Y| counts <bos>
     torch.testing.assert_close(out.scores, raw / penalty, rtol=1e-4, atol=1e-4)
 
 

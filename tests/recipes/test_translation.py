@@ -216,6 +216,60 @@ def test_validation_perplexity_is_exp_of_mean_token_nll(corpus) -> None:
     assert metrics["val_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
+def test_validation_accuracy_counts_teacher_forced_argmax_hits(corpus) -> None:
+    config = build_config(tiny_raw(corpus))
+    recipe = Translation(config, torch.device("cpu"))
+    recipe.setup()
+    torch.manual_seed(0)
+    model = recipe.build_model()
+    recipe._epoch = 0
+    metrics = recipe.evaluate(model)
+    model.eval()
+    hits, count = 0, 0
+    with torch.no_grad():
+        for src, tgt in recipe.val_ids:
+            logits = model(torch.tensor([list(src)]), torch.tensor([[recipe.bos_id, *tgt]]))
+            hits += int((logits[0].argmax(-1) == torch.tensor([*tgt, recipe.eos_id])).sum())
+            count += len(tgt) + 1
+    assert metrics["val_accuracy"] == pytest.approx(hits / count)
+    assert metrics["best_val_accuracy"] == metrics["val_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "select_by, later, kept",
+    [
+        # (val_loss, val_accuracy) of epoch 2 after epoch 1 had (2.0, 0.5)
+        ("val_accuracy", (2.5, 0.6), 2),  # higher accuracy wins though the loss is worse
+        ("val_accuracy", (1.0, 0.5), 1),  # a tie keeps the earlier checkpoint (the trainer's min_acc < acc)
+        ("val_loss", (2.5, 0.6), 1),
+        ("val_loss", (1.0, 0.4), 2),
+    ],
+)
+def test_best_checkpoint_follows_select_by(corpus, select_by, later, kept) -> None:
+    recipe = Translation(build_config(tiny_raw(corpus, data={"select_by": select_by})), torch.device("cpu"))
+    recipe.setup()
+    model = recipe.build_model()
+    scripted = iter([(2.0, 0.5), later])
+    recipe.validation_metrics = lambda m: next(scripted)  # type: ignore[method-assign]
+    for epoch in (0, 1):
+        recipe._epoch = epoch
+        out = recipe.evaluate(model)
+    assert recipe._best is not None and recipe._best["epoch"] == kept
+    assert (out["best_val_loss"], out["best_val_accuracy"]) == ((2.0, 0.5) if kept == 1 else later)
+
+
+def test_word_vocabularies_per_language(corpus) -> None:
+    raw = tiny_raw(corpus, data={"tokenizer_kind": "words", "joint_vocab": False, "vocab_size": 1000})
+    recipe = Translation(
+        build_config({**raw, "model": {**raw["model"], "share_embeddings": False}}), torch.device("cpu")
+    )
+    recipe.setup()
+    # 16 words per language plus <pad>, <bos>, <eos>, <unk>; every toy sentence round-trips.
+    assert recipe.src_tok.vocab_size == recipe.tgt_tok.vocab_size == 20
+    assert recipe.tgt_tok.decode(recipe.tgt_tok.encode("ein hund rennt")) == "ein hund rennt"
+    assert recipe.src_tok is not recipe.tgt_tok and recipe.src_tok.token_to_id("hund") is None
+
+
 def test_percolation_couplings_cover_attention_and_ffn(corpus) -> None:
     from chtorch.dst.engine import select_layers
 

@@ -21,7 +21,14 @@ from chtorch.data.text import (
     split_tokens,
     tokenize_corpus,
 )
-from chtorch.data.tokenization import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, load_tokenizer, train_bpe
+from chtorch.data.tokenization import (
+    SPECIAL_TOKENS,
+    BPETokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    train_bpe,
+    train_word_level,
+)
 from chtorch.data.translation import (
     TranslationBatch,
     encode_pairs,
@@ -63,6 +70,7 @@ __all__ = [
     "CharTokenizer",
     "load_tokenizer",
     "train_bpe",
+    "train_word_level",
     "TranslationBatch",
     "encode_pairs",
     "filter_pairs",

@@ -8,6 +8,10 @@
   text) or ``kind="whitespace"`` (SentencePiece-style Metaspace: words split at whitespace, which is
   kept as ``▁`` so decoding restores detokenized text; characters never seen in training map to
   ``<unk>``, and leading whitespace of a text is dropped).
+* :func:`train_word_level` builds a word vocabulary of whitespace-separated tokens, kept as they are
+  (case and attached punctuation included), the most frequent first: what OpenNMT-py's
+  ``preprocess.py`` does with untokenized text (the official Transformer code's Multi30k setup). Words
+  outside the vocabulary map to ``<unk>``; decoding joins tokens with single spaces.
 * :class:`CharTokenizer`: one token per character, for tiny experiments (tiny-shakespeare has 65).
 
 Both share the special tokens ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` with ids 0, 1, 2, 3 and the
@@ -31,6 +35,7 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "train_bpe",
+    "train_word_level",
     "load_tokenizer",
 ]
 
@@ -193,6 +198,34 @@ def train_bpe(
         special_tokens=specials,
         initial_alphabet=alphabet,
         show_progress=False,
+    )
+    tok.train_from_iterator(_checked_texts(texts), trainer=trainer)
+    return BPETokenizer(tok)
+
+
+def train_word_level(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    min_frequency: int = 1,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+) -> BPETokenizer:
+    """A word-level vocabulary of at most ``vocab_size`` tokens (special tokens included): the words
+    (whitespace-separated, unchanged) seen at least ``min_frequency`` times in ``texts``, the most
+    frequent first (OpenNMT ``preprocess.py -src_vocab_size N``, ``-words_min_frequency``). Returned in
+    the same wrapper as a BPE (any ``tokenizers.Tokenizer``). Needs the ``chtorch[nlp]`` extra."""
+    tokenizers = _require_tokenizers()
+    from tokenizers import models, pre_tokenizers, trainers
+
+    specials = list(special_tokens)
+    if tuple(specials[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        raise ValueError(f"special_tokens must start with {list(SPECIAL_TOKENS)}, got {specials}")
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocab_size={vocab_size} leaves no room for words beside the {len(specials)} special tokens")
+    tok = tokenizers.Tokenizer(models.WordLevel(unk_token=_UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False
     )
     tok.train_from_iterator(_checked_texts(texts), trainer=trainer)
     return BPETokenizer(tok)

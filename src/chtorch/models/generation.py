@@ -6,11 +6,15 @@ The encoder runs once per batch; its output is repeated ``beam_size`` times and 
 step. The decoder re-reads the whole prefix at each step (no incremental key/value cache): simple and
 exact, at O(L^2) decoder cost, which is small for sentence-length outputs.
 
-Scores are sums of token log-probabilities. Beam search ranks hypotheses by
-``score / lp(length)`` with the GNMT length penalty ``lp(n) = ((5 + n) / 6) ** alpha``
-(Wu et al., 2016; OpenNMT ``-length_penalty wu -alpha``); ``alpha = 0`` (the default, OpenNMT's
-``none``) ranks by the raw sum, and then ``beam_size=1`` is exactly greedy decoding. ``length``
-counts generated tokens, ``<eos>`` included. ``<pad>`` and ``<bos>`` are never generated.
+Scores are sums of token log-probabilities. Beam search ranks hypotheses by ``score / lp(|Y|)``,
+with OpenNMT-py's length penalties (``-length_penalty``, ``onmt/translate/penalties.py``):
+``none`` (lp = 1: the raw sum, and then ``beam_size=1`` is exactly greedy decoding), ``wu`` (GNMT,
+Wu et al. 2016: ``lp = ((5 + |Y|) / 6) ** alpha``, so ``alpha = 0``, the default, is ``none``; the
+paper's evaluation script uses ``-length_penalty wu -alpha 1``) and ``avg`` (``lp = |Y|``). As in
+OpenNMT's ``BeamSearch.advance``,
+``|Y|`` counts the ``<bos>`` token as well as the generated ones (``<eos>`` included): a hypothesis
+of n generated tokens has ``|Y| = n + 1``. ``min_len`` bans ``<eos>`` until that many tokens were
+generated (OpenNMT ``-min_length``). ``<pad>`` and ``<bos>`` are never generated.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Decoded", "EncoderDecoder", "greedy_decode", "beam_search", "length_penalty"]
+__all__ = ["Decoded", "EncoderDecoder", "greedy_decode", "beam_search", "length_penalty", "LENGTH_PENALTIES"]
+
+#: Length penalties of beam search (OpenNMT ``-length_penalty``).
+LENGTH_PENALTIES = ("none", "wu", "avg")
 
 
 class EncoderDecoder(Protocol):
@@ -42,9 +49,16 @@ class Decoded(NamedTuple):
     lengths: torch.Tensor
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ``((5 + length) / 6) ** alpha``."""
-    return ((5.0 + length) / 6.0) ** alpha
+def length_penalty(length: int, alpha: float, kind: str = "wu") -> float:
+    """Length penalty ``lp(length)`` that divides a hypothesis' log-probability: ``wu`` (GNMT)
+    ``((5 + length) / 6) ** alpha``, ``avg`` ``length``, ``none`` 1 (OpenNMT's ``PenaltyBuilder``)."""
+    if kind == "wu":
+        return ((5.0 + length) / 6.0) ** alpha
+    if kind == "avg":
+        return float(length)
+    if kind == "none":
+        return 1.0
+    raise ValueError(f"unknown length penalty {kind!r}; choose one of {LENGTH_PENALTIES}")
 
 
 @contextlib.contextmanager
@@ -118,21 +132,34 @@ def beam_search(
     pad_id: int,
     max_len: int = 100,
     alpha: float = 0.0,
+    penalty: str = "wu",
+    min_len: int = 0,
 ) -> Decoded:
     """Batched beam search over ``src`` (B, S); returns the best hypothesis of each sentence.
 
     At each step the ``2 * beam_size`` best extensions of the live beams are ranked; those ending in
     ``<eos>`` among the top ``beam_size`` become finished hypotheses, and the best ``beam_size``
     others continue. A sentence is done once it has ``beam_size`` finished hypotheses and no live
-    beam can still beat the worst of them (exact: log-probs only decrease, and for ``alpha > 0``
-    the bound uses the penalty at ``max_len``). Live beams left at ``max_len`` count as finished
-    (without ``<eos>``). ``alpha`` is the GNMT length-penalty exponent (>= 0).
+    beam can still beat the worst of them (exact: log-probs only decrease, and for a growing
+    penalty the bound uses the penalty at ``max_len``). Live beams left at ``max_len`` count as
+    finished (without ``<eos>``). ``penalty``: ``none``, ``wu`` or ``avg`` (module docstring);
+    ``alpha`` is the ``wu`` exponent (>= 0; with ``wu``, 0 is ``none``). ``min_len``: no ``<eos>``
+    before that many generated tokens.
     """
     _check(src, max_len, {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id})
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if alpha < 0:
         raise ValueError(f"alpha (length-penalty exponent) must be >= 0, got {alpha}")
+    if penalty not in LENGTH_PENALTIES:
+        raise ValueError(f"unknown length penalty {penalty!r}; choose one of {LENGTH_PENALTIES}")
+    if min_len < 0:
+        raise ValueError(f"min_len must be >= 0, got {min_len}")
+    growing = penalty == "avg" or (penalty == "wu" and alpha > 0)
+
+    def lp(n_generated: int) -> float:
+        return length_penalty(n_generated + 1, alpha, penalty)  # OpenNMT's |Y| counts <bos>
+
     k = beam_size
     device = src.device
     b = src.shape[0]
@@ -151,7 +178,8 @@ def beam_search(
 
         for step in range(max_len):
             n_generated = step + 1
-            logp = _next_log_probs(model, seq, memory, mask, (pad_id, bos_id))  # (B*K, V)
+            banned = (pad_id, bos_id) if n_generated > min_len else (pad_id, bos_id, eos_id)
+            logp = _next_log_probs(model, seq, memory, mask, banned)  # (B*K, V)
             vocab = logp.shape[-1]
             cand = (beam_scores.reshape(-1, 1) + logp).view(b, k * vocab)
             top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
@@ -161,13 +189,13 @@ def beam_search(
             # Finished hypotheses: <eos> extensions ranked in the top K.
             eos_hits = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist()
             if eos_hits:
-                penalty = length_penalty(n_generated, alpha)
+                divisor = lp(n_generated)
                 for bi, r in eos_hits:
                     if done[bi]:
                         continue
                     row = bi * k + int(top_beam[bi, r])
                     tokens = seq[row, 1:].tolist() + [eos_id]
-                    finished[bi].append((float(top_scores[bi, r]) / penalty, tokens))
+                    finished[bi].append((float(top_scores[bi, r]) / divisor, tokens))
 
             # Live beams: the first K candidates that do not end in <eos> (at most K of the 2K do,
             # one per beam, so K others always exist).
@@ -177,7 +205,7 @@ def beam_search(
             seq = torch.cat([seq[rows], top_token.gather(1, order).reshape(-1, 1)], dim=1)
 
             best_live = beam_scores[:, 0].tolist()
-            bound_penalty = length_penalty(n_generated if alpha == 0 else max_len, alpha)
+            bound_penalty = lp(max_len if growing else n_generated)
             for bi in range(b):
                 if done[bi] or len(finished[bi]) < k:
                     continue
@@ -189,14 +217,14 @@ def beam_search(
                 break
 
         # Sentences still open at max_len: their live beams end unterminated.
-        penalty = length_penalty(seq.shape[1] - 1, alpha)
+        divisor = lp(seq.shape[1] - 1)
         for bi in range(b):
             if done[bi]:
                 continue
             for j in range(k):
                 score = float(beam_scores[bi, j])
                 if score != float("-inf"):
-                    finished[bi].append((score / penalty, seq[bi * k + j, 1:].tolist()))
+                    finished[bi].append((score / divisor, seq[bi * k + j, 1:].tolist()))
 
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
     width = max(len(tokens) for _, tokens in best)

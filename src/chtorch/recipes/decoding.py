@@ -38,11 +38,14 @@ def translate(
     batch_size: int = 64,
     max_len: int = 100,
     alpha: float = 0.0,
+    penalty: str = "wu",
+    min_len: int = 0,
     device: torch.device | str = "cpu",
 ) -> list[list[int]]:
     """Beam-search translations (token ids, ``<eos>`` and padding removed) of encoded ``sources``,
     in input order. Sentences are decoded ``batch_size`` at a time, sorted by length so a batch
-    holds little padding; an empty source yields an empty translation."""
+    holds little padding; an empty source yields an empty translation. ``penalty``, ``alpha`` and
+    ``min_len``: the length penalty and minimum length of :func:`chtorch.models.beam_search`."""
     out: list[list[int]] = [[] for _ in sources]
     order = sorted((i for i, s in enumerate(sources) if len(s) > 0), key=lambda i: len(sources[i]))
     limit = getattr(getattr(model, "config", None), "max_len", None)
@@ -62,6 +65,8 @@ def translate(
             pad_id=pad_id,
             max_len=steps,
             alpha=alpha,
+            penalty=penalty,
+            min_len=min_len,
         )
         for row, i in enumerate(chunk):
             ids = decoded.tokens[row].tolist()

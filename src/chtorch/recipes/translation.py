@@ -10,17 +10,20 @@ beam search (beam 2) on the test set from the best validation checkpoint. This r
   ``{split}.{src}`` / ``{split}.{tgt}`` files (``data.name: parallel``), or IWSLT14 / WMT17 from
   Hugging Face ``datasets`` when it is installed and the network allows;
 * **tokenizer**: a BPE trained with ``tokenizers`` on the training sentences (joint source+target
-  vocabulary by default), saved in the run directory (``tokenizer/``) and reloaded on resume, or a
-  tokenizer file the user gives (``data.tokenizer``);
+  vocabulary by default), or (``data.tokenizer_kind: words``) a word vocabulary of whitespace-separated
+  tokens per language as OpenNMT's ``preprocess.py`` builds it, saved in the run directory
+  (``tokenizer/``) and reloaded on resume, or a tokenizer file the user gives (``data.tokenizer``);
 * **batches**: token-count batches (``data.batch_tokens`` padded tokens, similar lengths together),
   reshuffled every pass with a generator derived from ``(seed, pass)``; an epoch is one pass, or
   ``data.steps_per_epoch`` steps of the endless stream of passes;
 * **model**: :class:`chtorch.models.Seq2SeqTransformer`, loss
   :func:`~chtorch.models.label_smoothed_cross_entropy` (0.1 by default);
-* **evaluation** every epoch: validation NLL per target token and perplexity ``exp(NLL)``; the
-  weights of the best validation NLL are kept in ``best_model.pt``; after the last epoch the test
-  set is translated with beam search from those weights and scored with ``sacrebleu``
-  (``test_bleu``, the primary metric);
+* **evaluation** every epoch: validation NLL per target token, perplexity ``exp(NLL)`` and token
+  accuracy (teacher-forced argmax = reference, ``<eos>`` included, as OpenNMT's ``Statistics``); the
+  weights of the best validation accuracy (``data.select_by``; the official trainer keeps the
+  checkpoint of the highest validation accuracy) are kept in ``best_model.pt``; after the last epoch
+  the test set is translated with beam search from those weights (OpenNMT's length penalties,
+  ``data.length_penalty``) and scored with ``sacrebleu`` (``test_bleu``, the primary metric);
 * **percolation couplings** (paper §4.3): ``q_proj``/``k_proj`` rows and ``v_proj → o_proj``
   chains of every attention block, ``w_1 → w_2`` of every feed-forward block, found by
   :func:`chtorch.dst.percolation.infer_couplings`; ``model.per_head_sparsity`` budgets, removes and
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,16 @@ from chtorch.config import (
     model_values,
     register_model_schema,
     register_recipe_schema,
-    setting,
 )
-from chtorch.data import encode_pairs, filter_pairs, load_tokenizer, read_multi30k, read_parallel, train_bpe
+from chtorch.data import (
+    encode_pairs,
+    filter_pairs,
+    load_tokenizer,
+    read_multi30k,
+    read_parallel,
+    train_bpe,
+    train_word_level,
+)
 from chtorch.data.translation import collate_pairs, load_hf_translation, token_batch_indices
 from chtorch.dst.percolation import Coupling, infer_couplings
 from chtorch.models import Seq2SeqTransformer, label_smoothed_cross_entropy
@@ -55,6 +64,7 @@ from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.recipes.decoding import corpus_bleu, translate
+from chtorch.recipes.translation_config import SELECTION, TranslationDataConfig
 from chtorch.rng import make_generator
 
 __all__ = [
@@ -67,68 +77,8 @@ __all__ = [
     "BEST_MODEL_NAME",
 ]
 
-#: File in the run directory holding the weights (and masks) of the best validation loss.
+#: File in the run directory holding the weights (and masks) of the best validation checkpoint.
 BEST_MODEL_NAME = "best_model.pt"
-_CORPORA = ("multi30k", "parallel", "iwslt14", "wmt17")
-
-
-# ------------------------------------------------------------------------------------------------
-# Config schemas
-
-
-@dataclass
-class TranslationDataConfig:
-    """A parallel corpus, its tokenizer, batching and evaluation (paper Table 5)."""
-
-    name: str = setting(
-        "multi30k",
-        "corpus: multi30k (raw files), parallel (any {split}.{lang} "
-        "files in data.dir), iwslt14 or wmt17 (Hugging Face datasets)",
-        choices=_CORPORA,
-    )
-    dir: str | None = setting(
-        None, "data root holding the corpus files (default: $CHTORCH_DATA, then ~/.cache/chtorch)"
-    )
-    verify: bool = setting(True, "verify the Multi30k files' checksums before reading")
-    src_lang: str = setting("en", "source language (file suffix / dataset key)")
-    tgt_lang: str = setting("de", "target language")
-    train_split: str = setting("train", "training split (file stem for data.name=parallel)")
-    val_split: str = setting("val", "validation split: selects the best checkpoint")
-    test_split: str = setting("test", "test split: BLEU (Multi30k: test = test_2016_flickr)")
-    tokenizer: str | None = setting(
-        None, "a tokenizer file/directory to use instead of training a BPE (one joint vocabulary for both languages)"
-    )
-    vocab_size: int = setting(8000, "BPE vocabulary size (special tokens included)", min=8)
-    tokenizer_kind: str = setting(
-        "whitespace",
-        "BPE pre-tokenization: whitespace (Metaspace words) or bytelevel",
-        choices=("whitespace", "bytelevel"),
-    )
-    joint_vocab: bool = setting(True, "one BPE for both languages (else one per language)")
-    min_frequency: int = setting(2, "BPE: minimum pair frequency of a merge", min=1)
-    batch_tokens: int = setting(
-        1024, "training batch size in padded target tokens (the paper: 1024 for Multi30k)", min=1
-    )
-    eval_batch_tokens: int = setting(4096, "padded tokens per validation-loss batch", min=1)
-    eval_batch_size: int = setting(64, "sentences per beam-search batch", min=1)
-    max_len: int = setting(100, "drop training pairs with more tokens than this on either side", min=1)
-    steps_per_epoch: int | None = setting(
-        None,
-        "optimizer steps per epoch (default: one pass over the training set); passes continue across epochs",
-        min=1,
-    )
-    label_smoothing: float = setting(
-        0.1, "label smoothing of the training loss (the paper: 0.1)", min=0.0, max=1.0, max_open=True
-    )
-    beam_size: int = setting(2, "beam size for the test translations (the paper: 2)", min=1)
-    length_penalty: float = setting(0.0, "GNMT length-penalty exponent alpha of beam search (0 = none)", min=0.0)
-    max_decode_len: int = setting(100, "longest translation generated, in tokens", min=1)
-    bleu_tokenize: str = setting("13a", "sacrebleu tokenizer for BLEU (13a = sacrebleu's default, intl, none, ...)")
-    bleu_last: bool = setting(False, "also report test_bleu_last: BLEU of the final weights (doubles decoding time)")
-    train_limit: int | None = setting(None, "use only the first N training pairs (CPU-sized runs)", min=1)
-    val_limit: int | None = setting(None, "use only the first N validation pairs", min=1)
-    test_limit: int | None = setting(None, "translate only the first N test sentences", min=1)
-
 
 #: The ``model`` section of the Transformer: :class:`~chtorch.models.Seq2SeqConfig` without the
 #: vocabulary sizes and padding id (the tokenizer decides them), plus per-head sparsity.
@@ -157,8 +107,10 @@ register_model_schema("transformer", TransformerModelConfig)
 @register_recipe
 class Translation(Recipe):
     """Encoder-decoder translation; metrics ``train_loss`` (label-smoothed, per target token),
-    ``val_loss`` (NLL per target token), ``val_ppl`` = exp(val_loss), and after the last epoch
-    ``test_bleu`` from the best-validation weights (``best_epoch`` says which)."""
+    ``val_loss`` (NLL per target token), ``val_ppl`` = exp(val_loss), ``val_accuracy`` (token
+    accuracy), ``best_val_loss`` / ``best_val_accuracy`` (those of the kept checkpoint, chosen by
+    ``data.select_by``), and after the last epoch ``test_bleu`` from the best-validation weights
+    (``best_epoch`` says which)."""
 
     name = "translation"
     primary_metric = "test_bleu"
@@ -214,6 +166,8 @@ class Translation(Recipe):
         }
 
         def bpe(texts: list[str]) -> Callable[[], Any]:
+            if cfg.tokenizer_kind == "words":
+                return lambda: train_word_level(texts, cfg.vocab_size, min_frequency=cfg.min_frequency)
             return lambda: train_bpe(texts, cfg.vocab_size, kind=cfg.tokenizer_kind, min_frequency=cfg.min_frequency)
 
         if cfg.joint_vocab:
@@ -333,11 +287,13 @@ class Translation(Recipe):
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def validation_loss(self, model: nn.Module) -> float:
-        """Mean NLL per target token (``<eos>`` included) of the validation pairs, no smoothing."""
+    def validation_metrics(self, model: nn.Module) -> tuple[float, float]:
+        """(mean NLL per target token, token accuracy) of the validation pairs, ``<eos>`` included, no
+        smoothing. Accuracy: the share of target tokens whose teacher-forced argmax is the reference
+        token (OpenNMT ``Statistics.accuracy``, here in [0, 1])."""
         was_training = model.training
         model.eval()
-        total, tokens = 0.0, 0
+        total, tokens, correct = 0.0, 0, 0
         for indices in token_batch_indices(self.val_ids, self.config.data.eval_batch_tokens):
             batch = collate_pairs(self.val_ids, indices, pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id).to(
                 self.device
@@ -347,8 +303,14 @@ class Translation(Recipe):
                 label_smoothed_cross_entropy(logits, batch.tgt_out, 0.0, pad_id=self.pad_id, reduction="sum")
             )
             tokens += batch.n_tokens
+            keep = batch.tgt_out != self.pad_id
+            correct += int(((logits.argmax(dim=-1) == batch.tgt_out) & keep).sum())
         model.train(was_training)
-        return total / max(1, tokens)
+        return total / max(1, tokens), correct / max(1, tokens)
+
+    def validation_loss(self, model: nn.Module) -> float:
+        """Mean NLL per target token (``<eos>`` included) of the validation pairs, no smoothing."""
+        return self.validation_metrics(model)[0]
 
     def test_bleu(self, model: nn.Module) -> tuple[float, list[str]]:
         """(BLEU, detokenized hypotheses) of ``model`` on the test split."""
@@ -362,7 +324,9 @@ class Translation(Recipe):
             beam_size=cfg.beam_size,
             batch_size=cfg.eval_batch_size,
             max_len=cfg.max_decode_len,
-            alpha=cfg.length_penalty,
+            alpha=cfg.length_alpha,
+            penalty=cfg.length_penalty,
+            min_len=cfg.min_decode_len,
             device=self.device,
         )
         hyps = [self.tgt_tok.decode(h) for h in ids]
@@ -388,23 +352,35 @@ class Translation(Recipe):
             self._best = None
         return self._best
 
-    def _save_best(self, model: nn.Module, val_loss: float) -> None:
+    def _save_best(self, model: nn.Module, metrics: dict[str, float]) -> None:
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        self._best = {"epoch": self._epoch + 1, "val_loss": val_loss, "model": state}
+        self._best = {"epoch": self._epoch + 1, **metrics, "model": state}
         path = self._best_path()
         if path is not None and self._main:
             with atomic_write(path) as (handle, _):
                 torch.save(self._best, handle)
 
+    def _improves(self, metrics: dict[str, float], best: dict[str, Any] | None) -> bool:
+        """Whether ``metrics`` beat the kept checkpoint by ``data.select_by`` (strictly: a tie keeps the
+        earlier one, as the official trainer's ``min_acc < accuracy``)."""
+        key = self.config.data.select_by
+        if best is None or key not in best or int(best["epoch"]) == self._epoch + 1:
+            return True
+        if SELECTION[key]:
+            return metrics[key] > float(best[key])
+        return metrics[key] < float(best[key])
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        val_loss = self.validation_loss(model)
-        out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+        val_loss, val_accuracy = self.validation_metrics(model)
+        metrics = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+        out = {**metrics, "val_ppl": math.exp(min(val_loss, 50.0))}
         best = self._load_best()
-        if best is None or val_loss < float(best["val_loss"]) or int(best["epoch"]) == self._epoch + 1:
-            self._save_best(model, val_loss)
+        if self._improves(metrics, best):
+            self._save_best(model, metrics)
             best = self._best
         assert best is not None
         out["best_val_loss"] = float(best["val_loss"])
+        out["best_val_accuracy"] = float(best.get("val_accuracy", float("nan")))
         if self._epoch + 1 >= self.config.train.epochs:
             import copy
 
