@@ -134,6 +134,10 @@ def test_compare_table_paper_cells_plots_and_report(tmp_path: Path, capsys) -> N
         assert float(r["last"]) == pytest.approx(sum(values) / 2, rel=1e-5)  # values are printed to 6 digits
         assert r["last_stderr"] != "" and r["metric"] == "test_accuracy"  # two seeds: an error bar
         assert r["selected_runs"] == "2" and len(r["selected_epochs"].split()) == 2  # digits holds out 10%
+    summary = json.loads((out_dir / "set-seed0" / "summary.json").read_text())
+    assert summary["selection"] == {"metric": "val_accuracy", "higher_is_better": True, "tie_break": "val_loss"}
+    assert summary["selected"]["epoch"] in (1, 2) and 0.0 <= summary["selected"]["test_accuracy"] <= 1.0
+    assert summary["data"]["val_samples"] > 0
     text = (out_dir / "compare.md").read_text()
     assert "98.14 ± 0.02 (SET)" in text and "](compare_curves.png)" in text and "](compare_final.png)" in text
     # `chtorch report` rebuilds the table and plots of a compare directory from its runs.
