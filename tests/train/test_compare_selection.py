@@ -141,3 +141,16 @@ def test_report_rebuilds_the_compare_directory(tmp_path: Path, capsys) -> None:
     assert "selected on validation" in rebuilt and "95.00 ± 0.50" in rebuilt  # gmp: (95.5 + 94.5) / 2
     assert rebuilt.split("![")[0].strip() == text.strip()
     capsys.readouterr()
+
+
+def test_report_md_shows_the_selected_epoch_beside_the_last(tmp_path: Path) -> None:
+    from chtorch.train.run_report import write_report
+
+    out = compare_dir(tmp_path)
+    text = write_report(out / "gmp-seed0").read_text()
+    assert (
+        "Selected on validation (best `val_accuracy` among the epochs at the target density): epoch 4, "
+        "test_accuracy 95.50% (val_accuracy 96.00%); last epoch 5: test_accuracy 96.00%." in text
+    )
+    none = compare_dir(tmp_path / "none", validation=False)
+    assert "Selected on validation" not in write_report(none / "gmp-seed0").read_text()
