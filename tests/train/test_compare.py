@@ -1,5 +1,6 @@
-"""``chtorch compare``: parallel runs, resume of interrupted runs, the table (last/best epoch mean ±
-SE, ANP, the paper's Table 7 cells), overlay plots, `chtorch report COMPARE_DIR`, refusal of run
+"""``chtorch compare``: parallel runs, resume of interrupted runs, the table (last epoch, epoch selected
+on validation and best test epoch after T_end, mean ± SE, ANP, the paper's Table 7 cells), compare.csv
+holding every column of compare.md, overlay plots, `chtorch report COMPARE_DIR`, refusal of run
 directories from another config, and failed runs reported with their logs."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from chtorch.cli import main
 from chtorch.config import ConfigError, load_config
 from chtorch.train import TrainingError, compare
-from chtorch.train.compare_table import best_epoch_value, format_table
+from chtorch.train.compare_table import format_table
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import TABLES, paper_cell, paper_row
 from chtorch.train.seed_stats import mean_stderr
@@ -36,14 +37,10 @@ def tiny_config(*overrides: str):
     return load_config(str(ROOT / "configs" / "digits_chts.yaml"), [*TINY, *overrides])
 
 
-def test_mean_stderr_and_best_epoch_by_hand() -> None:
+def test_mean_stderr_by_hand() -> None:
     mean, err = mean_stderr([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3) and err == pytest.approx(math.sqrt((16 / 9 + 1 / 9 + 25 / 9) / 2 / 3))
     assert mean_stderr([5.0]) == (5.0, None)
-    epochs = [{"epoch": 1, "m": 0.5}, {"epoch": 2, "m": 0.7}, {"epoch": 3, "m": 0.6}, {"epoch": 4}]
-    assert best_epoch_value(epochs, "m", True) == (0.7, 2)
-    assert best_epoch_value(epochs, "m", False) == (0.5, 1)
-    assert best_epoch_value(epochs, "x", True) is None
 
 
 def test_paper_rows_and_cells() -> None:
@@ -64,13 +61,14 @@ def test_paper_rows_and_cells() -> None:
     assert set(RunConfig.__dataclass_fields__["paper_table"].metadata["choices"]) == set(TABLES)
 
 
-def test_table_formats_last_best_anp_and_paper_columns() -> None:
+def test_table_formats_last_selected_best_after_t_end_anp_and_paper_columns() -> None:
     row = {
         "method": "chts",
         "mean": 0.9,
         "stderr": 0.01,
-        "best_mean": 0.95,
-        "best_stderr": None,
+        "selected_mean": 0.95,
+        "selected_stderr": None,
+        "selected_runs": 2,
         "best_final_mean": 0.94,
         "best_final_stderr": 0.005,
         "active_neurons": 0.5,
@@ -80,16 +78,22 @@ def test_table_formats_last_best_anp_and_paper_columns() -> None:
         "planned": 3,
         "paper": {"row": "CHTsn", "accuracy": 98.76, "stderr": 0.05, "anp": 27},
     }
-    table = format_table([row, {**row, "method": "mest", "paper": None, "planned": 2}], "test_accuracy")
+    mest = {**row, "method": "mest", "paper": None, "planned": 2, "selected_runs": 1}
+    table = format_table([row, mest], "test_accuracy")
     lines = table.splitlines()
-    assert (
-        "last epoch" in lines[0] and "best epoch" in lines[0] and "best after T_end" in lines[0] and "paper" in lines[0]
+    assert lines[0] == (
+        "| method | test accuracy (%), last epoch | test accuracy (%), epoch selected on validation | "
+        "test accuracy (%), best after T_end (on test: the paper's protocol) | active neurons (%) | density | runs | "
+        "paper (row) | paper ANP (%) |"
     )
     assert (
         lines[2] == "| chts | 90.00 ± 1.00 | 95.00 | 94.00 ± 0.50 | 50.0 ± 2.0 | 0.0100 | 2 of 3 | "
         "98.76 ± 0.05 (CHTsn) | 27 |"
     )
-    assert lines[3].endswith("| 2 | — | — |")
+    assert "| 95.00 (1 of 2 runs) |" in lines[3] and lines[3].endswith("| 2 | — | — |")
+    # Without a validation split (the paper configs) the column is left out rather than filled with dashes.
+    unselected = format_table([{**row, "selected_mean": None, "selected_runs": 0}], "test_accuracy")
+    assert "selected on validation" not in unselected and "| 90.00 ± 1.00 | 94.00 ± 0.50 |" in unselected
 
 
 def test_parallel_compare_runs_subprocesses_with_one_thread_and_reruns_nothing(tmp_path: Path, capsys) -> None:
@@ -125,11 +129,16 @@ def test_compare_table_paper_cells_plots_and_report(tmp_path: Path, capsys) -> N
     rows = list(csv.DictReader((out_dir / "compare.csv").open()))
     assert [r["method"] for r in rows] == ["dense", "set"] and all(r["runs"] == "2" for r in rows)
     assert [r["paper_row"] for r in rows] == ["FC", "SET"] and rows[1]["paper_anp"] == "100"
-    for r in rows:  # the best epoch is never worse than the last
-        assert all(float(b) >= float(v) for b, v in zip(r["best_values"].split(), r["values"].split()))
+    for r in rows:  # the best test epoch after T_end is never worse than the last
+        assert all(float(b) >= float(v) for b, v in zip(r["best_after_t_end_values"].split(), r["values"].split()))
         values = [float(v) for v in r["values"].split()]
-        assert float(r["test_accuracy"]) == pytest.approx(sum(values) / 2, rel=1e-5)  # values are printed to 6 digits
-        assert r["stderr"] != ""  # two seeds: an error bar
+        assert float(r["last"]) == pytest.approx(sum(values) / 2, rel=1e-5)  # values are printed to 6 digits
+        assert r["last_stderr"] != "" and r["metric"] == "test_accuracy"  # two seeds: an error bar
+        assert r["selected_runs"] == "2" and len(r["selected_epochs"].split()) == 2  # digits holds out 10%
+    summary = json.loads((out_dir / "set-seed0" / "summary.json").read_text())
+    assert summary["selection"] == {"metric": "val_accuracy", "higher_is_better": True, "tie_break": "val_loss"}
+    assert summary["selected"]["epoch"] in (1, 2) and 0.0 <= summary["selected"]["test_accuracy"] <= 1.0
+    assert summary["data"]["val_samples"] > 0
     text = (out_dir / "compare.md").read_text()
     assert "98.14 ± 0.02 (SET)" in text and "](compare_curves.png)" in text and "](compare_final.png)" in text
     # `chtorch report` rebuilds the table and plots of a compare directory from its runs.

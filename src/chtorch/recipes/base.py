@@ -143,6 +143,13 @@ class Recipe(abc.ABC):
         """One evaluation batch of model inputs (for export measurements)."""
         raise NotImplementedError(f"recipe {self.name!r} gives no example input")
 
+    def selection(self) -> tuple[str, bool, str | None] | None:
+        """How ``chtorch compare`` picks a run's epoch: ``(validation metric, higher is better, tie-break
+        metric)`` — a tie of the metric goes to the better tie-break metric (lower, a loss), then to the later
+        epoch — or None when the recipe has no per-epoch validation metric to select on
+        (:mod:`chtorch.train.selection`)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Facts about the data for the run report (sizes, classes, ...)."""
         return {}

@@ -3,9 +3,11 @@
 Zhang et al., NeurIPS 2025 (arXiv:2501.19107), §4 / Table 4: flattened images, hidden Linear layers
 with ReLU, a dense classifier, cross-entropy, batch 32. Whole splits are held in memory (on the
 training device) and batched by :class:`chtorch.data.TensorLoader`, whose permutation depends only on
-``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input correlation is
-computed here from the training images, because it
-is data and the library core takes only tensors.
+``(seed, epoch)``; under ``torchrun`` each rank takes its disjoint, equal-size slice of it. CSTI's input
+correlation is computed here from the training images, because it is data and the library core takes only
+tensors. ``data.val_fraction`` of the training images (after ``data.train_limit``) is held out for
+validation by :func:`chtorch.data.holdout.holdout_indices`, the same images for every seed and method;
+the paper configs set it to 0 and train on the whole training set, as the paper (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from chtorch.config import (
     setting,
 )
 from chtorch.data import TensorLoader, dataset_names, load_dataset, random_crop_flip
+from chtorch.data.holdout import holdout_indices
 from chtorch.data.vision import dataset_info
 from chtorch.models import MLP
 from chtorch.models.mlp import ACTIVATIONS, MLPConfig
@@ -54,6 +57,14 @@ class ImageDataConfig:
     augment: bool = setting(False, "random crop (padding 4) and horizontal flip, as the paper's CIFAR-10 code")
     train_limit: int | None = setting(None, "use only the first N training images (CPU-sized runs)", min=1)
     test_limit: int | None = setting(None, "evaluate on only the first N test images", min=1)
+    val_fraction: float = setting(
+        0.1,
+        "fraction of the training images held out for validation, which selects the epoch that chtorch compare "
+        "reports (a fixed split, the same for every seed and method); 0 trains on all of them, as the paper",
+        min=0.0,
+        max=1.0,
+        max_open=True,
+    )
     download: bool = setting(False, "download missing files from the canonical sources (checksum-verified)")
     verify: bool = setting(True, "verify file checksums before reading")
     csti_samples: int = setting(10000, "training images used to estimate the input correlation for CSTI", min=2)
@@ -102,8 +113,9 @@ register_model_schema("mlp", MLPModelConfig)
 
 @register_recipe
 class ImageClassification(Recipe):
-    """MLP image classification; metrics ``train_loss``, ``train_accuracy``, ``test_loss``,
-    ``test_accuracy`` (accuracy in [0, 1])."""
+    """MLP image classification; metrics ``train_loss``, ``train_accuracy``, ``val_loss``,
+    ``val_accuracy`` (on the held-out ``data.val_fraction`` of the training images; absent when it is
+    0), ``test_loss``, ``test_accuracy`` (accuracy in [0, 1])."""
 
     name = "image_classification"
     primary_metric = "test_accuracy"
@@ -122,6 +134,13 @@ class ImageClassification(Recipe):
             x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
         if cfg.test_limit is not None:
             x_test, y_test = x_test[: cfg.test_limit], y_test[: cfg.test_limit]
+        try:
+            keep, held_out = holdout_indices(int(x_train.shape[0]), cfg.val_fraction)
+        except ValueError as exc:
+            raise ConfigError(str(exc), "data.val_fraction") from None
+        x_val, y_val = x_train[held_out], y_train[held_out]
+        if held_out.numel():
+            x_train, y_train = x_train[keep], y_train[keep]
         self.info = train
         self.n_classes = train.n_classes
         self.in_features = train.in_features
@@ -130,6 +149,8 @@ class ImageClassification(Recipe):
         self.y_train = y_train.to(self.device)
         self.x_test = x_test.to(self.device)
         self.y_test = y_test.to(self.device)
+        self.x_val = x_val.to(self.device)
+        self.y_val = y_val.to(self.device)
         self.loader = TensorLoader(
             self.x_train,
             self.y_train,
@@ -178,20 +199,33 @@ class ImageClassification(Recipe):
         n = max(1.0, float(sums.get("count", 0)))
         return {"train_loss": float(sums.get("loss_sum", 0.0)) / n, "train_accuracy": float(sums.get("correct", 0)) / n}
 
+    def selection(self) -> tuple[str, bool, str | None] | None:
+        """Validation accuracy (ties: the lower validation loss) when a validation split is held out."""
+        return ("val_accuracy", True, "val_loss") if self.x_val.shape[0] > 0 else None
+
+    @torch.no_grad()
+    def _evaluate_split(self, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor) -> tuple[float, float]:
+        """(mean cross-entropy, accuracy) of ``model`` on images ``x_all`` (N, C, H, W), labels ``y_all`` (N,)."""
+        bs = self.config.data.eval_batch_size
+        loss_sum, correct = 0.0, 0
+        for start in range(0, x_all.shape[0], bs):
+            x, y = x_all[start : start + bs], y_all[start : start + bs]
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+        n = max(1, x_all.shape[0])
+        return loss_sum / n, correct / n
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        bs = self.config.data.eval_batch_size
-        loss_sum, correct = 0.0, 0
-        for start in range(0, self.x_test.shape[0], bs):
-            x, y = self.x_test[start : start + bs], self.y_test[start : start + bs]
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
+        out: dict[str, float] = {}
+        if self.x_val.shape[0] > 0:
+            out["val_loss"], out["val_accuracy"] = self._evaluate_split(model, self.x_val, self.y_val)
+        out["test_loss"], out["test_accuracy"] = self._evaluate_split(model, self.x_test, self.y_test)
         model.train(was_training)
-        n = max(1, self.x_test.shape[0])
-        return {"test_loss": loss_sum / n, "test_accuracy": correct / n}
+        return out
 
     def sparsity_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """CSTI needs the Pearson correlation of the input pixels (Zhang et al., ICLR 2024, App. D):
@@ -219,6 +253,7 @@ class ImageClassification(Recipe):
         return {
             "dataset": self.config.data.name,
             "train_samples": int(self.x_train.shape[0]),
+            "val_samples": int(self.x_val.shape[0]),
             "test_samples": int(self.x_test.shape[0]),
             "in_features": int(self.in_features),
             "classes": int(self.n_classes),

@@ -3,8 +3,9 @@
 Every run uses the same config — epochs, batch size, optimizer and schedule, sparsity — and differs
 only in ``sparsity.method`` (``dense`` = no sparsification) and ``run.seed``; per-method extras come
 from ``sparsity.method_options``. Runs live in ``OUT/<method>-seed<s>/``; the table (mean ± SE over
-seeds at the last and the best epoch, ANP, density, the paper's cell where ``run.paper_table`` names
-one) and the overlay plots are written by :mod:`chtorch.train.compare_table` from the runs' records.
+seeds at the last epoch, at the epoch selected on validation and, as the paper's protocol, at the best
+test epoch after T_end; ANP, density, the paper's cell where ``run.paper_table`` names one) and the
+overlay plots are written by :mod:`chtorch.train.compare_table` from the runs' records.
 
 ``jobs > 1`` trains that many runs at once, each a ``chtorch train`` subprocess with one torch
 thread (``run.threads=1``, ``OMP_NUM_THREADS=1``), its console output in ``OUT/logs/``. The same

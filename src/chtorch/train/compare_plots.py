@@ -2,9 +2,9 @@
 
 - ``compare_curves.png``: the primary metric and the active-neuron percentage (ANP) per epoch, one
   line per method (mean over seeds) with a band of ± one standard error over seeds;
-- ``compare_final.png``: the last-epoch metric by method (bars, ± SE, each seed as a dot, the
-  best-epoch mean as a hollow marker) and ANP by method, with the paper's cells as red diamonds where
-  the comparison names a paper table.
+- ``compare_final.png``: the last-epoch metric by method (bars, ± SE, each seed as a dot, the mean at
+  the epoch selected on validation as a hollow marker where the runs have one) and ANP by method,
+  with the paper's cells as red diamonds where the comparison names a paper table.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def compare_plots(
         errs = [s * (row[err_key] or 0.0) for row in rows]
         ax.bar(x, means, yerr=errs, capsize=4, color=[colours.get(m, "tab:blue") for m in methods], alpha=0.75)
         if values_key:
+            circled = False
             for i, row in enumerate(rows):
                 ax.plot(
                     [i] * len(row[values_key]),
@@ -103,18 +104,21 @@ def compare_plots(
                     markersize=4,
                     label="a seed" if i == 0 else None,
                 )
+                if row.get("selected_mean") is None:
+                    continue
                 ax.plot(
                     i,
-                    s * row["best_mean"],
+                    s * row["selected_mean"],
                     marker="o",
                     markerfacecolor="none",
                     markeredgecolor="k",
                     linestyle="",
-                    label="best epoch (mean)" if i == 0 else None,
+                    label="selected on validation (mean)" if not circled else None,
                 )
+                circled = True
             low = min([s * v for row in rows for v in row[values_key]] + [m - e for m, e in zip(means, errs)])
             high = max(
-                [s * v for row in rows for v in row["best_values"] + row[values_key]]
+                [s * v for row in rows for v in row.get("selected_values", []) + row[values_key]]
                 + [m + e for m, e in zip(means, errs)]
             )
         for i, row in enumerate(rows):

@@ -15,10 +15,11 @@ import torch
 
 from chtorch._io import atomic_write_text
 from chtorch.train.lifecycle import SUMMARY_NAME, chtorch_version
-from chtorch.train.metrics import active_neuron_count, save_topology
+from chtorch.train.metrics import active_neuron_count, read_metrics, save_topology
 from chtorch.train.plots import make_plots
 from chtorch.train.progress import format_duration
 from chtorch.train.run_report import write_report
+from chtorch.train.selection import selected_summary, selection_rule
 
 __all__ = [
     "NullLog",
@@ -172,6 +173,7 @@ def run_summary(trainer: Any, record: dict[str, Any], finished: bool) -> dict[st
         "seconds": trainer.elapsed,
         "primary_metric": trainer.recipe.primary_metric,
         "higher_is_better": trainer.recipe.higher_is_better,
+        "selection": selection_rule(trainer.recipe.selection()),
         "final": {k: v for k, v in record.items() if k not in ("layers", "kind")},
         "layers": record.get("layers", {}),
         "data": trainer.recipe.describe(),
@@ -182,7 +184,12 @@ def run_summary(trainer: Any, record: dict[str, Any], finished: bool) -> dict[st
 
 
 def write_outputs(run_dir: Path, summary: dict[str, Any], *, plots: bool, report: bool, out: TextIO) -> None:
-    """The files of a finished run: ``summary.json``, the plots (when matplotlib is installed) and ``report.md``."""
+    """The files of a finished run: ``summary.json`` (with ``selected``, the epoch chosen on validation:
+    :mod:`chtorch.train.selection`), the plots (when matplotlib is installed) and ``report.md``."""
+    epochs = [r for r in read_metrics(run_dir) if r.get("kind") == "epoch"]
+    summary["selected"] = selected_summary(
+        epochs, summary.get("selection"), summary["primary_metric"], summary.get("sparsity")
+    )
     atomic_write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2, default=str))
     if plots:
         try:

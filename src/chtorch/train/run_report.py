@@ -11,6 +11,7 @@ from chtorch._io import atomic_write_text
 from chtorch.train.loggers import CsvLogger
 from chtorch.train.metrics import load_topology, read_metrics
 from chtorch.train.plots import adjacency_files, make_plots
+from chtorch.train.selection import selected_summary
 
 __all__ = ["write_report", "rebuild"]
 
@@ -33,6 +34,29 @@ def _load_config(run_dir: Path) -> dict[str, Any]:
 def _snapshot_layers(run_dir: Path) -> list[str]:
     init = run_dir / "topology" / "init.npz"
     return list(load_topology(init)[0]) if init.is_file() else []
+
+
+def _shown(key: str, value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, float) and key.endswith("accuracy") else _fmt(value)
+
+
+def _selection_lines(epochs: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    """The epoch selected on validation beside the last one (:mod:`chtorch.train.selection`), when the
+    run has a selection rule."""
+    rule, metric = summary.get("selection"), summary.get("primary_metric")
+    if not rule or not metric or not epochs:
+        return []
+    chosen = summary.get("selected") or selected_summary(epochs, rule, metric, summary.get("sparsity"))
+    if not chosen:
+        return [f"No epoch at the target density has `{rule['metric']}`: none is selected on validation.", ""]
+    last = epochs[-1]
+    return [
+        f"Selected on validation (best `{rule['metric']}` among the epochs at the target density): epoch "
+        f"{chosen['epoch']}, {metric} {_shown(metric, chosen.get(metric))} ({rule['metric']} "
+        f"{_shown(rule['metric'], chosen[rule['metric']])}); last epoch {last.get('epoch')}: {metric} "
+        f"{_shown(metric, last.get(metric))}.",
+        "",
+    ]
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -86,6 +110,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         )
         lines.append(f"| {key} | {shown} |")
     lines.append("")
+    lines += _selection_lines(epochs, summary)
     if updates:
         lines += [
             f"{len(updates)} topology updates; the last at step {updates[-1]['step']} "
