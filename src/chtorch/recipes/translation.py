@@ -23,7 +23,9 @@ beam search (beam 2) on the test set from the best validation checkpoint. This r
   weights of the best validation accuracy (``data.select_by``; the official trainer keeps the
   checkpoint of the highest validation accuracy) are kept in ``best_model.pt``; after the last epoch
   the test set is translated with beam search from those weights (OpenNMT's length penalties,
-  ``data.length_penalty``) and scored with ``sacrebleu`` (``test_bleu``, the primary metric);
+  ``data.length_penalty``; with ``data.replace_unk`` each generated ``<unk>`` becomes the source word
+  it attends to most, as OpenNMT's ``-replace_unk``) and scored with ``sacrebleu`` (``test_bleu``, the
+  primary metric); ``chtorch evaluate RUN_DIR`` repeats this later with other decoding options;
 * **percolation couplings** (paper §4.3): ``q_proj``/``k_proj`` rows and ``v_proj → o_proj``
   chains of every attention block, ``w_1 → w_2`` of every feed-forward block, found by
   :func:`chtorch.dst.percolation.infer_couplings`; ``model.per_head_sparsity`` budgets, removes and

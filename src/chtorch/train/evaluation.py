@@ -39,6 +39,8 @@ __all__ = ["Evaluation", "evaluate_run", "evaluation_name", "load_weights", "COM
 COMMON_EVALUATION_KEYS = frozenset(
     {"run.device", "run.threads", "data.dir", "data.download", "data.verify", "data.eval_batch_size"}
 )
+#: Of those, the keys that say only where it runs: left out of an evaluation's default name.
+_PLACEMENT_KEYS = COMMON_EVALUATION_KEYS - {"data.eval_batch_size"}
 _NAME = re.compile(r"[A-Za-z0-9._=+-]{1,100}")
 
 
@@ -53,11 +55,13 @@ class Evaluation:
 
 
 def evaluation_name(overrides: Sequence[str]) -> str:
-    """The default name of an evaluation: ``default`` without overrides, else the overrides joined by
-    ``+`` (``data.`` dropped, other characters than letters, digits and ``._=+-`` as ``_``)."""
-    if not overrides:
+    """The default name of an evaluation: the overrides joined by ``+`` (``data.`` dropped, other
+    characters than letters, digits and ``._=+-`` as ``_``), those that only place the run (device,
+    threads, data location) left out; ``default`` when none is left."""
+    kept = [o.strip() for o in overrides if ".".join(parse_override(o)[0]) not in _PLACEMENT_KEYS]
+    if not kept:
         return "default"
-    text = "+".join(o.strip().removeprefix("data.") for o in overrides)
+    text = "+".join(o.removeprefix("data.") for o in kept)
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)[:100]
 
 
