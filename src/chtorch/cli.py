@@ -7,6 +7,7 @@
     chtorch report RUN_DIR|COMPARE_DIR                              re-create plots and report.md / compare.md
     chtorch config [CONFIG.yaml] [--set ...] [--reference]          show the resolved config / all keys
     chtorch export RUN_DIR                                          compact a trained sparse model
+    chtorch evaluate RUN_DIR [--set key=value ...] [--name NAME]   score a run again (e.g. other decoding)
 
 User mistakes (config, data files, checkpoints) print one ``chtorch: error: ...`` line that names the
 problem and the fix, and exit with status 2; an interrupted run exits with 130 after saving.
@@ -189,7 +190,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference",
     )
+    _add_evaluate(sub)
     return parser
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained or interrupted run again with the current code and evaluation options",
+        description="Recompute the test metric of RUN_DIR without training: its best validation checkpoint "
+        "(translation) or last checkpoint, with the current code and --set evaluation options (e.g. "
+        "data.replace_unk=true, data.beam_size=5). Writes RUN_DIR/evaluation-NAME.json (and .txt: the outputs); "
+        "the training records are left as they are.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    _add_set(p)
+    p.add_argument(
+        "--name", help="names the files evaluation-NAME.json/.txt (default: the overrides, or 'default' without)"
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from chtorch.train.evaluation import evaluate_run
+
+    _check_overrides(args.overrides)
+    result = evaluate_run(args.run_dir, args.overrides, args.name)
+    print(f"{result.weights}:")
+    for key, value in result.metrics.items():
+        print(f"  {key} = {value:.4f}" if isinstance(value, float) else f"  {key} = {value}")
+    for path in (result.path, result.outputs):
+        if path is not None:
+            print(f"wrote {path}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +441,7 @@ _COMMANDS = {
     "report": _cmd_report,
     "config": _cmd_config,
     "export": _cmd_export,
+    "evaluate": _cmd_evaluate,
 }
 
 

@@ -133,6 +133,18 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    @property
+    def word_level(self) -> bool:
+        """True for a word vocabulary (:func:`train_word_level`): one token per whitespace-separated word."""
+        return type(self.tokenizer.model).__name__ == "WordLevel"
+
+    def token_texts(self, texts: Sequence[str]) -> list[list[str]]:
+        """The text each token of :meth:`encode_batch`'s encodings stands for, cut from the input by the
+        encodings' character offsets: for a word vocabulary, the words as written, those that encode to
+        ``<unk>`` included (what OpenNMT's ``-replace_unk`` copies into a translation)."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [[text[a:b] for a, b in e.offsets] for text, e in zip(texts, encodings)]
+
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 

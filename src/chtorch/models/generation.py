@@ -15,6 +15,12 @@ OpenNMT's ``BeamSearch.advance``,
 ``|Y|`` counts the ``<bos>`` token as well as the generated ones (``<eos>`` included): a hypothesis
 of n generated tokens has ``|Y| = n + 1``. ``min_len`` bans ``<eos>`` until that many tokens were
 generated (OpenNMT ``-min_length``). ``<pad>`` and ``<bos>`` are never generated.
+
+With ``return_attention=True`` beam search also returns each best hypothesis' source alignment: for
+every generated token, the attention over the source that the decoder computed at the step that
+produced it (the model's ``decode_with_attention``), carried along each beam's history and reordered
+with the beams, as OpenNMT's ``BeamSearch.alive_attn``. ``-replace_unk`` reads it
+(:func:`chtorch.recipes.decoding.replace_unknown`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Decoded", "EncoderDecoder", "greedy_decode", "beam_search", "length_penalty", "LENGTH_PENALTIES"]
+__all__ = [
+    "Decoded",
+    "EncoderDecoder",
+    "AttentionalDecoder",
+    "greedy_decode",
+    "beam_search",
+    "length_penalty",
+    "LENGTH_PENALTIES",
+]
 
 #: Length penalties of beam search (OpenNMT ``-length_penalty``).
 LENGTH_PENALTIES = ("none", "wu", "avg")
@@ -39,14 +53,25 @@ class EncoderDecoder(Protocol):
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor: ...
 
 
+class AttentionalDecoder(EncoderDecoder, Protocol):
+    """An :class:`EncoderDecoder` that can also return its source alignment (B, T, S) with the logits."""
+
+    def decode_with_attention(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class Decoded(NamedTuple):
     """Decoder output. ``tokens``: (B, L) generated ids without ``<bos>``, ending with ``<eos>`` when
     one was produced, right-padded with ``pad_id``. ``scores``: (B,) float32 ranking score (sum of
-    log-probs divided by the length penalty). ``lengths``: (B,) number of generated tokens."""
+    log-probs divided by the length penalty). ``lengths``: (B,) number of generated tokens.
+    ``attention``: (B, L, S) float32 source alignment of each generated token (zero rows past the
+    length), or None when it was not asked for."""
 
     tokens: torch.Tensor
     scores: torch.Tensor
     lengths: torch.Tensor
+    attention: torch.Tensor | None = None
 
 
 def length_penalty(length: int, alpha: float, kind: str = "wu") -> float:
@@ -89,6 +114,16 @@ def _next_log_probs(
     logp = F.log_softmax(model.decode(seq, memory, mask)[:, -1].float(), dim=-1)
     logp[:, list(banned)] = float("-inf")
     return logp
+
+
+def _next_with_attention(
+    model: AttentionalDecoder, seq: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, banned: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_next_log_probs` and the (N, S) float32 source attention of the step that predicts it."""
+    logits, attention = model.decode_with_attention(seq, memory, mask)
+    logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+    logp[:, list(banned)] = float("-inf")
+    return logp, attention[:, -1].float()
 
 
 def greedy_decode(
@@ -134,6 +169,7 @@ def beam_search(
     alpha: float = 0.0,
     penalty: str = "wu",
     min_len: int = 0,
+    return_attention: bool = False,
 ) -> Decoded:
     """Batched beam search over ``src`` (B, S); returns the best hypothesis of each sentence.
 
@@ -144,7 +180,8 @@ def beam_search(
     penalty the bound uses the penalty at ``max_len``). Live beams left at ``max_len`` count as
     finished (without ``<eos>``). ``penalty``: ``none``, ``wu`` or ``avg`` (module docstring);
     ``alpha`` is the ``wu`` exponent (>= 0; with ``wu``, 0 is ``none``). ``min_len``: no ``<eos>``
-    before that many generated tokens.
+    before that many generated tokens. ``return_attention``: also return the best hypotheses' source
+    alignments (``Decoded.attention``; the model needs ``decode_with_attention``).
     """
     _check(src, max_len, {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id})
     if beam_size < 1:
@@ -155,6 +192,11 @@ def beam_search(
         raise ValueError(f"unknown length penalty {penalty!r}; choose one of {LENGTH_PENALTIES}")
     if min_len < 0:
         raise ValueError(f"min_len must be >= 0, got {min_len}")
+    if return_attention and not callable(getattr(model, "decode_with_attention", None)):
+        raise ValueError(
+            f"return_attention needs a model with decode_with_attention(tgt_in, memory, memory_mask), "
+            f"which {type(model).__name__} lacks"
+        )
     growing = penalty == "avg" or (penalty == "wu" and alpha > 0)
 
     def lp(n_generated: int) -> float:
@@ -171,7 +213,10 @@ def beam_search(
         # Only beam 0 is live at the start, so the first step does not expand K copies of <bos>.
         beam_scores = torch.full((b, k), float("-inf"), device=device)
         beam_scores[:, 0] = 0.0
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+        # The source attention of every generated token of every live beam: (B*K, t, S).
+        history = torch.zeros(b * k, 0, memory.shape[1], device=device) if return_attention else None
+        # Finished hypotheses: (score, tokens, their (n, S) attention or None).
+        finished: list[list[tuple[float, list[int], torch.Tensor | None]]] = [[] for _ in range(b)]
         done = [False] * b
         rank = torch.arange(2 * k, device=device)
         base = (torch.arange(b, device=device) * k)[:, None]
@@ -179,7 +224,10 @@ def beam_search(
         for step in range(max_len):
             n_generated = step + 1
             banned = (pad_id, bos_id) if n_generated > min_len else (pad_id, bos_id, eos_id)
-            logp = _next_log_probs(model, seq, memory, mask, banned)  # (B*K, V)
+            if history is None:
+                logp = _next_log_probs(model, seq, memory, mask, banned)  # (B*K, V)
+            else:
+                logp, step_attention = _next_with_attention(model, seq, memory, mask, banned)  # type: ignore[arg-type]
             vocab = logp.shape[-1]
             cand = (beam_scores.reshape(-1, 1) + logp).view(b, k * vocab)
             top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K)
@@ -195,7 +243,8 @@ def beam_search(
                         continue
                     row = bi * k + int(top_beam[bi, r])
                     tokens = seq[row, 1:].tolist() + [eos_id]
-                    finished[bi].append((float(top_scores[bi, r]) / divisor, tokens))
+                    aligned = None if history is None else torch.cat([history[row], step_attention[row, None]])
+                    finished[bi].append((float(top_scores[bi, r]) / divisor, tokens, aligned))
 
             # Live beams: the first K candidates that do not end in <eos> (at most K of the 2K do,
             # one per beam, so K others always exist).
@@ -203,6 +252,8 @@ def beam_search(
             beam_scores = top_scores.gather(1, order)
             rows = (base + top_beam.gather(1, order)).reshape(-1)
             seq = torch.cat([seq[rows], top_token.gather(1, order).reshape(-1, 1)], dim=1)
+            if history is not None:  # each survivor inherits its parent's history plus this step
+                history = torch.cat([history[rows], step_attention[rows, None]], dim=1)
 
             best_live = beam_scores[:, 0].tolist()
             bound_penalty = lp(max_len if growing else n_generated)
@@ -224,13 +275,18 @@ def beam_search(
             for j in range(k):
                 score = float(beam_scores[bi, j])
                 if score != float("-inf"):
-                    finished[bi].append((score / divisor, seq[bi * k + j, 1:].tolist()))
+                    row = bi * k + j
+                    aligned = None if history is None else history[row]
+                    finished[bi].append((score / divisor, seq[row, 1:].tolist(), aligned))
 
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
-    width = max(len(tokens) for _, tokens in best)
+    width = max(len(tokens) for _, tokens, _ in best)
     out = torch.full((b, width), pad_id, dtype=torch.long, device=device)
-    for bi, (_, tokens) in enumerate(best):
+    attention = torch.zeros(b, width, src.shape[1], device=device) if return_attention else None
+    for bi, (_, tokens, aligned) in enumerate(best):
         out[bi, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
-    scores = torch.tensor([s for s, _ in best], dtype=torch.float32, device=device)
-    lengths = torch.tensor([len(t) for _, t in best], dtype=torch.long, device=device)
-    return Decoded(out, scores, lengths)
+        if attention is not None and aligned is not None:
+            attention[bi, : len(tokens)] = aligned
+    scores = torch.tensor([s for s, _, _ in best], dtype=torch.float32, device=device)
+    lengths = torch.tensor([len(t) for _, t, _ in best], dtype=torch.long, device=device)
+    return Decoded(out, scores, lengths, attention)

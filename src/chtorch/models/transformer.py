@@ -178,6 +178,22 @@ class MultiHeadAttention(nn.Module):
         )  # (B, H, Lq, hd)
         return self.o_proj(out.transpose(1, 2).reshape(b, lq, d))
 
+    def weights(
+        self, query: torch.Tensor, key_value: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The attention probabilities (B, H, Lq, Lk) that :meth:`forward` applies (before attention
+        dropout, as OpenNMT's ``MultiHeadedAttention`` returns them); 0 where ``attn_mask`` is False.
+        Computed apart from :meth:`forward`, whose fused kernel does not return them, so asking for
+        them leaves the outputs bit for bit unchanged. No causal mask: for cross-attention."""
+        b, lq, _ = query.shape
+        lk = key_value.shape[1]
+        q = self.q_proj(query).view(b, lq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(key_value).view(b, lk, self.n_heads, self.head_dim).transpose(1, 2)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
 
 class PositionwiseFeedForward(nn.Module):
     """``w_2(dropout(relu(w_1(x))))``; ``w_1``: (d_ff, d_model) weight, ``w_2``: (d_model, d_ff)."""
@@ -241,11 +257,24 @@ class DecoderLayer(nn.Module):
         self.context_attn_block = _Sublayer(*args)
         self.ffn_block = _Sublayer(*args)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        attention: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``attention``: a list that receives this layer's cross-attention probabilities (B, H, T, S)."""
         # Causal self-attention only: targets are right-padded, so a real position never sees a pad,
         # and pad positions are ignored by the loss.
         x = self.self_attn_block(x, lambda h: self.self_attn(h, h, is_causal=True))
-        x = self.context_attn_block(x, lambda h: self.context_attn(h, memory, attn_mask=memory_mask))
+
+        def context(h: torch.Tensor) -> torch.Tensor:
+            if attention is not None:
+                attention.append(self.context_attn.weights(h, memory, memory_mask))
+            return self.context_attn(h, memory, attn_mask=memory_mask)
+
+        x = self.context_attn_block(x, context)
         return self.ffn_block(x, self.ffn)
 
 
@@ -349,6 +378,20 @@ class Seq2SeqTransformer(nn.Module):
         for layer in self.decoder.layers:
             x = layer(x, memory, memory_mask)
         return self.generator(self.decoder.norm(x))
+
+    def decode_with_attention(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode`'s logits (B, T, tgt_vocab), unchanged, and the source alignment (B, T, S): the
+        cross-attention probabilities of the last decoder layer's first head, the attention OpenNMT-py's
+        Transformer decoder returns as ``attns["std"]`` and ``-replace_unk`` reads (``top_attn =
+        attns[:, 0]`` of the last layer in ``onmt/decoders/transformer.py``). 0 at padded sources."""
+        x = self._embed(self.tgt_embed, tgt_in)
+        last: list[torch.Tensor] = []
+        layers = list(self.decoder.layers)
+        for i, layer in enumerate(layers):
+            x = layer(x, memory, memory_mask, last if i == len(layers) - 1 else None)
+        return self.generator(self.decoder.norm(x)), last[0][:, 0]
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, mask = self.encode(src)

@@ -66,6 +66,10 @@ class Recipe(abc.ABC):
     #: :attr:`steps_per_epoch` counts that shard's batches, the same number on every rank).
     shards_data: ClassVar[bool] = False
 
+    #: Config keys (``section.key``) that change only how a trained model is scored, so ``chtorch evaluate
+    #: --set`` may change them (besides the device and the data location); never what shapes model or data.
+    evaluation_keys: ClassVar[frozenset[str]] = frozenset()
+
     #: This process's rank and the number of processes (0 and 1 without ``torchrun``).
     rank: int = 0
     world_size: int = 1
@@ -153,6 +157,18 @@ class Recipe(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Facts about the data for the run report (sizes, classes, ...)."""
         return {}
+
+    # -- re-scoring a trained run (``chtorch evaluate``) -----------------------------------------------
+    def evaluation_weights(self) -> tuple[dict[str, torch.Tensor], str] | None:
+        """The weights ``chtorch evaluate`` scores (a ``state_dict``) and what they are in words, e.g. the
+        best validation checkpoint; None: the run's last checkpoint. Called after :meth:`setup`."""
+        return None
+
+    def score(self, model: nn.Module) -> tuple[dict[str, float], list[str]]:
+        """The test metrics of a trained ``model`` and one output line per test example (empty when there
+        is nothing to show), without writing anything. Default: :meth:`evaluate`, for recipes whose
+        evaluation has no side effect."""
+        return self.evaluate(model), []
 
 
 _RECIPES: dict[str, type[Recipe]] = {}

@@ -120,6 +120,7 @@ class ImageClassification(Recipe):
     name = "image_classification"
     primary_metric = "test_accuracy"
     higher_is_better = True
+    evaluation_keys = frozenset({"data.test_limit"})
     shards_data = True  # under torchrun each rank gets its slice of every epoch's permutation
 
     def setup(self) -> None:

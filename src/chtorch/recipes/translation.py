@@ -23,7 +23,9 @@ beam search (beam 2) on the test set from the best validation checkpoint. This r
   weights of the best validation accuracy (``data.select_by``; the official trainer keeps the
   checkpoint of the highest validation accuracy) are kept in ``best_model.pt``; after the last epoch
   the test set is translated with beam search from those weights (OpenNMT's length penalties,
-  ``data.length_penalty``) and scored with ``sacrebleu`` (``test_bleu``, the primary metric);
+  ``data.length_penalty``; with ``data.replace_unk`` each generated ``<unk>`` becomes the source word
+  it attends to most, as OpenNMT's ``-replace_unk``) and scored with ``sacrebleu`` (``test_bleu``, the
+  primary metric); ``chtorch evaluate RUN_DIR`` repeats this later with other decoding options;
 * **percolation couplings** (paper §4.3): ``q_proj``/``k_proj`` rows and ``v_proj → o_proj``
   chains of every attention block, ``w_1 → w_2`` of every feed-forward block, found by
   :func:`chtorch.dst.percolation.infer_couplings`; ``model.per_head_sparsity`` budgets, removes and
@@ -63,8 +65,8 @@ from chtorch.models import Seq2SeqTransformer, label_smoothed_cross_entropy
 from chtorch.models.transformer import Seq2SeqConfig
 from chtorch.recipes.base import Recipe, register_recipe
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
-from chtorch.recipes.decoding import corpus_bleu, translate
-from chtorch.recipes.translation_config import SELECTION, TranslationDataConfig
+from chtorch.recipes.decoding import corpus_bleu, replace_unknown, translate, translate_aligned
+from chtorch.recipes.translation_config import SCORING_KEYS, SELECTION, TranslationDataConfig
 from chtorch.rng import make_generator
 
 __all__ = [
@@ -115,6 +117,7 @@ class Translation(Recipe):
     name = "translation"
     primary_metric = "test_bleu"
     higher_is_better = True
+    evaluation_keys = SCORING_KEYS
 
     @property
     def _main(self) -> bool:
@@ -218,10 +221,28 @@ class Translation(Recipe):
             )
         ]
         self.test_references = [t for _, t in test]
+        self.test_source_words = self._source_words([s for s, _ in test], limit)
         self.batches_per_pass = len(token_batch_indices(self.train_ids, cfg.batch_tokens))
         self._pass_cache: tuple[int, list[list[int]]] | None = None
         self._epoch = -1
         self._best: dict[str, Any] | None = None
+
+    def _source_words(self, texts: list[str], limit: int) -> list[list[str]] | None:
+        """The source words of each test sentence, position for position with its token ids, for
+        ``data.replace_unk`` (None when it is off). Defined for word vocabularies only: with subwords a
+        ``<unk>`` is a piece of a word, and copying a whole source word (or a source piece) into the middle
+        of a target word has no faithful counterpart in the official code, which ran on words."""
+        if not self.config.data.replace_unk:
+            return None
+        for side, tok in (("source", self.src_tok), ("target", self.tgt_tok)):
+            if not getattr(tok, "word_level", False):
+                raise ConfigError(
+                    f"data.replace_unk copies source words over <unk> and needs word vocabularies, but the {side} "
+                    "tokenizer splits words into pieces: set data.tokenizer_kind=words (a data.tokenizer file must be "
+                    "a word-level one), or data.replace_unk=false",
+                    "data.replace_unk",
+                )
+        return [words[:limit] for words in self.src_tok.token_texts(texts)]
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -315,9 +336,7 @@ class Translation(Recipe):
     def test_bleu(self, model: nn.Module) -> tuple[float, list[str]]:
         """(BLEU, detokenized hypotheses) of ``model`` on the test split."""
         cfg = self.config.data
-        ids = translate(
-            model,
-            self.test_sources,
+        options: dict[str, Any] = dict(
             bos_id=self.bos_id,
             eos_id=self.eos_id,
             pad_id=self.pad_id,
@@ -329,8 +348,33 @@ class Translation(Recipe):
             min_len=cfg.min_decode_len,
             device=self.device,
         )
-        hyps = [self.tgt_tok.decode(h) for h in ids]
+        if self.test_source_words is None:
+            hyps = [self.tgt_tok.decode(h) for h in translate(model, self.test_sources, **options)]
+        else:
+            found = translate_aligned(model, self.test_sources, **options)
+            hyps = [
+                replace_unknown(ids, aligned, words, self.tgt_tok)
+                for (ids, aligned), words in zip(found, self.test_source_words)
+            ]
         return corpus_bleu(hyps, self.test_references, cfg.bleu_tokenize), hyps
+
+    def evaluation_weights(self) -> tuple[dict[str, torch.Tensor], str] | None:
+        """The best validation checkpoint (``best_model.pt``), whose test BLEU the run reports."""
+        path = self._best_path()
+        if path is None or not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no best validation checkpoint yet (the run keeps one from its first evaluation on); "
+                "train or resume the run until it has finished an epoch"
+            )
+        best = torch.load(path, map_location="cpu", weights_only=True)
+        key = self.config.data.select_by
+        what = f"best validation checkpoint {BEST_MODEL_NAME} (epoch {int(best['epoch'])}"
+        return best["model"], what + (f", {key} {float(best[key]):.4g})" if key in best else ")")
+
+    def score(self, model: nn.Module) -> tuple[dict[str, float], list[str]]:
+        """Test BLEU of ``model`` and its detokenized test translations."""
+        bleu, hyps = self.test_bleu(model)
+        return {"test_bleu": bleu}, hyps
 
     def _best_path(self) -> Path | None:
         folder = run_dir(self.config)

@@ -9,11 +9,17 @@ from dataclasses import dataclass
 from chtorch.config import setting
 from chtorch.models.generation import LENGTH_PENALTIES
 
-__all__ = ["TranslationDataConfig", "SELECTION"]
+__all__ = ["TranslationDataConfig", "SELECTION", "SCORING_KEYS"]
 
 _CORPORA = ("multi30k", "parallel", "iwslt14", "wmt17")
 #: Validation metrics that can select the best checkpoint, and whether higher is better.
 SELECTION = {"val_accuracy": True, "val_loss": False}
+#: Keys that change only how the test set is decoded and scored (``chtorch evaluate --set``).
+SCORING_KEYS = frozenset(
+    "data." + key
+    for key in "replace_unk beam_size length_penalty length_alpha min_decode_len max_decode_len bleu_tokenize "
+    "test_split test_limit".split()
+)
 
 
 @dataclass
@@ -81,6 +87,12 @@ class TranslationDataConfig:
         "val_accuracy",
         "validation metric that picks the best checkpoint: val_accuracy (the official OpenNMT trainer) or val_loss",
         choices=tuple(SELECTION),
+    )
+    replace_unk: bool = setting(
+        False,
+        "replace each generated <unk> by the source word with the highest attention at the step that produced it "
+        "(OpenNMT -replace_unk, as the official eval script: the last decoder layer's first cross-attention head); "
+        "needs word vocabularies (tokenizer_kind=words); off: <unk> is dropped from the detokenized output",
     )
     max_decode_len: int = setting(100, "longest translation generated, in tokens", min=1)
     bleu_tokenize: str = setting("13a", "sacrebleu tokenizer for BLEU (13a = sacrebleu's default, intl, none, ...)")

@@ -44,6 +44,7 @@ from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, 
 from chtorch.recipes.base import get_recipe
 from chtorch.sparse import SparseInferenceLinear
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
+from chtorch.train.evaluation import load_weights
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -263,17 +264,7 @@ def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
     recipe.setup()
     torch.manual_seed(config.run.seed)
     model = recipe.build_model()
-    sparse = []
-    for key, value in state["model"].items():
-        if key.endswith(".weight_mask"):
-            name = key[: -len(".weight_mask")]
-            model.get_submodule(name).register_buffer("weight_mask", value.clone(), persistent=True)
-            sparse.append(name)
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise CheckpointError(f"the checkpoint in {run_dir} does not fit its own config's model: {detail}") from None
+    sparse = load_weights(model, state["model"], f"the checkpoint in {run_dir}")
     return recipe, model.eval(), sparse
 
 
