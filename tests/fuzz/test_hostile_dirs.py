@@ -183,3 +183,69 @@ def test_report_of_a_compare_dir_with_a_bad_plan_or_summary(capsys, tmp_path: Pa
     (out / "set-seed0" / "summary.json").write_text("not json")
     code, err = cli(capsys, "report", str(out))
     one_line_error(code, err, "summary.json", "not a valid run summary")
+
+
+# ---------------------------------------------------------------- checkpoints: no inflation, no recursion
+
+
+def test_a_compressed_checkpoint_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    import zipfile
+
+    import torch
+
+    from chtorch.train.checkpoint import CheckpointError, load_checkpoint
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"format": "x", "zeros": torch.zeros(1 << 16)}, plain)
+    packed = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert packed.stat().st_size < plain.stat().st_size // 10
+    with pytest.raises(CheckpointError, match="compressed entries"):
+        load_checkpoint(packed)
+
+
+def test_a_deeply_nested_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    import torch
+
+    from chtorch.train import checkpoint as ck
+
+    deep: list = []
+    for _ in range(3000):
+        deep = [deep]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        torch.save({"format": ck.FORMAT, "version": ck.VERSION, "x": deep}, tmp_path / "checkpoint.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(ck.CheckpointError, match="nested too deeply"):
+        ck.load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.e2e
+def test_compare_reads_a_run_config_with_the_capped_loader(capsys, tmp_path: Path) -> None:
+    """An alias bomb planted as a run's config.yaml is refused before it is expanded."""
+    out = tmp_path / "cmp"
+    run = out / "set-seed0"
+    run.mkdir(parents=True)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    (run / "config.yaml").write_text(bomb)
+    code, err = cli(capsys, "compare", DIGITS, "--methods", "set", "--seeds", "0", "--out", str(out), "--set", *FAST)
+    one_line_error(code, err, "config.yaml", "not a readable run config", "anchors and aliases")
+
+
+def test_a_meta_device_model_is_a_clear_error() -> None:
+    import torch
+    from torch import nn
+
+    import chtorch
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="meta device"):
+        chtorch.sparsify(model, optimizer, method="set", sparsity=0.5, total_steps=10)

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from chtorch.sparse.build import locked_build
+
 __all__ = ["load", "available", "reason_unavailable", "cache_dir"]
 
 _log = logging.getLogger("chtorch.sparse.native")
@@ -100,8 +102,6 @@ def _build() -> Any:
     if missing:
         raise RuntimeError(missing)
     from torch.utils import cpp_extension
-
-    from chtorch.sparse.build import locked_build
 
     source = _SOURCE.read_bytes()
     tag = _build_tag(source)

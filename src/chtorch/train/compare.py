@@ -116,9 +116,21 @@ def _check_same_config(run: _Run) -> None:
     path = run.dir / "config.yaml"
     if not path.is_file():
         return
+    import yaml
+
     from chtorch.config.safe_yaml import safe_load_file
 
-    saved = _comparable(json.loads(json.dumps(safe_load_file(path) or {}, default=str)), run.method)
+    try:
+        loaded = safe_load_file(path)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{path} is not a readable run config ({reason}); remove that run to retrain it, or compare into "
+            "another --out directory"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} is not a run config (not a mapping); remove that run to retrain it")
+    saved = _comparable(json.loads(json.dumps(loaded, default=str)), run.method)
     planned = _comparable(json.loads(json.dumps(config_to_dict(run.config), default=str)), run.method)
     # Where the data is, unlike the other settings a resume may change, decides the result: a run
     # trained on other data is never reused.

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chtorch._checks import closest
 from chtorch.config import Config, ConfigError
-from chtorch.dst import schedules
 
 __all__ = ["check_trains", "check_warmup", "check_bleu_tokenizer", "preflight"]
 
@@ -28,8 +28,7 @@ def check_trains(config: Config, sparsity: Any, steps_per_epoch: int, interval: 
     ``interval`` its update interval in optimizer steps."""
     if sparsity is None or interval is None or not sparsity.options.skip_step_on_update:
         return
-    last = schedules.update_limit(sparsity.t_end, sparsity.options.final_update)
-    if interval != 1 or last < 1:
+    if interval != 1 or not sparsity.is_update_step(1):
         return
     sp = config.sparsity
     if sp.update_unit == "epoch":
@@ -46,7 +45,7 @@ def check_trains(config: Config, sparsity: Any, steps_per_epoch: int, interval: 
         fix = "raise sparsity.update_interval (e.g. 100) or set sparsity.options.skip_step_on_update=false"
     raise ConfigError(
         f"this run would not train: {why}, and skip_step_on_update leaves out the optimizer step of every "
-        f"update iteration, so steps 1..{last} change no weight; {fix}",
+        f"update iteration, so no step before T_end={sparsity.t_end} changes a weight; {fix}",
         "sparsity.update_interval",
     )
 
@@ -75,8 +74,6 @@ def check_bleu_tokenizer(name: str) -> None:
     try:
         BLEU(tokenize=name)
     except Exception as exc:  # KeyError for an unknown name, ImportError/RuntimeError for a missing tokenizer package
-        from chtorch._checks import closest
-
         detail = f"one of {', '.join(known)}{closest(name, known)}" if name not in known else str(exc).strip()
         raise ConfigError(
             f"data.bleu_tokenize={name!r} cannot be used by sacrebleu: {detail or type(exc).__name__}",
