@@ -459,7 +459,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _warning_printer(previous_showwarning)
-    errors: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError, RunRecordsError)
+    from chtorch._io import UnreadableFileError, os_error_message
+
+    errors: tuple[type[BaseException], ...] = (
+        ConfigError,
+        CheckpointError,
+        TrainingError,
+        RunRecordsError,
+        UnreadableFileError,
+    )
     try:
         from chtorch.data import DataError
 
@@ -479,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a full disk, a read-only mount, a long path: one line, the files stay as they were
+        return _fail(os_error_message(exc))
     finally:
         warnings.showwarning = previous_showwarning
         from chtorch.train.distributed import shutdown

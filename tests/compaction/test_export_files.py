@@ -164,3 +164,18 @@ def test_export_verifies_the_checkpoint(capsys, run_dir: Path, tmp_path: Path) -
     assert not (target / "compact.safetensors").exists()
     with pytest.raises(Exception, match="SHA-256"):
         load_checkpoint(target / "checkpoint.pt")
+
+
+def test_export_never_replaces_a_file_it_did_not_write(capsys, run_dir: Path, tmp_path: Path) -> None:
+    """--out X.safetensors beside a user's X.json (a run's own summary.json) is refused; both stay."""
+    work = tmp_path / "run"
+    shutil.copytree(run_dir, work)
+    summary = (work / "summary.json").read_bytes()
+    code, _, err = cli(capsys, "export", str(work), "--out", str(work / "summary.safetensors"))
+    assert_error(code, err, "summary.json", "not written by chtorch export", "another --out")
+    assert (work / "summary.json").read_bytes() == summary and not (work / "summary.safetensors").exists()
+    # an export's own files are replaced by the next export
+    out = tmp_path / "m.safetensors"
+    for _ in range(2):
+        code, _, err = cli(capsys, "export", str(work), "--out", str(out))
+        assert code == 0, err

@@ -233,3 +233,12 @@ def test_failed_parallel_runs_are_reported_with_their_logs(tmp_path: Path) -> No
     assert "error" in (tmp_path / "cmp" / "logs" / "set-seed0.log").read_text()
     with pytest.raises(ConfigError, match="--jobs"):
         compare(config, ["set"], [0], tmp_path / "cmp", out=io.StringIO(), jobs=0)
+
+
+def test_a_run_trained_on_other_data_is_not_reused(tmp_path: Path) -> None:
+    """Where the data is decides the result: a finished run of another data.dir is refused."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    compare(tiny_config(f"data.dir={tmp_path / 'a'}"), ["set"], [0], tmp_path / "cmp", out=io.StringIO())
+    with pytest.raises(ConfigError, match=r"another configuration \(data.dir"):
+        compare(tiny_config(f"data.dir={tmp_path / 'b'}"), ["set"], [0], tmp_path / "cmp", out=io.StringIO())

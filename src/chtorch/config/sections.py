@@ -32,7 +32,9 @@ class RunConfig:
 
     name: str = setting("digits_chts", "run name; the run directory defaults to runs/<name>-<date>-<time>")
     dir: str | None = setting(None, "run directory (checkpoints, metrics, plots, report); `--out` sets it")
-    seed: int = setting(0, "seed of the model initialisation, data order and every topology choice", min=0)
+    seed: int = setting(
+        0, "seed of the model initialisation, data order and every topology choice", min=0, max=2**63 - 1
+    )
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
     threads: int = setting(
         1,

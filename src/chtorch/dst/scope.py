@@ -187,6 +187,11 @@ def check_structure(model: nn.Module, names: Sequence[str]) -> None:
                 f"(exclude={name!r}; the paper keeps lm_head and embeddings "
                 "dense) or untie the weights (e.g. tie_word_embeddings=False)"
             )
+        if weight.is_meta:
+            raise ValueError(
+                f"layer {name!r}: its weight is on the meta device (no values yet), so no mask can be drawn from "
+                "it; materialise the model first (model.to_empty(device=...) and initialise it, or load its weights)"
+            )
         if not weight.requires_grad:
             raise ValueError(
                 f"layer {name!r}: its weight does not require grad "

@@ -18,6 +18,8 @@ They are compiled once per (source, torch, Python, CPU) combination with
 ``~/.cache/chtorch/native``); later processes load the cached library in milliseconds. Where there is
 no C++ compiler, no ninja, or the build fails, :func:`load` logs one warning naming the reason and
 returns ``None``, and callers use their pure-PyTorch path (same numbers; the tests compare both).
+The build runs under an owner lock in the cache and its library is checksummed
+(:mod:`chtorch.sparse.build`): a killed build never blocks or poisons a later process.
 ``CHTORCH_NATIVE=0`` disables the native kernels.
 
 ``-march=native`` is safe with a shared cache: the CPU's model and flags are part of the cache key.
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from chtorch.sparse.build import locked_build
 
 __all__ = ["load", "available", "reason_unavailable", "cache_dir"]
 
@@ -102,18 +106,19 @@ def _build() -> Any:
     source = _SOURCE.read_bytes()
     tag = _build_tag(source)
     build_dir = cache_dir() / tag
-    build_dir.mkdir(parents=True, exist_ok=True)
     name = f"chtorch_native_{tag}"
-    if not (build_dir / f"{name}.so").exists():
-        _log.info("building chtorch native kernels (once) in %s", build_dir)
-    cpp_extension.load(
-        name=name,
-        sources=[str(_SOURCE)],
-        extra_cflags=["-O3", "-march=native", "-fopenmp", "-DNDEBUG"],
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-        is_python_module=False,
-        verbose=False,
+    locked_build(
+        build_dir,
+        f"{name}.so",
+        lambda: cpp_extension.load(
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-DNDEBUG"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        ),
     )
     return torch.ops.chtorch_native
 

@@ -153,6 +153,22 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse an archive with compressed entries before anything is inflated: ``torch.save`` stores its
+    entries uncompressed, so a compressed one (a small file that inflates to gigabytes) is foreign."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            total = sum(i.file_size for i in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({exc}); start a new run") from None
+    if packed or total > path.stat().st_size:
+        raise CheckpointError(
+            f"checkpoint {path} holds compressed entries ({', '.join(packed[:3]) or 'sizes beyond the file'}), which "
+            "torch.save never writes: it was not written by chtorch's trainer; take an earlier copy or start a new run"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; a missing, truncated or foreign file
     raises :class:`CheckpointError` saying so."""
@@ -168,6 +184,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"checkpoint {path} is corrupt or truncated (not a complete PyTorch archive); it cannot be resumed — "
             "start a new run (checkpoints are written atomically, so this file was damaged after it was written)"
         )
+    _check_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -192,7 +209,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"this chtorch reads version {VERSION}: start a new run"
         )
     stored = state.pop(DIGEST_KEY, None)
-    actual = content_digest(state)
+    try:
+        actual = content_digest(state)
+    except RecursionError:
+        raise CheckpointError(
+            f"checkpoint {path} holds values nested too deeply for a chtorch checkpoint; it was not written by "
+            "chtorch's trainer: take an earlier copy or start a new run"
+        ) from None
     if stored != actual:
         raise CheckpointError(
             f"checkpoint {path} fails its SHA-256 check (stored "

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from chtorch._checks import closest
+from chtorch._io import atomic_write_text, check_write_path, open_append, read_json
 from chtorch.config import (
     Config,
     ConfigError,
@@ -39,7 +40,7 @@ from chtorch.config import (
 )
 from chtorch.dst.methods import all_methods, is_dense
 from chtorch.train.checkpoint import CHECKPOINT_NAME
-from chtorch.train.compare_table import PLAN_NAME, format_table, write_compare
+from chtorch.train.compare_table import OUTPUT_NAMES, PLAN_NAME, format_table, write_compare
 from chtorch.train.lifecycle import RESUME_OVERRIDABLE, SUMMARY_NAME, TrainingError
 from chtorch.train.loggers import check_logger_names
 from chtorch.train.paper_tables import paper_row
@@ -118,11 +119,23 @@ def _check_same_config(run: _Run) -> None:
         return
     import yaml
 
-    saved = _comparable(
-        json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str)), run.method
-    )
+    from chtorch.config.safe_yaml import safe_load_file
+
+    try:
+        loaded = safe_load_file(path)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{path} is not a readable run config ({reason}); remove that run to retrain it, or compare into "
+            "another --out directory"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} is not a run config (not a mapping); remove that run to retrain it")
+    saved = _comparable(json.loads(json.dumps(loaded, default=str)), run.method)
     planned = _comparable(json.loads(json.dumps(config_to_dict(run.config), default=str)), run.method)
-    ignore = set(RESUME_OVERRIDABLE) | {"run.dir", "run.name"}
+    # Where the data is, unlike the other settings a resume may change, decides the result: a run
+    # trained on other data is never reused.
+    ignore = {k for k in RESUME_OVERRIDABLE if not k.startswith("data.")} | {"run.dir", "run.name"}
     differ = sorted(k for k in saved.keys() | planned.keys() if k not in ignore and saved.get(k) != planned.get(k))
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {planned.get(k)!r} now" for k in differ[:3])
@@ -134,7 +147,10 @@ def _check_same_config(run: _Run) -> None:
 
 def _finished(run: _Run) -> bool:
     path = run.dir / SUMMARY_NAME
-    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get("finished"))
+    if not path.is_file():
+        return False
+    summary = read_json(path, what="run summary")
+    return isinstance(summary, dict) and bool(summary.get("finished"))
 
 
 def _plan(config: Config, methods: Sequence[str], seeds: Sequence[int], out_dir: Path, jobs: int) -> list[_Run]:
@@ -172,7 +188,21 @@ def _write_plan(config: Config, plan: list[_Run], methods: Sequence[str], seeds:
         "paper_rows": rows,
         "runs": [{"method": r.method, "seed": r.seed, "dir": r.dir.name} for r in plan],
     }
-    (out_dir / PLAN_NAME).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    atomic_write_text(out_dir / PLAN_NAME, json.dumps(data, indent=2), root=out_dir)
+
+
+def check_compare_dir(out_dir: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a directory holding compare outputs that no
+    ``chtorch compare`` wrote there (no plan beside them): they are a user's files, never replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; compare writes a directory of runs: choose another --out")
+    if out_dir.is_dir() and not (out_dir / PLAN_NAME).exists():
+        theirs = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+        if theirs:
+            raise ConfigError(
+                f"--out {out_dir} holds {', '.join(theirs)} that chtorch compare did not write (no {PLAN_NAME}); "
+                "they would be replaced: choose another --out directory"
+            )
 
 
 def _run_here(plan: list[_Run], out: TextIO) -> None:
@@ -198,8 +228,9 @@ def _run_parallel(plan: list[_Run], jobs: int, out_dir: Path, out: TextIO) -> li
     """Train the unfinished runs of ``plan``, ``jobs`` at a time, as subprocesses; returns the
     failures (one line each)."""
     logs, configs = out_dir / "logs", out_dir / "configs"
-    logs.mkdir(exist_ok=True)
-    configs.mkdir(exist_ok=True)
+    for folder in (logs, configs):
+        check_write_path(folder, out_dir)  # no link out of the compare directory
+        folder.mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     todo = []
     for i, run in enumerate(plan, start=1):
@@ -214,9 +245,10 @@ def _run_parallel(plan: list[_Run], jobs: int, out_dir: Path, out: TextIO) -> li
             while todo and len(running) < jobs:
                 i, run = todo.pop(0)
                 config_path = configs / f"{run.name}.yaml"
+                check_write_path(config_path, out_dir)
                 save_config(run.config, config_path)
                 command = _command(run, config_path)
-                log = open(logs / f"{run.name}.log", "a", encoding="utf-8")  # noqa: SIM115 - closed when the run ends
+                log = open_append(logs / f"{run.name}.log", out_dir)  # closed when the run ends
                 verb = "resuming" if "--resume" in command else "training"
                 print(f"[{i}/{len(plan)}] {verb} {run.name} (log: {log.name})", file=out, flush=True)
                 proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -272,6 +304,7 @@ def compare(
     if out_dir is None:
         out_dir = Path("runs") / f"compare-{config.run.name}-{datetime.now():%Y%m%d-%H%M%S}"
     out_dir = Path(out_dir)
+    check_compare_dir(out_dir)
     plan = _plan(config, methods, seeds, out_dir, jobs)  # every run's config is checked before anything trains
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_plan(config, plan, methods, seeds, out_dir)

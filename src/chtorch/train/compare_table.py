@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chtorch._io import UnreadableFileError, atomic_write_text, read_json, sandbox
 from chtorch.train.compare_plots import compare_plots
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import REPORTED, best_after_final_topology, paper_cell
@@ -33,6 +34,7 @@ from chtorch.train.selection import select_epoch
 __all__ = [
     "PLAN_NAME",
     "CSV_COLUMNS",
+    "OUTPUT_NAMES",
     "load_plan",
     "collect_rows",
     "has_selection",
@@ -43,6 +45,8 @@ __all__ = [
 
 #: The plan ``chtorch compare`` writes before training: name, methods, seeds, paper table, run directories.
 PLAN_NAME = "compare-plan.json"
+#: The tables a compare directory gets (beside the plan and the overlay plots).
+OUTPUT_NAMES = ("compare.md", "compare.csv", "compare.json")
 
 
 def is_compare_dir(path: str | os.PathLike[str]) -> bool:
@@ -50,10 +54,28 @@ def is_compare_dir(path: str | os.PathLike[str]) -> bool:
 
 
 def load_plan(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The plan of the compare directory ``out_dir``, checked: every run directory a plain name in it."""
     out_dir = Path(out_dir)
-    plan = json.loads((out_dir / PLAN_NAME).read_text(encoding="utf-8"))
+    path = out_dir / PLAN_NAME
+    plan = read_json(path, 4 << 20, what="compare plan")
+
+    def bad(why: str) -> UnreadableFileError:
+        return UnreadableFileError(
+            f"{path} is not a plan written by chtorch compare ({why}); run chtorch compare again into a new --out"
+        )
+
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        raise bad("no list of runs")
+    if not isinstance(plan.get("seeds"), list) or not isinstance(plan.get("methods"), list):
+        raise bad("no lists of methods and seeds")
+    plan["name"] = str(plan.get("name", out_dir.name))
     for run in plan["runs"]:
-        run["dir"] = str(out_dir / run["dir"])  # stored relative: the directory can move
+        name = run.get("dir") if isinstance(run, dict) else None
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise bad(f"run directory {name!r} is not a name inside the compare directory")
+        if not isinstance(run.get("method"), str):
+            raise bad(f"run {name!r} has no method")
+        run["dir"] = str(out_dir / name)  # stored relative: the directory can move
     return plan
 
 
@@ -61,7 +83,9 @@ def _summary(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary = read_json(path, what="run summary")
+    if not isinstance(summary, dict):
+        raise UnreadableFileError(f"{path} is not a run summary (not a JSON object); remove the run to retrain it")
     return summary if summary.get("finished") else None
 
 
@@ -268,7 +292,7 @@ def write_compare(
     metric, rows, runs = collect_rows(plan)
     if not runs:
         text = f"# chtorch compare: {plan['name']}\n\nNo run has finished yet.\n"
-        (out_dir / "compare.md").write_text(text, encoding="utf-8")
+        atomic_write_text(out_dir / "compare.md", text, root=out_dir)
         return text, rows, runs, []
     first = runs[0]
     budget = (
@@ -295,14 +319,17 @@ def write_compare(
     figures: list[Path] = []
     if plots:
         try:
-            figures = compare_plots(out_dir, plan, rows, runs, metric or "metric")
+            with sandbox(out_dir):  # no plot through a link out of the directory
+                figures = compare_plots(out_dir, plan, rows, runs, metric or "metric")
         except ImportError:
             figures = []
     pictures = "".join(f"\n![{p.stem}]({p.name})\n" for p in figures)
     text = f"# chtorch compare: {plan['name']}\n\n{budget}\n\n{table}\n{pictures}"
-    (out_dir / "compare.md").write_text(text, encoding="utf-8")
-    (out_dir / "compare.csv").write_text(_csv(rows, metric), encoding="utf-8")
-    (out_dir / "compare.json").write_text(
-        json.dumps({"metric": metric, "rows": rows, "runs": runs}, indent=2, default=str), encoding="utf-8"
+    atomic_write_text(out_dir / "compare.md", text, root=out_dir)
+    atomic_write_text(out_dir / "compare.csv", _csv(rows, metric), root=out_dir)
+    atomic_write_text(
+        out_dir / "compare.json",
+        json.dumps({"metric": metric, "rows": rows, "runs": runs}, indent=2, default=str),
+        root=out_dir,
     )
     return f"{budget}\n{table}", rows, runs, figures

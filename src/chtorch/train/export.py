@@ -146,10 +146,34 @@ def save_exported(
     }
     description = json.loads(json.dumps(description, default=str))  # exactly what the file will hold
     description["description_sha256"] = _description_digest(description)
-    atomic_write_bytes(path, data)
     json_path = _description_path(path)
+    for target in (path, json_path):
+        _check_replaceable(target)
+    atomic_write_bytes(path, data)
     atomic_write_bytes(json_path, (json.dumps(description, indent=2, default=str) + "\n").encode("utf-8"))
     return path, json_path
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a file an export wrote (a description or safetensors of :data:`EXPORT_FORMAT`)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 20)
+        if path.suffix == ".json":
+            return json.loads(head.decode("utf-8")).get("format") == EXPORT_FORMAT
+        size = int.from_bytes(head[:8], "little")
+        header = json.loads(head[8 : 8 + size].decode("utf-8"))
+        return header.get("__metadata__", {}).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to replace a file that no export wrote (a run's ``summary.json`` beside ``--out summary.safetensors``)."""
+    if path.is_symlink() or (path.exists() and not (path.is_file() and _ours(path))):
+        raise ExportFileError(
+            f"{path} exists and was not written by chtorch export; it would be replaced: choose another --out"
+        )
 
 
 def read_export_description(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from chtorch._checks import closest
+from chtorch._io import append_bytes, check_write_path, truncate_file
 from chtorch.config import ConfigError, config_to_dict, config_to_yaml
 from chtorch.train.metrics import METRICS_NAME, jsonable, read_metrics, write_csv
 
@@ -145,7 +146,8 @@ class TensorBoardLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise _missing("tensorboard", "tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
+        log_dir = check_write_path(Path(run_dir) / "tensorboard")  # no link out of the run directory
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for tag, value in scalars.items():
@@ -256,7 +258,7 @@ class MetricsLog:
     ) -> None:
         self.path = Path(run_dir) / METRICS_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
+        append_bytes(self.path, b"")  # created when missing; a symbolic link is refused
         self.loggers: list[Any] = list(loggers or [])
         if tensorboard and not any(type(lg).__name__ == "TensorBoardLogger" for lg in self.loggers):
             self.loggers += build_loggers(run_dir, ["jsonl"], tensorboard_if_installed=True)
@@ -291,15 +293,12 @@ class MetricsLog:
             raise ValueError(
                 f"{self.path} is shorter ({size} bytes) than the checkpoint expects ({offset}); was it edited?"
             )
-        with open(self.path, "r+b") as handle:
-            handle.truncate(offset)
+        truncate_file(self.path, offset)
 
     def write(self, record: Mapping[str, Any]) -> None:
         record = jsonable(record)
         line = json.dumps(record, separators=(",", ":"), allow_nan=False)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
+        append_bytes(self.path, (line + "\n").encode("utf-8"))
         if self.loggers:
             scalars = record_scalars(record)
             step = int(record.get("step", 0))

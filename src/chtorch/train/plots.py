@@ -52,13 +52,20 @@ _SPLITS = ("train", "val", "test")
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """The run's ``config.yaml`` as a dict ({} when absent or PyYAML is missing)."""
+    """The run's ``config.yaml`` as a dict ({} when absent, PyYAML is missing, or it is not a mapping);
+    read with chtorch's capped loader (no aliases, at most 1 MiB)."""
     path = Path(run_dir) / "config.yaml"
     try:
         import yaml
+
+        from chtorch.config.safe_yaml import safe_load_file
     except ImportError:  # pragma: no cover - the cli extra brings it
         return {}
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    try:
+        loaded = safe_load_file(path) if path.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, OSError):
+        return {}  # plots label what they can without it
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _steps_per_epoch(epochs: list[dict[str, Any]]) -> float | None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from chtorch._io import sandbox
 from chtorch.config import Config, ConfigError, apply_overrides, build_config, parse_override
 from chtorch.train import distributed as ddp
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
@@ -58,7 +59,8 @@ def train(
         raise ConfigError(error, "run.dir")
     config.run.dir = target_name
     try:
-        return Trainer(config, out=out, callbacks=callbacks).fit()
+        with sandbox(target_name):  # no write of the run leaves its directory
+            return Trainer(config, out=out, callbacks=callbacks).fit()
     finally:
         lock.release()
 
@@ -100,4 +102,5 @@ def _resume(
         raise CheckpointError(f"the configuration stored in {run_dir} is no longer valid: {exc}") from None
     config.run.dir = str(run_dir.resolve())
     check_device(config.run.device)
-    return Trainer(config, resume_state=state, out=out, callbacks=callbacks).fit()
+    with sandbox(config.run.dir or run_dir):
+        return Trainer(config, resume_state=state, out=out, callbacks=callbacks).fit()

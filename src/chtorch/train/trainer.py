@@ -65,6 +65,7 @@ from chtorch.train.lifecycle import settings_errors as _settings_errors
 from chtorch.train.loggers import MetricsLog
 from chtorch.train.metrics import read_metrics
 from chtorch.train.optim import build_optimizer, build_scheduler
+from chtorch.train.preflight import preflight
 from chtorch.train.progress import Progress
 from chtorch.train.run_state import restore_run, run_state
 from chtorch.train.rundir import defer_sigint
@@ -202,6 +203,7 @@ class Trainer:
         else:
             self.chains = []
         self.update_interval = interval
+        preflight(cfg, self.sparsity, self.steps_per_epoch, self.total_steps, interval)
         self.scheduler = build_scheduler(
             self.optimizer, cfg.optim, self.total_steps, interval, t_end, self.recipe.model_dim()
         )
