@@ -14,4 +14,82 @@
 
 Depends on torch (and numpy) only. Where chtorch chooses between the paper and the official code:
 docs/decisions.md.
+
+The application (config, recipes, train, integrations, cli) imports this face only, never a
+submodule: what is exported here is the engine's public vocabulary.
 """
+
+# The engine and its layer selection
+from chtorch.dst.engine import DynamicSparsity
+from chtorch.dst.layer import BACKENDS, Backend, backend_names, register_backend
+from chtorch.dst.methods import methods as method_names  # not ``methods``: that is the submodule's name
+from chtorch.dst.methods import (
+    MethodPreset,
+    all_methods,
+    get_method,
+    is_dense,
+    merge_overrides,
+    method_table,
+    register_method,
+    resolve_options,
+)
+from chtorch.dst.options import OptionError, SparsityOptions
+from chtorch.dst.percolation import (
+    ANP_COUNTS,
+    Coupling,
+    active_neuron_count,
+    active_neuron_fraction,
+    chain,
+    infer_couplings,
+    rows,
+)
+from chtorch.dst.registry import get_part, part_names, parts, register_part
+from chtorch.dst.report import LayerUpdate, UpdateReport
+from chtorch.dst.schedules import rewarmup_factor
+from chtorch.dst.scope import SUPPORTED_LAYERS, LayerSelector, is_sparsifiable, layer_shape, logical_weight, select_layers
+
+__all__ = [
+    # the engine
+    "DynamicSparsity",
+    "UpdateReport",
+    "LayerUpdate",
+    # methods (presets) and options
+    "MethodPreset",
+    "register_method",
+    "get_method",
+    "method_names",
+    "all_methods",
+    "is_dense",
+    "method_table",
+    "merge_overrides",
+    "resolve_options",
+    "SparsityOptions",
+    "OptionError",
+    # parts
+    "register_part",
+    "get_part",
+    "part_names",
+    "parts",
+    # backends
+    "BACKENDS",
+    "Backend",
+    "register_backend",
+    "backend_names",
+    # layer selection
+    "LayerSelector",
+    "SUPPORTED_LAYERS",
+    "select_layers",
+    "is_sparsifiable",
+    "layer_shape",
+    "logical_weight",
+    # percolation: couplings and active neurons
+    "Coupling",
+    "chain",
+    "rows",
+    "infer_couplings",
+    "active_neuron_count",
+    "active_neuron_fraction",
+    "ANP_COUNTS",
+    # schedules the training loop shares
+    "rewarmup_factor",
+]
