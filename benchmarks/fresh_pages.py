@@ -20,8 +20,7 @@ import argparse
 import torch
 
 from benchmarks._common import Session, Timing, add_protocol_args, interleave
-from chtorch.sparse import SparseLinear
-from chtorch.sparse import get_kernel
+from chtorch.sparse import SparseLinear, get_kernel
 
 TOKENS, N_IN, N_OUT, DENSITY = 4096, 512, 2048, 0.05
 

@@ -37,8 +37,7 @@ from benchmarks.sparse_training import SIZES, SPARSE_LAYERS, Variant, random_mas
 from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference
 from chtorch.linkpred._common import neighbours
 from chtorch.linkpred.l3n import _l3n_native
-from chtorch.sparse import SparseLinear, native
-from chtorch.sparse import get_kernel
+from chtorch.sparse import SparseLinear, get_kernel, native
 
 PARTS = (
     "step",

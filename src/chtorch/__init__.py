@@ -6,7 +6,7 @@ Transformers and LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.1
 
 from chtorch import compaction, linkpred, sparse, topology
 from chtorch.api import sparsify
-from chtorch.dst import (
+from chtorch.dst import (  # modules kept as chtorch.percolation / chtorch.schedules
     DynamicSparsity,
     LayerUpdate,
     MethodPreset,
@@ -19,13 +19,14 @@ from chtorch.dst import (
     is_dense,
     method_table,
     part_names,
+    percolation,
     register_backend,
     register_method,
     register_part,
+    schedules,
     select_layers,
 )
 from chtorch.dst import method_names as methods
-from chtorch.dst import percolation, schedules  # modules kept as chtorch.percolation / chtorch.schedules
 from chtorch.sparse import register_kernel
 
 __version__ = "0.1.0"

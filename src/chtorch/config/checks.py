@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chtorch._checks import check_number as _check_number
+from chtorch._checks import closest
 from chtorch.config.errors import ConfigError
-from chtorch.dst.options import closest
 
 __all__ = ["span", "check_number", "check_choice", "check_field"]
 

@@ -6,10 +6,10 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from chtorch._checks import closest
 from chtorch.config.coercion import Text
 from chtorch.config.errors import ConfigError
 from chtorch.config.sections import SECTIONS
-from chtorch.dst.options import closest
 
 __all__ = ["parse_override", "apply_overrides"]
 

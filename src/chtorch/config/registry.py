@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chtorch._checks import closest
 from chtorch.config.errors import ConfigError
-from chtorch.dst.options import closest
 
 __all__ = [
     "RecipeSchema",

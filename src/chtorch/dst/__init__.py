@@ -22,7 +22,6 @@ submodule: what is exported here is the engine's public vocabulary.
 # The engine and its layer selection
 from chtorch.dst.engine import DynamicSparsity
 from chtorch.dst.layer import BACKENDS, Backend, backend_names, register_backend
-from chtorch.dst.methods import methods as method_names  # not ``methods``: that is the submodule's name
 from chtorch.dst.methods import (
     MethodPreset,
     all_methods,
@@ -33,6 +32,7 @@ from chtorch.dst.methods import (
     register_method,
     resolve_options,
 )
+from chtorch.dst.methods import methods as method_names  # not ``methods``: that is the submodule's name
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import (
     ANP_COUNTS,
@@ -46,7 +46,15 @@ from chtorch.dst.percolation import (
 from chtorch.dst.registry import get_part, part_names, parts, register_part
 from chtorch.dst.report import LayerUpdate, UpdateReport
 from chtorch.dst.schedules import rewarmup_factor
-from chtorch.dst.scope import SUPPORTED_LAYERS, LayerSelector, is_sparsifiable, layer_shape, logical_weight, select_layers
+from chtorch.dst.scope import (
+    SUPPORTED_LAYERS,
+    LayerSelectionError,
+    LayerSelector,
+    is_sparsifiable,
+    layer_shape,
+    logical_weight,
+    select_layers,
+)
 
 __all__ = [
     # the engine
@@ -77,6 +85,7 @@ __all__ = [
     "backend_names",
     # layer selection
     "LayerSelector",
+    "LayerSelectionError",
     "SUPPORTED_LAYERS",
     "select_layers",
     "is_sparsifiable",

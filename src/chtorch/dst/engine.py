@@ -206,11 +206,13 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ set-up
     def _resolve_couplings(self, names: list[str]) -> list[Coupling]:
-        if not self.options.percolation:
-            return []
         rule = self.options.couplings
         if callable(rule):  # a coupling rule (model, selected names) -> couplings, e.g. a recipe's
             rule = rule(self.model, names)
+            # the state names what the rule gave, as if those couplings had been passed
+            self._couplings_text = None if rule is None else repr(rule)
+        if not self.options.percolation:
+            return []
         if rule is None:
             return infer_couplings(self.model, names)
         couplings = list(rule)
@@ -451,7 +453,10 @@ class DynamicSparsity:
     def _run(self) -> dict[str, Any]:
         """What a state names about its run and the engine's counters (:data:`chtorch.dst.state.RUN_KEYS`)."""
         run = {key: getattr(self, key) for key in RUN_KEYS if key != "options"}
-        return {**run, "options": self.options.to_dict()}
+        options = self.options.to_dict()
+        if callable(self.options.couplings):
+            options["couplings"] = getattr(self, "_couplings_text", None)
+        return {**run, "options": options}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the masks (which are in ``model.state_dict()``) needed to resume exactly:

@@ -178,7 +178,7 @@ class SparsityOptions:
         out = dataclasses.asdict(self)
         # Tensors (a CSTI correlation matrix) and coupling objects are not plain config values.
         out["init_options"] = {k: v for k, v in self.init_options.items() if isinstance(v, (int, float, str, bool))}
-        out["couplings"] = None if self.couplings is None else repr(self.couplings)
+        out["couplings"] = None if self.couplings is None else _describe_couplings(self.couplings)
         return out
 
     # -- validation ---------------------------------------------------------------------------
@@ -328,3 +328,14 @@ def check_engine_args(sparsity: float, total_steps: int, options: SparsityOption
             f"regrowth={options.regrowth!r} cannot restore links taken by removal or percolation, so budgets would drift: "
             "set zeta=0 and percolation=False (as GMP does), or choose a regrowth"
         )
+
+
+def _describe_couplings(couplings: Any) -> str:
+    """A stable text for the state's options: a coupling rule by its qualified name (a bound
+    method's object address changes from run to run), couplings by their repr."""
+    if callable(couplings):
+        owner = getattr(couplings, "__self__", None)
+        where = type(owner) if owner is not None else couplings
+        name = getattr(couplings, "__qualname__", type(couplings).__qualname__)
+        return f"rule {getattr(where, '__module__', '?')}.{name}"
+    return repr(couplings)

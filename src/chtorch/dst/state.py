@@ -95,7 +95,7 @@ def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> 
     if missing:
         raise ValueError(f"the sparsity state lacks {missing}: it is not a complete sp.state_dict()")
     fix = "resume with the run's own settings, or start a new run"
-    if not _same(state["method"], run['method']):
+    if not _same(state["method"], run["method"]):
         raise ValueError(
             f"the sparsity state is from method {_show(state['method'])}, but this run uses {run['method']!r}; {fix}"
         )
@@ -103,12 +103,12 @@ def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> 
     if (
         isinstance(sparsity, bool)
         or not isinstance(sparsity, (int, float))
-        or abs(float(sparsity) - run['sparsity']) > 1e-12
+        or abs(float(sparsity) - run["sparsity"]) > 1e-12
     ):
         raise ValueError(
             f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {run['sparsity']}: resume with the same sparsity"
         )
-    if not _same(state["total_steps"], run['total_steps']):
+    if not _same(state["total_steps"], run["total_steps"]):
         raise ValueError(
             f"the sparsity state is for total_steps={_show(state['total_steps'])}, but this run has {run['total_steps']}; {fix}"
         )
@@ -170,7 +170,9 @@ def _check_field(where: str, kind: str, value: Any, shape: tuple[int, int]) -> A
             raise ValueError(f"{where} must be a bool, got {_show(value)}")
         return value
     if kind == "fraction":
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
             raise ValueError(f"{where} must be None or a fraction in [0, 1], got {_show(value)}")
         return value
     if kind == "mask":

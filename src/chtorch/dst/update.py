@@ -45,8 +45,7 @@ import torch
 from chtorch.dst import ranks
 from chtorch.dst.layer import Layer, split
 from chtorch.dst.options import SparsityOptions
-from chtorch.dst.percolation import Coupling
-from chtorch.dst.percolation import active_neuron_fraction, percolate
+from chtorch.dst.percolation import Coupling, active_neuron_fraction, percolate
 from chtorch.dst.registry import REGROWN_INITS, REGROWTHS, REMOVALS
 from chtorch.dst.regrowth import grow_links
 from chtorch.dst.removal import keep_links, magnitude_score
@@ -290,9 +289,7 @@ def topology_update(ctx: UpdateContext, layers: Sequence[Layer], couplings: Sequ
     report it (see the module docs). Non-finite weights or gradients skip it, masks unchanged."""
     opts, index, zeta, temperature, grads = ctx.options, ctx.update_index, ctx.zeta, ctx.temperature, ctx.grads
     start = time.perf_counter()
-    report = UpdateReport(
-        step=ctx.step, update_index=index, sparsity=ctx.sparsity, zeta=zeta, temperature=temperature
-    )
+    report = UpdateReport(step=ctx.step, update_index=index, sparsity=ctx.sparsity, zeta=zeta, temperature=temperature)
     problem = non_finite(layers, grads)
     if problem is not None:
         warnings.warn(

@@ -66,7 +66,7 @@ def default_layers(model: nn.Module) -> list[str]:
     """Every ``nn.Linear`` and GPT-2 ``Conv1D`` of ``model`` except its output embedding
     (``get_output_embeddings()``, the ``lm_head`` of a causal LM, kept dense as in the paper §4.1);
     without one, every such layer but the last ``nn.Linear``."""
-    from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, select_layers
+    from chtorch.dst import SUPPORTED_LAYERS, is_sparsifiable, select_layers
 
     get_output_embeddings = getattr(model, "get_output_embeddings", None)
     head = get_output_embeddings() if get_output_embeddings is not None else None
@@ -157,7 +157,7 @@ class ChtorchCallback(TrainerCallback):
         **options: Any,
     ) -> None:
         from chtorch._checks import check_number
-        from chtorch.dst.methods import get_method, resolve_options
+        from chtorch.dst import get_method, resolve_options
 
         preset = get_method(method)  # unknown names fail now, not at train begin
         if update_interval is not None:
@@ -261,7 +261,7 @@ class ChtorchCallback(TrainerCallback):
                 f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
                 f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0"
             )
-        from chtorch.dst.schedules import rewarmup_factor
+        from chtorch.dst import rewarmup_factor
 
         interval, w, t_end = self.sparsity.options.update_interval, self.rewarmup_steps, self.sparsity.t_end
 
@@ -353,7 +353,7 @@ class ChtorchCallback(TrainerCallback):
         """``chtorch/density``, ``chtorch/itop`` and ``chtorch/active_neurons`` now."""
         if self.sparsity is None:
             return {}
-        from chtorch.dst.percolation import active_neuron_count, infer_couplings
+        from chtorch.dst import active_neuron_count, infer_couplings
 
         sp = self.sparsity
         chains = sp.couplings or infer_couplings(sp.model, sp.layer_names)

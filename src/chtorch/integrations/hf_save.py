@@ -47,7 +47,7 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
     is non-zero off its mask (the file would not describe the weights)."""
     from safetensors.torch import save as save_bytes
 
-    from chtorch.dst.scope import logical_weight
+    from chtorch.dst import logical_weight
 
     save_pretrained = getattr(model, "save_pretrained", None)
     if save_pretrained is None:
@@ -106,7 +106,7 @@ def restore_masks(
     the model: known layers, shapes, zeros off the links). Otherwise they are read from the zeros:
     ``weight != 0`` for ``layers`` (default: every supported layer but the output embedding that has
     at least one zero weight)."""
-    from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, layer_shape, logical_weight
+    from chtorch.dst import SUPPORTED_LAYERS, is_sparsifiable, layer_shape, logical_weight
     from chtorch.integrations.hf import default_layers
 
     modules = dict(model.named_modules())

@@ -18,18 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chtorch._checks import closest
 from chtorch.config import (
     Config,
     ConfigError,
     model_schema,
     model_values,
-    register_model_schema,
-    register_recipe_schema,
     setting,
 )
-from chtorch.dst.options import closest
 from chtorch.models.mlp import MLPConfig
-from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.base import Recipe, RecipeSpec, register_recipe_spec
 from chtorch.rng import derive_seed, make_generator
 
 __all__ = ["ImageClassification", "ImageDataConfig", "MLPModelConfig"]
@@ -80,22 +78,6 @@ def validate_image_config(config: Config) -> None:
         ) from None
 
 
-# SWI (Zhang et al.; docs/decisions.md, "initial weights": the MLP code uses SWI): masked Kaiming init shrinks the signal by
-# sqrt(density) per layer, so a 90-99% sparse MLP barely trains without it — for every method alike. The
-# official MLP code's DSTScheduler scales by density·out_features ("swi_out"; docs/decisions.md, SWI fan).
-register_recipe_schema(
-    "image_classification",
-    ImageDataConfig,
-    ["mlp"],
-    # the MLP code skips the optimizer step of an update iteration (docs/decisions.md)
-    sparsity_defaults={"weight_init": "swi_out", "skip_step_on_update": True},
-    validate=validate_image_config,
-    default=True,
-)
-register_model_schema("mlp", MLPModelConfig)
-
-
-@register_recipe
 class ImageClassification(Recipe):
     """MLP image classification; metrics ``train_loss``, ``train_accuracy``, ``test_loss``,
     ``test_accuracy`` (accuracy in [0, 1])."""
@@ -228,3 +210,26 @@ class ImageClassification(Recipe):
             "in_features": int(self.in_features),
             "classes": int(self.n_classes),
         }
+
+
+def _mlp_export_classes() -> dict[str, tuple[type[nn.Module], type]]:
+    from chtorch.models import MLP
+
+    return {"MLP": (MLP, MLPConfig)}
+
+
+register_recipe_spec(
+    RecipeSpec(
+        ImageClassification,
+        ImageDataConfig,
+        {"mlp": MLPModelConfig},
+        export_classes=_mlp_export_classes(),
+        # SWI (Zhang et al.; docs/decisions.md, "initial weights": the MLP code uses SWI): masked Kaiming init shrinks
+        # the signal by sqrt(density) per layer, so a 90-99% sparse MLP barely trains without it, for every method
+        # alike. The official MLP code's DSTScheduler scales by density·out_features ("swi_out"; docs/decisions.md).
+        # the MLP code skips the optimizer step of an update iteration (docs/decisions.md)
+        sparsity_defaults={"weight_init": "swi_out", "skip_step_on_update": True},
+        validate=validate_image_config,
+        default=True,
+    )
+)

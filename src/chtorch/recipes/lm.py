@@ -39,13 +39,11 @@ from chtorch.config import (
     ConfigError,
     model_schema,
     model_values,
-    register_model_schema,
-    register_recipe_schema,
     setting,
 )
-from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.dst import Coupling, infer_couplings
 from chtorch.models.llama import PAPER_CONFIGS, LlamaConfig
-from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.base import Recipe, RecipeSpec, register_recipe_spec
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.rng import make_generator
 
@@ -125,12 +123,6 @@ LLAMA_CODE_DEFAULTS = {
     "percolation": False,
     "early_stop": None,
 }
-# The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part of
-# LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).
-register_recipe_schema(
-    "lm", LMDataConfig, ["llama"], sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True}
-)
-register_model_schema("llama", LlamaModelConfig)
 
 
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:
@@ -157,7 +149,6 @@ def _chunks(text: str, size: int = 1 << 16) -> list[str]:
     return pieces
 
 
-@register_recipe
 class LanguageModeling(Recipe):
     """Causal language modelling; metrics ``train_loss``, ``train_ppl``, ``val_loss``, ``val_ppl``."""
 
@@ -348,3 +339,22 @@ class LanguageModeling(Recipe):
             "seq_len": cfg.seq_len,
             "batch_size": cfg.batch_size,
         }
+
+
+def _llama_export_classes() -> dict[str, tuple[type[nn.Module], type]]:
+    from chtorch.models import LlamaLM
+
+    return {"LlamaLM": (LlamaLM, LlamaConfig)}
+
+
+register_recipe_spec(
+    RecipeSpec(
+        LanguageModeling,
+        LMDataConfig,
+        {"llama": LlamaModelConfig},
+        export_classes=_llama_export_classes(),
+        # The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part
+        # of LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).
+        sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True},
+    )
+)

@@ -42,14 +42,12 @@ from chtorch.config import (
     ConfigError,
     model_schema,
     model_values,
-    register_model_schema,
-    register_recipe_schema,
     setting,
 )
 from chtorch.data.files import atomic_write, atomic_write_text
-from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.dst import Coupling, infer_couplings
 from chtorch.models.transformer import Seq2SeqConfig
-from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.base import Recipe, RecipeSpec, register_recipe_spec
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.recipes.decoding import corpus_bleu, translate
 from chtorch.rng import make_generator
@@ -142,15 +140,12 @@ TransformerModelConfig = model_schema(
 
 # The official Transformer code keeps the model's Glorot initialisation for every method (docs/decisions.md,
 # "initial weights"), so the CH presets' SWI does not apply here unless a config asks for it.
-register_recipe_schema("translation", TranslationDataConfig, ["transformer"], sparsity_defaults={"weight_init": "keep"})
-register_model_schema("transformer", TransformerModelConfig)
 
 
 # ------------------------------------------------------------------------------------------------
 # The recipe
 
 
-@register_recipe
 class Translation(Recipe):
     """Encoder-decoder translation; metrics ``train_loss`` (label-smoothed, per target token),
     ``val_loss`` (NLL per target token), ``val_ppl`` = exp(val_loss), and after the last epoch
@@ -471,3 +466,20 @@ class Translation(Recipe):
             "batches_per_pass": self.batches_per_pass,
             "batch_tokens": cfg.batch_tokens,
         }
+
+
+def _transformer_export_classes() -> dict[str, tuple[type[nn.Module], type]]:
+    from chtorch.models import Seq2SeqTransformer
+
+    return {"Seq2SeqTransformer": (Seq2SeqTransformer, Seq2SeqConfig)}
+
+
+register_recipe_spec(
+    RecipeSpec(
+        Translation,
+        TranslationDataConfig,
+        {"transformer": TransformerModelConfig},
+        export_classes=_transformer_export_classes(),
+        sparsity_defaults={"weight_init": "keep"},
+    )
+)

@@ -35,8 +35,11 @@ __all__ = [
 
 
 class _Kernel(Protocol):
-    name: str
-    auto: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def auto(self) -> bool: ...
 
     def unsupported(self, dtype: torch.dtype, device: torch.device) -> str | None: ...
 

@@ -53,14 +53,11 @@ class ExportFileError(CheckpointError):
 
 
 def _model_classes() -> dict[str, tuple[type[nn.Module], type]]:
-    """The model classes an export may name (never a class taken from the file itself)."""
-    from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
+    """The model classes an export may name (never a class taken from the file itself): those the
+    registered recipes declare (:class:`chtorch.recipes.base.RecipeSpec`)."""
+    from chtorch.recipes.base import export_model_classes
 
-    return {
-        "MLP": (MLP, MLPConfig),
-        "LlamaLM": (LlamaLM, LlamaConfig),
-        "Seq2SeqTransformer": (Seq2SeqTransformer, Seq2SeqConfig),
-    }
+    return export_model_classes()
 
 
 def _safetensors() -> Any:

@@ -88,8 +88,8 @@ def record_scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 def check_logger_names(names: Sequence[str]) -> list[str]:
     """Validate ``run.loggers``: known names, no repeats, ``jsonl`` present. Raises ConfigError."""
+    from chtorch._checks import closest
     from chtorch.config import ConfigError
-    from chtorch.dst.options import closest
 
     names = [str(n).strip().lower() for n in names]
     for name in names:

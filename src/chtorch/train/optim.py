@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from chtorch.config import OptimConfig
-from chtorch.dst import schedules
+from chtorch.dst import rewarmup_factor
+from chtorch.dst.schedules import cosine_with_warmup, linear_decay, noam  # LR schedules, leaving dst
 
 __all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
 
@@ -110,11 +111,11 @@ def lr_multiplier(
             raise ValueError("optim.schedule=noam needs the model width: set optim.d_model")
 
         def base(step: int) -> float:
-            return schedules.noam(step + 1, width, warmup)
+            return noam(step + 1, width, warmup)
     elif kind == "cosine":
 
         def base(step: int) -> float:
-            return schedules.cosine_with_warmup(step, decay_steps, warmup, min_ratio=end_ratio)
+            return cosine_with_warmup(step, decay_steps, warmup, min_ratio=end_ratio)
     elif kind in ("linear", "constant"):
 
         def base(step: int) -> float:
@@ -122,7 +123,7 @@ def lr_multiplier(
                 return (step + 1) / warmup
             if kind == "constant":
                 return 1.0
-            return schedules.linear_decay(step - warmup, max(0, decay_steps - warmup), 1.0, end_ratio)
+            return linear_decay(step - warmup, max(0, decay_steps - warmup), 1.0, end_ratio)
     else:
         raise ValueError(f"unknown LR schedule {kind!r}; choose constant, linear, cosine or noam")
 
@@ -131,7 +132,7 @@ def lr_multiplier(
 
         def rewarmed(step: int) -> float:
             # LambdaLR's counter ``step`` is the number of finished optimizer steps, as the re-warm-up expects.
-            return base(step) * schedules.rewarmup_factor(step, update_interval, w, t_end)
+            return base(step) * rewarmup_factor(step, update_interval, w, t_end)
 
         return rewarmed
     return base

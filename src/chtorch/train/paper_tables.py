@@ -79,7 +79,7 @@ _FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "grane
 
 def _family(method: str) -> str:
     """The built-in preset ``method`` descends from (``chts_mlp`` -> ``chts``), via ``based_on``."""
-    from chtorch.dst.methods import get_method
+    from chtorch.dst import get_method
 
     try:
         preset = get_method(method)
