@@ -21,7 +21,7 @@ submodule: what is exported here is the engine's public vocabulary.
 
 # The engine and its layer selection
 from chtorch.dst.engine import DynamicSparsity
-from chtorch.dst.layer import BACKENDS, Backend, backend_names, register_backend
+from chtorch.dst.layer import BACKENDS, Backend, Layer, MaskedLayer, TrulySparseLayer, backend_names, register_backend
 from chtorch.dst.methods import (
     MethodPreset,
     all_methods,
@@ -81,6 +81,9 @@ __all__ = [
     # backends
     "BACKENDS",
     "Backend",
+    "Layer",
+    "MaskedLayer",
+    "TrulySparseLayer",
     "register_backend",
     "backend_names",
     # layer selection

@@ -18,6 +18,7 @@ from chtorch.sparse.convert import align_optimizer_state, replace_parameter, to_
 from chtorch.sparse.functional import IMPLEMENTATIONS, resolve_impl, sparse_linear
 from chtorch.sparse.inference import SparseInferenceLinear
 from chtorch.sparse.kernels import (
+    SPARSE_LINEAR_KERNELS,
     KernelRegistry,
     SparseLinearKernel,
     get_kernel,
@@ -40,6 +41,7 @@ __all__ = [
     # kernels
     "SparseLinearKernel",
     "KernelRegistry",
+    "SPARSE_LINEAR_KERNELS",
     "register_kernel",
     "get_kernel",
     "kernel_names",
