@@ -58,7 +58,7 @@ def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
                 f"{key}.couplings cannot be set in a config; the recipe provides the percolation couplings",
                 f"{key}.{name}",
             )
-        tp = dict if name == "init_options" else hints[name]
+        tp = dict if name in ("init_options", "removal_options", "regrowth_options") else hints[name]
         out[name] = coerce(value, tp, f"{key}.{name}")
     return out
 

@@ -13,17 +13,18 @@ It owns the topology of the selected ``nn.Linear`` layers of a plain model and k
    ``(seed, update index, layer index)``, so a resumed run or another ``torchrun`` rank decides the
    same.
 
-This module holds the engine's life cycle (set-up, hooks, ``step``, schedules, state); one topology
-update is :mod:`chtorch.dst.update` (Algorithm 1 of Zhang et al., NeurIPS 2025, arXiv:2501.19107),
-a layer on either backend is :mod:`chtorch.dst.layer`, the starting topology and weights are
-:mod:`chtorch.dst.initial`. The update runs after ``optimizer.step()`` (``sp.step()`` is called after
+This module holds the engine's life cycle (set-up, hooks, ``step``, state) and its counters; the
+run's schedules are a :class:`~chtorch.dst.timeline.Timeline`, one topology update is
+:func:`chtorch.dst.update.topology_update` over an ``UpdateContext`` the engine fills (Algorithm 1 of
+Zhang et al., NeurIPS 2025, arXiv:2501.19107), a layer on any registered backend is
+:mod:`chtorch.dst.layer` with its book-keeping in :mod:`chtorch.dst.book`, the saved state is checked
+by :mod:`chtorch.dst.state`, the starting topology and weights are :mod:`chtorch.dst.initial`. The update runs after ``optimizer.step()`` (``sp.step()`` is called after
 it); with ``skip_step_on_update`` the loop leaves out the optimizer step of an update iteration
 (:meth:`DynamicSparsity.skips_optimizer_step`): docs/decisions.md, "optimizer step on an update iteration".
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,6 @@ import torch
 from torch import nn
 
 from chtorch._checks import check_number
-from chtorch.dst import schedules
 from chtorch.dst.initial import given_masks, initial_mask
 from chtorch.dst.layer import (
     Layer,
@@ -62,6 +62,7 @@ from chtorch.dst.scope import (
     select_layers,
 )
 from chtorch.dst.state import RUN_KEYS, STATE_VERSION, check_state, layer_state
+from chtorch.dst.timeline import Timeline
 from chtorch.dst.update import UpdateContext, averaged_gradients, network_stopped, topology_update
 from chtorch.masks import keep_bits, zero_off_mask_
 from chtorch.rng import make_generator
@@ -153,8 +154,8 @@ class DynamicSparsity:
         self.kernel = kernel
         self.step_count = 0
         self.update_count = 0
-        self.t_end = options.t_end if options.t_end is not None else int(options.t_end_fraction * self.total_steps)
-        self.decay_end = int(options.decay_end_fraction * self.total_steps)
+        self.timeline = Timeline(options, self.sparsity, self.total_steps)
+        self.t_end, self.decay_end = self.timeline.t_end, self.timeline.decay_end
         self.couplings = self._resolve_couplings(names)
         self._hooks: list[Any] = []
         self._removed = False
@@ -306,56 +307,35 @@ class DynamicSparsity:
                 self.layers[i] = new
                 self.backends[layer.name] = backend
 
-    # ------------------------------------------------------------------ schedules
+    # ------------------------------------------------------------------ schedules (see Timeline)
     def scheduled_sparsity(self, step: int) -> float:
-        """The sparsity the registered density schedule asks for at ``step`` (the final sparsity for
-        fixed-density methods), less MEST's EM&S extra density while it applies. One decay event per
-        update interval until ``decay_end``: :func:`schedules.decay_events` / :func:`schedules.decay_tau`."""
-        opts = self.options
-        schedule = get_part("density_schedule", opts.density_schedule)
-        n = max(1, schedules.decay_events(0, self.decay_end, opts.update_interval))
-        tau = schedules.decay_tau(step, 0, opts.update_interval)
-        s = schedule.fn(tau, n, opts.initial_sparsity, self.sparsity, **schedule.kwargs(opts))
-        if opts.ems:
-            s = max(0.0, s - schedules.mest_ems_extra_density(step, self.t_end, opts.update_interval))
-        return float(s)
+        """The sparsity the density schedule asks for at ``step`` (:meth:`Timeline.sparsity_at`)."""
+        return self.timeline.sparsity_at(step)
 
     def _targets_for(self, shapes: list[tuple[int, int]], step: int) -> list[int]:
-        from chtorch import topology
-
-        return list(
-            topology.allocate_budgets(shapes, self.scheduled_sparsity(step), distribution=self.options.distribution)
-        )
+        return self.timeline.budgets(shapes, step)
 
     def targets(self, step: int) -> list[int]:
         """Each layer's exact link budget at ``step``."""
-        return self._targets_for([layer.shape for layer in self.layers], step)
+        return self.timeline.budgets([layer.shape for layer in self.layers], step)
 
     _targets = targets  # the name tests and older callers use
 
     def core_targets(self) -> list[int]:
         """Each layer's link budget at the final sparsity: the core that MEST's EM&S keeps at every
         update in ``ems_mode="official"`` (the scheduled targets add the extra density on top)."""
-        from chtorch import topology
-
-        shapes = [layer.shape for layer in self.layers]
-        return list(topology.allocate_budgets(shapes, self.sparsity, distribution=self.options.distribution))
+        return self.timeline.budgets([layer.shape for layer in self.layers])
 
     def zeta(self, step: int) -> float:
         """Fraction of active links removed by the update at ``step``."""
-        return schedules.zeta(step, self.options.zeta, self.t_end, anneal=self.options.zeta_anneal)
+        return self.timeline.zeta(step)
 
     def temperature(self, step: int) -> float:
-        """Exponent T of a non-top-k removal selection at ``step`` (1.0 for top-k), from the registered
-        ``temperature_schedule``."""
-        opts = self.options
-        if opts.removal_selection == "topk":
-            return 1.0
-        part = get_part("temperature_schedule", opts.temperature_schedule)
-        return part.fn(step, self.t_end, opts.delta_start, opts.delta_end, **part.kwargs(opts))
+        """Exponent T of a soft removal at ``step`` (1.0 for top-k)."""
+        return self.timeline.temperature(step)
 
     def is_update_step(self, step: int) -> bool:
-        return schedules.is_update_step(step, self.options.update_interval, self.t_end)
+        return self.timeline.is_update_step(step)
 
     def skips_optimizer_step(self) -> bool:
         """True when option ``skip_step_on_update`` is on and the coming :meth:`step` runs a topology
@@ -368,13 +348,7 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ hooks
     def _grad_window(self, step: int) -> bool:
-        """True when the backward pass of optimizer step ``step`` must record the dense gradient:
-        one of the last ``grad_accumulation`` steps before a topology update."""
-        opts = self.options
-        if not opts.needs_dense_gradient:
-            return False
-        next_update = math.ceil(step / opts.update_interval) * opts.update_interval
-        return next_update <= self.t_end and next_update - step < opts.grad_accumulation and next_update > 0
+        return self.timeline.records_gradient(step)
 
     def _recording(self) -> bool:
         return self._grad_window(self.step_count + 1)

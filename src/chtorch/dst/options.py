@@ -15,7 +15,12 @@ from typing import Any
 
 from chtorch._checks import check_choice, check_number, closest
 
-__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS", "check_engine_args"]
+__all__ = ["SparsityOptions", "OptionError", "closest", "PART_OPTIONS", "PART_BAGS", "check_engine_args"]
+
+#: Part kind -> the option bag of its keyword parameters (beside ``init_options`` of the initialiser).
+PART_BAGS = {"removal": "removal_options", "regrowth": "regrowth_options"}
+# How many leading arguments the engine passes a part of each kind (removal: weight, mask; regrowth: keep).
+_POSITIONAL_INPUTS = {"removal": 2, "regrowth": 1}
 
 # Plain choices that are not parts (no behaviour of their own to register).
 PREDICTORS = ("l3n", "l3p")
@@ -72,6 +77,10 @@ class SparsityOptions:
         ``init``: "erdos_renyi", "bsw", "brf", "bsf" or "csti"; ``init_options`` go to the
         initializer (``beta``, ``r``, ``degree``, ``correlation``); ``weight_init``: "keep" (mask the
         model's own init) or "swi" (sparse weight init, σ = sqrt(2/(density·fan_in))).
+    Option bags
+        ``removal_options`` / ``regrowth_options``: keyword parameters of the chosen ``removal`` /
+        ``regrowth`` part (a part you register reads its own parameters from here, so none of its
+        settings has to become a field of this record); checked against the part's signature.
     Removal
         ``removal``: "magnitude", "set" (smallest positive and largest negative separately), "ri"
         (relative importance) or "mest" (|W| + λ|∇W|, λ = ``mest_lambda``); ``removal_selection``:
@@ -130,6 +139,7 @@ class SparsityOptions:
     weight_init: str = "keep"
 
     removal: str = "magnitude"
+    removal_options: dict = field(default_factory=dict)
     removal_selection: str = "topk"
     temperature_schedule: str = "linear"
     temperature_start: float = 1.0
@@ -139,6 +149,7 @@ class SparsityOptions:
     mest_lambda: float = 0.01
 
     regrowth: str = "random"
+    regrowth_options: dict = field(default_factory=dict)
     regrowth_selection: str = "topk"
     ch_predictor: str = "l3n"
     ch_variant: str = "CH2"
@@ -177,7 +188,8 @@ class SparsityOptions:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # Tensors (a CSTI correlation matrix) and coupling objects are not plain config values.
-        out["init_options"] = {k: v for k, v in self.init_options.items() if isinstance(v, (int, float, str, bool))}
+        for bag in ("init_options", *PART_BAGS.values()):
+            out[bag] = {k: v for k, v in getattr(self, bag).items() if isinstance(v, (int, float, str, bool))}
         out["couplings"] = None if self.couplings is None else _describe_couplings(self.couplings)
         return out
 
@@ -243,9 +255,45 @@ class SparsityOptions:
                 raise OptionError(
                     f"{name} must be true or false, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}"
                 )
-        if not isinstance(self.init_options, Mapping):
-            raise OptionError(f"init_options must be a mapping, got {type(self.init_options).__name__}")
+        for bag in ("init_options", *PART_BAGS.values()):
+            if not isinstance(getattr(self, bag), Mapping):
+                raise OptionError(f"{bag} must be a mapping, got {type(getattr(self, bag)).__name__}")
         self._check_init_options()
+        self._check_part_bags()
+
+    def _check_part_bags(self) -> None:
+        """``removal_options`` / ``regrowth_options`` keys must be keyword parameters of the chosen part's
+        function that the engine does not pass itself and no option already sets (``part.params``)."""
+        import inspect
+
+        from chtorch.dst.registry import registry
+
+        for kind, bag in PART_BAGS.items():
+            given = getattr(self, bag)
+            if not given:
+                continue
+            part = registry(kind).part(getattr(self, kind))
+            params = inspect.signature(part.fn).parameters
+            engine_given = {"grad", *list(params)[: _POSITIONAL_INPUTS[kind]]}
+            valid = [
+                name
+                for name, p in params.items()
+                if name not in engine_given
+                and name not in part.params
+                and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            for key in given:
+                if key in part.params:
+                    raise OptionError(
+                        f"{bag} key {key!r}: {kind} {part.name!r} reads it from option {part.params[key]!r}; "
+                        f"set {part.params[key]}=... instead"
+                    )
+                if key not in valid and not open_ended:
+                    raise OptionError(
+                        f"{bag} key {key!r} is not a parameter of {kind}={part.name!r}{closest(key, valid)}; "
+                        f"valid keys: {', '.join(valid) if valid else 'none (this part takes no parameters)'}"
+                    )
 
     def _check_init_options(self) -> None:
         """``init_options`` keys must be keyword arguments of the ``init`` initialiser (its values are
@@ -269,6 +317,18 @@ class SparsityOptions:
                     f"init_options key {key!r} is not an option of init={self.init!r}{closest(key, valid)}; "
                     f"valid keys: {', '.join(valid) if valid else 'none (this initialiser takes no options)'}"
                 )
+
+    def part_kwargs(self, part: Any) -> dict[str, Any]:
+        """The keyword arguments of a registered ``part`` under these options: the options it maps
+        (``part.params``) and, when it is the chosen part of a kind with a bag (``removal_options``,
+        ``regrowth_options``), the bag's entries."""
+        from chtorch.dst.registry import registry
+
+        kwargs = part.kwargs(self)
+        bag = PART_BAGS.get(part.kind)
+        if bag and getattr(self, bag) and registry(part.kind).part(getattr(self, part.kind)) is part:
+            kwargs.update(getattr(self, bag))
+        return kwargs
 
     # -- what the parts need --------------------------------------------------------------------
     def parts_in_use(self) -> dict[str, tuple[str, str]]:

@@ -18,6 +18,7 @@ import torch
 
 from chtorch.dst.book import LayerBook
 from chtorch.dst.layer import BACKENDS, Layer
+from chtorch.dst.options import SparsityOptions
 
 __all__ = ["STATE_VERSION", "check_state", "layer_state", "RUN_KEYS"]
 
@@ -116,6 +117,8 @@ def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> 
     saved = state["options"]
     if not isinstance(saved, dict):
         raise ValueError(f"the sparsity state's options must be a dict, got {type(saved).__name__}")
+    # an option newer than the state reads as its default there (a state stays loadable when options grow)
+    saved = {**{k: v for k, v in SparsityOptions().to_dict().items() if k not in saved}, **saved}
     differ = sorted(k for k in set(mine) | set(saved) if not _same(saved.get(k, "<absent>"), mine.get(k, "<absent>")))
     if differ:
         shown = ", ".join(

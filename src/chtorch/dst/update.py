@@ -110,7 +110,7 @@ def _keep_best(
     part = REMOVALS.part(score)
     if "rule" in part.flags or part.fn is magnitude_score:
         return keep_links(weight, mask, n_keep, part.name, selection, generator, temperature=temperature)
-    scores = part.fn(weight, mask, grad=grad, **part.kwargs(options))
+    scores = part.fn(weight, mask, grad=grad, **options.part_kwargs(part))
     return keep_links(weight, mask, n_keep, part.name, selection, generator, temperature=temperature, scores=scores)
 
 
@@ -168,7 +168,7 @@ def regrow_links(
     """Step 4 on one row block: exactly ``n_new`` new links, disjoint from ``keep``."""
     opts = ctx.options
     part = REGROWTHS.part(opts.regrowth)
-    scores = part.fn(keep, grad=grad, **part.kwargs(opts)) if n_new > 0 else None
+    scores = part.fn(keep, grad=grad, **opts.part_kwargs(part)) if n_new > 0 else None
     return grow_links(
         keep,
         n_new,

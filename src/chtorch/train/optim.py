@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from chtorch import dst
 from chtorch.config import OptimConfig
-from chtorch.dst import rewarmup_factor
 from chtorch.dst.schedules import cosine_with_warmup, linear_decay, noam  # LR schedules, leaving dst
 
 __all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
@@ -132,7 +132,7 @@ def lr_multiplier(
 
         def rewarmed(step: int) -> float:
             # LambdaLR's counter ``step`` is the number of finished optimizer steps, as the re-warm-up expects.
-            return base(step) * rewarmup_factor(step, update_interval, w, t_end)
+            return base(step) * dst.rewarmup_factor(step, update_interval, w, t_end)
 
         return rewarmed
     return base
