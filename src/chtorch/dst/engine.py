@@ -18,8 +18,8 @@ run's schedules are a :class:`~chtorch.dst.timeline.Timeline`, one topology upda
 :func:`chtorch.dst.update.topology_update` over an ``UpdateContext`` the engine fills (Algorithm 1 of
 Zhang et al., NeurIPS 2025, arXiv:2501.19107), a layer on any registered backend is
 :mod:`chtorch.dst.layer` with its book-keeping in :mod:`chtorch.dst.book`, the saved state is checked
-by :mod:`chtorch.dst.state`, the starting topology and weights are :mod:`chtorch.dst.initial`. The update runs after ``optimizer.step()`` (``sp.step()`` is called after
-it); with ``skip_step_on_update`` the loop leaves out the optimizer step of an update iteration
+by :mod:`chtorch.dst.state`, the starting topology and weights are :mod:`chtorch.dst.initial`. The
+update runs after ``optimizer.step()`` (``sp.step()`` is called after it); with ``skip_step_on_update`` the loop leaves out the optimizer step of an update iteration
 (:meth:`DynamicSparsity.skips_optimizer_step`): docs/decisions.md, "optimizer step on an update iteration".
 """
 

@@ -107,11 +107,13 @@ def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> 
         or abs(float(sparsity) - run["sparsity"]) > 1e-12
     ):
         raise ValueError(
-            f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {run['sparsity']}: resume with the same sparsity"
+            f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {run['sparsity']}: "
+            "resume with the same sparsity"
         )
     if not _same(state["total_steps"], run["total_steps"]):
         raise ValueError(
-            f"the sparsity state is for total_steps={_show(state['total_steps'])}, but this run has {run['total_steps']}; {fix}"
+            f"the sparsity state is for total_steps={_show(state['total_steps'])}, "
+            f"but this run has {run['total_steps']}; {fix}"
         )
     mine = run["options"]
     saved = state["options"]
@@ -158,7 +160,8 @@ def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> 
             checked[f.name] = _check_field(f"{where}: {f.name}", f.metadata["kind"], value, layer.shape)
         if (checked["history"] is None) != (layer.history is None):
             raise ValueError(
-                f"{where}: history is {'absent' if checked['history'] is None else 'present'} in the state but not in this run"
+                f"{where}: history is {'absent' if checked['history'] is None else 'present'} "
+                "in the state but not in this run"
             )
         entries[layer.name] = checked
     return entries

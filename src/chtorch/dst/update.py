@@ -29,7 +29,8 @@ and per layer again
 Every random choice draws from the generator of ``(seed, purpose, update index, layer index[, head])``.
 The update reads an :class:`UpdateContext` (what the engine decided for this update: options, seed,
 index, ζ, temperature, budgets, gradients) and changes only the layers it is given and the optimizer
-state at their links; the engine owns its counters. Where chtorch chooses between the paper and the official code, docs/decisions.md says which and why.
+state at their links; the engine owns its counters. Where chtorch chooses between the paper and the
+official code, docs/decisions.md says which and why.
 """
 
 from __future__ import annotations

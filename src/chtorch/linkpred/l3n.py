@@ -28,7 +28,7 @@ Two exact evaluations of the same formula:
   lists (``embedding_bag``): ``2·nnz(A)·(n_out + n_in)`` additions, i.e. ``density ×`` the dense
   work. ``auto`` picks ``sparse`` below a density threshold that depends on the layer's size
   and device (measured on CPU, estimated for CUDA; see ``_common.prefer_sparse``).
-* ``native``: the same sums in C++/OpenMP (``chtorch/sparse/csrc/kernels.cpp``, CPU only, built at
+* ``native``: the same sums in C++/OpenMP (``chtorch/linkpred/csrc/ch_l3n.cpp``, CPU only, built at
   first use): the common-neighbour counts by Gustavson's sparse row products on sparse layers
   (``Σ d²`` work instead of ``nnz·n``), the ``F·A`` sums by L2-sized column blocks with the
   accumulators in registers, and no ``n × n`` temporaries. ``auto`` picks it on CPU wherever it

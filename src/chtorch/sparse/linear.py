@@ -62,7 +62,8 @@ class SparseLinear(nn.Module):
         weight_mask: bool buffer ``(out_features, in_features)`` (persistent, in the state_dict).
         rows, cols, crow, crow_t, col_t, perm: int64 index buffers (not persistent; rebuilt from
             the mask), see :class:`chtorch.sparse.layout.SparseLayout`.
-        impl: ``"auto"``, ``"native"``, ``"csr"``, ``"gather"`` or a kernel you registered (:mod:`chtorch.sparse.kernels`).
+        impl: ``"auto"``, ``"native"``, ``"csr"``, ``"gather"`` or a kernel you registered
+            (:mod:`chtorch.sparse.kernels`).
 
     Build one from an existing layer with :meth:`from_linear`; the constructor makes a fresh layer
     with ``nn.Linear``'s default initialisation at the links (all links when ``mask`` is ``None``).
