@@ -37,6 +37,8 @@ from chtorch.dst.methods import methods as method_names  # not ``methods``: that
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import (
     ANP_COUNTS,
+    CONVENTIONAL_PAIRS,
+    BlockPairs,
     Coupling,
     active_neuron_count,
     active_neuron_fraction,
@@ -100,6 +102,8 @@ __all__ = [
     "chain",
     "rows",
     "infer_couplings",
+    "BlockPairs",
+    "CONVENTIONAL_PAIRS",
     "active_neuron_count",
     "active_neuron_fraction",
     "ANP_COUNTS",
