@@ -1,6 +1,7 @@
 """The ``chtorch`` command.
 
     chtorch train [CONFIG.yaml] [--set key=value ...] [--out DIR]   train (no config: the offline demo)
+    chtorch train CONFIG.yaml --import my_parts.py                  with your own registered parts, recipes, ...
     chtorch train --resume RUN_DIR                                  continue a run exactly
     chtorch methods                                                 the registered methods
     chtorch compare CONFIG.yaml --methods dense,set,rigl,chts [--seeds 0,1,2] [--jobs N]
@@ -46,6 +47,33 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set optim.lr=0.01 model.hidden=[512,512] sparsity.options.zeta=0.2 "
         "(types are checked; `chtorch config --reference` lists every key)",
     )
+    _add_import(parser)
+
+
+def _add_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (a name on sys.path or a .py file) that registers your own parts, methods, recipes, "
+        "kernels or backends before the config is read; recorded in run.imports (docs/extending.md)",
+    )
+
+
+def _imported(entries: Sequence[str]) -> list[str]:
+    """Import ``--import`` entries now (file paths made absolute, so the saved config finds them again)."""
+    from chtorch.config.imports import import_modules
+
+    absolute = [str(Path(e).resolve()) if e.endswith(".py") or "/" in e else e for e in entries]
+    import_modules(absolute, key="--import")
+    return absolute
+
+
+def _record_imports(config: Config, imports: Sequence[str]) -> Config:
+    config.run.imports = list(dict.fromkeys([*config.run.imports, *imports]))
+    return config
 
 
 def _version() -> str:
@@ -129,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "methods", help="list the registered methods", description="List the dynamic sparse training methods."
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also show each method's paper and preset options")
+    _add_import(p)
 
     p = sub.add_parser(
         "compare",
@@ -250,7 +279,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, overrides)
         config = None
     else:
-        config = load_config(args.config, overrides)
+        config = _record_imports(load_config(args.config, overrides), args.imports)
         if args.config is None and not args.quiet and _rank() == 0:
             print(
                 f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
@@ -281,8 +310,7 @@ def _saved_config(run_dir: Path) -> Config | None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from chtorch.dst.methods import get_method, is_dense, method_table
-    from chtorch.dst.registry import parts
+    from chtorch.dst import get_method, is_dense, method_table, parts
 
     rows = method_table(include_dense=True)
     width = max(len(name) for name, _ in rows)
@@ -332,7 +360,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in _parse_list(args.seeds, "--seeds")]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    config = load_config(args.config, args.overrides)
+    config = _record_imports(load_config(args.config, args.overrides), args.imports)
     compare(config, methods, seeds, args.out, jobs=args.jobs)
     return 0
 
@@ -379,7 +407,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         print(config_reference())
         return 0
     _check_overrides(args.overrides)
-    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+    print(config_to_yaml(_record_imports(load_config(args.config, args.overrides), args.imports)), end="")
     return 0
 
 
@@ -434,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         pass
     try:
+        if getattr(args, "imports", None):
+            args.imports = _imported(args.imports)
         return _COMMANDS[args.command](args)
     except errors as exc:
         return _fail(str(exc) + data_hint(exc, getattr(args, "overrides", ())))
