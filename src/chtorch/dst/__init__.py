@@ -48,7 +48,7 @@ from chtorch.dst.percolation import (
 )
 from chtorch.dst.registry import get_part, part_names, parts, register_part
 from chtorch.dst.report import LayerUpdate, UpdateReport
-from chtorch.dst.schedules import FINAL_UPDATES, rewarmup_factor, update_limit
+from chtorch.dst.schedules import rewarmup_factor, update_limit
 from chtorch.dst.scope import (
     SUPPORTED_LAYERS,
     LayerSelectionError,
@@ -110,5 +110,4 @@ __all__ = [
     # schedules the training loop shares
     "rewarmup_factor",
     "update_limit",
-    "FINAL_UPDATES",
 ]
