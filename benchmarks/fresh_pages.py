@@ -21,8 +21,7 @@ import argparse
 import torch
 
 from benchmarks._common import Session, Timing, add_protocol_args, interleave
-from chtorch.sparse import SparseLinear
-from chtorch.sparse.functional import _KERNELS, _OPERAND
+from chtorch.sparse import SparseLinear, get_kernel
 
 TOKENS, N_IN, N_OUT, DENSITY = 4096, 512, 2048, 0.05
 
@@ -36,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     session = Session(args, "Fresh pages: sparse kernels of a 512 -> 2048 layer on 4096 tokens")
     g = torch.Generator().manual_seed(args.seed)
     layer = SparseLinear(N_IN, N_OUT, torch.rand(N_OUT, N_IN, generator=g) < DENSITY, impl="native")
-    forward, grad_input, grad_values = _KERNELS["native"]
-    to_operand = _OPERAND["native"]
+    kernel = get_kernel("native")
+    forward, grad_input, grad_values, to_operand = kernel.forward, kernel.grad_input, kernel.grad_values, kernel.operand
     x = torch.randn(TOKENS, N_IN, generator=g)
     grad = torch.randn(TOKENS, N_OUT, generator=g)
     x_op, grad_op = to_operand(x), to_operand(grad)

@@ -37,8 +37,7 @@ from benchmarks.sparse_training import SIZES, SPARSE_LAYERS, Variant, random_mas
 from chtorch.linkpred import ch_l3n, ch_l3n_dense_reference
 from chtorch.linkpred._common import neighbours
 from chtorch.linkpred.l3n import _l3n_native
-from chtorch.sparse import SparseLinear, native
-from chtorch.sparse.functional import _KERNELS, _OPERAND
+from chtorch.sparse import SparseLinear, get_kernel, native
 
 PARTS = (
     "step",
@@ -68,8 +67,9 @@ def profile_mlp(impl: str, optimizer: str, batch: int, masks: dict, repeats: int
             if isinstance(module, SparseLinear):
                 inputs.append(h)
             h = module(h)
-    forward, grad_input, grad_values = _KERNELS[impl]
-    to_operand = _OPERAND[impl]  # the layout the kernels read (native: feature-major panels)
+    kernel = get_kernel(impl)
+    forward, grad_input, grad_values = kernel.forward, kernel.grad_input, kernel.grad_values
+    to_operand = kernel.operand  # the layout the kernels read (native: feature-major panels)
     grads = [torch.randn(batch, layer.out_features, generator=g) for layer in layers]
     classifier = model[len(model) - 1]
     last_hidden = inputs[-1].detach().clone()

@@ -14,10 +14,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "chtorch"
 MAX_LINES = 500
 
-# Files being split on another branch right now (an entry whose file is back under the limit fails
-# below, so the set cannot go stale): the engine, whose update context and per-layer state move out.
-BEING_SPLIT = {"src/chtorch/dst/engine.py"}
-
 # The ground floor: helpers every layer shares (atomic writes, described fields, argument checks).
 GROUND_FLOOR = ("chtorch._io", "chtorch._fields", "chtorch._checks")
 
@@ -49,38 +45,6 @@ FORBIDDEN = {
 
 # The application, which imports the engine only through its face (`chtorch.dst`, never a submodule).
 APPLICATION = ("chtorch.config", "chtorch.recipes", "chtorch.train", "chtorch.integrations", "chtorch.cli")
-
-# Application modules that still import `chtorch.dst.<submodule>` (at any level) while the engine's
-# face is being built; each entry is removed when its module imports the face. An entry whose module
-# no longer imports a dst submodule fails below, so the set can only shrink.
-DST_FACE_PENDING = {
-    "chtorch.cli",
-    "chtorch.config.build",
-    "chtorch.config.sparsity",
-    "chtorch.integrations.hf",
-    "chtorch.integrations.hf_layers",
-    "chtorch.integrations.hf_save",
-    "chtorch.recipes.base",
-    "chtorch.recipes.lm",
-    "chtorch.recipes.translation",
-    "chtorch.train.compare",
-    "chtorch.train.metrics",
-    "chtorch.train.optim",
-    "chtorch.train.paper_tables",
-    "chtorch.train.trainer",
-}
-
-# Engine modules whose imports inside functions are settled by the engine's rework (update context,
-# per-layer state); same rule: an entry without function-level imports fails below.
-DST_LAZY_PENDING = {
-    "chtorch.dst.engine",
-    "chtorch.dst.initial",
-    "chtorch.dst.layer",
-    "chtorch.dst.options",
-    "chtorch.dst.registry",
-    "chtorch.dst.regrowth",
-    "chtorch.dst.update",
-}
 
 # The only imports allowed inside functions, (importer, imported) as shell patterns, each with why.
 LAZY_IMPORTS = {
@@ -217,13 +181,10 @@ def test_imports_inside_functions_are_only_the_listed_lazy_ones() -> None:
         for target in sorted(_function_level(module)):
             rules = [r for r in LAZY_IMPORTS if fnmatchcase(module, r[0]) and fnmatchcase(target, r[1])]
             used.update(rules)
-            pending = module in DST_LAZY_PENDING or (module in DST_FACE_PENDING and _in(target, "chtorch.dst"))
-            if not rules and not pending:
+            if not rules:
                 bad.append(f"{module} imports {target} inside a function")
     assert not bad, "import these at module level (or list one in LAZY_IMPORTS with its reason):\n" + "\n".join(bad)
     assert used == set(LAZY_IMPORTS), f"unused LAZY_IMPORTS entries: {sorted(set(LAZY_IMPORTS) - used)}"
-    stale = sorted(m for m in DST_LAZY_PENDING if not _function_level(m))
-    assert not stale, f"{stale} import nothing inside functions now: remove them from DST_LAZY_PENDING"
 
 
 def test_ground_floor_imports_nothing_of_chtorch() -> None:
@@ -246,10 +207,8 @@ def test_the_application_enters_the_engine_through_its_face() -> None:
     graph = _graph(module_level_only=False)
     reaching = {m for m in MODULES if any(_in(m, app) for app in APPLICATION)}
     inside = {m: sorted(t for t in graph[m] if t.startswith("chtorch.dst.")) for m in reaching}
-    bad = [f"{m} imports {', '.join(ts)}" for m, ts in sorted(inside.items()) if ts and m not in DST_FACE_PENDING]
+    bad = [f"{m} imports {', '.join(ts)}" for m, ts in sorted(inside.items()) if ts]
     assert not bad, "import these names from chtorch.dst:\n" + "\n".join(bad)
-    stale = sorted(m for m in DST_FACE_PENDING if not inside.get(m))
-    assert not stale, f"{stale} import no dst submodule now: remove them from DST_FACE_PENDING"
 
 
 def test_no_source_file_over_500_lines() -> None:
@@ -257,7 +216,5 @@ def test_no_source_file_over_500_lines() -> None:
     root = SRC.parent
     files = [p for folder in ("src", "tests", "benchmarks") for p in (root / folder).rglob("*.py")]
     sizes = {p.relative_to(root).as_posix(): len(p.read_text(encoding="utf-8").splitlines()) for p in files}
-    too_long = {name: n for name, n in sizes.items() if n > MAX_LINES and name not in BEING_SPLIT}
+    too_long = {name: n for name, n in sizes.items() if n > MAX_LINES}
     assert not too_long, f"split these into modules with one job each (limit {MAX_LINES} lines): {too_long}"
-    stale = sorted(name for name in BEING_SPLIT if sizes.get(name, 0) <= MAX_LINES)
-    assert not stale, f"{stale} are within {MAX_LINES} lines now: remove them from BEING_SPLIT"

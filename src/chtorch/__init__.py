@@ -6,13 +6,28 @@ Transformers and LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.1
 
 from chtorch import compaction, linkpred, sparse, topology
 from chtorch.api import sparsify
-from chtorch.dst import percolation, schedules
-from chtorch.dst.engine import DynamicSparsity
-from chtorch.dst.methods import MethodPreset, all_methods, get_method, is_dense, method_table, methods, register_method
-from chtorch.dst.options import OptionError, SparsityOptions
-from chtorch.dst.registry import get_part, part_names, register_part
-from chtorch.dst.report import LayerUpdate, UpdateReport
-from chtorch.dst.scope import select_layers
+from chtorch.dst import (  # modules kept as chtorch.percolation / chtorch.schedules
+    DynamicSparsity,
+    LayerUpdate,
+    MethodPreset,
+    OptionError,
+    SparsityOptions,
+    UpdateReport,
+    all_methods,
+    get_method,
+    get_part,
+    is_dense,
+    method_table,
+    part_names,
+    percolation,
+    register_backend,
+    register_method,
+    register_part,
+    schedules,
+    select_layers,
+)
+from chtorch.dst import method_names as methods
+from chtorch.sparse import register_kernel
 
 __version__ = "0.1.0"
 
@@ -33,6 +48,8 @@ __all__ = [
     "register_part",
     "get_part",
     "part_names",
+    "register_backend",
+    "register_kernel",
     "select_layers",
     "compaction",
     "sparse",

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from chtorch.dst.engine import DynamicSparsity, LayerSelector
-from chtorch.dst.methods import get_method, resolve_options
+from chtorch.dst import DynamicSparsity, LayerSelector, get_method, resolve_options
 
 __all__ = ["sparsify"]
 
@@ -31,6 +30,7 @@ def sparsify(
     exclude: str | Sequence[str] | None = None,
     backend: str = "masked",
     masks: Mapping[str, torch.Tensor] | None = None,
+    kernel: str = "auto",
     **options: Any,
 ) -> DynamicSparsity:
     """Sparsify ``model``'s Linear layers with a named method and return the engine.
@@ -65,6 +65,12 @@ def sparsify(
     decay moves a layer to the sparse backend, weights and optimizer state exactly, at the update where
     it crosses the threshold; the choice is logged and kept in ``sp.backends``).
 
+    ``kernel``: the sparse kernel of the layers a backend runs truly sparse (``"auto"``, ``"native"``,
+    ``"csr"``, ``"gather"`` or one registered with :func:`chtorch.sparse.register_kernel`).
+
+    ``couplings`` (an option): the percolation couplings, or a coupling rule ``rule(model, layer_names)
+    -> couplings | None`` called with the selected layers (a recipe's; None: inferred from the model).
+
     ``masks``: start from saved topologies (layer name → bool ``(out_features, in_features)``, e.g.
     from a checkpoint) instead of drawing new ones; the weights and optimizer state are kept as they
     are (no ``weight_init``), so resuming is ``sparsify(..., masks=saved)`` then
@@ -90,4 +96,5 @@ def sparsify(
         method=preset.name,
         backend=backend,
         masks=masks,
+        kernel=kernel,
     )

@@ -1,6 +1,7 @@
 """The ``chtorch`` command.
 
     chtorch train [CONFIG.yaml] [--set key=value ...] [--out DIR]   train (no config: the offline demo)
+    chtorch train CONFIG.yaml --import my_parts.py                  with your own registered parts, recipes, ...
     chtorch train --resume RUN_DIR                                  continue a run exactly
     chtorch methods                                                 the registered methods
     chtorch compare CONFIG.yaml --methods dense,set,rigl,chts [--seeds 0,1,2] [--jobs N]
@@ -47,6 +48,33 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set optim.lr=0.01 model.hidden=[512,512] sparsity.options.zeta=0.2 "
         "(types are checked; `chtorch config --reference` lists every key)",
     )
+    _add_import(parser)
+
+
+def _add_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (a name on sys.path or a .py file) that registers your own parts, methods, recipes, "
+        "kernels or backends before the config is read; recorded in run.imports (docs/extending.md)",
+    )
+
+
+def _imported(entries: Sequence[str]) -> list[str]:
+    """Import ``--import`` entries now (file paths made absolute, so the saved config finds them again)."""
+    from chtorch.config.imports import import_modules
+
+    absolute = [str(Path(e).resolve()) if e.endswith(".py") or "/" in e else e for e in entries]
+    import_modules(absolute, key="--import")
+    return absolute
+
+
+def _record_imports(config: Config, imports: Sequence[str]) -> Config:
+    config.run.imports = list(dict.fromkeys([*config.run.imports, *imports]))
+    return config
 
 
 def _version() -> str:
@@ -57,49 +85,6 @@ def _version() -> str:
     except PackageNotFoundError:  # pragma: no cover - chtorch cannot import without torch
         torch_version = "not installed"
     return f"chtorch {__version__} (torch {torch_version}, Python {sys.version.split()[0]})"
-
-
-def data_hint(exc: BaseException, overrides: Sequence[str] = ()) -> str:
-    """The command-line way out of a missing-data error: ``--set data.dir=...`` (and
-    ``--set data.download=true`` where the recipe can download). The library's own message speaks
-    of ``root=``/``CHTORCH_DATA``; on the command line the config keys are what a user can type."""
-    from chtorch.data.files import DataNotFoundError
-
-    if not isinstance(exc, DataNotFoundError) and "not found" not in str(exc):
-        return ""
-    hint = " On the command line: --set data.dir=<folder holding the files>"
-    if "download=True" in str(exc) or "download" in " ".join(overrides):
-        hint += " or --set data.download=true (checksum-verified download)"
-    return hint + "."
-
-
-def next_hints(result: object, config: object | None, config_path: str | None) -> list[str]:
-    """What to run after ``chtorch train``, following what just ran: the report it wrote, an export
-    of a sparse run, a comparison of this config's method with the baselines, and, after the
-    offline demo, a real dataset."""
-    run = result.run_dir  # type: ignore[attr-defined]
-    cwd = Path.cwd()
-    shown = run.relative_to(cwd) if run.is_relative_to(cwd) else run
-    lines = []
-    if (run / "report.md").is_file():
-        lines.append(f"open {shown / 'report.md'}   # plots and per-layer topology")
-    else:
-        lines.append(f"chtorch report {shown}   # write plots and report.md (this run had train.report=false)")
-    method = getattr(getattr(config, "sparsity", None), "method", None)
-    sparse_method: str | None = method if method is not None and method != "dense" else None
-    if sparse_method is not None:
-        lines.append(f"chtorch export {shown}   # drop dead neurons; size, FLOPs and latency")
-    if config_path is not None:
-        others = ",".join(
-            dict.fromkeys(["dense", "set", "rigl", sparse_method if sparse_method is not None else "chts"])
-        )
-        lines.append(
-            f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method"
-        )
-    else:
-        lines.append("chtorch compare configs/digits_chts.yaml --methods dense,set,rigl,chts --seeds 0,1,2")
-        lines.append("chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
-    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "methods", help="list the registered methods", description="List the dynamic sparse training methods."
     )
     p.add_argument("-v", "--verbose", action="store_true", help="also show each method's paper and preset options")
+    _add_import(p)
 
     p = sub.add_parser(
         "compare",
@@ -282,7 +268,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, overrides)
         config = None
     else:
-        config = load_config(args.config, overrides)
+        config = _record_imports(load_config(args.config, overrides), args.imports)
         if args.config is None and not args.quiet and _rank() == 0:
             print(
                 f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
@@ -295,6 +281,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet and _rank() == 0:
         if config is None:  # resumed: the run's own config
             config = _saved_config(result.run_dir)
+        from chtorch.cli_hints import next_hints
+
         print("\nnext:")
         for line in next_hints(
             result, config, args.config or (str(result.run_dir / "config.yaml") if args.resume else None)
@@ -313,8 +301,7 @@ def _saved_config(run_dir: Path) -> Config | None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from chtorch.dst.methods import get_method, is_dense, method_table
-    from chtorch.dst.registry import parts
+    from chtorch.dst import get_method, is_dense, method_table, parts
 
     rows = method_table(include_dense=True)
     width = max(len(name) for name, _ in rows)
@@ -364,7 +351,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in _parse_list(args.seeds, "--seeds")]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    config = load_config(args.config, args.overrides)
+    config = _record_imports(load_config(args.config, args.overrides), args.imports)
     compare(config, methods, seeds, args.out, jobs=args.jobs)
     return 0
 
@@ -411,7 +398,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         print(config_reference())
         return 0
     _check_overrides(args.overrides)
-    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+    print(config_to_yaml(_record_imports(load_config(args.config, args.overrides), args.imports)), end="")
     return 0
 
 
@@ -475,8 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         pass
     try:
+        if getattr(args, "imports", None):
+            args.imports = _imported(args.imports)
         return _COMMANDS[args.command](args)
     except errors as exc:
+        from chtorch.cli_hints import data_hint
+
         return _fail(str(exc) + data_hint(exc, getattr(args, "overrides", ())))
     except KeyboardInterrupt:
         print("\nchtorch: aborted", file=sys.stderr)

@@ -11,7 +11,8 @@ import torch
 
 import chtorch.recipes.builtin  # noqa: F401  (registers the recipes a config names)
 from chtorch import __version__
-from chtorch.cli import data_hint, main, next_hints
+from chtorch.cli import main
+from chtorch.cli_hints import data_hint, next_hints
 from chtorch.config import load_config
 
 MNIST = str(Path(__file__).resolve().parents[2] / "configs" / "mlp_mnist_cpu.yaml")

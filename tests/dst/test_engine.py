@@ -14,7 +14,6 @@ from torch import nn
 import chtorch
 from chtorch.dst import schedules
 from chtorch.dst.options import OptionError
-from chtorch.dst.update import core_targets
 from chtorch.masks import link_budget
 
 METHODS = chtorch.methods()
@@ -72,7 +71,7 @@ def train(sp, model, opt, steps: int, n_in: int, n_classes: int, start: int = 0,
             if check:
                 targets = sp.targets(report.step)
                 official_ems = sp.options.ems and sp.options.ems_mode == "official"
-                cores = core_targets(sp)
+                cores = sp.core_targets()
                 for (name, info), target, core in zip(report.layers.items(), targets, cores):
                     if official_ems:
                         # the official EM&S grows exactly the extra density and does not compensate

@@ -21,7 +21,7 @@ from chtorch.dst.methods import get_method
 from chtorch.dst.options import OptionError, SparsityOptions
 from chtorch.dst.percolation import active_neuron_count, chain
 from chtorch.dst.regrowth import grow_links
-from chtorch.dst.update import core_targets, flag_early_stop, network_stopped
+from chtorch.dst.update import flag_early_stop, network_stopped
 from chtorch.rng import make_generator
 from chtorch.train.paper_tables import paper_row
 
@@ -163,7 +163,7 @@ def _ems_run(zeta: float, steps: int, **overrides):
 
 def test_official_ems_keeps_the_top_magnitude_core_and_grows_the_extra():
     sp, reports = _ems_run(zeta=0.3, steps=75)
-    cores = core_targets(sp)
+    cores = sp.core_targets()
     # t_end = 75, interval 10: extra 5% while step <= 45, 2.5% while step < 65, then 0
     extras = [0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.0]
     assert [r.step for r, _ in reports] == [10, 20, 30, 40, 50, 60, 70]
@@ -196,7 +196,7 @@ def test_official_ems_ignores_zeta_and_schedule_mode_does_not():
 def test_official_ems_does_not_compensate_percolated_links():
     sp, reports = _ems_run(zeta=0.3, steps=75, percolation=True, regrowth="ch", regrowth_selection="soft")
     for report, _ in reports:
-        for layer, core in zip(sp.layers, core_targets(sp)):
+        for layer, core in zip(sp.layers, sp.core_targets()):
             info = report.layers[layer.name]
             assert info.n_links == core - info.percolated + info.regrown or info.n_links < core
 
@@ -223,7 +223,7 @@ def test_network_early_stop_waits_for_every_layer_then_stops_all():
     )
     # threshold 0: any update with overlap > 0 flags the layer; with 0.8 sparsity and ζ = 0.3 that is every layer
     sp.layers[0].early_stop_flag = True
-    assert not network_stopped(sp)
+    assert not network_stopped(sp.layers, sp.options)
     g = torch.Generator().manual_seed(0)
     frozen_at = None
     for _ in range(40):
@@ -235,7 +235,7 @@ def test_network_early_stop_waits_for_every_layer_then_stops_all():
         if report is not None and frozen_at is None and all(info.frozen for info in report.layers.values()):
             frozen_at = report.step
             masks = {k: v.clone() for k, v in sp.masks.items()}
-    assert frozen_at is not None and network_stopped(sp)
+    assert frozen_at is not None and network_stopped(sp.layers, sp.options)
     assert all(torch.equal(masks[k], v) for k, v in sp.masks.items())  # nothing changes after the stop
     state = sp.state_dict()
     assert all(entry["early_stop_flag"] for entry in state["layers"].values())

@@ -236,3 +236,50 @@ def test_the_api_default_trains_a_sparse_mlp_on_digits(one_thread) -> None:
     with torch.no_grad():
         accuracy = (model(x[test_idx]).argmax(1) == y[test_idx]).float().mean().item()
     assert accuracy > 0.7, accuracy  # chance is 0.1; measured 0.92 here
+
+
+def test_part_option_bags_reach_the_chosen_part_and_are_checked() -> None:
+    """A registered removal reads its parameter from ``removal_options``; an unknown key, or a key an
+    option already sets, is refused naming the part and the valid keys."""
+    import torch
+    from torch import nn
+
+    from chtorch.dst import OptionError, SparsityOptions, register_part
+    from chtorch.dst.registry import REMOVALS
+
+    seen = []
+
+    @register_part("removal", "test_scaled_magnitude", summary="|W|^power")
+    def scaled(weight, mask, *, grad=None, power: float = 1.0):
+        seen.append(power)
+        return (weight.abs() ** power) * mask
+
+    try:
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sp = chtorch.sparsify(
+            model,
+            opt,
+            method="set",
+            sparsity=0.5,
+            total_steps=10,
+            update_interval=1,
+            removal="test_scaled_magnitude",
+            removal_options={"power": 2.0},
+        )
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        sp.step()
+        assert seen and set(seen) == {2.0}
+        with pytest.raises(OptionError, match="removal_options key 'pow' is not a parameter of removal="):
+            SparsityOptions(removal="test_scaled_magnitude", removal_options={"pow": 2}).validate()
+        with pytest.raises(OptionError, match="reads it from option 'ch_variant'"):
+            SparsityOptions(regrowth="ch", regrowth_options={"variant": "CH3"}).validate()
+        # overriding the part drops the preset's bag; a bag override merges key by key
+        from chtorch.dst import resolve_options
+
+        opts = resolve_options("set", {"removal": "test_scaled_magnitude", "removal_options": {"power": 3.0}})
+        assert opts.removal_options == {"power": 3.0}
+        assert resolve_options("set", {}).removal_options == {}
+    finally:
+        REMOVALS._parts.pop("test_scaled_magnitude", None)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 
 from chtorch.dst.percolation import chain, infer_couplings, percolate, rows
 from chtorch.dst.regrowth import grow_links
@@ -224,3 +225,24 @@ def test_ch_regrowth_gives_dead_neurons_no_links_and_meets_the_budget():
     live_free = int((~keep)[[i for i in range(12) if i != 4]][:, [j for j in range(10) if j != 7]].sum())
     new = grow_links(keep, live_free, "ch", "soft", gen(2))
     assert int(new.sum()) == live_free and not new[4].any() and not new[:, 7].any()
+
+
+def test_a_model_declares_its_percolation_pairs():
+    """A model's ``percolation_pairs`` replaces the conventional names: here ``a`` feeds ``b`` and
+    ``a``/``c`` share rows, names no convention knows; a malformed declaration is refused."""
+
+    class Block(nn.Module):
+        percolation_pairs = {"rows": (("a", "c"),), "chains": (("a", "b"),)}
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(4, 6)
+
+    found = infer_couplings(Block(), ["a", "b", "c"])
+    assert found == [rows("a", "c"), chain("a", "b")]
+
+    class Bad(Block):
+        percolation_pairs = {"row": ()}
+
+    with pytest.raises(ValueError, match="percolation_pairs must be"):
+        infer_couplings(Bad(), ["a", "b"])

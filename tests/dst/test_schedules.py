@@ -288,7 +288,7 @@ def test_rewarmup_lambda_drives_lambdalr():
 
 def test_every_rewarmup_user_calls_the_one_function(monkeypatch):
     """One truth for the LR re-warm-up: the trainer's LR schedule and the HF callback both call
-    chtorch.dst.schedules.rewarmup_factor (patched here to a recording stand-in)."""
+    chtorch.dst.schedules.rewarmup_factor through the engine's face (patched there to a recording stand-in)."""
     from types import SimpleNamespace
 
     from chtorch.config import OptimConfig
@@ -300,7 +300,9 @@ def test_every_rewarmup_user_calls_the_one_function(monkeypatch):
         calls.append((step, interval, warmup_steps, t_end))
         return 0.5
 
-    monkeypatch.setattr(S, "rewarmup_factor", recording)
+    import chtorch.dst
+
+    monkeypatch.setattr(chtorch.dst, "rewarmup_factor", recording)
     f = lr_multiplier(OptimConfig(schedule="constant", rewarmup_steps=4), 100, update_interval=10, t_end=30)
     assert f(31) == 0.5 and calls == [(31, 10, 4, None)]  # the default: the whole run
     calls.clear()

@@ -63,7 +63,7 @@ def test_no_skip_once_a_network_early_stop_froze_the_topology():
     assert sp.skips_optimizer_step()
     for layer in sp.layers:
         layer.frozen = True
-    assert network_stopped(sp) and not sp.skips_optimizer_step()
+    assert network_stopped(sp.layers, sp.options) and not sp.skips_optimizer_step()
 
 
 def test_skip_step_on_update_must_be_a_bool():
@@ -162,7 +162,7 @@ def test_a_pruned_link_regrown_in_the_same_update_restarts_at_zero(backend):
     pruned = torch.zeros_like(old)
     pruned[links[:2, 0], links[:2, 1]] = True  # the density schedule pruned two, removal dropped two
     keep = old & ~dropped
-    install(sp, layer, old, keep, dropped, torch.zeros_like(old), pruned)
+    install(sp.options, sp.optimizer, layer, old, keep, dropped, torch.zeros_like(old), pruned)
     after = layer.dense_weight()
     assert torch.equal(layer.mask, old)
     assert not after[pruned].any()

@@ -18,10 +18,11 @@ from chtorch._checks import check_number, closest
 from chtorch.config.checks import check_field, config_error
 from chtorch.config.coercion import Text, coerce
 from chtorch.config.errors import ConfigError
+from chtorch.config.imports import import_modules
 from chtorch.config.registry import default_recipe, model_schema_of, model_schemas, recipe_schema, recipe_schemas
 from chtorch.config.sections import FIXED_SECTIONS, SECTIONS, Config, RunConfig
 from chtorch.config.sparsity import validate_sparsity
-from chtorch.dst.options import SparsityOptions
+from chtorch.dst import SparsityOptions
 
 __all__ = ["build_config", "build_section"]
 
@@ -87,6 +88,7 @@ def build_config(raw: Mapping[str, Any] | None = None) -> Config:
         if key not in SECTIONS:
             raise _unknown_key("", str(key), list(SECTIONS))
     run: RunConfig = build_section(RunConfig, raw.get("run"), "run")
+    import_modules(run.imports)  # the user's registrations come before anything names them
     if not run.recipe:
         run.recipe = default_recipe()
     recipe = recipe_schema(run.recipe)

@@ -47,6 +47,11 @@ class RunConfig:
         "",
         "the task: which data, model, loss and metrics to build (empty: the default recipe, MLP image classification)",
     )
+    imports: list[str] = setting(
+        factory=list,
+        help="modules to import before the config is checked (module names or .py paths): your own registered "
+        "parts, methods, recipes, kernels or backends (docs/extending.md); `chtorch --import` adds to it",
+    )
     loggers: list[str] = setting(
         factory=lambda: ["jsonl", "csv"],
         help="where the run's scalars go: jsonl (metrics.jsonl, required), csv, tensorboard, wandb (WANDB_MODE=offline "
@@ -125,9 +130,13 @@ class SparsityConfig:
     backend: str = setting(
         "masked",
         "execution of the sparse layers: masked (dense weight x mask, every method), "
-        "sparse (truly sparse kernels; dense gradients only before an update) or auto (sparse where a layer is at "
-        "<= 20% density, re-decided at every update)",
-        choices=("masked", "sparse", "auto"),
+        "sparse (truly sparse kernels; dense gradients only before an update), auto (sparse where a layer is at "
+        "<= 20% density, re-decided at every update) or a registered backend",
+    )
+    kernel: str = setting(
+        "auto",
+        "kernel of the truly sparse layers: auto (native C++ on CPU when it builds, else torch.sparse CSR, "
+        "else gather), native, csr, gather or a registered kernel (chtorch.register_kernel)",
     )
     options: dict[str, Any] = setting(
         factory=dict,

@@ -16,7 +16,16 @@ from chtorch._checks import closest
 from chtorch.config.coercion import coerce
 from chtorch.config.errors import ConfigError
 from chtorch.config.sections import Config
-from chtorch.dst.options import SparsityOptions
+from chtorch.dst import (
+    OptionError,
+    SparsityOptions,
+    all_methods,
+    backend_names,
+    is_dense,
+    merge_overrides,
+    resolve_options,
+)
+from chtorch.sparse import kernel_names
 
 __all__ = ["method_options_for", "resolve_sparsity_options", "validate_sparsity"]
 
@@ -24,8 +33,6 @@ __all__ = ["method_options_for", "resolve_sparsity_options", "validate_sparsity"
 def method_options_for(config: Config, method: str | None = None) -> dict[str, Any]:
     """The sparsity option overrides of ``method`` (default: the configured one): ``options``
     updated with ``method_options[method]``."""
-    from chtorch.dst.methods import merge_overrides
-
     method = (method or config.sparsity.method).lower()
     return merge_overrides(config.sparsity.options, config.sparsity.method_options.get(method, {}))
 
@@ -33,8 +40,6 @@ def method_options_for(config: Config, method: str | None = None) -> dict[str, A
 def resolve_sparsity_options(method: str, overrides: Mapping[str, Any]) -> SparsityOptions:
     """The :class:`SparsityOptions` of ``method``'s preset with ``overrides`` applied (overriding
     ``init`` drops the preset's initializer options, see ``MethodPreset.build_options``)."""
-    from chtorch.dst.methods import resolve_options
-
     return resolve_options(method, overrides)
 
 
@@ -58,7 +63,7 @@ def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
                 f"{key}.couplings cannot be set in a config; the recipe provides the percolation couplings",
                 f"{key}.{name}",
             )
-        tp = dict if name == "init_options" else hints[name]
+        tp = dict if name in ("init_options", "removal_options", "regrowth_options") else hints[name]
         out[name] = coerce(value, tp, f"{key}.{name}")
     return out
 
@@ -66,10 +71,17 @@ def _coerce_options(options: Mapping[str, Any], key: str) -> dict[str, Any]:
 def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> None:
     """Normalise and check ``config.sparsity`` in place: known method names, coerced options over
     the recipe's ``recipe_defaults``, and options the engine accepts for every method they serve."""
-    from chtorch.dst.methods import all_methods, is_dense
-    from chtorch.dst.options import OptionError
-
     sp = config.sparsity
+    for key, value, known_names in (
+        ("backend", sp.backend, backend_names()),
+        ("kernel", sp.kernel, kernel_names()),
+    ):
+        if value not in known_names:
+            raise ConfigError(
+                f"unknown sparsity.{key} {value!r}{closest(value, known_names)}; known: {', '.join(known_names)} "
+                "(register your own in a module named in run.imports)",
+                f"sparsity.{key}",
+            )
     sp.method = sp.method.lower()
     known = all_methods()
     if sp.method not in known:

@@ -13,17 +13,19 @@ It owns the topology of the selected ``nn.Linear`` layers of a plain model and k
    ``(seed, update index, layer index)``, so a resumed run or another ``torchrun`` rank decides the
    same.
 
-This module holds the engine's life cycle (set-up, hooks, ``step``, schedules, state); one topology
-update is :mod:`chtorch.dst.update` (Algorithm 1 of Zhang et al., NeurIPS 2025, arXiv:2501.19107),
-a layer on either backend is :mod:`chtorch.dst.layer`, the starting topology and weights are
-:mod:`chtorch.dst.initial`. The update runs after ``optimizer.step()`` (``sp.step()`` is called after
-it); with ``skip_step_on_update`` the loop leaves out the optimizer step of an update iteration
-(:meth:`DynamicSparsity.skips_optimizer_step`): docs/decisions.md, "optimizer step on an update iteration".
+This module holds the engine's life cycle (set-up, hooks, ``step``, state) and its counters; the
+run's schedules are a :class:`~chtorch.dst.timeline.Timeline`, one topology update is
+:func:`chtorch.dst.update.topology_update` over an ``UpdateContext`` the engine fills (Algorithm 1 of
+Zhang et al., NeurIPS 2025, arXiv:2501.19107), a layer on any registered backend is
+:mod:`chtorch.dst.layer` with its book-keeping in :mod:`chtorch.dst.book`, the saved state is checked
+by :mod:`chtorch.dst.state`, the starting topology and weights are :mod:`chtorch.dst.initial`. The
+update runs after ``optimizer.step()`` (``sp.step()`` is called after it); with ``skip_step_on_update``
+the loop leaves out the optimizer step of an update iteration (:meth:`DynamicSparsity.skips_optimizer_step`):
+docs/decisions.md, "optimizer step on an update iteration".
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,15 +33,15 @@ import torch
 from torch import nn
 
 from chtorch._checks import check_number
-from chtorch.dst import schedules
+from chtorch.dst import ranks
 from chtorch.dst.initial import given_masks, initial_mask
 from chtorch.dst.layer import (
-    BACKENDS,
     Layer,
     MaskedLayer,
-    TrulySparseLayer,
     auto_backend,
+    backend_names,
     choose_backends,
+    get_backend,
     make_layer,
     refuse_sharded,
     switch_backend,
@@ -61,9 +63,12 @@ from chtorch.dst.scope import (
     logical_weight,
     select_layers,
 )
-from chtorch.dst.state import STATE_VERSION, check_state
+from chtorch.dst.state import RUN_KEYS, STATE_VERSION, check_state, layer_state
+from chtorch.dst.timeline import Timeline
+from chtorch.dst.update import UpdateContext, averaged_gradients, network_stopped, topology_update
 from chtorch.masks import keep_bits, zero_off_mask_
 from chtorch.rng import make_generator
+from chtorch.sparse import kernel_names
 
 __all__ = ["DynamicSparsity", "select_layers", "LayerSelector"]
 
@@ -83,7 +88,8 @@ class DynamicSparsity:
         seed: root of every random choice.
         layers, exclude: layer selection, see :func:`select_layers`.
         method: the preset's name, for reports only.
-        backend: "masked", "sparse" or "auto" (see :func:`chtorch.sparsify`).
+        backend: a registered backend ("masked", "sparse", ...) or "auto" (see :func:`chtorch.sparsify`).
+        kernel: the sparse kernel of the layers a backend runs sparse (:func:`chtorch.sparse.kernel_names`).
         masks: start from these topologies (layer name -> bool ``(out_features, in_features)``, e.g. a
             checkpoint's) instead of drawing them: every selected layer needs one, the weights are
             kept as they are (masked; ``weight_init`` is not applied) and so is the optimizer state
@@ -104,6 +110,7 @@ class DynamicSparsity:
         method: str | None = None,
         backend: str = "masked",
         masks: Mapping[str, torch.Tensor] | None = None,
+        kernel: str = "auto",
     ) -> None:
         if options is None:
             options = SparsityOptions()
@@ -117,8 +124,10 @@ class DynamicSparsity:
                 "optimizer must be a torch.optim.Optimizer (built from "
                 f"model.parameters()), got {type(optimizer).__name__}"
             )
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in backend_names():
+            raise ValueError(f"backend must be one of {backend_names()}, got {backend!r}")
+        if kernel not in kernel_names():
+            raise ValueError(f"kernel must be one of {kernel_names()}, got {kernel!r}")
         check_number("seed", seed, 0, 2**63 - 1, integer=True, hint="the root of every random choice")
         check_engine_args(sparsity, total_steps, options)
         names = select_layers(model, layers, exclude)
@@ -144,10 +153,11 @@ class DynamicSparsity:
         self.options = options
         self.seed = int(seed)
         self.method = method
+        self.kernel = kernel
         self.step_count = 0
         self.update_count = 0
-        self.t_end = options.t_end if options.t_end is not None else int(options.t_end_fraction * self.total_steps)
-        self.decay_end = int(options.decay_end_fraction * self.total_steps)
+        self.timeline = Timeline(options, self.sparsity, self.total_steps)
+        self.t_end, self.decay_end = self.timeline.t_end, self.timeline.decay_end
         self.couplings = self._resolve_couplings(names)
         self._hooks: list[Any] = []
         self._removed = False
@@ -200,11 +210,16 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ set-up
     def _resolve_couplings(self, names: list[str]) -> list[Coupling]:
+        rule = self.options.couplings
+        if callable(rule):  # a coupling rule (model, selected names) -> couplings, e.g. a recipe's
+            rule = rule(self.model, names)
+            # the state names what the rule gave, as if those couplings had been passed
+            self._couplings_text = None if rule is None else repr(rule)
         if not self.options.percolation:
             return []
-        if self.options.couplings is None:
+        if rule is None:
             return infer_couplings(self.model, names)
-        couplings = list(self.options.couplings)
+        couplings = list(rule)
         for c in couplings:
             if not isinstance(c, Coupling):
                 raise OptionError(
@@ -245,13 +260,14 @@ class DynamicSparsity:
                     zero_off_mask_(grad, keep_bits(mask, grad))
             masked.mask_optimizer_state(self.optimizer)
             layers.append(masked)
-        sparse_names = [layer.name for layer in layers if self.backends[layer.name] == "sparse"]
-        if sparse_names:
-            from chtorch.sparse import to_sparse
-
-            replaced = to_sparse(self.model, sparse_names, optimizer=self.optimizer)
+        for backend in sorted(set(self.backends.values()) - {"masked"}):
+            chosen = [layer.name for layer in layers if self.backends[layer.name] == backend]
+            adopt = get_backend(backend).adopt
+            replaced = adopt(self.model, chosen, self.optimizer, self.kernel) if adopt is not None else {}
             layers = [
-                make_layer("sparse", l.name, l.index, replaced[l.name], l.target, l.groups) if l.name in replaced else l
+                make_layer(backend, l.name, l.index, replaced.get(l.name, l.module), l.target, l.groups, l.book)
+                if l.name in chosen
+                else l
                 for l in layers
             ]
         for layer in layers:
@@ -278,8 +294,6 @@ class DynamicSparsity:
         current budget), carrying weights and optimizer state exactly (:func:`switch_backend`).
         Runs after every update of an ``auto`` run, and when a state is loaded. Under
         ``torch.distributed`` the layers stay where they are: DDP holds the Parameters it syncs."""
-        from chtorch.dst import ranks
-
         if wanted is None:
             if self.backend_request != "auto" or ranks.is_distributed():
                 return
@@ -289,73 +303,51 @@ class DynamicSparsity:
         for i, layer in enumerate(self.layers):
             backend = wanted.get(layer.name, layer.backend)
             if backend != layer.backend:
-                new = switch_backend(layer, backend, self.model, self.optimizer)
+                new = switch_backend(layer, backend, self.model, self.optimizer, self.kernel)
                 self._watch_layer(new)
                 self.layers[i] = new
                 self.backends[layer.name] = backend
 
-    # ------------------------------------------------------------------ schedules
+    # ------------------------------------------------------------------ schedules (see Timeline)
     def scheduled_sparsity(self, step: int) -> float:
-        """The sparsity the registered density schedule asks for at ``step`` (the final sparsity for
-        fixed-density methods), less MEST's EM&S extra density while it applies. One decay event per
-        update interval until ``decay_end``: :func:`schedules.decay_events` / :func:`schedules.decay_tau`."""
-        opts = self.options
-        schedule = get_part("density_schedule", opts.density_schedule)
-        n = max(1, schedules.decay_events(0, self.decay_end, opts.update_interval))
-        tau = schedules.decay_tau(step, 0, opts.update_interval)
-        s = schedule.fn(tau, n, opts.initial_sparsity, self.sparsity, **schedule.kwargs(opts))
-        if opts.ems:
-            s = max(0.0, s - schedules.mest_ems_extra_density(step, self.t_end, opts.update_interval))
-        return float(s)
+        """The sparsity the density schedule asks for at ``step`` (:meth:`Timeline.sparsity_at`)."""
+        return self.timeline.sparsity_at(step)
 
     def _targets_for(self, shapes: list[tuple[int, int]], step: int) -> list[int]:
-        from chtorch import topology
-
-        return list(
-            topology.allocate_budgets(shapes, self.scheduled_sparsity(step), distribution=self.options.distribution)
-        )
+        return self.timeline.budgets(shapes, step)
 
     def targets(self, step: int) -> list[int]:
         """Each layer's exact link budget at ``step``."""
-        return self._targets_for([layer.shape for layer in self.layers], step)
+        return self.timeline.budgets([layer.shape for layer in self.layers], step)
+
+    def core_targets(self) -> list[int]:
+        """Each layer's link budget at the final sparsity: the core that MEST's EM&S keeps at every
+        update in ``ems_mode="official"`` (the scheduled targets add the extra density on top)."""
+        return self.timeline.budgets([layer.shape for layer in self.layers])
 
     def zeta(self, step: int) -> float:
         """Fraction of active links removed by the update at ``step``."""
-        return schedules.zeta(step, self.options.zeta, self.t_end, anneal=self.options.zeta_anneal)
+        return self.timeline.zeta(step)
 
     def temperature(self, step: int) -> float:
-        """Exponent T of a non-top-k removal selection at ``step`` (1.0 for top-k), from the registered
-        ``temperature_schedule``."""
-        opts = self.options
-        if opts.removal_selection == "topk":
-            return 1.0
-        part = get_part("temperature_schedule", opts.temperature_schedule)
-        return part.fn(step, self.t_end, opts.delta_start, opts.delta_end, **part.kwargs(opts))
+        """Exponent T of a soft removal at ``step`` (1.0 for top-k)."""
+        return self.timeline.temperature(step)
 
     def is_update_step(self, step: int) -> bool:
-        opts = self.options
-        return schedules.is_update_step(step, opts.update_interval, self.t_end, final_update=opts.final_update)
+        return self.timeline.is_update_step(step)
 
     def skips_optimizer_step(self) -> bool:
         """True when option ``skip_step_on_update`` is on and the coming :meth:`step` runs a topology
         update that changes the topology (not once a network-wide early stop froze it): a training
         loop then leaves out that ``optimizer.step()`` but still calls ``sp.step()``, as the official
         MLP and LLaMA codes do (docs/decisions.md, "optimizer step on an update iteration")."""
-        from chtorch.dst.update import network_stopped
-
         if not self.options.skip_step_on_update or self._removed:
             return False
-        return self.is_update_step(self.step_count + 1) and not network_stopped(self)
+        return self.is_update_step(self.step_count + 1) and not network_stopped(self.layers, self.options)
 
     # ------------------------------------------------------------------ hooks
     def _grad_window(self, step: int) -> bool:
-        """True when the backward pass of optimizer step ``step`` must record the dense gradient:
-        one of the last ``grad_accumulation`` steps before a topology update."""
-        opts = self.options
-        if not opts.needs_dense_gradient:
-            return False
-        next_update = math.ceil(step / opts.update_interval) * opts.update_interval
-        return self.is_update_step(next_update) and next_update - step < opts.grad_accumulation
+        return self.timeline.records_gradient(step)
 
     def _recording(self) -> bool:
         return self._grad_window(self.step_count + 1)
@@ -379,37 +371,28 @@ class DynamicSparsity:
         self.step_count += 1
         if not self.is_update_step(self.step_count):
             return None
-        from chtorch.dst.update import topology_update
-
-        report = topology_update(self, self.step_count)
+        step = self.step_count
+        self.update_count += 1
+        ems_official = self.options.ems and self.options.ems_mode == "official"
+        context = UpdateContext(
+            options=self.options,
+            seed=self.seed,
+            step=step,
+            update_index=self.update_count,
+            sparsity=self.scheduled_sparsity(step),
+            zeta=self.zeta(step),
+            temperature=self.temperature(step),
+            targets=self.targets(step),
+            cores=self.core_targets() if ems_official else None,
+            grads=averaged_gradients(self.layers),
+            optimizer=self.optimizer,
+        )
+        report = topology_update(context, self.layers, self.couplings)
+        for layer in self.layers:
+            layer.book.reset_gradients()
         self._switch_backends()
         self._watch.remember(self.layers)
         return report
-
-    # Helpers of chtorch.dst.update (engine state it reads and resets).
-    def dense_grad(self, layer: Layer) -> torch.Tensor | None:
-        """The layer's dense gradient averaged over the recorded steps (and over ranks), or None."""
-        if layer.grad_sum is None or layer.grad_count == 0:
-            return None
-        grad = layer.grad_sum / layer.grad_count
-        from chtorch.dst import ranks
-
-        return ranks.all_reduce_mean(grad)
-
-    def non_finite(self, grads: dict[str, torch.Tensor | None]) -> str | None:
-        """Why an update must be skipped (non-finite weights or gradients), or None."""
-        for layer in self.layers:
-            if not bool(torch.isfinite(layer.parameter.detach()).all()):
-                return f"non-finite weights in layer {layer.name!r}"
-            grad = grads[layer.name]
-            if grad is not None and not bool(torch.isfinite(grad).all()):
-                return f"non-finite gradients in layer {layer.name!r}"
-        return None
-
-    def reset_grad_accumulators(self) -> None:
-        for layer in self.layers:
-            layer.grad_sum = None
-            layer.grad_count = 0
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -444,60 +427,34 @@ class DynamicSparsity:
         )
 
     # ------------------------------------------------------------------ persistence
+    def _run(self) -> dict[str, Any]:
+        """What a state names about its run and the engine's counters (:data:`chtorch.dst.state.RUN_KEYS`)."""
+        run = {key: getattr(self, key) for key in RUN_KEYS if key != "options"}
+        options = self.options.to_dict()
+        if callable(self.options.couplings):
+            options["couplings"] = getattr(self, "_couplings_text", None)
+        return {**run, "options": options}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the masks (which are in ``model.state_dict()``) needed to resume exactly:
-        counters, targets, early-stop flags, ITOP record, history weights and in-flight gradient sums."""
+        counters, and each layer's book-keeping (:class:`chtorch.dst.book.LayerBook`: targets,
+        early-stop flags, ITOP record, history weights, in-flight gradient sums) and backend."""
         return {
             "version": STATE_VERSION,
-            "method": self.method,
-            "sparsity": self.sparsity,
-            "total_steps": self.total_steps,
-            "seed": self.seed,
-            "step_count": self.step_count,
-            "update_count": self.update_count,
-            "options": self.options.to_dict(),
-            "layers": {
-                layer.name: {
-                    "shape": layer.shape,
-                    "target": layer.target,
-                    "links": int(torch.count_nonzero(layer.mask)),  # may be below target (EM&S, percolation)
-                    "frozen": layer.frozen,
-                    "ever_active": layer.ever_active.clone(),
-                    "history": None if layer.history is None else layer.history.clone(),
-                    "grad_sum": None if layer.grad_sum is None else layer.grad_sum.clone(),
-                    "grad_count": layer.grad_count,
-                    "last_overlap": layer.last_overlap,
-                    "early_stop_flag": layer.early_stop_flag,
-                    "backend": layer.backend,
-                    "capacity": int(layer.parameter.numel()) if layer.backend == "sparse" else None,
-                }
-                for layer in self.layers
-            },
+            **self._run(),
+            "layers": {layer.name: layer_state(layer) for layer in self.layers},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`. Validates every entry first (:func:`chtorch.dst.state.check_state`)
         and changes nothing on a mismatch: a state of another method, options, ``total_steps``,
         sparsity or model shape is refused with the difference named."""
-        entries = check_state(self, state)
+        entries = check_state(state, self._run(), self.layers)
         self.step_count = int(state["step_count"])
         self.update_count = int(state["update_count"])
         self._restore_backends(state["layers"])
         for layer in self.layers:
-            entry = entries[layer.name]
-            device = layer.mask.device
-            layer.target = entry["target"]
-            layer.frozen = entry["frozen"]
-            layer.ever_active = entry["ever_active"].to(device).clone()
-            layer.history = (
-                None
-                if entry["history"] is None
-                else entry["history"].to(device=device, dtype=layer.parameter.dtype).clone()
-            )
-            layer.grad_sum = None if entry["grad_sum"] is None else entry["grad_sum"].to(device).clone()
-            layer.grad_count = entry["grad_count"]
-            layer.last_overlap = entry["last_overlap"]
-            layer.early_stop_flag = entry["early_stop_flag"]
+            layer.book.load(entries[layer.name], layer.mask.device, layer.parameter.dtype)
         self._watch.expect({name: entry["links"] for name, entry in entries.items()})
 
     def _restore_backends(self, saved: Mapping[str, Any]) -> None:
@@ -507,8 +464,8 @@ class DynamicSparsity:
         self._switch_backends({name: entry.get("backend") or self.backends[name] for name, entry in saved.items()})
         for layer in self.layers:
             capacity = saved[layer.name].get("capacity")
-            if isinstance(layer, TrulySparseLayer) and capacity is not None:
-                layer.module.set_capacity(int(capacity))
+            if capacity is not None and layer.capacity() is not None:
+                layer.set_capacity(int(capacity))
 
     def remove(self) -> None:
         """Detach the hooks (masks stay on the model); :meth:`step` refuses to run afterwards."""

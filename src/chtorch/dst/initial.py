@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from chtorch import topology
 from chtorch.dst.layer import split
 from chtorch.dst.registry import WEIGHT_INITS
 from chtorch.dst.scope import layer_shape
@@ -35,9 +36,7 @@ def keep_weights(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Gene
 @WEIGHT_INITS.register("swi", summary="sparse weight init N(0, 2/(density·fan_in)) at the links (CHT; the MLP code)")
 def sparse_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
     """SWI in place (:func:`chtorch.topology.swi_`)."""
-    from chtorch.topology import swi_
-
-    swi_(weight, mask, generator=generator)
+    topology.swi_(weight, mask, generator=generator)
 
 
 @WEIGHT_INITS.register(
@@ -46,9 +45,7 @@ def sparse_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: torc
 )
 def sparse_weight_init_fan_out(weight: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> None:
     """SWI in place with ``fan="out"`` (:func:`chtorch.topology.swi_`; docs/decisions.md, SWI fan)."""
-    from chtorch.topology import swi_
-
-    swi_(weight, mask, generator=generator, fan="out")
+    topology.swi_(weight, mask, generator=generator, fan="out")
 
 
 @WEIGHT_INITS.register(
@@ -60,9 +57,7 @@ def kaiming_weight_init(weight: torch.Tensor, mask: torch.Tensor, generator: tor
     density, unlike SWI); the engine then zeroes the non-links. The official MLP code's DSTScheduler
     draws this for ``--init_mode kaiming`` (``stdv = sqrt(2 / w.shape[1])``), the default of its
     ``run.py`` and the README's SET command (docs/decisions.md, "initial weights")."""
-    from chtorch.topology import swi_
-
-    swi_(weight, torch.ones_like(mask, dtype=torch.bool), generator=generator)  # density 1: plain Kaiming
+    topology.swi_(weight, torch.ones_like(mask, dtype=torch.bool), generator=generator)  # density 1: plain Kaiming
 
 
 def initial_mask(
@@ -78,8 +73,6 @@ def initial_mask(
     """Bool ``(n_out, n_in)`` mask with exactly ``target`` links: the initialiser ``init`` drawn on
     each of the ``groups`` row blocks (attention heads) with its share of the budget, from the
     generator of ``(seed, "init", layer_index)``."""
-    from chtorch import topology
-
     n_out, n_in = shape
     initializer = topology.get_initializer(init)
     generator = make_generator(seed, "init", layer_index)

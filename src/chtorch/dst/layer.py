@@ -12,13 +12,17 @@ a layer between backends at an update (:func:`switch_backend`), weights and opti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
+from chtorch import sparse
+from chtorch.dst.book import LayerBook
 from chtorch.dst.scope import is_transposed, layer_shape, layer_weight, logical_weight
 from chtorch.masks import keep_bits, zero_off_mask, zero_off_mask_
 
@@ -29,6 +33,10 @@ __all__ = [
     "Layer",
     "MaskedLayer",
     "TrulySparseLayer",
+    "Backend",
+    "register_backend",
+    "backend_names",
+    "get_backend",
     "make_layer",
     "choose_backends",
     "auto_backend",
@@ -38,7 +46,6 @@ __all__ = [
     "BACKENDS",
 ]
 
-BACKENDS = ("auto", "masked", "sparse")
 # "auto" runs a layer sparse at or below this density. What it chooses between is the masked layer
 # (dense GEMMs plus re-masking), not a plain dense one. On CPU (MLP 784-1568³-10, native kernels) the
 # sparse step is about 4× faster than the masked step at 10% density, 2-2.5× at 20% and still 1.2-1.5×
@@ -82,30 +89,34 @@ def split(total: int, parts: int) -> list[int]:
 
 
 class Layer:
-    """Book-keeping shared by both backends: the target link count, the early-stop flag, the ITOP
-    record (``ever_active``), removed weights (``history``), the dense-gradient sums recorded before
-    an update, the head blocks (``groups``) and the last overlap rate."""
+    """One sparsified layer as the engine sees it: its module, its place (``name``, ``index``, head
+    blocks ``groups``) and its book-keeping :class:`~chtorch.dst.book.LayerBook` (``book``; its fields
+    read as attributes of the layer: ``layer.target``, ``layer.frozen``, ...). A backend subclasses
+    it for how the weights are stored and updated."""
 
     backend = "?"
     _watch: _Handle | None  # the gradient hooks started by watch_gradients
+    # The book's fields, read and written through the layer (properties set below the class).
+    target: int
+    frozen: bool
+    ever_active: torch.Tensor
+    history: torch.Tensor | None
+    grad_sum: torch.Tensor | None
+    grad_count: int
+    last_overlap: float | None
+    early_stop_flag: bool
 
-    def __init__(self, name: str, index: int, module: nn.Module, target: int, groups: int = 1) -> None:
+    def __init__(
+        self, name: str, index: int, module: nn.Module, target: int, groups: int = 1, book: LayerBook | None = None
+    ) -> None:
         self.name = name
         self.index = index
         self.module = module
-        self.target = int(target)
         self.groups = int(groups)
-        self.frozen = False
         # GPT-2's Conv1D stores its weight (in, out); its mask stays (out, in) like every engine
         # tensor, and only what touches the weight, its gradient and its optimizer state uses ``.T``.
         self.transposed = is_transposed(module)
-        self.ever_active: torch.Tensor = self.mask.clone()
-        self.history: torch.Tensor | None = None
-        self.grad_sum: torch.Tensor | None = None
-        self.grad_count = 0
-        self.last_overlap: float | None = None  # |removed ∩ regrown| / |regrown| at the last update
-        # overlap > early_stop seen at least once (the official network-wide early stop, docs/decisions.md)
-        self.early_stop_flag = False
+        self.book = book if book is not None else LayerBook(target=int(target), ever_active=self.mask.clone())
 
     @property
     def mask(self) -> torch.Tensor:
@@ -144,6 +155,14 @@ class Layer:
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore "off-mask entries are exactly zero" after an optimizer step."""
 
+    def capacity(self) -> int | None:
+        """The size of the storage of a backend whose storage has one (saved beside the optimizer
+        state that matches it), else None."""
+        return None
+
+    def set_capacity(self, capacity: int) -> None:
+        """Restore a saved :meth:`capacity` (before the optimizer state saved with it is loaded)."""
+
     def watch_gradients(self, record: Callable[[], bool], dense_gradient: bool) -> Any:
         """Start the layer's gradient hooks; returns a handle with ``remove()`` (also kept on the layer
         and removed by :meth:`unwatch`). ``dense_gradient``: the method reads dense gradients, and
@@ -162,6 +181,14 @@ class Layer:
         dense = (dense.T.contiguous() if self.transposed else dense).detach().float()
         self.grad_sum = dense.clone() if self.grad_sum is None else self.grad_sum + dense
         self.grad_count += 1
+
+
+def _book_field(name: str) -> property:
+    return property(lambda self: getattr(self.book, name), lambda self, value: setattr(self.book, name, value))
+
+
+for _field in dataclasses.fields(LayerBook):
+    setattr(Layer, _field.name, _book_field(_field.name))
 
 
 class MaskedLayer(Layer):
@@ -267,6 +294,12 @@ class TrulySparseLayer(Layer):
     def parameter(self) -> torch.Tensor:
         return self.module.values
 
+    def capacity(self) -> int | None:
+        return int(self.module.values.numel())
+
+    def set_capacity(self, capacity: int) -> None:
+        self.module.set_capacity(int(capacity))
+
     def dense_weight(self) -> torch.Tensor:
         return self.module.dense_weight().detach()
 
@@ -300,10 +333,74 @@ class _SparseWatch:
             self.module = None
 
 
-def make_layer(backend: str, name: str, index: int, module: nn.Module, target: int, groups: int = 1) -> Layer:
-    """The layer object for ``backend`` ("masked" or "sparse")."""
-    cls = {"masked": MaskedLayer, "sparse": TrulySparseLayer}[backend]
-    return cls(name, index, module, target, groups)
+@dataclass(frozen=True)
+class Backend:
+    """How a backend holds a layer. ``layer``: the :class:`Layer` subclass the engine talks to.
+    ``adopt(model, names, optimizer, kernel)``: replace the masked ``nn.Linear`` layers ``names`` (each
+    with its ``weight_mask``) by this backend's modules, carrying weights and optimizer state, and
+    return name → new module; ``None`` keeps the masked module. ``release(model, names, optimizer)``:
+    the inverse (back to masked ``nn.Linear``); ``None`` when ``adopt`` is."""
+
+    name: str
+    layer: type[Layer]
+    adopt: Callable[..., dict[str, nn.Module]] | None = None
+    release: Callable[..., dict[str, nn.Module]] | None = None
+    summary: str = ""
+
+
+#: Registered backends by name (``"auto"`` is a policy over them, not a backend).
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(
+    name: str,
+    layer: type[Layer],
+    adopt: Callable[..., dict[str, nn.Module]] | None = None,
+    release: Callable[..., dict[str, nn.Module]] | None = None,
+    summary: str = "",
+) -> Backend:
+    """Register a backend (see :class:`Backend`); ``sparsify(..., backend=name)`` and the config's
+    ``sparsity.backend`` then accept it. Registering a name again replaces it."""
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"a backend name must be a non-empty string other than 'auto', got {name!r}")
+    if not (isinstance(layer, type) and issubclass(layer, Layer)):
+        raise TypeError(f"backend {name!r}: layer must be a subclass of chtorch.dst.layer.Layer, got {layer!r}")
+    if (adopt is None) != (release is None):
+        raise ValueError(f"backend {name!r}: give both adopt and release, or neither (the module stays masked)")
+    BACKENDS[name] = Backend(name, layer, adopt, release, summary)
+    return BACKENDS[name]
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every name ``backend=`` accepts: ``"auto"`` and the registered backends."""
+    return ("auto", *BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {backend_names()}, got {name!r}")
+    return BACKENDS[name]
+
+
+def make_layer(
+    backend: str, name: str, index: int, module: nn.Module, target: int, groups: int = 1, book: LayerBook | None = None
+) -> Layer:
+    """The layer object for a registered ``backend``."""
+    return get_backend(backend).layer(name, index, module, target, groups, book)
+
+
+def _to_sparse(model: nn.Module, names: list[str], optimizer: torch.optim.Optimizer, kernel: str = "auto") -> dict:
+    return dict(sparse.to_sparse(model, names, optimizer=optimizer, impl=kernel))
+
+
+def _to_dense(model: nn.Module, names: list[str], optimizer: torch.optim.Optimizer) -> dict:
+    return dict(sparse.to_dense(model, names, optimizer=optimizer))
+
+
+register_backend("masked", MaskedLayer, summary="dense weight times a bool mask (dense kernels; every method)")
+register_backend(
+    "sparse", TrulySparseLayer, _to_sparse, _to_dense, summary="chtorch.sparse.SparseLinear: values at the links only"
+)
 
 
 def auto_backend(density: float, positions: int) -> str:
@@ -345,32 +442,26 @@ def choose_backends(
     return choice, reason
 
 
-_CARRIED = ("frozen", "ever_active", "history", "grad_sum", "grad_count", "last_overlap", "early_stop_flag")
-
-
-def switch_backend(layer: Layer, backend: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> Layer:
-    """Move ``layer`` to ``backend`` ("masked" or "sparse") in ``model`` and ``optimizer``: the module
-    is swapped (:func:`chtorch.sparse.to_sparse` / :func:`~chtorch.sparse.to_dense`), its weights and
-    every optimizer state tensor are carried exactly (read at the links / scattered with zeros off
-    them; the Parameter keeps its place in its param group), and so is the engine's book-keeping
-    (ITOP record, history, recorded gradients, early-stop flag). The old layer's gradient hooks are
-    removed; the caller hooks the new one (the engine's ``_watch_layer``). Call it
-    between steps (after ``optimizer.step()``), as the engine does at an update. Returns the new layer."""
+def switch_backend(
+    layer: Layer, backend: str, model: nn.Module, optimizer: torch.optim.Optimizer, kernel: str = "auto"
+) -> Layer:
+    """Move ``layer`` to a registered ``backend`` in ``model`` and ``optimizer``: the module is swapped
+    (the old backend's ``release`` back to a masked ``nn.Linear``, then the new one's ``adopt``), its
+    weights and every optimizer state tensor are carried exactly (the Parameter keeps its place in its
+    param group), and the engine's book-keeping (:class:`~chtorch.dst.book.LayerBook`) moves whole.
+    The old layer's gradient hooks are removed; the caller hooks the new one (the engine's
+    ``_watch_layer``). Call it between steps (after ``optimizer.step()``), as the engine does at an
+    update. ``kernel``: the sparse kernel of a backend that computes with one. Returns the new layer."""
     if backend == layer.backend:
         return layer
-    from chtorch.sparse import to_dense, to_sparse
-
+    new_backend, old_backend = get_backend(backend), get_backend(layer.backend)
     layer.unwatch()
-    module: nn.Module
-    if backend == "sparse":
-        module = to_sparse(model, [layer.name], optimizer=optimizer)[layer.name]
-    elif backend == "masked":
-        module = to_dense(model, [layer.name], optimizer=optimizer)[layer.name]
-    else:
-        raise ValueError(f"backend must be 'masked' or 'sparse', got {backend!r}")
-    new = make_layer(backend, layer.name, layer.index, module, layer.target, layer.groups)
-    for name in _CARRIED:
-        setattr(new, name, getattr(layer, name))
+    module = layer.module
+    if old_backend.release is not None:
+        module = old_backend.release(model, [layer.name], optimizer)[layer.name]
+    if new_backend.adopt is not None:
+        module = new_backend.adopt(model, [layer.name], optimizer, kernel)[layer.name]
+    new = make_layer(backend, layer.name, layer.index, module, layer.target, layer.groups, layer.book)
     logger.info(
         "chtorch backend: layer %r moved to %s at density %.4g",
         layer.name,

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from chtorch._checks import closest
-from chtorch.dst.options import OptionError, SparsityOptions
+from chtorch.dst.options import PART_BAGS, OptionError, SparsityOptions
 
 __all__ = [
     "MethodPreset",
@@ -38,33 +38,43 @@ __all__ = [
 
 
 def merge_overrides(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Option overrides merged in order (later wins); ``init_options`` merge key by key."""
+    """Option overrides merged in order (later wins); the option bags (``init_options``,
+    ``removal_options``, ``regrowth_options``) merge key by key."""
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in dict(layer or {}).items():
-            if key == "init_options" and isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
+            if key in _BAGS.values() and isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
                 value = {**merged[key], **value}
             merged[key] = value
     return merged
 
 
+# The part-naming option -> its bag of the part's own parameters.
+_BAGS = {"init": "init_options", **PART_BAGS}
+
+
 def _apply(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``overrides`` over a preset's ``base`` options: overriding ``init`` with another initialiser
-    drops the base's initialiser options (BRF's r, BSW's beta do not apply to it)."""
+    """``overrides`` over a preset's ``base`` options: overriding a part (``init``, ``removal``,
+    ``regrowth``) with another one drops the base's bag of that part's parameters (BRF's r, BSW's
+    beta do not apply to CSTI); a bag given in ``overrides`` merges key by key."""
     merged = dict(base)
     overrides = dict(overrides)
-    init_options = dict(merged.pop("init_options", {}) or {})
-    if "init" in overrides and overrides["init"] != merged.get("init"):
-        init_options = {}
-    if "init_options" in overrides:
-        given = overrides.pop("init_options")
-        if given is not None and not isinstance(given, Mapping):
-            raise OptionError(
-                f"init_options must be a mapping of the initialiser's arguments, e.g. {{'r': 0.5}}; got {given!r}"
-            )
-        init_options.update(given or {})
+    bags = {}
+    for part, bag in _BAGS.items():
+        values = dict(merged.pop(bag, {}) or {})
+        if part in overrides and overrides[part] != merged.get(part):
+            values = {}
+        if bag in overrides:
+            given = overrides.pop(bag)
+            if given is not None and not isinstance(given, Mapping):
+                raise OptionError(
+                    f"{bag} must be a mapping of the {part} part's arguments, e.g. {{'r': 0.5}}; got {given!r}"
+                )
+            values.update(given or {})
+        if values or bag == "init_options" or bag in base:  # presets carry init_options always, others when set
+            bags[bag] = values
     merged.update(overrides)
-    merged["init_options"] = init_options
+    merged.update(bags)
     return merged
 
 

@@ -9,13 +9,22 @@ LLMs to perform as fully connected", NeurIPS 2025 (arXiv:2501.19107), §3 and Ap
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from chtorch._checks import check_choice, check_number, closest
+from chtorch.dst.registry import get_part, registry
+from chtorch.dst.schedules import is_update_step
+from chtorch.topology import get_initializer
 
-__all__ = ["SparsityOptions", "OptionError", "PART_OPTIONS", "check_engine_args"]
+__all__ = ["SparsityOptions", "OptionError", "PART_OPTIONS", "PART_BAGS", "check_engine_args"]
+
+#: Part kind -> the option bag of its keyword parameters (beside ``init_options`` of the initialiser).
+PART_BAGS = {"removal": "removal_options", "regrowth": "regrowth_options"}
+# How many leading arguments the engine passes a part of each kind (removal: weight, mask; regrowth: keep).
+_POSITIONAL_INPUTS = {"removal": 2, "regrowth": 1}
 
 # Plain choices that are not parts (no behaviour of their own to register).
 PREDICTORS = ("l3n", "l3p")
@@ -75,6 +84,10 @@ class SparsityOptions:
         ``init``: "erdos_renyi", "bsw", "brf", "bsf" or "csti"; ``init_options`` go to the
         initializer (``beta``, ``r``, ``degree``, ``correlation``); ``weight_init``: "keep" (mask the
         model's own init) or "swi" (sparse weight init, σ = sqrt(2/(density·fan_in))).
+    Option bags
+        ``removal_options`` / ``regrowth_options``: keyword parameters of the chosen ``removal`` /
+        ``regrowth`` part (a part you register reads its own parameters from here, so none of its
+        settings has to become a field of this record); checked against the part's signature.
     Removal
         ``removal``: "magnitude", "set" (smallest positive and largest negative separately), "ri"
         (relative importance) or "mest" (|W| + λ|∇W|, λ = ``mest_lambda``); ``removal_selection``:
@@ -134,6 +147,7 @@ class SparsityOptions:
     weight_init: str = "keep"
 
     removal: str = "magnitude"
+    removal_options: dict = field(default_factory=dict)
     removal_selection: str = "topk"
     temperature_schedule: str = "linear"
     temperature_start: float = 1.0
@@ -143,6 +157,7 @@ class SparsityOptions:
     mest_lambda: float = 0.01
 
     regrowth: str = "random"
+    regrowth_options: dict = field(default_factory=dict)
     regrowth_selection: str = "topk"
     ch_predictor: str = "l3n"
     ch_variant: str = "CH2"
@@ -181,15 +196,15 @@ class SparsityOptions:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # Tensors (a CSTI correlation matrix) and coupling objects are not plain config values.
-        out["init_options"] = {k: v for k, v in self.init_options.items() if isinstance(v, (int, float, str, bool))}
-        out["couplings"] = None if self.couplings is None else repr(self.couplings)
+        for bag in ("init_options", *PART_BAGS.values()):
+            out[bag] = {k: v for k, v in getattr(self, bag).items() if isinstance(v, (int, float, str, bool))}
+        out["couplings"] = None if self.couplings is None else _describe_couplings(self.couplings)
         return out
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every field; the valid names of a part-naming option are the registered parts
         (:mod:`chtorch.dst.registry`), so a user's registered part is valid here too."""
-        from chtorch.dst.registry import registry
 
         def number(name: str, low: float | None, high: float | None = None, **kw: Any) -> None:
             check_number(name, getattr(self, name), low, high, error=OptionError, **kw)
@@ -250,17 +265,45 @@ class SparsityOptions:
                 raise OptionError(
                     f"{name} must be true or false, got {type(getattr(self, name)).__name__} {getattr(self, name)!r}"
                 )
-        if not isinstance(self.init_options, Mapping):
-            raise OptionError(f"init_options must be a mapping, got {type(self.init_options).__name__}")
+        for bag in ("init_options", *PART_BAGS.values()):
+            if not isinstance(getattr(self, bag), Mapping):
+                raise OptionError(f"{bag} must be a mapping, got {type(getattr(self, bag)).__name__}")
         self._check_init_options()
+        self._check_part_bags()
+
+    def _check_part_bags(self) -> None:
+        """``removal_options`` / ``regrowth_options`` keys must be keyword parameters of the chosen part's
+        function that the engine does not pass itself and no option already sets (``part.params``)."""
+        for kind, bag in PART_BAGS.items():
+            given = getattr(self, bag)
+            if not given:
+                continue
+            part = registry(kind).part(getattr(self, kind))
+            params = inspect.signature(part.fn).parameters
+            engine_given = {"grad", *list(params)[: _POSITIONAL_INPUTS[kind]]}
+            valid = [
+                name
+                for name, p in params.items()
+                if name not in engine_given
+                and name not in part.params
+                and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            for key in given:
+                if key in part.params:
+                    raise OptionError(
+                        f"{bag} key {key!r}: {kind} {part.name!r} reads it from option {part.params[key]!r}; "
+                        f"set {part.params[key]}=... instead"
+                    )
+                if key not in valid and not open_ended:
+                    raise OptionError(
+                        f"{bag} key {key!r} is not a parameter of {kind}={part.name!r}{closest(key, valid)}; "
+                        f"valid keys: {', '.join(valid) if valid else 'none (this part takes no parameters)'}"
+                    )
 
     def _check_init_options(self) -> None:
         """``init_options`` keys must be keyword arguments of the ``init`` initialiser (its values are
         checked by the initialiser itself when the engine draws the first masks)."""
-        import inspect
-
-        from chtorch.topology import get_initializer
-
         params = inspect.signature(get_initializer(self.init)).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
@@ -276,6 +319,16 @@ class SparsityOptions:
                     f"init_options key {key!r} is not an option of init={self.init!r}{closest(key, valid)}; "
                     f"valid keys: {', '.join(valid) if valid else 'none (this initialiser takes no options)'}"
                 )
+
+    def part_kwargs(self, part: Any) -> dict[str, Any]:
+        """The keyword arguments of a registered ``part`` under these options: the options it maps
+        (``part.params``) and, when it is the chosen part of a kind with a bag (``removal_options``,
+        ``regrowth_options``), the bag's entries."""
+        kwargs = part.kwargs(self)
+        bag = PART_BAGS.get(part.kind)
+        if bag and getattr(self, bag) and registry(part.kind).part(getattr(self, part.kind)) is part:
+            kwargs.update(getattr(self, bag))
+        return kwargs
 
     # -- what the parts need --------------------------------------------------------------------
     def parts_in_use(self) -> dict[str, tuple[str, str]]:
@@ -296,8 +349,6 @@ class SparsityOptions:
     def needs(self) -> dict[str, list[str]]:
         """Capability -> the options whose parts need it, e.g. ``{"dense_gradient": ["regrowth"]}``,
         from the parts' own declarations (:mod:`chtorch.dst.registry`)."""
-        from chtorch.dst.registry import get_part
-
         out: dict[str, list[str]] = {}
         for option, (kind, name) in self.parts_in_use().items():
             for need in get_part(kind, name).needs_for(self):
@@ -321,8 +372,6 @@ class SparsityOptions:
 def check_engine_args(sparsity: float, total_steps: int, options: SparsityOptions) -> None:
     """The checks that need the engine's arguments beside the options (``OptionError`` or
     ``ValueError`` naming the value and the fix)."""
-    from chtorch.dst.registry import get_part
-
     check_number("sparsity", sparsity, 0, 1, high_open=True, hint="the fraction of zeros; 0.99 keeps 1% of links")
     check_number("total_steps", total_steps, 1, integer=True, hint="optimizer steps of the whole run")
     if options.density_schedule != "constant" and options.initial_sparsity > sparsity:
@@ -344,8 +393,6 @@ def _check_decay_reaches_target(total_steps: int, options: SparsityOptions) -> N
     ``final_update="before_t_end"`` the event at T_end itself never runs, so the target would never be
     reached. (A decay that outlasts T_end, as the LLaMA script's 8000 of 10 000 steps with T_end 7500,
     stops short of the target in the official code too, and is allowed.)"""
-    from chtorch.dst.schedules import is_update_step
-
     if options.density_schedule == "constant":
         return
     t_end = options.t_end if options.t_end is not None else int(options.t_end_fraction * total_steps)
@@ -357,3 +404,14 @@ def _check_decay_reaches_target(total_steps: int, options: SparsityOptions) -> N
             f"{options.final_update!r} runs no update, so the target sparsity would never be reached: set "
             "final_update='at_t_end' (as the density-decay presets) or end the decay earlier (decay_end_fraction)"
         )
+
+
+def _describe_couplings(couplings: Any) -> str:
+    """A stable text for the state's options: a coupling rule by its qualified name (a bound
+    method's object address changes from run to run), couplings by their repr."""
+    if callable(couplings):
+        owner = getattr(couplings, "__self__", None)
+        where = type(owner) if owner is not None else couplings
+        name = getattr(couplings, "__qualname__", type(couplings).__qualname__)
+        return f"rule {getattr(where, '__module__', '?')}.{name}"
+    return repr(couplings)

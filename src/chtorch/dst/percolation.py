@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ __all__ = [
     "rows",
     "percolate",
     "infer_couplings",
+    "BlockPairs",
+    "CONVENTIONAL_PAIRS",
     "active_neuron_fraction",
     "active_neuron_count",
     "ANP_COUNTS",
@@ -114,29 +117,55 @@ def percolate(masks: Mapping[str, torch.Tensor], couplings: Sequence[Coupling]) 
     return out
 
 
-# Child-name groups that identify attention and gated feed-forward blocks (LLaMA / Hugging Face
-# naming and chtorch's own seq2seq Transformer); anything else falls back to an MLP chain.
-_ROW_PAIRS = (("q_proj", "k_proj"), ("gate_proj", "up_proj"))
-# GPT-2's feed-forward is ``mlp.c_fc → mlp.c_proj``; its fused ``attn.c_attn`` (q|k|v) stays uncoupled.
-_CHAIN_PAIRS = (
-    ("v_proj", "o_proj"),
-    ("gate_proj", "down_proj"),
-    ("up_proj", "down_proj"),
-    ("w_1", "w_2"),
-    ("fc1", "fc2"),
-    ("c_fc", "c_proj"),
+@dataclass(frozen=True)
+class BlockPairs:
+    """Child names that identify coupled layers inside one parent module: ``rows`` pairs share their
+    output neurons, in ``chains`` pairs the first feeds the second. A model declares its own as a
+    ``percolation_pairs`` attribute (a :class:`BlockPairs` or a mapping with ``rows`` and ``chains``)."""
+
+    rows: tuple[tuple[str, str], ...] = ()
+    chains: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, declared: Any) -> BlockPairs:
+        if isinstance(declared, BlockPairs):
+            return declared
+        if isinstance(declared, Mapping) and set(declared) <= {"rows", "chains"}:
+            return cls(tuple(map(tuple, declared.get("rows", ()))), tuple(map(tuple, declared.get("chains", ()))))
+        raise ValueError(
+            "percolation_pairs must be a chtorch.dst.BlockPairs or a mapping with 'rows' and 'chains', "
+            f"got {declared!r}"
+        )
+
+
+#: The naming conventions of models that declare no ``percolation_pairs`` (Hugging Face LLaMA, OPT,
+#: GPT-2): q/k and gate/up rows; v → o, gate|up → down, fc1 → fc2, c_fc → c_proj chains. GPT-2's fused
+#: ``attn.c_attn`` (q|k|v) stays uncoupled. Anything else falls back to an MLP chain.
+CONVENTIONAL_PAIRS = BlockPairs(
+    rows=(("q_proj", "k_proj"), ("gate_proj", "up_proj")),
+    chains=(
+        ("v_proj", "o_proj"),
+        ("gate_proj", "down_proj"),
+        ("up_proj", "down_proj"),
+        ("w_1", "w_2"),
+        ("fc1", "fc2"),
+        ("c_fc", "c_proj"),
+    ),
 )
 
 
-def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]:
+def infer_couplings(model: nn.Module, selected: Iterable[str], pairs: BlockPairs | None = None) -> list[Coupling]:
     """Couplings for the selected Linear layers of ``model``, found by name.
 
-    Attention blocks (``q_proj``/``k_proj`` rows, ``v_proj → o_proj``) and feed-forward blocks
-    (``gate_proj``/``up_proj`` rows, ``gate_proj|up_proj → down_proj``, ``w_1 → w_2``) are recognised
-    by their child names, and coupled only when their shapes agree (grouped-query attention with
-    fewer key heads is left uncoupled). When no such block is found, the selected layers form one
-    MLP chain, split wherever a layer's outputs do not match the next one's inputs.
+    Blocks are recognised by their child names: ``pairs``, else the model's own ``percolation_pairs``
+    declaration, else :data:`CONVENTIONAL_PAIRS`; a pair is coupled only when the shapes agree
+    (grouped-query attention with fewer key heads is left uncoupled). When no such block is found,
+    the selected layers form one MLP chain, split wherever a layer's outputs do not match the next
+    one's inputs.
     """
+    declared = getattr(model, "percolation_pairs", None)
+    if pairs is None:
+        pairs = BlockPairs.of(declared) if declared is not None else CONVENTIONAL_PAIRS
     selected = list(selected)
     chosen = set(selected)
     modules = dict(model.named_modules())
@@ -144,7 +173,7 @@ def infer_couplings(model: nn.Module, selected: Iterable[str]) -> list[Coupling]
     parents = sorted({name.rpartition(".")[0] for name in selected})
     for parent in parents:
         prefix = f"{parent}." if parent else ""
-        for group, make in ((_ROW_PAIRS, rows), (_CHAIN_PAIRS, chain)):
+        for group, make in ((pairs.rows, rows), (pairs.chains, chain)):
             for a, b in group:
                 na, nb = prefix + a, prefix + b
                 if na in chosen and nb in chosen:

@@ -23,10 +23,12 @@ valid option value for :func:`chtorch.sparsify`, a config's ``sparsity.options``
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from chtorch._registry import Part, Registry
+from chtorch.topology.registry import INITIALIZERS
 
 __all__ = [
     "SELECTIONS",
@@ -81,8 +83,6 @@ def _load_builtins() -> None:
     global _loaded
     if _loaded:
         return
-    import importlib
-
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
     _loaded = True
@@ -92,8 +92,6 @@ def registry(kind: str) -> Registry:
     """The registry of ``kind`` (one of :data:`KINDS`), with the built-in parts loaded."""
     _load_builtins()
     if kind == "topology":
-        from chtorch.topology.registry import INITIALIZERS
-
         return INITIALIZERS
     table = {
         "selection": SELECTIONS,

@@ -21,10 +21,16 @@ so the budget is always met).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
+from chtorch import linkpred
 from chtorch.dst.registry import REGROWTHS
 from chtorch.dst.sampling import select
+
+if TYPE_CHECKING:
+    from chtorch.dst.options import SparsityOptions
 
 __all__ = ["regrowth_scores", "grow_links"]
 
@@ -62,8 +68,6 @@ def gradient_score(keep: torch.Tensor, *, grad: torch.Tensor | None = None) -> t
 def ch_score(
     keep: torch.Tensor, *, grad: torch.Tensor | None = None, predictor: str = "l3n", variant: str = "CH2"
 ) -> torch.Tensor:
-    from chtorch import linkpred
-
     predict = linkpred.ch_l3n if predictor == "l3n" else linkpred.ch_l3p
     return predict(keep, variant=variant)
 
@@ -74,10 +78,15 @@ def regrowth_scores(
     grad: torch.Tensor | None = None,
     predictor: str = "l3n",
     variant: str = "CH2",
+    options: SparsityOptions | None = None,
 ) -> torch.Tensor:
     """Dense ``(n_out, n_in)`` float32 scores for every position (only non-links matter) of the
-    registered regrowth ``kind``; ``predictor``/``variant`` reach the parts that read them."""
+    registered regrowth ``kind``. With ``options`` the part gets what it reads from them
+    (:meth:`SparsityOptions.part_kwargs`: its mapped options and ``regrowth_options``), as in the
+    engine; without, ``predictor``/``variant`` reach the parts that declare them."""
     part = REGROWTHS.part(kind)
+    if options is not None:
+        return part.fn(keep, grad=grad, **options.part_kwargs(part))
     given = {"predictor": predictor, "variant": variant}
     return part.fn(keep, grad=grad, **{k: v for k, v in given.items() if k in part.params})
 

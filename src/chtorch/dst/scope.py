@@ -24,6 +24,7 @@ from chtorch.dst.options import OptionError
 
 __all__ = [
     "LayerSelector",
+    "LayerSelectionError",
     "SUPPORTED_LAYERS",
     "is_transposed",
     "is_sparsifiable",
@@ -89,6 +90,10 @@ def logical_weight(module: nn.Module) -> torch.Tensor:
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 
+class LayerSelectionError(ValueError):
+    """``layers`` / ``exclude`` select no layer, or name a module that is not there."""
+
+
 def select_layers(
     model: nn.Module, layers: LayerSelector = None, exclude: str | Sequence[str] | None = None
 ) -> list[str]:
@@ -107,7 +112,7 @@ def select_layers(
         plain = [n for n, m in named if isinstance(m, nn.Linear)]
         chosen = [n for n in linear_names if not plain or n != plain[-1]]
         if not chosen:
-            raise ValueError(
+            raise LayerSelectionError(
                 f"the model has {len(linear_names)} sparsifiable layer(s) ({SUPPORTED_LAYERS}); by default the last "
                 "nn.Linear stays dense, so nothing would be sparsified: pass layers=... to choose layers explicitly"
             )
@@ -117,7 +122,7 @@ def select_layers(
         patterns = [layers] if isinstance(layers, str) else list(layers)
         for pattern in patterns:
             if not isinstance(pattern, str):
-                raise ValueError(
+                raise LayerSelectionError(
                     "layers must be layer names or glob patterns (str) or "
                     f"a callable, got {type(pattern).__name__} {pattern!r}"
                 )
@@ -126,7 +131,7 @@ def select_layers(
         for pattern in patterns:
             hits = [n for n in all_names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
             if not hits:
-                raise ValueError(
+                raise LayerSelectionError(
                     f"layer pattern {pattern!r} selects no module{closest(pattern, all_names)}; "
                     f"Linear modules: {', '.join(linear_names[:20])}{' ...' if len(linear_names) > 20 else ''}"
                 )
@@ -139,11 +144,11 @@ def select_layers(
         all_names = [n for n, _ in named]
         for pattern in ex:
             if not isinstance(pattern, str):
-                raise ValueError(
+                raise LayerSelectionError(
                     f"exclude must be layer names or glob patterns (str), got {type(pattern).__name__} {pattern!r}"
                 )
             if not any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in all_names):
-                raise ValueError(
+                raise LayerSelectionError(
                     f"exclude pattern {pattern!r} matches no module{closest(pattern, all_names)}; "
                     f"Linear modules: {', '.join(linear_names[:20])}{' ...' if len(linear_names) > 20 else ''}"
                 )
@@ -151,13 +156,13 @@ def select_layers(
     modules = dict(named)
     for name in chosen:
         if not is_sparsifiable(modules[name]):
-            raise ValueError(
+            raise LayerSelectionError(
                 f"selected module {name!r} is a {type(modules[name]).__name__}, not an nn.Linear or a GPT-2 Conv1D "
                 f"(chtorch sparsifies {SUPPORTED_LAYERS}): "
                 "narrow the layer patterns (for example 'layers.*' → 'layers.*.fc') or use exclude="
             )
     if not chosen:
-        raise ValueError("the layer selection is empty after exclusions: nothing to sparsify")
+        raise LayerSelectionError("the layer selection is empty after exclusions: nothing to sparsify")
     return chosen
 
 

@@ -3,23 +3,45 @@
 A state is only valid for the run that wrote it: the same method, options, ``total_steps``,
 sparsity and sparse layers of the same shapes. Everything is checked before anything changes, so a
 refused state leaves the engine exactly as it was.
+
+The per-layer entries are the fields of :class:`~chtorch.dst.book.LayerBook`, checked by each field's
+declared kind, plus what the layer itself says (shape, link count, backend, capacity).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from chtorch.dst.engine import DynamicSparsity
+from chtorch.dst.book import LayerBook
+from chtorch.dst.layer import BACKENDS, Layer
+from chtorch.dst.options import SparsityOptions
 
-__all__ = ["STATE_VERSION", "check_state"]
+__all__ = ["STATE_VERSION", "check_state", "layer_state", "RUN_KEYS"]
 
 STATE_VERSION = 1
 
-_RUN_KEYS = ("version", "method", "sparsity", "total_steps", "seed", "step_count", "update_count", "options", "layers")
-_LAYER_KEYS = ("shape", "target", "frozen", "ever_active", "history", "grad_sum", "grad_count", "last_overlap")
+#: What a state names besides ``version`` and ``layers``: the run it belongs to and the engine's counters.
+RUN_KEYS = ("method", "sparsity", "total_steps", "seed", "step_count", "update_count", "options")
+_RUN_KEYS = ("version", *RUN_KEYS, "layers")
+_BOOK = dataclasses.fields(LayerBook)
+# Every book field an entry must hold (fields that older states lack declare their value when absent).
+_LAYER_KEYS = ("shape", *(f.name for f in _BOOK if f.metadata["absent"] is dataclasses.MISSING))
+
+
+def layer_state(layer: Layer) -> dict[str, Any]:
+    """One layer's state entry: its book, its shape, its link count (may be below the target under
+    EM&S or percolation), its backend and, for a backend whose storage has a size, that capacity."""
+    return {
+        "shape": layer.shape,
+        **layer.book.to_state(),
+        "links": int(torch.count_nonzero(layer.mask)),
+        "backend": layer.backend,
+        "capacity": layer.capacity(),
+    }
 
 
 def _show(value: Any) -> str:
@@ -60,8 +82,9 @@ def _tensor(
     raise ValueError(f"{where} must be a {' or '.join(kinds)} tensor, got {value.dtype}")
 
 
-def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]]:
-    """Validate ``state`` (a :meth:`DynamicSparsity.state_dict`) against ``engine`` and return its
+def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> dict[str, dict[str, Any]]:
+    """Validate ``state`` (a :meth:`DynamicSparsity.state_dict`) against the ``run`` it is loaded into
+    (``method``, ``sparsity``, ``total_steps`` and ``options`` as a dict) and its ``layers``; return the
     per-layer entries with checked types; raise ``ValueError`` naming the first mismatch."""
     if not isinstance(state, dict):
         raise ValueError(f"a DynamicSparsity state must be a dict (from sp.state_dict()), got {type(state).__name__}")
@@ -73,29 +96,31 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
     if missing:
         raise ValueError(f"the sparsity state lacks {missing}: it is not a complete sp.state_dict()")
     fix = "resume with the run's own settings, or start a new run"
-    if not _same(state["method"], engine.method):
+    if not _same(state["method"], run["method"]):
         raise ValueError(
-            f"the sparsity state is from method {_show(state['method'])}, but this run uses {engine.method!r}; {fix}"
+            f"the sparsity state is from method {_show(state['method'])}, but this run uses {run['method']!r}; {fix}"
         )
     sparsity = state["sparsity"]
     if (
         isinstance(sparsity, bool)
         or not isinstance(sparsity, (int, float))
-        or abs(float(sparsity) - engine.sparsity) > 1e-12
+        or abs(float(sparsity) - run["sparsity"]) > 1e-12
     ):
         raise ValueError(
-            f"the sparsity state is for sparsity {_show(sparsity)}, but "
-            f"this run uses {engine.sparsity}: resume with the same sparsity"
+            f"the sparsity state is for sparsity {_show(sparsity)}, but this run uses {run['sparsity']}: "
+            "resume with the same sparsity"
         )
-    if not _same(state["total_steps"], engine.total_steps):
+    if not _same(state["total_steps"], run["total_steps"]):
         raise ValueError(
             f"the sparsity state is for total_steps={_show(state['total_steps'])}, "
-            f"but this run has {engine.total_steps}; {fix}"
+            f"but this run has {run['total_steps']}; {fix}"
         )
-    mine = engine.options.to_dict()
+    mine = run["options"]
     saved = state["options"]
     if not isinstance(saved, dict):
         raise ValueError(f"the sparsity state's options must be a dict, got {type(saved).__name__}")
+    # an option newer than the state reads as its default there (a state stays loadable when options grow)
+    saved = {**{k: v for k, v in SparsityOptions().to_dict().items() if k not in saved}, **saved}
     differ = sorted(k for k in set(mine) | set(saved) if not _same(saved.get(k, "<absent>"), mine.get(k, "<absent>")))
     if differ:
         shown = ", ".join(
@@ -104,52 +129,60 @@ def check_state(engine: DynamicSparsity, state: Any) -> dict[str, dict[str, Any]
         raise ValueError(f"the sparsity state is from other options ({shown}); {fix}")
     _count("step_count", state["step_count"])
     _count("update_count", state["update_count"])
-    layers = state["layers"]
-    if not isinstance(layers, dict):
-        raise ValueError(f"the sparsity state's layers must be a dict, got {type(layers).__name__}")
-    names = [layer.name for layer in engine.layers]
-    if list(layers) != names:
-        raise ValueError(f"the sparsity state is for layers {list(layers)}, but this model's sparse layers are {names}")
+    saved_layers = state["layers"]
+    if not isinstance(saved_layers, dict):
+        raise ValueError(f"the sparsity state's layers must be a dict, got {type(saved_layers).__name__}")
+    names = [layer.name for layer in layers]
+    if list(saved_layers) != names:
+        raise ValueError(
+            f"the sparsity state is for layers {list(saved_layers)}, but this model's sparse layers are {names}"
+        )
     entries: dict[str, dict[str, Any]] = {}
-    for layer in engine.layers:
-        entry = layers[layer.name]
+    for layer in layers:
+        entry = saved_layers[layer.name]
         where = f"layer {layer.name!r}"
         if not isinstance(entry, dict) or any(key not in entry for key in _LAYER_KEYS):
             raise ValueError(f"{where}: the state entry must be a dict with {list(_LAYER_KEYS)}")
         shape = entry["shape"]
         if not isinstance(shape, (tuple, list)) or tuple(shape) != layer.shape:
             raise ValueError(f"{where}: saved shape {_show(shape)} != model shape {layer.shape} (another model)")
-        overlap = entry["last_overlap"]
-        if overlap is not None and (
-            isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap <= 1
-        ):
-            raise ValueError(f"{where}: last_overlap must be None or a fraction in [0, 1], got {_show(overlap)}")
-        if not isinstance(entry["frozen"], bool):
-            raise ValueError(f"{where}: frozen must be a bool, got {_show(entry['frozen'])}")
         backend = entry.get("backend")  # absent in states written before backends could switch
-        if backend not in (None, "masked", "sparse"):
-            raise ValueError(f"{where}: backend must be 'masked' or 'sparse', got {_show(backend)}")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"{where}: backend must be one of {list(BACKENDS)}, got {_show(backend)}")
         capacity = entry.get("capacity")
         if capacity is not None:
             _count(f"{where}: capacity", capacity)
-        flag = entry.get("early_stop_flag", False)  # absent in states written before the network-wide early stop
-        if not isinstance(flag, bool):
-            raise ValueError(f"{where}: early_stop_flag must be a bool, got {_show(flag)}")
-        if (entry["history"] is None) != (layer.history is None):
+        links = entry.get("links")  # absent in states written before link counts were recorded
+        positions = layer.shape[0] * layer.shape[1]
+        checked = {"links": None if links is None else _count(f"{where}: links", links, positions)}
+        for f in _BOOK:
+            value = entry.get(f.name, f.metadata["absent"])
+            checked[f.name] = _check_field(f"{where}: {f.name}", f.metadata["kind"], value, layer.shape)
+        if (checked["history"] is None) != (layer.history is None):
             raise ValueError(
-                f"{where}: history is {'absent' if entry['history'] is None else 'present'} "
+                f"{where}: history is {'absent' if checked['history'] is None else 'present'} "
                 "in the state but not in this run"
             )
-        links = entry.get("links")  # absent in states written before link counts were recorded
-        entries[layer.name] = {
-            "target": _count(f"{where}: target", entry["target"], layer.shape[0] * layer.shape[1]),
-            "links": None if links is None else _count(f"{where}: links", links, layer.shape[0] * layer.shape[1]),
-            "frozen": entry["frozen"],
-            "ever_active": _tensor(f"{where}: ever_active", entry["ever_active"], layer.shape, ("bool",), False),
-            "history": _tensor(f"{where}: history", entry["history"], layer.shape, ("float",), True),
-            "grad_sum": _tensor(f"{where}: grad_sum", entry["grad_sum"], layer.shape, ("float",), True),
-            "grad_count": _count(f"{where}: grad_count", entry["grad_count"]),
-            "last_overlap": overlap,
-            "early_stop_flag": flag,
-        }
+        entries[layer.name] = checked
     return entries
+
+
+def _check_field(where: str, kind: str, value: Any, shape: tuple[int, int]) -> Any:
+    """``value`` checked as a :class:`LayerBook` field of ``kind`` (see :data:`chtorch.dst.book.KINDS`)."""
+    if kind == "count":
+        return _count(where, value, shape[0] * shape[1] if where.endswith(": target") else None)
+    if kind == "flag":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be a bool, got {_show(value)}")
+        return value
+    if kind == "fraction":
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
+            raise ValueError(f"{where} must be None or a fraction in [0, 1], got {_show(value)}")
+        return value
+    if kind == "mask":
+        return _tensor(where, value, shape, ("bool",), False)
+    if kind == "floats":
+        return _tensor(where, value, shape, ("float",), True)
+    raise AssertionError(f"LayerBook field kind {kind!r} has no check")

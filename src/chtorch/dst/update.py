@@ -27,7 +27,10 @@ and per layer again
    remembered when a part needs their history.
 
 Every random choice draws from the generator of ``(seed, purpose, update index, layer index[, head])``.
-Where chtorch chooses between the paper and the official code, docs/decisions.md says which and why.
+The update reads an :class:`UpdateContext` (what the engine decided for this update: options, seed,
+index, ζ, temperature, budgets, gradients) and changes only the layers it is given and the optimizer
+state at their links; the engine owns its counters. Where chtorch chooses between the paper and the
+official code, docs/decisions.md says which and why.
 """
 
 from __future__ import annotations
@@ -35,23 +38,47 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from chtorch.dst import ranks
 from chtorch.dst.layer import Layer, split
-from chtorch.dst.percolation import active_neuron_fraction, percolate
-from chtorch.dst.registry import REGROWN_INITS, REMOVALS
+from chtorch.dst.options import SparsityOptions
+from chtorch.dst.percolation import Coupling, active_neuron_fraction, percolate
+from chtorch.dst.registry import REGROWN_INITS, REGROWTHS, REMOVALS
 from chtorch.dst.regrowth import grow_links
 from chtorch.dst.removal import keep_links, magnitude_score
 from chtorch.dst.report import LayerUpdate, UpdateReport
 from chtorch.rng import make_generator
 
-if TYPE_CHECKING:
-    from chtorch.dst.engine import DynamicSparsity
-    from chtorch.dst.options import SparsityOptions
+__all__ = ["UpdateContext", "topology_update", "averaged_gradients", "network_stopped"]
 
-__all__ = ["topology_update"]
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What one topology update reads, decided by the engine before it runs.
+
+    ``step``: the optimizer step after which it runs; ``update_index``: 1 for the first update (a
+    key of every generator); ``sparsity``: the scheduled sparsity; ``zeta``: fraction of links
+    removed; ``temperature``: exponent of a soft removal (1.0 for top-k); ``targets``: each layer's
+    exact budget, in the order of the layers; ``cores``: each layer's budget at the final sparsity
+    (MEST's EM&S core in ``ems_mode="official"``) or None; ``grads``: layer name → dense gradient
+    ``(out, in)`` averaged over the recorded steps and ranks, or None; ``optimizer``: whose state at
+    the links the update resets."""
+
+    options: SparsityOptions
+    seed: int
+    step: int
+    update_index: int
+    sparsity: float
+    zeta: float
+    temperature: float
+    targets: Sequence[int]
+    cores: Sequence[int] | None
+    grads: Mapping[str, torch.Tensor | None]
+    optimizer: torch.optim.Optimizer
 
 
 @REGROWN_INITS.register("zero", summary="regrown links start at 0 (the official code)")
@@ -84,12 +111,12 @@ def _keep_best(
     part = REMOVALS.part(score)
     if "rule" in part.flags or part.fn is magnitude_score:
         return keep_links(weight, mask, n_keep, part.name, selection, generator, temperature=temperature)
-    scores = part.fn(weight, mask, grad=grad, **part.kwargs(options))
+    scores = part.fn(weight, mask, grad=grad, **options.part_kwargs(part))
     return keep_links(weight, mask, n_keep, part.name, selection, generator, temperature=temperature, scores=scores)
 
 
 def prune_to_density(
-    sp: DynamicSparsity,
+    ctx: UpdateContext,
     layer: Layer,
     weight: torch.Tensor,
     rows: slice,
@@ -99,13 +126,13 @@ def prune_to_density(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 1 on one row block (``weight``: the layer's dense weight): keep the ``target`` best links
     when it holds more. Returns (kept mask, positions revived from history) for the block."""
-    opts = sp.options
+    opts = ctx.options
     mask = layer.mask[rows]
     revived = torch.zeros_like(mask)
     if int(torch.count_nonzero(mask)) <= target:
         return mask.clone(), revived
     weight = weight[rows]
-    g = make_generator(sp.seed, "prune", *key)
+    g = make_generator(ctx.seed, "prune", *key)
     if opts.prune_with_history and layer.history is not None:
         # GMP's moving threshold: a pruned weight competes again with its last value.
         history = layer.history[rows]
@@ -117,7 +144,7 @@ def prune_to_density(
 
 
 def remove_links(
-    sp: DynamicSparsity,
+    ctx: UpdateContext,
     weight: torch.Tensor,
     keep: torch.Tensor,
     grad: torch.Tensor | None,
@@ -127,30 +154,28 @@ def remove_links(
 ) -> torch.Tensor:
     """Step 2 on one row block (``weight``, ``keep``, ``grad``: the block's rows): drop
     ``floor(ζ·active)`` of the links kept by step 1."""
-    opts = sp.options
+    opts = ctx.options
     n_active = int(torch.count_nonzero(keep))
     n_keep = n_active - int(math.floor(zeta * n_active))
-    generator = make_generator(sp.seed, "remove", *key)
+    generator = make_generator(ctx.seed, "remove", *key)
     return _keep_best(
         weight, keep, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature
     )
 
 
 def regrow_links(
-    sp: DynamicSparsity, keep: torch.Tensor, n_new: int, grad: torch.Tensor | None, key: tuple[int, ...]
+    ctx: UpdateContext, keep: torch.Tensor, n_new: int, grad: torch.Tensor | None, key: tuple[int, ...]
 ) -> torch.Tensor:
     """Step 4 on one row block: exactly ``n_new`` new links, disjoint from ``keep``."""
-    from chtorch.dst.registry import REGROWTHS
-
-    opts = sp.options
+    opts = ctx.options
     part = REGROWTHS.part(opts.regrowth)
-    scores = part.fn(keep, grad=grad, **part.kwargs(opts)) if n_new > 0 else None
+    scores = part.fn(keep, grad=grad, **opts.part_kwargs(part)) if n_new > 0 else None
     return grow_links(
         keep,
         n_new,
         part.name,
         opts.regrowth_selection,
-        make_generator(sp.seed, "regrow", *key),
+        make_generator(ctx.seed, "regrow", *key),
         grad=grad,
         floor=opts.soft_floor,
         scores=scores,
@@ -159,7 +184,8 @@ def regrow_links(
 
 
 def install(
-    sp: DynamicSparsity,
+    options: SparsityOptions,
+    optimizer: torch.optim.Optimizer,
     layer: Layer,
     old: torch.Tensor,
     keep: torch.Tensor,
@@ -175,7 +201,7 @@ def install(
     final mask only, and initialise only links that were not in the old mask; docs/decisions.md)."""
     final = keep | new
     fresh = new | revived
-    if sp.options.readmitted == "keep":
+    if options.readmitted == "keep":
         # pruned links were zeroed by the official codes before regrowth: those restart as new
         fresh = fresh & ~(old & ~pruned)
     with torch.no_grad():
@@ -183,26 +209,17 @@ def install(
         if layer.history is not None:
             dropped = old & ~keep
             layer.history[dropped] = weight[dropped]
-        init = REGROWN_INITS.part(sp.options.regrown_init).fn(layer.history, new, weight)
-        if layer.history is not None and revived.any() and sp.options.revived_init == "history":
+        init = REGROWN_INITS.part(options.regrown_init).fn(layer.history, new, weight)
+        if layer.history is not None and revived.any() and options.revived_init == "history":
             # a pruned weight that wins again restarts from its last value (App. J); the official
             # code restarts it at 0 (the default, revived_init="zero": it is a new link like any other)
             init = torch.where(revived, layer.history, init)
-        layer.install(final, fresh, init, sp.optimizer)
+        layer.install(final, fresh, init, optimizer)
         layer.ever_active |= final
 
 
-def core_targets(sp: DynamicSparsity) -> list[int]:
-    """Each layer's link budget at the final sparsity: the core that MEST's EM&S keeps at every
-    update in ``ems_mode="official"`` (the scheduled targets add the extra density on top)."""
-    from chtorch import topology
-
-    shapes = [layer.shape for layer in sp.layers]
-    return list(topology.allocate_budgets(shapes, sp.sparsity, distribution=sp.options.distribution))
-
-
 def keep_core(
-    sp: DynamicSparsity,
+    ctx: UpdateContext,
     weight: torch.Tensor,
     mask: torch.Tensor,
     n_core: int,
@@ -213,20 +230,43 @@ def keep_core(
     """Official EM&S removal on one row block: the ``n_core`` links of ``mask`` that the removal
     score and selection keep (all of them when it holds fewer). The official code's drop fraction
     ``extra/(density + extra)`` is exactly "keep the target-density core"; ζ is not read."""
-    opts = sp.options
+    opts = ctx.options
     n_keep = min(int(n_core), int(torch.count_nonzero(mask)))
-    generator = make_generator(sp.seed, "remove", *key)
+    generator = make_generator(ctx.seed, "remove", *key)
     return _keep_best(
         weight, mask, n_keep, opts.removal, opts.removal_selection, generator, opts, grad=grad, temperature=temperature
     )
 
 
-def network_stopped(sp: DynamicSparsity) -> bool:
+def network_stopped(layers: Sequence[Layer], options: SparsityOptions) -> bool:
     """True once CHT's network-wide early stop has frozen every layer: the update changes nothing."""
-    opts = sp.options
     return (
-        opts.early_stop is not None and opts.early_stop_scope == "network" and all(layer.frozen for layer in sp.layers)
+        options.early_stop is not None
+        and options.early_stop_scope == "network"
+        and all(layer.frozen for layer in layers)
     )
+
+
+def averaged_gradients(layers: Sequence[Layer]) -> dict[str, torch.Tensor | None]:
+    """Layer name → its dense gradient averaged over the recorded steps (and over ranks), or None."""
+    grads: dict[str, torch.Tensor | None] = {}
+    for layer in layers:
+        if layer.grad_sum is None or layer.grad_count == 0:
+            grads[layer.name] = None
+        else:
+            grads[layer.name] = ranks.all_reduce_mean(layer.grad_sum / layer.grad_count)
+    return grads
+
+
+def non_finite(layers: Sequence[Layer], grads: Mapping[str, torch.Tensor | None]) -> str | None:
+    """Why an update must be skipped (non-finite weights or gradients), or None."""
+    for layer in layers:
+        if not bool(torch.isfinite(layer.parameter.detach()).all()):
+            return f"non-finite weights in layer {layer.name!r}"
+        grad = grads[layer.name]
+        if grad is not None and not bool(torch.isfinite(grad).all()):
+            return f"non-finite gradients in layer {layer.name!r}"
+    return None
 
 
 def flag_early_stop(layer: Layer, overlap: float, threshold: float, scope: str) -> None:
@@ -245,34 +285,29 @@ def _block_key(index: int, layer: Layer, block: int) -> tuple[int, ...]:
     return (index, layer.index) if layer.groups == 1 else (index, layer.index, block)
 
 
-def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
-    """Run one topology update after optimizer step ``step`` and report it (see the module docs)."""
-    opts = sp.options
+def topology_update(ctx: UpdateContext, layers: Sequence[Layer], couplings: Sequence[Coupling]) -> UpdateReport:
+    """Run one topology update of ``layers`` (percolating along ``couplings``) as ``ctx`` says and
+    report it (see the module docs). Non-finite weights or gradients skip it, masks unchanged."""
+    opts, index, zeta, temperature, grads = ctx.options, ctx.update_index, ctx.zeta, ctx.temperature, ctx.grads
     start = time.perf_counter()
-    sp.update_count += 1
-    index = sp.update_count
-    zeta = sp.zeta(step)
-    temperature = sp.temperature(step)
-    report = UpdateReport(
-        step=step, update_index=index, sparsity=sp.scheduled_sparsity(step), zeta=zeta, temperature=temperature
-    )
-    grads = {layer.name: sp.dense_grad(layer) for layer in sp.layers}
-    problem = sp.non_finite(grads)
+    report = UpdateReport(step=ctx.step, update_index=index, sparsity=ctx.sparsity, zeta=zeta, temperature=temperature)
+    problem = non_finite(layers, grads)
     if problem is not None:
         warnings.warn(
-            f"chtorch: topology update at step {step} skipped, masks unchanged: {problem}", RuntimeWarning, stacklevel=4
+            f"chtorch: topology update at step {ctx.step} skipped, masks unchanged: {problem}",
+            RuntimeWarning,
+            stacklevel=4,
         )
-        sp.reset_grad_accumulators()
         report.skipped = problem
         return report
 
     # 1-2: density pruning and removal, per layer and head block
     old_masks, keeps, infos, revived_by_layer, pruned_by_layer = {}, {}, {}, {}, {}
     ems_official = opts.ems and opts.ems_mode == "official"
-    cores = core_targets(sp) if ems_official else [None] * len(sp.layers)
-    core_of = {layer.name: core for layer, core in zip(sp.layers, cores)}
-    stopped = network_stopped(sp)
-    for layer, target, core in zip(sp.layers, sp.targets(step), cores):
+    cores = list(ctx.cores) if ems_official and ctx.cores is not None else [None] * len(layers)
+    core_of = {layer.name: core for layer, core in zip(layers, cores)}
+    stopped = network_stopped(layers, opts)
+    for layer, target, core in zip(layers, ctx.targets, cores):
         t0 = time.perf_counter()
         mask, grad, weight = layer.mask, grads[layer.name], layer.dense_weight()
         old_masks[layer.name] = mask.clone()
@@ -287,16 +322,16 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
             if block_core is not None and not layer.frozen:
                 # MEST EM&S as the official code: keep only the target-density core by the removal
                 # score (ζ ignored); the extra density is regrown below (docs/decisions.md, MEST EM&S)
-                block_keep = keep_core(sp, weight[rows], mask[rows], block_core, block_grad, key, temperature)
+                block_keep = keep_core(ctx, weight[rows], mask[rows], block_core, block_grad, key, temperature)
                 info.removed += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep))
                 keep[rows] = block_keep
                 continue
-            block_keep, block_revived = prune_to_density(sp, layer, weight, rows, block_target, block_grad, key)
+            block_keep, block_revived = prune_to_density(ctx, layer, weight, rows, block_target, block_grad, key)
             info.pruned += int(torch.count_nonzero(mask[rows])) - int(torch.count_nonzero(block_keep & mask[rows]))
             pruned[rows] = mask[rows] & ~block_keep
             if not layer.frozen and opts.zeta > 0:
                 n_active = int(torch.count_nonzero(block_keep))
-                block_keep = remove_links(sp, weight[rows], block_keep, block_grad, key, zeta, temperature)
+                block_keep = remove_links(ctx, weight[rows], block_keep, block_grad, key, zeta, temperature)
                 info.removed += n_active - int(torch.count_nonzero(block_keep))
             keep[rows], revived[rows] = block_keep, block_revived
         revived_by_layer[layer.name], keeps[layer.name], pruned_by_layer[layer.name] = revived, keep, pruned
@@ -305,14 +340,14 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
         infos[layer.name] = info
 
     # 3: percolation across coupled layers (not once a network-wide early stop froze the topology)
-    if sp.couplings and not stopped:
-        percolated = percolate(keeps, sp.couplings)
+    if couplings and not stopped:
+        percolated = percolate(keeps, couplings)
         for name, new_keep in percolated.items():
             infos[name].percolated = int(torch.count_nonzero(keeps[name])) - int(torch.count_nonzero(new_keep))
         keeps = percolated
 
     # 4-5: regrowth to the exact budget, then install
-    for layer in sp.layers:
+    for layer in layers:
         t0 = time.perf_counter()
         info, keep, old, grad = infos[layer.name], keeps[layer.name], old_masks[layer.name], grads[layer.name]
         new = torch.zeros_like(keep)
@@ -328,11 +363,11 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
                 # compensated, so a layer may end below its budget (the last stage grows nothing)
                 n_new = min(block_target - block_core, int(torch.count_nonzero(~keep[rows])))
             new[rows] = regrow_links(
-                sp, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b)
+                ctx, keep[rows], n_new, None if grad is None else grad[rows], _block_key(index, layer, b)
             )
         info.regrown = int(torch.count_nonzero(new))
         info.overlap = int(torch.count_nonzero(new & old & ~keep))
-        install(sp, layer, old, keep, new, revived_by_layer[layer.name], pruned_by_layer[layer.name])
+        install(opts, ctx.optimizer, layer, old, keep, new, revived_by_layer[layer.name], pruned_by_layer[layer.name])
         if opts.early_stop is not None and not layer.frozen and info.regrown > 0:
             flag_early_stop(layer, info.overlap_rate, opts.early_stop, opts.early_stop_scope)
         if info.regrown:  # an update that regrew nothing (ζ annealed to 0) has no overlap to report
@@ -346,17 +381,15 @@ def topology_update(sp: DynamicSparsity, step: int) -> UpdateReport:
     if (
         opts.early_stop is not None
         and opts.early_stop_scope == "network"
-        and all(layer.early_stop_flag for layer in sp.layers)
+        and all(layer.early_stop_flag for layer in layers)
     ):
-        for layer in sp.layers:  # every layer has reached its epitopological local minimum: stop evolving
+        for layer in layers:  # every layer has reached its epitopological local minimum: stop evolving
             layer.frozen = True
-    for layer in sp.layers:
+    for layer in layers:
         report.layers[layer.name].frozen = layer.frozen
 
-    from chtorch.dst import ranks
-
-    ranks.sync_masks([layer.mask for layer in sp.layers])
-    sp.reset_grad_accumulators()
-    report.itop_rate = sp.itop_rate()
+    ranks.sync_masks([layer.mask for layer in layers])
+    ever = sum(int(torch.count_nonzero(layer.ever_active)) for layer in layers)
+    report.itop_rate = ever / max(1, sum(layer.mask.numel() for layer in layers))
     report.seconds = time.perf_counter() - start
     return report

@@ -45,8 +45,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 import chtorch
+from chtorch import dst
 from chtorch._checks import check_number
 from chtorch._io import atomic_write
+from chtorch.dst import active_neuron_count, get_method, infer_couplings, resolve_options, update_limit
 from chtorch.integrations.hf_layers import default_layers, head_groups_for  # noqa: E402
 from chtorch.integrations.hf_save import MASKS_NAME, restore_masks, save_pretrained_sparse  # noqa: E402
 
@@ -91,7 +93,7 @@ class ChtorchCallback(TrainerCallback):
         per_head: budget, remove and regrow q/k/v rows per attention head (``head_groups`` from the
             model config, see :func:`head_groups_for`).
         rewarmup_steps: the paper's iterative LR re-warm-up after every topology update
-            (:func:`chtorch.dst.schedules.rewarmup_factor`), applied on top of the Trainer's ``LambdaLR``
+            (:func:`chtorch.dst.rewarmup_factor`), applied on top of the Trainer's ``LambdaLR``
             schedule (0 = off; paper: 20).
         rewarmup_until: ``"end"`` (the default): the ramp repeats every ``update_interval`` steps of the
             whole run, after T_end too, as both official codes; ``"last_update"``: only after the
@@ -134,8 +136,6 @@ class ChtorchCallback(TrainerCallback):
         masks: Mapping[str, torch.Tensor] | None = None,
         **options: Any,
     ) -> None:
-        from chtorch.dst.methods import get_method, resolve_options
-
         preset = get_method(method)  # unknown names fail now, not at train begin
         if update_interval is not None:
             options["update_interval"] = update_interval
@@ -241,7 +241,6 @@ class ChtorchCallback(TrainerCallback):
                 f"rewarmup_steps needs the Trainer's LR scheduler to be a LambdaLR (HF's get_scheduler "
                 f"schedules are), got {type(lr_scheduler).__name__}; set rewarmup_steps=0"
             )
-        from chtorch.dst.schedules import rewarmup_factor, update_limit
 
         opts = self.sparsity.options
         interval, w = opts.update_interval, self.rewarmup_steps
@@ -250,7 +249,7 @@ class ChtorchCallback(TrainerCallback):
 
         def rewarmed(base: Any) -> Any:
             def factor(step: int) -> float:
-                return base(step) * rewarmup_factor(step, interval, w, t_end)
+                return base(step) * dst.rewarmup_factor(step, interval, w, t_end)
 
             return factor
 
@@ -336,8 +335,6 @@ class ChtorchCallback(TrainerCallback):
         """``chtorch/density``, ``chtorch/itop`` and ``chtorch/active_neurons`` now."""
         if self.sparsity is None:
             return {}
-        from chtorch.dst.percolation import active_neuron_count, infer_couplings
-
         sp = self.sparsity
         chains = sp.couplings or infer_couplings(sp.model, sp.layer_names)
         active, total = active_neuron_count(sp.masks, chains)

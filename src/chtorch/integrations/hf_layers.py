@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from chtorch.dst import SUPPORTED_LAYERS, is_sparsifiable, select_layers
+
 __all__ = ["default_layers", "head_groups_for"]
 
 
@@ -15,8 +17,6 @@ def default_layers(model: nn.Module) -> list[str]:
     """Every ``nn.Linear`` and GPT-2 ``Conv1D`` of ``model`` except its output embedding
     (``get_output_embeddings()``, the ``lm_head`` of a causal LM, kept dense as in the paper §4.1);
     without one, every such layer but the last ``nn.Linear``."""
-    from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, select_layers
-
     get_output_embeddings = getattr(model, "get_output_embeddings", None)
     head = get_output_embeddings() if get_output_embeddings is not None else None
     if isinstance(head, nn.Module) and is_sparsifiable(head):

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from chtorch._io import atomic_write
+from chtorch.dst import SUPPORTED_LAYERS, is_sparsifiable, layer_shape, logical_weight
 from chtorch.integrations.hf_layers import default_layers
 
 __all__ = ["MASKS_NAME", "save_pretrained_sparse", "restore_masks"]
@@ -47,8 +48,6 @@ def save_pretrained_sparse(model: nn.Module, save_directory: str | os.PathLike, 
     Raises ``ValueError`` when the model has no ``weight_mask`` (it was never sparsified) or a weight
     is non-zero off its mask (the file would not describe the weights)."""
     from safetensors.torch import save as save_bytes
-
-    from chtorch.dst.scope import logical_weight
 
     save_pretrained = getattr(model, "save_pretrained", None)
     if save_pretrained is None:
@@ -107,8 +106,6 @@ def restore_masks(
     the model: known layers, shapes, zeros off the links). Otherwise they are read from the zeros:
     ``weight != 0`` for ``layers`` (default: every supported layer but the output embedding that has
     at least one zero weight)."""
-    from chtorch.dst.scope import SUPPORTED_LAYERS, is_sparsifiable, layer_shape, logical_weight
-
     modules = dict(model.named_modules())
     path = None if save_directory is None else Path(save_directory) / MASKS_NAME
     if path is not None and path.is_file():

@@ -28,7 +28,7 @@ Two exact evaluations of the same formula:
   lists (``embedding_bag``): ``2·nnz(A)·(n_out + n_in)`` additions, i.e. ``density ×`` the dense
   work. ``auto`` picks ``sparse`` below a density threshold that depends on the layer's size
   and device (measured on CPU, estimated for CUDA; see ``_common.prefer_sparse``).
-* ``native``: the same sums in C++/OpenMP (``chtorch/sparse/csrc/kernels.cpp``, CPU only, built at
+* ``native``: the same sums in C++/OpenMP (``chtorch/linkpred/csrc/ch_l3n.cpp``, CPU only, built at
   first use): the common-neighbour counts by Gustavson's sparse row products on sparse layers
   (``Σ d²`` work instead of ``nnz·n``), the ``F·A`` sums by L2-sized column blocks with the
   accumulators in registers, and no ``n × n`` temporaries. ``auto`` picks it on CPU wherever it
@@ -37,6 +37,9 @@ Two exact evaluations of the same formula:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -53,8 +56,9 @@ from chtorch.linkpred._common import (
     scatter_block,
 )
 from chtorch.sparse import native
+from chtorch.sparse.kernels import KernelRegistry
 
-__all__ = ["ch_l3n", "ch_l3n_dense_reference", "choose_method", "NATIVE_MAX_DENSITY"]
+__all__ = ["ch_l3n", "ch_l3n_dense_reference", "choose_method", "NATIVE_MAX_DENSITY", "L3nKernel", "L3N_KERNELS"]
 
 # Above this density the native kernel's Gustavson counting stops paying and the embedding_bag sums
 # of method "sparse" are faster: on CPU (CH2, 1024² and 1568² layers) native takes about 0.6-0.8× the
@@ -186,6 +190,41 @@ def _l3n_sparse(mask: torch.Tensor, variant: str) -> torch.Tensor:
     return scores
 
 
+@dataclass(frozen=True)
+class L3nKernel:
+    """One evaluation of CH-L3n: ``fn(mask, variant) -> scores`` (``(n_out, n_in)`` bool → float32,
+    0 at the links; ``variant`` canonical, e.g. ``"CH2"``); ``supports(dtype, device)`` returns None
+    where it runs, else why not. ``method="auto"`` picks by density (:func:`choose_method`), so
+    ``auto`` stays False here: a registered kernel runs when named."""
+
+    name: str
+    fn: Callable[[torch.Tensor, str], torch.Tensor]
+    supports: Callable[[torch.dtype, torch.device], str | None]
+    auto: bool = False
+
+    def unsupported(self, dtype: torch.dtype, device: torch.device) -> str | None:
+        return self.supports(dtype, device)
+
+
+def _anywhere(dtype: torch.dtype, device: torch.device) -> str | None:
+    return None
+
+
+def _native_l3n_supports(dtype: torch.dtype, device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"method='native' runs on CPU only (mask is on {device})"
+    if not native.available():
+        return f"method='native' is unavailable here ({native.reason_unavailable()})"
+    return None
+
+
+#: The CH-L3n evaluations by name (``ch_l3n(method=...)``); all give the same scores.
+L3N_KERNELS: KernelRegistry[L3nKernel] = KernelRegistry("CH-L3n")
+L3N_KERNELS.register(L3nKernel("dense", lambda mask, key: _l3n_dense(mask, key), _anywhere))
+L3N_KERNELS.register(L3nKernel("sparse", lambda mask, key: _l3n_sparse(mask, key), _anywhere))
+L3N_KERNELS.register(L3nKernel("native", lambda mask, key: _l3n_native(mask, key), _native_l3n_supports))
+
+
 def ch_l3n(mask: torch.Tensor, variant: str = "CH2", method: str = "auto") -> torch.Tensor:
     """Node-based Cannistraci-Hebb scores (CH-L3n) of every non-link of a bipartite layer.
 
@@ -213,23 +252,16 @@ def ch_l3n(mask: torch.Tensor, variant: str = "CH2", method: str = "auto") -> to
     """
     check_mask_input(mask)
     key = parse_variant(variant, L3N_VARIANTS)
-    how = parse_method(method)
+    how = method.strip().lower() if isinstance(method, str) else method
+    if how not in L3N_KERNELS.names():
+        how = parse_method(method)  # raises, naming the valid methods
     if how == "auto":
         how = choose_method(mask)
+    kernel = L3N_KERNELS.resolve(how, mask.dtype, mask.device)
     with torch.no_grad():
         if mask.numel() == 0:
             return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-        if how == "native":
-            if mask.device.type != "cpu":
-                raise RuntimeError(f"method='native' runs on CPU only (mask is on {mask.device}); use method='auto'")
-            if not native.available():
-                raise RuntimeError(
-                    f"method='native' is unavailable here ({native.reason_unavailable()}); use method='auto'"
-                )
-            return _l3n_native(mask, key)
-        if how == "sparse":
-            return _l3n_sparse(mask, key)
-        return _l3n_dense(mask, key)
+        return kernel.fn(mask, key)
 
 
 def ch_l3n_dense_reference(mask: torch.Tensor, variant: str = "CH2") -> torch.Tensor:

@@ -257,6 +257,12 @@ class LlamaLM(nn.Module):
 
     #: Layers that dynamic sparse training keeps dense (paper §4.1).
     dense_layers: tuple[str, ...] = ("lm_head",)
+    #: Percolation couplings by child name inside one block (the LLaMA code's ``qk_chain_removal`` and
+    #: ``chain_removal``; read by :func:`chtorch.dst.infer_couplings`).
+    percolation_pairs: dict[str, tuple[tuple[str, str], ...]] = {
+        "rows": (("q_proj", "k_proj"), ("gate_proj", "up_proj")),
+        "chains": (("v_proj", "o_proj"), ("gate_proj", "down_proj"), ("up_proj", "down_proj")),
+    }
 
     def __init__(self, config: LlamaConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()

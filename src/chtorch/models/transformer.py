@@ -303,6 +303,12 @@ class Seq2SeqTransformer(nn.Module):
 
     #: Layers that dynamic sparse training keeps dense (paper §4.1).
     dense_layers: tuple[str, ...] = ("generator",)
+    #: Percolation couplings by child name inside one block (paper §4.3, OpenNMT's pairs): q/k share
+    #: their output rows; v feeds o, w_1 feeds w_2 (read by :func:`chtorch.dst.infer_couplings`).
+    percolation_pairs: dict[str, tuple[tuple[str, str], ...]] = {
+        "rows": (("q_proj", "k_proj"),),
+        "chains": (("v_proj", "o_proj"), ("w_1", "w_2")),
+    }
 
     positions: torch.Tensor
 

@@ -7,13 +7,14 @@ share neurons (percolation couplings) and which data-dependent sparsity options 
 correlation of CSTI). Image classification is implemented in :mod:`chtorch.recipes.image`;
 translation and language modelling plug in the same way:
 
-1. declare the ``data`` (and, for a new model family, ``model``) config schema with
-   :func:`chtorch.config.register_recipe_schema` / :func:`~chtorch.config.register_model_schema`
-   (derive a ``model`` section from the model's own config dataclass with
-   :func:`chtorch.config.model_schema`), with a ``validate`` hook for checks only the task can make;
-2. subclass :class:`Recipe` and register it with :func:`register_recipe` under the same name;
-3. import the module before loading a config that names it (the built-in recipes are listed in
-   :mod:`chtorch.recipes.builtin`).
+1. subclass :class:`Recipe` (its :meth:`Recipe.couplings` is the percolation coupling rule);
+2. register it once with :func:`register_recipe_spec` and a :class:`RecipeSpec`: its ``data`` config
+   schema, the model families it trains with their ``model`` section schemas (derive one from the
+   model's own config dataclass with :func:`chtorch.config.model_schema`), the model classes
+   ``chtorch export`` may rebuild, sparsity defaults and a ``validate`` hook for checks only the
+   task can make;
+3. import the module before loading a config that names it: the built-in recipes are listed in
+   :mod:`chtorch.recipes.builtin`, a user's module goes in ``run.imports`` (or ``chtorch --import``).
 
 A training *epoch* is ``steps_per_epoch`` optimizer steps: a pass over the training set for
 classification, or a fixed number of steps between evaluations for a stream of text.
@@ -30,17 +31,26 @@ cache) should do so when :attr:`Recipe.is_main`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from chtorch._checks import closest
-from chtorch.config import Config
-from chtorch.dst.percolation import Coupling
+from chtorch.config import Config, register_model_schema, register_recipe_schema
+from chtorch.dst import Coupling
 
-__all__ = ["Recipe", "register_recipe", "get_recipe", "recipes"]
+__all__ = [
+    "Recipe",
+    "RecipeSpec",
+    "register_recipe_spec",
+    "register_recipe",
+    "get_recipe",
+    "recipes",
+    "export_model_classes",
+]
 
 
 class Recipe(abc.ABC):
@@ -195,3 +205,53 @@ def get_recipe(name: str) -> type[Recipe]:
 def recipes() -> list[str]:
     """The names of the registered recipes."""
     return sorted(_RECIPES)
+
+
+_EXPORT_CLASSES: dict[str, tuple[type[nn.Module], type]] = {}
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """Everything chtorch needs to know of a recipe, registered at once by :func:`register_recipe_spec`.
+
+    ``recipe``: the :class:`Recipe` subclass (``recipe.name`` is ``run.recipe``; its ``couplings``
+    method is the percolation coupling rule the engine calls with the selected layers). ``data``: the
+    ``data`` section dataclass. ``models``: model family → its ``model`` section dataclass, or None
+    for a family registered elsewhere; the first is the recipe's default. ``export_classes``: class
+    name → (model class, its config dataclass) that ``chtorch export`` may rebuild.
+    ``sparsity_defaults``: sparsity options the task uses unless the config says otherwise.
+    ``validate(config)``: checks only the recipe can make (raise ``ConfigError``). ``default``: the
+    recipe of a config that names none."""
+
+    recipe: type[Recipe]
+    data: type
+    models: Mapping[str, type | None]
+    export_classes: Mapping[str, tuple[type[nn.Module], type]] = field(default_factory=dict)
+    sparsity_defaults: Mapping[str, Any] = field(default_factory=dict)
+    validate: Callable[[Any], None] | None = None
+    default: bool = False
+
+
+def register_recipe_spec(spec: RecipeSpec) -> RecipeSpec:
+    """Register a recipe's schemas, behaviour and export classes (see :class:`RecipeSpec`)."""
+    if not (isinstance(spec.recipe, type) and issubclass(spec.recipe, Recipe)):
+        raise TypeError(f"RecipeSpec.recipe must be a Recipe subclass, got {spec.recipe!r}")
+    for family, schema in spec.models.items():
+        if schema is not None:
+            register_model_schema(family, schema)
+    register_recipe_schema(
+        spec.recipe.name,
+        spec.data,
+        list(spec.models),
+        spec.sparsity_defaults,
+        validate=spec.validate,
+        default=spec.default,
+    )
+    register_recipe(spec.recipe)
+    _EXPORT_CLASSES.update(spec.export_classes)
+    return spec
+
+
+def export_model_classes() -> dict[str, tuple[type[nn.Module], type]]:
+    """Class name → (model class, config dataclass) of every model an export may name (a copy)."""
+    return dict(_EXPORT_CLASSES)

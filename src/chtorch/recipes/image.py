@@ -27,8 +27,6 @@ from chtorch.config import (
     ConfigError,
     model_schema,
     model_values,
-    register_model_schema,
-    register_recipe_schema,
     setting,
 )
 from chtorch.data import TensorLoader, dataset_names, load_dataset, random_crop_flip
@@ -36,7 +34,7 @@ from chtorch.data.holdout import holdout_indices
 from chtorch.data.vision import dataset_info
 from chtorch.models import MLP
 from chtorch.models.mlp import ACTIVATIONS, MLPConfig
-from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.base import Recipe, RecipeSpec, register_recipe_spec
 from chtorch.rng import derive_seed, make_generator
 from chtorch.topology import pearson_correlation
 
@@ -94,24 +92,6 @@ def validate_image_config(config: Config) -> None:
         ) from None
 
 
-# SWI (Zhang et al.; docs/decisions.md, "initial weights"): masked Kaiming init shrinks the signal by sqrt(density)
-# per layer, so a 90-99% sparse MLP trains poorly without it. The official MLP code's DSTScheduler scales by
-# density·out_features ("swi_out"; docs/decisions.md, SWI fan) for its CHT and CHTs commands; its SET command (and
-# run.py's default, so RigL) draws dense Kaiming instead: the shipped MLP configs set weight_init: kaiming for set
-# and rigl. The methods without public MLP code (MEST, GMP, GraNet, CHTss) get SWI.
-register_recipe_schema(
-    "image_classification",
-    ImageDataConfig,
-    ["mlp"],
-    # the MLP code skips the optimizer step of an update iteration (docs/decisions.md)
-    sparsity_defaults={"weight_init": "swi_out", "skip_step_on_update": True},
-    validate=validate_image_config,
-    default=True,
-)
-register_model_schema("mlp", MLPModelConfig)
-
-
-@register_recipe
 class ImageClassification(Recipe):
     """MLP image classification; metrics ``train_loss``, ``train_accuracy``, ``val_loss``,
     ``val_accuracy`` (on the held-out ``data.val_fraction`` of the training images; absent when it is
@@ -259,3 +239,22 @@ class ImageClassification(Recipe):
             "in_features": int(self.in_features),
             "classes": int(self.n_classes),
         }
+
+
+register_recipe_spec(
+    RecipeSpec(
+        ImageClassification,
+        ImageDataConfig,
+        {"mlp": MLPModelConfig},
+        export_classes={"MLP": (MLP, MLPConfig)},
+        # SWI (Zhang et al.; docs/decisions.md, "initial weights"): masked Kaiming init shrinks the signal by
+        # sqrt(density) per layer, so a 90-99% sparse MLP trains poorly without it. The official MLP code's
+        # DSTScheduler scales by density·out_features ("swi_out"; docs/decisions.md, SWI fan) for its CHT and CHTs
+        # commands; its SET command (and run.py's default, so RigL) draws dense Kaiming instead: the shipped MLP
+        # configs set weight_init: kaiming for set and rigl. The methods without public MLP code (MEST, GMP, GraNet,
+        # CHTss) get SWI. The MLP code skips the optimizer step of an update iteration (docs/decisions.md).
+        sparsity_defaults={"weight_init": "swi_out", "skip_step_on_update": True},
+        validate=validate_image_config,
+        default=True,
+    )
+)

@@ -40,8 +40,6 @@ from chtorch.config import (
     ConfigError,
     model_schema,
     model_values,
-    register_model_schema,
-    register_recipe_schema,
     setting,
 )
 from chtorch.data import (
@@ -54,10 +52,10 @@ from chtorch.data import (
     train_bpe,
 )
 from chtorch.data.text import load_hf_text, random_windows
-from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.dst import Coupling, infer_couplings
 from chtorch.models import LlamaLM, causal_lm_loss, paper_llama_config
 from chtorch.models.llama import PAPER_CONFIGS, LlamaConfig
-from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.base import Recipe, RecipeSpec, register_recipe_spec
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.rng import make_generator
 
@@ -139,12 +137,6 @@ LLAMA_CODE_DEFAULTS = {
     "early_stop": None,
     "final_update": "at_t_end",
 }
-# The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part of
-# LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).
-register_recipe_schema(
-    "lm", LMDataConfig, ["llama"], sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True}
-)
-register_model_schema("llama", LlamaModelConfig)
 
 
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:
@@ -171,7 +163,6 @@ def _chunks(text: str, size: int = 1 << 16) -> list[str]:
     return pieces
 
 
-@register_recipe
 class LanguageModeling(Recipe):
     """Causal language modelling; metrics ``train_loss``, ``train_ppl``, ``val_loss``, ``val_ppl``."""
 
@@ -342,3 +333,16 @@ class LanguageModeling(Recipe):
             "seq_len": cfg.seq_len,
             "batch_size": cfg.batch_size,
         }
+
+
+register_recipe_spec(
+    RecipeSpec(
+        LanguageModeling,
+        LMDataConfig,
+        {"llama": LlamaModelConfig},
+        export_classes={"LlamaLM": (LlamaLM, LlamaConfig)},
+        # The LLaMA code also skips the optimizer step of an update iteration (a training-loop choice, so not part
+        # of LLAMA_CODE_DEFAULTS, which users hand to the HF callback; docs/decisions.md).
+        sparsity_defaults={**LLAMA_CODE_DEFAULTS, "skip_step_on_update": True},
+    )
+)

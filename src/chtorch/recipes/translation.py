@@ -47,8 +47,6 @@ from chtorch.config import (
     ConfigError,
     model_schema,
     model_values,
-    register_model_schema,
-    register_recipe_schema,
 )
 from chtorch.data import (
     encode_pairs,
@@ -60,10 +58,10 @@ from chtorch.data import (
     train_word_level,
 )
 from chtorch.data.translation import collate_pairs, load_hf_translation, token_batch_indices
-from chtorch.dst.percolation import Coupling, infer_couplings
+from chtorch.dst import Coupling, infer_couplings
 from chtorch.models import Seq2SeqTransformer, label_smoothed_cross_entropy
 from chtorch.models.transformer import Seq2SeqConfig
-from chtorch.recipes.base import Recipe, register_recipe
+from chtorch.recipes.base import Recipe, RecipeSpec, register_recipe_spec
 from chtorch.recipes.common import PER_HEAD_SPARSITY, cached_tokenizer, run_dir
 from chtorch.recipes.decoding import corpus_bleu, replace_unknown, translate, translate_aligned
 from chtorch.recipes.translation_config import SCORING_KEYS, SELECTION, TranslationDataConfig
@@ -96,17 +94,10 @@ TransformerModelConfig = model_schema(
 )
 
 
-# The official Transformer code keeps the model's Glorot initialisation for every method (docs/decisions.md,
-# "initial weights"), so the CH presets' SWI does not apply here unless a config asks for it.
-register_recipe_schema("translation", TranslationDataConfig, ["transformer"], sparsity_defaults={"weight_init": "keep"})
-register_model_schema("transformer", TransformerModelConfig)
-
-
 # ------------------------------------------------------------------------------------------------
 # The recipe
 
 
-@register_recipe
 class Translation(Recipe):
     """Encoder-decoder translation; metrics ``train_loss`` (label-smoothed, per target token),
     ``val_loss`` (NLL per target token), ``val_ppl`` = exp(val_loss), ``val_accuracy`` (token
@@ -473,3 +464,16 @@ class Translation(Recipe):
             "batches_per_pass": self.batches_per_pass,
             "batch_tokens": cfg.batch_tokens,
         }
+
+
+register_recipe_spec(
+    RecipeSpec(
+        Translation,
+        TranslationDataConfig,
+        {"transformer": TransformerModelConfig},
+        export_classes={"Seq2SeqTransformer": (Seq2SeqTransformer, Seq2SeqConfig)},
+        # The official Transformer code keeps the model's Glorot initialisation for every method
+        # (docs/decisions.md, "initial weights"), so the CH presets' SWI does not apply here unless a config asks.
+        sparsity_defaults={"weight_init": "keep"},
+    )
+)

@@ -12,7 +12,8 @@ autograd function whose backward is truly sparse as well:
   (the steps before a RigL/GraNet/MEST update, whose regrowth or removal reads it): one dense GEMM
   on those steps, none otherwise.
 
-Three implementations give the same numbers (tests check each against the others):
+Three registered kernels (:mod:`chtorch.sparse.kernels`) give the same numbers (tests check each against the
+others, and every kernel a user registers against them):
 
 ``"native"`` C++/OpenMP kernels (:mod:`chtorch.sparse.native`, built at first use) on feature-major
              panels of the activations (64 batch entries each): the forward and the input gradient
@@ -40,10 +41,12 @@ from collections.abc import Callable
 import torch
 
 from chtorch.sparse import native
+from chtorch.sparse.kernels import SparseLinearKernel, get_kernel, kernel_names, register_kernel, resolve_kernel
 from chtorch.sparse.layout import SparseLayout
 
 __all__ = ["sparse_linear", "resolve_impl", "IMPLEMENTATIONS", "DenseGradWatch"]
 
+#: The built-in kernels (``kernel_names()`` adds the ones a user registers).
 IMPLEMENTATIONS = ("auto", "native", "csr", "gather")
 
 # Elements of the (chunk, batch) temporaries of the gather implementation: 2**22 floats = 16 MiB.
@@ -51,30 +54,13 @@ _GATHER_CHUNK_ELEMENTS = 1 << 22
 
 
 def resolve_impl(impl: str, dtype: torch.dtype, device: torch.device) -> str:
-    """The implementation ``impl`` stands for. ``"auto"``: ``"native"`` for float32/float64 on CPU
-    when the native kernels can be built here, else ``"csr"`` for float32/float64 on CPU and CUDA
-    (torch.sparse CSR kernels exist there), else ``"gather"``. An explicit ``"native"`` where the
-    native kernels cannot run raises ``RuntimeError`` naming the reason."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    floating = dtype in (torch.float32, torch.float64)
-    if impl == "native":
-        if device.type != "cpu" or not floating:
-            raise RuntimeError(
-                f"impl='native' runs float32/float64 on CPU only (got {dtype} on {device.type}); use impl='auto'"
-            )
-        if not native.available():
-            raise RuntimeError(
-                f"impl='native' is unavailable here ({native.reason_unavailable()}); use impl='auto' or 'csr'"
-            )
-        return impl
-    if impl != "auto":
-        return impl
-    if floating and device.type == "cpu" and native.available():
-        return "native"
-    if floating and device.type in ("cpu", "cuda"):
-        return "csr"
-    return "gather"
+    """The registered kernel (:mod:`chtorch.sparse.kernels`) that ``impl`` stands for. ``"auto"``:
+    ``"native"`` for float32/float64 on CPU when the native kernels can be built here, else ``"csr"``
+    for float32/float64 on CPU and CUDA (torch.sparse CSR kernels exist there), else ``"gather"``. A
+    named kernel that cannot run here raises ``RuntimeError`` naming the reason."""
+    if impl not in kernel_names():
+        raise ValueError(f"impl must be one of {kernel_names()}, got {impl!r}")
+    return resolve_kernel(impl, dtype, device).name
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -219,20 +205,59 @@ def _native_grad_values(
     return native.load().sddmm(layout.crow, layout.cols, grad_op, x_op)
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
+def _floating(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float32, torch.float64)
 
 
-# (forward, input gradient, weight gradient) per implementation. The first two take the batch size:
-# the native panel operand is padded to whole panels, so its shape does not tell it (the others ignore it).
-_KERNELS = {
-    "native": (_native_forward, _native_grad_input, _native_grad_values),
-    "csr": (_csr_forward, _csr_grad_input, _csr_grad_values),
-    "gather": (_gather_forward, _gather_grad_input, _gather_grad_values),
-}
-# How each implementation wants its operands: the input, and the output gradient, are converted once
-# and shared by the passes that read them.
-_OPERAND = {"native": _panels, "csr": _identity, "gather": _identity}
+def _native_supports(dtype: torch.dtype, device: torch.device) -> str | None:
+    if device.type != "cpu" or not _floating(dtype):
+        return f"the native kernels run float32/float64 on CPU only, got {dtype} on {device.type}"
+    if not native.available():
+        return f"the native kernels are unavailable here: {native.reason_unavailable()}"
+    return None
+
+
+def _csr_supports(dtype: torch.dtype, device: torch.device) -> str | None:
+    if device.type not in ("cpu", "cuda") or not _floating(dtype):
+        return f"torch.sparse CSR kernels run float32/float64 on CPU and CUDA, got {dtype} on {device.type}"
+    return None
+
+
+# Registration order is the order "auto" tries them in. The forward and input-gradient kernels take
+# the batch size: the native panel operand is padded to whole panels, so its shape does not tell it.
+register_kernel(
+    SparseLinearKernel(
+        "native",
+        _native_forward,
+        _native_grad_input,
+        _native_grad_values,
+        operand=_panels,
+        supports=_native_supports,
+        auto=True,
+        summary="C++/OpenMP CSR sweeps on feature-major panels (CPU)",
+    )
+)
+register_kernel(
+    SparseLinearKernel(
+        "csr",
+        _csr_forward,
+        _csr_grad_input,
+        _csr_grad_values,
+        supports=_csr_supports,
+        auto=True,
+        summary="torch.sparse CSR: MKL on CPU, cuSPARSE on CUDA",
+    )
+)
+register_kernel(
+    SparseLinearKernel(
+        "gather",
+        _gather_forward,
+        _gather_grad_input,
+        _gather_grad_values,
+        auto=True,
+        summary="dense tensor ops (gathers and index_add_): any dtype and device",
+    )
+)
 
 
 class DenseGradWatch:
@@ -270,17 +295,17 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, bias, layout, impl, watch=None):  # type: ignore[override]
-        forward, _, _ = _KERNELS[impl]
+        kernel = get_kernel(impl)
         ctx.layout, ctx.impl, ctx.has_bias, ctx.watch, ctx.batch = layout, impl, bias is not None, watch, x.shape[0]
-        x_op = _OPERAND[impl](x)
+        x_op = kernel.operand(x)
         # A watch reads the batch-major input (a reference: no copy); the kernels read the operand.
         ctx.save_for_backward(x_op, values, x if watch is not None and x_op is not x else None)
         # The kernels run in the weight's dtype: autocast must not recast their operands. Entering
         # a disabled autocast context costs as much as a small sparse product, so only when needed.
         if _autocast_enabled(x.device.type):
             with torch.autocast(device_type=x.device.type, enabled=False):
-                return forward(x_op, values, bias, layout, ctx.batch)
-        return forward(x_op, values, bias, layout, ctx.batch)
+                return kernel.forward(x_op, values, bias, layout, ctx.batch)
+        return kernel.forward(x_op, values, bias, layout, ctx.batch)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -292,15 +317,15 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_out):
         x_op, values, x = ctx.saved_tensors
-        _, grad_input_fn, grad_values_fn = _KERNELS[ctx.impl]
+        kernel = get_kernel(ctx.impl)
         grad_x = grad_values = grad_bias = None
         grad_out = grad_out.to(values.dtype)
-        grad = _OPERAND[ctx.impl](grad_out)
+        grad = kernel.operand(grad_out)
         needs = ctx.needs_input_grad
         if needs[0]:
-            grad_x = grad_input_fn(grad, values, ctx.layout, ctx.batch)
+            grad_x = kernel.grad_input(grad, values, ctx.layout, ctx.batch)
         if needs[1]:
-            grad_values = grad_values_fn(grad, x_op, values, ctx.layout)
+            grad_values = kernel.grad_values(grad, x_op, values, ctx.layout)
         if ctx.has_bias and needs[2]:
             grad_bias = grad_out.sum(0)
         if ctx.watch is not None:

@@ -25,7 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from chtorch.sparse.functional import IMPLEMENTATIONS, DenseGradWatch, resolve_impl, sparse_linear
+from chtorch.sparse.functional import DenseGradWatch, resolve_impl, sparse_linear
+from chtorch.sparse.kernels import kernel_names
 from chtorch.sparse.layout import SparseLayout, build_layout, link_keys
 
 __all__ = ["SparseLinear", "TopologyChange"]
@@ -61,7 +62,8 @@ class SparseLinear(nn.Module):
         weight_mask: bool buffer ``(out_features, in_features)`` (persistent, in the state_dict).
         rows, cols, crow, crow_t, col_t, perm: int64 index buffers (not persistent; rebuilt from
             the mask), see :class:`chtorch.sparse.layout.SparseLayout`.
-        impl: ``"auto"``, ``"native"``, ``"csr"`` or ``"gather"`` (see :mod:`chtorch.sparse.functional`).
+        impl: ``"auto"``, ``"native"``, ``"csr"``, ``"gather"`` or a kernel you registered
+            (:mod:`chtorch.sparse.kernels`).
 
     Build one from an existing layer with :meth:`from_linear`; the constructor makes a fresh layer
     with ``nn.Linear``'s default initialisation at the links (all links when ``mask`` is ``None``).
@@ -93,8 +95,8 @@ class SparseLinear(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+        if impl not in kernel_names():
+            raise ValueError(f"impl must be one of {kernel_names()}, got {impl!r}")
         self.in_features, self.out_features, self.impl = int(in_features), int(out_features), impl
         shape = (self.out_features, self.in_features)
         if mask is None:
@@ -124,8 +126,8 @@ class SparseLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+        if impl not in kernel_names():
+            raise ValueError(f"impl must be one of {kernel_names()}, got {impl!r}")
         if mask is None:
             mask = getattr(linear, "weight_mask", None)
             if mask is None:

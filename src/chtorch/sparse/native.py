@@ -1,6 +1,9 @@
 """Native CPU kernels (C++/OpenMP), built at first use, with a clean fallback to pure PyTorch.
 
-``csrc/kernels.cpp`` holds these operators, registered as ``torch.ops.chtorch_native.*``:
+Each wing keeps its C++ beside its Python: ``chtorch/sparse/csrc/kernels.cpp`` (the sparse layer's
+products) and ``chtorch/linkpred/csrc/ch_l3n.cpp`` (CH-L3n, a fragment of the same operator namespace).
+Both are compiled into one library (one build, one cache entry, one fallback decision), registered as
+``torch.ops.chtorch_native.*``:
 
 * ``to_panels(src)``: the feature-major panel layout ``(n_panels, features, width)`` of a batch-major
   ``(batch, features)`` activation: panels of 256 bytes of batch entries (64 floats), each a
@@ -44,7 +47,10 @@ from chtorch.sparse.build import locked_build
 __all__ = ["load", "available", "reason_unavailable", "cache_dir"]
 
 _log = logging.getLogger("chtorch.sparse.native")
-_SOURCE = Path(__file__).with_name("csrc") / "kernels.cpp"
+_SOURCES = (
+    Path(__file__).with_name("csrc") / "kernels.cpp",
+    Path(__file__).parents[1] / "linkpred" / "csrc" / "ch_l3n.cpp",
+)
 _lock = threading.Lock()
 _state: dict[str, Any] = {"tried": False, "ops": None, "reason": None}
 
@@ -103,7 +109,7 @@ def _build() -> Any:
         raise RuntimeError(missing)
     from torch.utils import cpp_extension
 
-    source = _SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in _SOURCES)
     tag = _build_tag(source)
     build_dir = cache_dir() / tag
     name = f"chtorch_native_{tag}"
@@ -112,7 +118,7 @@ def _build() -> Any:
         f"{name}.so",
         lambda: cpp_extension.load(
             name=name,
-            sources=[str(_SOURCE)],
+            sources=[str(path) for path in _SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-DNDEBUG"],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),

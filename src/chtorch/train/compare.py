@@ -38,7 +38,7 @@ from chtorch.config import (
     resolve_sparsity_options,
     save_config,
 )
-from chtorch.dst.methods import all_methods, is_dense
+from chtorch.dst import all_methods, is_dense, merge_overrides
 from chtorch.train.checkpoint import CHECKPOINT_NAME
 from chtorch.train.compare_table import OUTPUT_NAMES, PLAN_NAME, format_table, write_compare
 from chtorch.train.lifecycle import RESUME_OVERRIDABLE, SUMMARY_NAME, TrainingError
@@ -102,8 +102,6 @@ def _comparable(raw: dict[str, Any], method: str) -> dict[str, Any]:
     options ``method`` resolves to: the same setting given either way is the same run, and another
     method's options cannot change this run (a config that tunes one method leaves the finished runs
     of the others valid)."""
-    from chtorch.dst.methods import merge_overrides
-
     sparsity = dict(raw.get("sparsity") or {})
     options = merge_overrides(sparsity.pop("options", None), (sparsity.pop("method_options", None) or {}).get(method))
     flat = _flatten({**raw, "sparsity": sparsity})

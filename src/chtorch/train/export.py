@@ -40,8 +40,7 @@ from chtorch.compaction import (
     to_sparse_inference,
 )
 from chtorch.config import build_config
-from chtorch.models import MLP, LlamaConfig, LlamaLM, MLPConfig, Seq2SeqConfig, Seq2SeqTransformer
-from chtorch.recipes.base import get_recipe
+from chtorch.recipes.base import export_model_classes, get_recipe
 from chtorch.sparse import SparseInferenceLinear
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 from chtorch.train.evaluation import load_weights
@@ -65,12 +64,9 @@ class ExportFileError(CheckpointError):
 
 
 def _model_classes() -> dict[str, tuple[type[nn.Module], type]]:
-    """The model classes an export may name (never a class taken from the file itself)."""
-    return {
-        "MLP": (MLP, MLPConfig),
-        "LlamaLM": (LlamaLM, LlamaConfig),
-        "Seq2SeqTransformer": (Seq2SeqTransformer, Seq2SeqConfig),
-    }
+    """The model classes an export may name (never a class taken from the file itself): those the
+    registered recipes declare (:class:`chtorch.recipes.base.RecipeSpec`)."""
+    return export_model_classes()
 
 
 def _safetensors() -> Any:

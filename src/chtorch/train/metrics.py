@@ -28,9 +28,7 @@ import numpy as np
 import torch
 
 from chtorch._io import atomic_write, atomic_write_text
-from chtorch.dst.percolation import (
-    active_neuron_count,  # re-exported: it lives with percolation
-)
+from chtorch.dst import active_neuron_count  # re-exported: it lives with percolation
 
 __all__ = [
     "METRICS_NAME",

@@ -3,7 +3,7 @@
 - MLP (Zhang et al., NeurIPS 2025, arXiv:2501.19107, Table 4): SGD, momentum 0.9, weight decay
   5e-4, LR linear from 0.025 to 2.5e-4.
 - Transformer (Table 5): Adam with noam, times the iterative re-warm-up after every topology update
-  ("inoam", w = 20; one function for it: :func:`chtorch.dst.schedules.rewarmup_factor`).
+  ("inoam", w = 20; one function for it: :func:`chtorch.dst.rewarmup_factor`).
 - LLaMA (Table 6 / the official LLaMA code): AdamW, warm-up then cosine to 0.1·lr, times the same re-warm-up.
 
 Every schedule is a pure function of the optimizer step (:mod:`chtorch.train.lr_schedules`), wrapped in a
@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from chtorch import dst
 from chtorch.config import OptimConfig
-from chtorch.dst import schedules
 from chtorch.train.lr_schedules import cosine_with_warmup, linear_decay, noam
 
 __all__ = ["build_optimizer", "lr_multiplier", "build_scheduler"]
@@ -95,7 +95,7 @@ def lr_multiplier(
     noam's scale). ``update_interval`` enables the iterative re-warm-up when ``config.rewarmup_steps > 0``
     (None: a dense run, no re-warm-up); it repeats every interval of the whole run (``rewarmup_until="end"``,
     both official codes) or only up to ``t_end``, the last step at which an update runs
-    (:func:`chtorch.dst.schedules.update_limit`), with ``rewarmup_until="last_update"``.
+    (:func:`chtorch.dst.update_limit`), with ``rewarmup_until="last_update"``.
 
     - constant: 1 (after an optional linear warm-up over ``warmup_steps``);
     - linear: from 1 to ``final_lr/lr`` at ``decay_fraction · total_steps`` (after the warm-up), then held;
@@ -136,7 +136,7 @@ def lr_multiplier(
 
         def rewarmed(step: int) -> float:
             # LambdaLR's counter ``step`` is the number of finished optimizer steps, as the re-warm-up expects.
-            return base(step) * schedules.rewarmup_factor(step, update_interval, w, limit)
+            return base(step) * dst.rewarmup_factor(step, update_interval, w, limit)
 
         return rewarmed
     return base

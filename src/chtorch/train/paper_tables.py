@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chtorch.dst import get_method
+
 __all__ = ["PaperCell", "TABLES", "REPORTED", "paper_row", "paper_cell", "best_after_final_topology"]
 
 #: Which of a run's values the paper's MLP cells correspond to: the official MLP code keeps the best
@@ -79,8 +81,6 @@ _FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "grane
 
 def _family(method: str) -> str:
     """The built-in preset ``method`` descends from (``chts_mlp`` -> ``chts``), via ``based_on``."""
-    from chtorch.dst.methods import get_method
-
     try:
         preset = get_method(method)
     except ValueError:

@@ -47,9 +47,7 @@ from chtorch.config import (
     method_options_for,
     save_config,
 )
-from chtorch.dst import schedules
-from chtorch.dst.methods import is_dense
-from chtorch.dst.percolation import infer_couplings
+from chtorch.dst import LayerSelectionError, infer_couplings, is_dense, update_limit
 from chtorch.recipes.base import Recipe, get_recipe
 from chtorch.rng import derive_seed
 from chtorch.train import distributed as ddp
@@ -170,19 +168,12 @@ class Trainer:
         interval = t_end = None
         sp = cfg.sparsity
         if not is_dense(sp.method):
-            from chtorch.dst.scope import select_layers
-
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
-            try:
-                names = select_layers(self.model, sp.layers, sp.exclude)
-            except ValueError as exc:
-                raise ConfigError(f"sparsity.layers / sparsity.exclude: {exc}", "sparsity.layers") from None
             # The config's layers of overrides (options, then method_options[method]) and the
-            # recipe's data-dependent ones; sparsify merges them over the preset (one place).
+            # recipe's data-dependent ones; sparsify merges them over the preset (one place). The
+            # recipe's coupling rule is called by the engine with the layers it selected.
             options = self.recipe.sparsity_options(method_options_for(cfg))
-            couplings = self.recipe.couplings(self.model, names)
-            if couplings is not None:
-                options["couplings"] = couplings
+            options["couplings"] = self.recipe.couplings
             try:
                 self.sparsity = sparsify(
                     self.model,
@@ -192,14 +183,18 @@ class Trainer:
                     total_steps=self.total_steps,
                     seed=cfg.run.seed,
                     update_interval=interval,
-                    layers=names,
+                    layers=sp.layers,
+                    exclude=sp.exclude,
                     backend=sp.backend,
+                    kernel=sp.kernel,
                     **options,
                 )
+            except LayerSelectionError as exc:
+                raise ConfigError(f"sparsity.layers / sparsity.exclude: {exc}", "sparsity.layers") from None
             except ValueError as exc:  # OptionError included: a combination the engine refuses for this model
                 raise ConfigError(f"sparsity settings do not fit this model: {exc}", "sparsity") from None
-            t_end = schedules.update_limit(self.sparsity.t_end, self.sparsity.options.final_update)
-            self.chains = self.sparsity.couplings or infer_couplings(self.model, names)
+            t_end = update_limit(self.sparsity.t_end, self.sparsity.options.final_update)
+            self.chains = self.sparsity.couplings or infer_couplings(self.model, self.sparsity.layer_names)
         else:
             self.chains = []
         self.update_interval = interval
