@@ -8,6 +8,7 @@
     chtorch config [CONFIG.yaml] [--set ...] [--reference]          show the resolved config / all keys
     chtorch export RUN_DIR                                          compact a trained sparse model
     chtorch evaluate RUN_DIR [--set key=value ...] [--name NAME]   score a run again (e.g. other decoding)
+    chtorch configs [copy NAME [DEST]]                              the shipped configs; copy one to edit
 
 User mistakes (config, data files, checkpoints) print one ``chtorch: error: ...`` line that names the
 problem and the fix, and exit with status 2; an interrupted run exits with 130 after saving.
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chtorch import __version__
+from chtorch.cli_configs import add_configs_parser, cmd_configs
 
 if TYPE_CHECKING:
     from chtorch.config import Config
@@ -65,7 +67,7 @@ def data_hint(exc: BaseException, overrides: Sequence[str] = ()) -> str:
     of ``root=``/``CHTORCH_DATA``; on the command line the config keys are what a user can type."""
     from chtorch.data.files import DataNotFoundError
 
-    if not isinstance(exc, DataNotFoundError) and "not found" not in str(exc):
+    if not isinstance(exc, DataNotFoundError) and ("not found" not in str(exc) or str(exc).startswith("config file")):
         return ""
     hint = " On the command line: --set data.dir=<folder holding the files>"
     if "download=True" in str(exc) or "download" in " ".join(overrides):
@@ -97,8 +99,8 @@ def next_hints(result: object, config: object | None, config_path: str | None) -
             f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method"
         )
     else:
-        lines.append("chtorch compare configs/digits_chts.yaml --methods dense,set,rigl,chts --seeds 0,1,2")
-        lines.append("chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
+        lines.append("chtorch compare digits_chts --methods dense,set,rigl,chts --seeds 0,1,2")
+        lines.append("chtorch train mlp_mnist_cpu --set data.dir=/path/to/mnist   # a real dataset (`chtorch configs`)")
     return lines
 
 
@@ -120,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (no config: the offline demo)",
         description="Train a model with dynamic sparse training. Without CONFIG: " + DEMO_HINT + ".",
     )
-    p.add_argument("config", nargs="?", help="YAML config (see configs/); default: the built-in digits demo")
+    p.add_argument(
+        "config", nargs="?", help="YAML config or a shipped name (`chtorch configs`); default: the digits demo"
+    )
     _add_set(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, exactly")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<run.name>-<date>-<time>)")
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference",
     )
     _add_evaluate(sub)
+    add_configs_parser(sub)
     return parser
 
 
@@ -286,7 +291,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.config is None and not args.quiet and _rank() == 0:
             print(
                 f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
-                "         (configs/*.yaml hold the paper's settings; `chtorch train --help` for options)",
+                "         (`chtorch configs` lists the shipped configs, the paper's settings among them)",
                 flush=True,
             )
         result = train(config, args.out)
@@ -442,6 +447,7 @@ _COMMANDS = {
     "config": _cmd_config,
     "export": _cmd_export,
     "evaluate": _cmd_evaluate,
+    "configs": cmd_configs,
 }
 
 
