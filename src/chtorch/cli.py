@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference",
     )
+    _add_set(p)  # where the data is now (data.dir=...): the measurement batch comes from it
     _add_evaluate(sub)
     add_configs_parser(sub)
     return parser
@@ -426,7 +427,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         return _fail(f"{run_dir} holds no checkpoint.pt: is it a chtorch run directory?")
-    path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse)
+    _check_overrides(args.overrides)
+    path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse, overrides=args.overrides)
     for name, shape in summary["shapes"].items():
         print(f"  {name}: {shape[0]} x {shape[1]}")
     for note in summary["notes"]:
