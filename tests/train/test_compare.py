@@ -141,6 +141,8 @@ def test_compare_table_paper_cells_plots_and_report(tmp_path: Path, capsys) -> N
     assert summary["data"]["val_samples"] > 0
     text = (out_dir / "compare.md").read_text()
     assert "98.14 ± 0.02 (SET)" in text and "](compare_curves.png)" in text and "](compare_final.png)" in text
+    # A tiny budget beside the paper's cells is said to be one.
+    assert "**Not the paper's protocol**: train.epochs 2 (the paper: 100); model.hidden [16, 16]" in text
     # `chtorch report` rebuilds the table and plots of a compare directory from its runs.
     for name in ("compare.md", "compare_curves.png", "compare_final.png"):
         (out_dir / name).unlink()
