@@ -16,9 +16,9 @@ import pytest
 from chtorch.cli import main
 from chtorch.config import ConfigError, load_config
 from chtorch.train import TrainingError, compare
+from chtorch.train.compare_plots import cost_series
 from chtorch.train.compare_table import format_table
 from chtorch.train.metrics import read_metrics
-from chtorch.train.compare_plots import cost_series
 from chtorch.train.paper_tables import TABLES, paper_cell, paper_row
 from chtorch.train.seed_stats import mean_stderr
 from chtorch.train.trainer import Trainer
