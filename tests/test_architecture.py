@@ -48,7 +48,7 @@ APPLICATION = ("chtorch.config", "chtorch.recipes", "chtorch.train", "chtorch.in
 
 # The only imports allowed inside functions, (importer, imported) as shell patterns, each with why.
 LAZY_IMPORTS = {
-    ("chtorch.cli", "chtorch.*"): "`chtorch --help` and `--version` must not load the config, recipes, data "
+    ("chtorch.cli*", "chtorch.*"): "`chtorch --help` and `--version` must not load the config, recipes, data "
     "or trainer: each subcommand imports what it runs",
     ("chtorch.*", "chtorch.config.safe_yaml"): "PyYAML is an optional extra ([cli]); the library runs without it",
     ("chtorch.integrations", "chtorch.integrations.hf"): "transformers is an optional extra ([hf]); importing "

@@ -9,6 +9,7 @@
     chtorch config [CONFIG.yaml] [--set ...] [--reference]          show the resolved config / all keys
     chtorch export RUN_DIR                                          compact a trained sparse model
     chtorch evaluate RUN_DIR [--set key=value ...] [--name NAME]   score a run again (e.g. other decoding)
+    chtorch configs [copy NAME [DEST]]                              the shipped configs; copy one to edit
 
 User mistakes (config, data files, checkpoints) print one ``chtorch: error: ...`` line that names the
 problem and the fix, and exit with status 2; an interrupted run exits with 130 after saving.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chtorch import __version__
+from chtorch.cli_configs import add_configs_parser, cmd_configs
 
 if TYPE_CHECKING:
     from chtorch.config import Config
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (no config: the offline demo)",
         description="Train a model with dynamic sparse training. Without CONFIG: " + DEMO_HINT + ".",
     )
-    p.add_argument("config", nargs="?", help="YAML config (see configs/); default: the built-in digits demo")
+    p.add_argument(
+        "config", nargs="?", help="YAML config or a shipped name (`chtorch configs`); default: the digits demo"
+    )
     _add_set(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint, exactly")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<run.name>-<date>-<time>)")
@@ -176,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also store the remaining sparse layers in CSR (SparseInferenceLinear) for inference",
     )
+    _add_set(p)  # where the data is now (data.dir=...): the measurement batch comes from it
     _add_evaluate(sub)
+    add_configs_parser(sub)
     return parser
 
 
@@ -272,7 +278,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.config is None and not args.quiet and _rank() == 0:
             print(
                 f"chtorch: no config given: using the built-in demo config, {DEMO_HINT}.\n"
-                "         (configs/*.yaml hold the paper's settings; `chtorch train --help` for options)",
+                "         (`chtorch configs` lists the shipped configs, the paper's settings among them)",
                 flush=True,
             )
         result = train(config, args.out)
@@ -408,7 +414,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         return _fail(f"{run_dir} holds no checkpoint.pt: is it a chtorch run directory?")
-    path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse)
+    _check_overrides(args.overrides)
+    path, summary = export_run(run_dir, args.out, sparse_storage=args.sparse, overrides=args.overrides)
     for name, shape in summary["shapes"].items():
         print(f"  {name}: {shape[0]} x {shape[1]}")
     for note in summary["notes"]:
@@ -429,6 +436,7 @@ _COMMANDS = {
     "config": _cmd_config,
     "export": _cmd_export,
     "evaluate": _cmd_evaluate,
+    "configs": cmd_configs,
 }
 
 

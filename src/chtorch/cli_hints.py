@@ -15,7 +15,7 @@ def data_hint(exc: BaseException, overrides: Sequence[str] = ()) -> str:
     """The command-line way out of a missing-data error: ``--set data.dir=...`` (and
     ``--set data.download=true`` where the recipe can download). The library's own message speaks
     of ``root=``/``CHTORCH_DATA``; on the command line the config keys are what a user can type."""
-    if not isinstance(exc, DataNotFoundError) and "not found" not in str(exc):
+    if not isinstance(exc, DataNotFoundError) and ("not found" not in str(exc) or str(exc).startswith("config file")):
         return ""
     hint = " On the command line: --set data.dir=<folder holding the files>"
     if "download=True" in str(exc) or "download" in " ".join(overrides):
@@ -47,6 +47,6 @@ def next_hints(result: object, config: object | None, config_path: str | None) -
             f"chtorch compare {config_path} --methods {others} --seeds 0,1,2   # this config, method by method"
         )
     else:
-        lines.append("chtorch compare configs/digits_chts.yaml --methods dense,set,rigl,chts --seeds 0,1,2")
-        lines.append("chtorch train configs/mlp_mnist_cpu.yaml --set data.dir=/path/to/mnist   # a real dataset")
+        lines.append("chtorch compare digits_chts --methods dense,set,rigl,chts --seeds 0,1,2")
+        lines.append("chtorch train mlp_mnist_cpu --set data.dir=/path/to/mnist   # a real dataset (`chtorch configs`)")
     return lines

@@ -46,7 +46,9 @@ def test_hints_for_a_dense_run_without_report_and_for_the_demo(tmp_path) -> None
     dense = load_config(None, ["sparsity.method=dense"])
     hints = next_hints(_result(tmp_path / "b", report=False), dense, None)
     assert hints[0].startswith("chtorch report ") and not any("export" in h for h in hints)
-    assert any("configs/mlp_mnist_cpu.yaml --set data.dir=" in h for h in hints)  # after the demo: a real dataset
+    # after the demo: a real dataset, by a shipped name that works outside the clone too
+    assert any(h.startswith("chtorch train mlp_mnist_cpu --set data.dir=") for h in hints)
+    assert any(h.startswith("chtorch compare digits_chts ") for h in hints)
     demo = next_hints(_result(tmp_path / "c", report=True), load_config(None, []), None)
     assert any(h.startswith("chtorch export ") for h in demo)
 

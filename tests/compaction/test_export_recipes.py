@@ -76,3 +76,19 @@ def test_export_compacts_feed_forwards_reports_the_rest_and_loads_back(trained, 
         args = (torch.randint(4, vocab, (2, 7), generator=g), torch.randint(4, vocab, (2, 5), generator=g))
     with torch.no_grad():
         torch.testing.assert_close(exported(*args), original(*args), rtol=1e-4, atol=1e-4)
+
+
+def test_export_reads_moved_data_from_set_data_dir(capsys, tmp_path) -> None:
+    """The missing-data error says `--set data.dir=`; export accepts it (and nothing that changes the model)."""
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("sacrebleu")
+    (tmp_path / "corpus").mkdir()
+    corpus = _corpus(tmp_path / "corpus")
+    result = train(build_config(_transformer_raw(corpus, train={"epochs": 1})), tmp_path / "run", out=io.StringIO())
+    moved = corpus.rename(tmp_path / "moved")
+    assert main(["export", str(result.run_dir)]) == 2
+    assert "--set data.dir=" in capsys.readouterr().err
+    assert main(["export", str(result.run_dir), "--set", f"data.dir={moved}"]) == 0
+    assert (result.run_dir / "compact.safetensors").is_file()
+    assert main(["export", str(result.run_dir), "--set", "model.d_model=8"]) == 2
+    assert "cannot change in `chtorch export`" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import pytest
 from chtorch.cli import main
 from chtorch.config import ConfigError, load_config
 from chtorch.train import TrainingError, compare
+from chtorch.train.compare_plots import cost_series
 from chtorch.train.compare_table import format_table
 from chtorch.train.metrics import read_metrics
 from chtorch.train.paper_tables import TABLES, paper_cell, paper_row
@@ -141,8 +142,15 @@ def test_compare_table_paper_cells_plots_and_report(tmp_path: Path, capsys) -> N
     assert summary["data"]["val_samples"] > 0
     text = (out_dir / "compare.md").read_text()
     assert "98.14 ± 0.02 (SET)" in text and "](compare_curves.png)" in text and "](compare_final.png)" in text
+    # Density and training FLOPs per method: SET holds its links all along, dense every link.
+    assert "](compare_cost.png)" in text
+    cost = cost_series(json.loads((out_dir / "compare.json").read_text())["runs"], ["dense", "set"])
+    assert cost["dense"]["total"] == cost["dense"]["dense_total"] > 0
+    assert cost["set"]["total"] / cost["set"]["dense_total"] == pytest.approx(cost["set"]["density"][1][-1], rel=1e-3)
+    # A tiny budget beside the paper's cells is said to be one.
+    assert "**Not the paper's protocol**: train.epochs 2 (the paper: 100); model.hidden [16, 16]" in text
     # `chtorch report` rebuilds the table and plots of a compare directory from its runs.
-    for name in ("compare.md", "compare_curves.png", "compare_final.png"):
+    for name in ("compare.md", "compare_curves.png", "compare_final.png", "compare_cost.png"):
         (out_dir / name).unlink()
     import warnings
 

@@ -109,3 +109,30 @@ def test_few_layers_get_histograms(tmp_path: Path, llama_raw) -> None:
         warnings.simplefilter("error")
         written = {p.name for p in make_plots(run_dir)}
     assert set(RUN_FIGURES) <= written  # with no step records the LR panel uses the epoch records
+
+
+def test_step_unit_runs_are_drawn_over_every_logged_step(trained_run: Path, monkeypatch) -> None:
+    """LM and translation runs: the loss of every step record, the density at every update record,
+    and a marker at every topology update, all placed at their optimizer step."""
+    import chtorch.train.plots_steps as plots_steps
+
+    drawn: dict[str, object] = {}
+
+    def keep(fig, path):  # noqa: ANN001, ANN202
+        drawn[Path(path).name] = fig
+        return Path(path)
+
+    monkeypatch.setattr(plots_steps, "save", keep)
+    make_plots(trained_run)
+    records = read_metrics(trained_run)
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    updates = [r["step"] for r in records if r["kind"] == "update" and not r.get("skipped")]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(steps) > 2 * len(epochs) and len(updates) >= 3  # finer than the epochs
+    loss_panel = drawn["curves.png"].axes[0]
+    assert loss_panel.get_xlabel() == "optimizer step"
+    assert list(loss_panel.lines[0].get_xdata()) == steps  # the training loss of every step record
+    marked = {float(line.get_xdata()[0]) for line in loss_panel.lines[1:] if line.get_linestyle() == ":"}
+    assert marked == {float(s) for s in updates}  # a marker at each topology update
+    density_panel = drawn["topology.png"].axes[0]
+    assert set(updates) <= set(density_panel.lines[0].get_xdata())  # the density at every update, not per epoch

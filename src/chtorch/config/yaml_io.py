@@ -12,21 +12,24 @@ from chtorch.config.build import build_config
 from chtorch.config.errors import ConfigError
 from chtorch.config.overrides import apply_overrides
 from chtorch.config.sections import Config, config_to_dict
+from chtorch.config.shipped import resolve_config_path, shipped_hint
 
 __all__ = ["read_yaml", "load_config", "config_to_yaml", "save_config"]
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The mapping in YAML file ``path``, or a :class:`ConfigError` that says what is wrong with it."""
+    """The mapping in YAML file ``path`` (or the shipped config it names: :mod:`chtorch.config.shipped`),
+    or a :class:`ConfigError` that says what is wrong with it."""
     import yaml
 
-    path = Path(path)
+    given = path
+    path = resolve_config_path(path)
     if not path.is_file():
-        hint = ""
-        if not path.suffix:
-            candidates = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
-            hint = f"; configs here: {', '.join(candidates)}" if candidates else ""
-        raise ConfigError(f"config file {str(path)!r} not found{hint}")
+        hint = shipped_hint()
+        if not path.suffix and Path("configs").is_dir():
+            candidates = sorted(p.name for p in Path("configs").glob("*.yaml"))
+            hint = f"; configs here: {', '.join(candidates)}" if candidates else hint
+        raise ConfigError(f"config file {str(given)!r} not found{hint}")
     from chtorch.config.safe_yaml import safe_load_file
 
     try:

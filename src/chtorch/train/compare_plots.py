@@ -4,7 +4,18 @@
   line per method (mean over seeds) with a band of ± one standard error over seeds;
 - ``compare_final.png``: the last-epoch metric by method (bars, ± SE, each seed as a dot, the mean at
   the epoch selected on validation as a hollow marker where the runs have one) and ANP by method,
-  with the paper's cells as red diamonds where the comparison names a paper table.
+  with the paper's cells as red diamonds where the comparison names a paper table;
+- ``compare_cost.png``: what each method holds and pays over training — the network density at every
+  epoch and topology-update record (the density decay of CHTss, GMP and GraNet update by update), and
+  the cumulative training FLOPs of the sparsified layers per row (example or token), with each method's
+  total as a fraction of the dense network's in the legend. x is the optimizer step for step-unit
+  recipes (LM, translation), the epoch otherwise.
+
+FLOP model (:mod:`chtorch.train.run_series`): a layer holding ``L`` links costs ``6L`` FLOPs per row and
+step (``2L`` forward, ``2L`` for the input gradient, ``2L`` for the weight gradient), from the links it
+actually held between consecutive records; the dense network's layers cost ``6 · n_out · n_in``.
+Layers left dense, attention's score and value products, the topology updates and the optimizer are not
+counted (they are the same or nearly the same for every method on one architecture).
 """
 
 from __future__ import annotations
@@ -17,9 +28,18 @@ import numpy as np
 
 from chtorch.train.metrics import read_metrics
 from chtorch.train.plot_kit import epoch_axis, figure, legend_outside, save
+from chtorch.train.plots import load_run_config
+from chtorch.train.run_series import (
+    dense_flops_per_step,
+    density_points,
+    held_links,
+    layer_shapes,
+    training_flops,
+    uses_step_axis,
+)
 from chtorch.train.seed_stats import mean_stderr
 
-__all__ = ["compare_plots", "epoch_bands"]
+__all__ = ["compare_plots", "epoch_bands", "cost_series"]
 
 
 def epoch_bands(run_dirs: list[str], key: str, scale: float = 1.0) -> tuple[list[int], list[float], list[float | None]]:
@@ -154,4 +174,77 @@ def compare_plots(
         fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize="small")
     fig.suptitle(_title(plan, runs))
     written.append(save(fig, out_dir / "compare_final.png"))
-    return written
+    cost = _cost_figure(out_dir, plan, runs, methods, colours)
+    return written + ([cost] if cost is not None else [])
+
+
+def _mean_over_runs(series: list[tuple[list[int], list[float]]]) -> tuple[list[int], list[float]]:
+    """The mean over runs at the steps every run has a value for."""
+    common = set(series[0][0]).intersection(*(set(steps) for steps, _ in series[1:]))
+    tables = [dict(zip(steps, values)) for steps, values in series]
+    steps = sorted(common)
+    return steps, [sum(t[s] for t in tables) / len(tables) for s in steps]
+
+
+def cost_series(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method: ``density`` and ``flops`` as (steps, mean over its runs) and ``total`` (training FLOPs
+    per row at the end), and ``dense_total`` (the same layers dense over the same steps); the layers'
+    shapes come from the sparse runs (a dense run records none). Methods without a finished run are
+    left out; a dense method gets density 1 and the dense FLOPs."""
+    records = {r["dir"]: read_metrics(r["dir"]) for r in runs}
+    shapes: dict[str, tuple[int, int]] = {}
+    for found in records.values():
+        shapes = shapes or layer_shapes(found)
+    per_step = dense_flops_per_step(shapes)
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        mine = [records[r["dir"]] for r in runs if r["method"] == method]
+        if not mine:
+            continue
+        ends = [max((int(r["step"]) for r in found if r.get("kind") == "epoch"), default=0) for found in mine]
+        links = [held_links(found) for found in mine]
+        if all(steps for steps, _ in links):
+            density = _mean_over_runs([density_points(found) for found in mine])
+            flops = _mean_over_runs([(steps, training_flops(steps, held)) for steps, held in links])
+        else:  # dense: every link of every layer, at every step
+            end = max(ends)
+            density = ([0, end], [1.0, 1.0])
+            flops = ([0, end], [0.0, per_step * end])
+        total = flops[1][-1] if flops[1] else 0.0
+        out[method] = {"density": density, "flops": flops, "total": total, "dense_total": per_step * max(ends)}
+    return out
+
+
+def _cost_figure(
+    out_dir: Path, plan: dict[str, Any], runs: list[dict[str, Any]], methods: list[str], colours: dict[str, str]
+) -> Path | None:
+    series = cost_series(runs, methods)
+    if not series or not any(s["dense_total"] for s in series.values()):
+        return None  # no sparse run: no layer shapes to count
+    by_step = uses_step_axis(load_run_config(Path(runs[0]["dir"])))
+    first = read_metrics(runs[0]["dir"])
+    spe = next((r["step"] / r["epoch"] for r in first if r.get("kind") == "epoch" and r.get("epoch", 0) >= 1), None)
+    scale = 1.0 if by_step or not spe else 1.0 / spe
+    fig, axes = figure(1, 2, 5.4, 3.6)
+    for method, s in series.items():
+        ratio = s["total"] / s["dense_total"] if s["dense_total"] else float("nan")
+        steps, density = s["density"]
+        axes[0][0].plot(
+            [x * scale for x in steps], density, drawstyle="steps-post", color=colours.get(method), label=method
+        )
+        steps, flops = s["flops"]
+        axes[0][1].plot(
+            [x * scale for x in steps], flops, color=colours.get(method), label=f"{method} ({ratio:.3g}× dense)"
+        )
+    axes[0][0].set_title("density (fraction of links kept)")
+    axes[0][0].set_ylim(0.0, 1.05)
+    axes[0][1].set_title("training FLOPs of the sparsified layers per row (cumulative)")
+    for ax in axes[0]:
+        if by_step:
+            ax.set_xlabel("optimizer step")
+        else:
+            epoch_axis(ax)
+        ax.grid(alpha=0.3)
+    legend_outside(axes[0][1])
+    fig.suptitle(_title(plan, runs))
+    return save(fig, out_dir / "compare_cost.png")

@@ -27,7 +27,13 @@ from typing import Any
 from chtorch._io import UnreadableFileError, atomic_write_text, read_json, sandbox
 from chtorch.train.compare_plots import compare_plots
 from chtorch.train.metrics import read_metrics
-from chtorch.train.paper_tables import REPORTED, best_after_final_topology, paper_cell
+from chtorch.train.paper_tables import (
+    REPORTED,
+    best_after_final_topology,
+    paper_cell,
+    protocol_departures,
+    protocol_warning,
+)
 from chtorch.train.seed_stats import mean_stderr
 from chtorch.train.selection import select_epoch
 
@@ -281,6 +287,18 @@ def _csv(rows: list[dict[str, Any]], metric: str | None) -> str:
     return buffer.getvalue()
 
 
+def _departures(table: str | None, runs: list[dict[str, Any]]) -> list[str]:
+    """How the finished runs depart from the paper's protocol of ``table`` (each phrase once)."""
+    from chtorch.config.safe_yaml import safe_load_file
+
+    found: dict[str, None] = {}
+    for run in runs:
+        path = Path(run["dir"]) / "config.yaml"
+        if path.is_file():
+            found.update(dict.fromkeys(protocol_departures(table, safe_load_file(path) or {})))
+    return list(found)
+
+
 def write_compare(
     out_dir: str | os.PathLike[str], plots: bool = True
 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]], list[Path]]:
@@ -315,6 +333,9 @@ def write_compare(
         budget += (
             f" Paper cells: {plan['paper_table']} (Zhang et al., NeurIPS 2025), accuracy ± SE over 3 seeds and ANP."
         )
+        departures = _departures(plan.get("paper_table"), runs)
+        if departures:
+            budget += "\n\n" + protocol_warning(plan["paper_table"], departures)
     table = format_table(rows, metric)
     figures: list[Path] = []
     if plots:

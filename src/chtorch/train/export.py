@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from chtorch.compaction import (
     layer_links,
     to_sparse_inference,
 )
-from chtorch.config import build_config
+from chtorch.config import ConfigError, apply_overrides, build_config, parse_override
 from chtorch.recipes.base import export_model_classes, get_recipe
 from chtorch.sparse import SparseInferenceLinear
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 EXPORT_FORMAT = "chtorch-compact-model"
+#: What ``chtorch export --set`` may change: where the run's data is (the measurement batch comes from it).
+EXPORT_KEYS = frozenset({"data.dir", "data.download", "data.verify"})
 EXPORT_VERSION = 1
 _MAX_DESCRIPTION_BYTES = 64 << 20
 
@@ -276,9 +279,21 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _model_from_checkpoint(run_dir: Path) -> tuple[Any, nn.Module, list[str]]:
+def _checked_export_overrides(overrides: Sequence[str]) -> None:
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in EXPORT_KEYS:
+            raise ConfigError(
+                f"--set {key} cannot change in `chtorch export`: the model is the run's as trained; export may "
+                f"change only where the data is ({', '.join(sorted(EXPORT_KEYS))})",
+                key,
+            )
+
+
+def _model_from_checkpoint(run_dir: Path, overrides: Sequence[str] = ()) -> tuple[Any, nn.Module, list[str]]:
+    _checked_export_overrides(overrides)
     state = load_training_checkpoint(run_dir / CHECKPOINT_NAME)
-    config = build_config(state["config"])
+    config = build_config(apply_overrides(state["config"], overrides))
     config.run.dir = str(run_dir.resolve())
     recipe = get_recipe(config.run.recipe)(config, torch.device("cpu"))
     recipe.setup()
@@ -301,7 +316,11 @@ def describe_batch(example: Any) -> str:
 
 
 def export_run(
-    run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, sparse_storage: bool = False
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    sparse_storage: bool = False,
+    overrides: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Compact the model of ``run_dir`` and save it to ``out`` (default ``run_dir/compact.safetensors``)
     with its description beside it (``.json``); load it with :func:`load_exported`.
@@ -309,7 +328,8 @@ def export_run(
     (:func:`chtorch.compaction.to_sparse_inference`). Returns the path and a summary (parameters, FLOPs,
     measured latency against the original model, largest output difference, and the Markdown table
     of :class:`chtorch.compaction.ExportReport`), the batch it was measured on (``batch``) and one line
-    per part that could not be compacted (``notes``).
+    per part that could not be compacted (``notes``). ``overrides`` (``data.dir=...``, :data:`EXPORT_KEYS`)
+    say where the run's data is now, when it moved since training.
 
     What is compacted: the recipe's chains (an MLP's hidden layers, a Transformer's ``w_1 → w_2``
     feed-forwards) and every gated feed-forward (LLaMA's ``gate|up → down``,
@@ -321,7 +341,7 @@ def export_run(
         raise ExportFileError(
             f"--out {path}: an exported model is a .safetensors file (its description goes beside it as .json)"
         )
-    recipe, model, sparse = _model_from_checkpoint(run_dir)
+    recipe, model, sparse = _model_from_checkpoint(run_dir, overrides)
     chains, activation = recipe.export_chains(model, sparse)
     compacted = compact(model, chains, activation) if chains else copy.deepcopy(model)
     gated = find_gated_blocks(compacted)

@@ -15,7 +15,17 @@ from typing import Any
 
 from chtorch.dst import get_method
 
-__all__ = ["PaperCell", "TABLES", "REPORTED", "paper_row", "paper_cell", "best_after_final_topology"]
+__all__ = [
+    "PaperCell",
+    "TABLES",
+    "REPORTED",
+    "PROTOCOLS",
+    "paper_row",
+    "paper_cell",
+    "best_after_final_topology",
+    "protocol_departures",
+    "protocol_warning",
+]
 
 #: Which of a run's values the paper's MLP cells correspond to: the official MLP code keeps the best
 #: epoch only once the topology is final ("Only save the best results after sparsity reached the preset
@@ -75,6 +85,20 @@ _TABLE7: dict[str, dict[str, tuple[float, float, float | None]]] = {
 TABLES: dict[str, dict[str, tuple[float, float, float | None]]] = {
     f"table7-{name}": rows for name, rows in _TABLE7.items()
 }
+
+#: The budget behind each table's cells (Table 7: Table 4's MLP settings), as config keys: a run that
+#: departs from one of them is not the paper's protocol, and its numbers are not comparable with the cells.
+#: ``None`` means the key is unset (the whole data set); ``sparsity.sparsity`` applies to sparse methods.
+_TABLE7_PROTOCOL: dict[str, Any] = {
+    "train.epochs": 100,
+    "model.hidden": [1568, 1568, 1568],
+    "data.batch_size": 32,
+    "data.train_limit": None,
+    "data.test_limit": None,
+    "data.val_fraction": 0,
+    "sparsity.sparsity": 0.99,
+}
+PROTOCOLS: dict[str, dict[str, Any]] = {table: _TABLE7_PROTOCOL for table in TABLES}
 
 _FIXED_ROWS = {"dense": "FC", "cht": "CHT", "rigl": "RigL", "set": "SET", "granet": "GraNet", "gmp": "GMP"}
 
@@ -140,3 +164,41 @@ def best_after_final_topology(
     first = next(i for i, c in enumerate(counts) if c == final)
     window = [(float(r[metric]), int(r["epoch"])) for r in scored[first:]]
     return max(window) if higher_is_better else min(window, key=lambda t: (t[0], -t[1]))
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def protocol_departures(table: str | None, config: Mapping[str, Any]) -> list[str]:
+    """How the resolved ``config`` (a nested mapping, as a run's ``config.yaml``) departs from the
+    budget of the paper's ``table`` (:data:`PROTOCOLS`), one phrase each, e.g. ``"train.epochs 3 (the
+    paper: 100)"``; [] when it follows it or ``table`` is None or unknown. A dense run is not checked
+    for the sparsity."""
+    protocol = PROTOCOLS.get(table) if table is not None else None
+    if not protocol:
+        return []
+    dense = _get(config, "sparsity.method") == "dense"
+    departures = []
+    for key, expected in protocol.items():
+        if key == "sparsity.sparsity" and dense:
+            continue
+        value = _get(config, key)
+        same = value == expected or (
+            isinstance(value, (int, float)) and isinstance(expected, (int, float)) and abs(value - expected) < 1e-9
+        )
+        if not same:
+            shown = "the whole data set" if expected is None else expected
+            departures.append(f"{key} {value} (the paper: {shown})")
+    return departures
+
+
+def protocol_warning(table: str | None, departures: list[str]) -> str:
+    """One sentence warning that the runs beside ``table``'s cells are not the paper's protocol."""
+    return (
+        f"**Not the paper's protocol**: {'; '.join(departures)}. The paper's {table} cells are shown for "
+        "orientation only; these numbers are not comparable with them."
+    )

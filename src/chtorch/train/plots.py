@@ -2,7 +2,8 @@
 ``config.yaml``), readable for a 3-layer MLP and a 32-layer Transformer alike:
 
 - ``curves.png``: one metric per panel (loss, perplexity, BLEU, accuracy, ...; train/val/test
-  lines in each) and the learning rate, per epoch, with the topology updates marked;
+  lines in each) and the learning rate, per epoch, with the topology updates marked (step-unit runs,
+  LM and translation, are drawn over optimizer steps instead: :mod:`chtorch.train.plots_steps`);
 - ``topology.png``: density, active-neuron percentage (ANP) and ITOP rate of the whole network,
   then heatmaps (layers × epochs, with colour bars) of each sparse layer's density and active
   input/output neurons;
@@ -41,6 +42,8 @@ from chtorch.train.plot_kit import (
     safe_name,
     save,
 )
+from chtorch.train.plots_steps import step_curves, step_topology
+from chtorch.train.run_series import uses_step_axis
 
 __all__ = ["make_plots", "adjacency_image", "adjacency_files", "degree_matrix", "HISTOGRAM_LAYERS", "load_run_config"]
 
@@ -214,11 +217,12 @@ def _topology(epochs: list[dict[str, Any]], update_x: list[float], title: str, p
     return save(fig, path)
 
 
-def _updates(updates: list[dict[str, Any]], title: str, path: Path):
+def _updates(updates: list[dict[str, Any]], title: str, path: Path, by_step: bool = False):
     if not updates:
         return None
     names = list(updates[-1].get("layers", {}))
-    xs = list(range(1, len(updates) + 1))
+    xs = [u["step"] for u in updates] if by_step else list(range(1, len(updates) + 1))
+    x_label = "optimizer step of the topology update" if by_step else "topology update"
     few = len(xs) <= 30
     rows = 2 if names else 1
     ratios = [3.0] + ([max(2.6, 0.17 * len(names) + 1.3)] if names else [])
@@ -239,7 +243,7 @@ def _updates(updates: list[dict[str, Any]], title: str, path: Path):
     ax.set_ylim(0.0, 105.0)
     ax.set_title("removed ∩ regrown / regrown (%) — network")
     for ax in axes[0]:
-        epoch_axis(ax, "topology update")
+        epoch_axis(ax, x_label)
         ax.grid(alpha=0.3)
     if names:
         labels = [layer_label(n) for n in names]
@@ -273,7 +277,7 @@ def _updates(updates: list[dict[str, Any]], title: str, path: Path):
             vmin=0.0,
         )
         for ax in axes[1]:
-            epoch_axis(ax, "topology update")
+            epoch_axis(ax, x_label)
     fig.suptitle(title)
     return save(fig, path)
 
@@ -409,12 +413,20 @@ def make_plots(run_dir: str | os.PathLike[str]) -> list[Path]:
     updates = [r for r in records if r.get("kind") == "update" and not r.get("skipped")]
     spe = _steps_per_epoch(epochs)
     update_x = [u["step"] / spe for u in updates] if spe else []
-    title = run_title(load_run_config(run_dir), run_dir.name)
-    written: list[Path | None] = [
-        _curves(epochs, steps, update_x, spe, title, run_dir / "curves.png"),
-        _topology(epochs, update_x, title, run_dir / "topology.png"),
-        _updates(updates, title, run_dir / "updates.png"),
-    ]
+    config = load_run_config(run_dir)
+    title = run_title(config, run_dir.name)
+    if uses_step_axis(config):  # LM, translation: a few arbitrary epochs, an update every ΔT steps
+        written: list[Path | None] = [
+            step_curves(records, title, run_dir / "curves.png"),
+            step_topology(records, title, run_dir / "topology.png"),
+            _updates(updates, title, run_dir / "updates.png", by_step=True),
+        ]
+    else:
+        written = [
+            _curves(epochs, steps, update_x, spe, title, run_dir / "curves.png"),
+            _topology(epochs, update_x, title, run_dir / "topology.png"),
+            _updates(updates, title, run_dir / "updates.png"),
+        ]
     start, end = _snapshots(run_dir)
     if start:
         draw = _degree_histograms if len(start) <= HISTOGRAM_LAYERS else _degree_heatmaps

@@ -109,7 +109,7 @@ def update_record(report: Any, epoch: int, density: float) -> dict[str, Any]:
         "temperature": report.temperature,
         "removed": report.removed,
         "regrown": report.regrown,
-        "overlap": report.overlap_rate,
+        "overlap": report.overlap_rate if report.regrown else None,  # nothing regrown (zeta annealed to 0): none
         "itop": report.itop_rate,
         "skipped": report.skipped,
         "seconds": report.seconds,
@@ -121,7 +121,7 @@ def update_record(report: Any, epoch: int, density: float) -> dict[str, Any]:
                 "removed": l.removed,
                 "percolated": l.percolated,
                 "regrown": l.regrown,
-                "overlap": l.overlap_rate,
+                "overlap": l.overlap_rate if l.regrown else None,
                 "active_in": l.active_in,
                 "active_out": l.active_out,
                 "frozen": l.frozen,

@@ -10,6 +10,7 @@ from typing import Any
 from chtorch._io import atomic_write_text
 from chtorch.train.loggers import CsvLogger
 from chtorch.train.metrics import load_topology, read_metrics
+from chtorch.train.paper_tables import protocol_departures, protocol_warning
 from chtorch.train.plots import adjacency_files, make_plots
 from chtorch.train.selection import selected_summary
 
@@ -59,6 +60,64 @@ def _selection_lines(epochs: list[dict[str, Any]], summary: dict[str, Any]) -> l
     ]
 
 
+def schedule_text(optim: dict[str, Any], model: dict[str, Any]) -> str:
+    """The learning rate as the schedule makes it: for noam ``optim.lr`` is a scale, not an LR, so the
+    peak LR (at the end of the warm-up: scale · d_model^-0.5 · warmup^-0.5) is given beside it."""
+    lr, schedule, warmup = optim.get("lr", "?"), optim.get("schedule", "?"), optim.get("warmup_steps") or 0
+    if schedule == "noam":
+        d_model = optim.get("d_model") or model.get("d_model")
+        text = f"lr noam, scale {_fmt(lr)}, warm-up {warmup} steps"
+        if isinstance(lr, (int, float)) and isinstance(d_model, int) and warmup:
+            text += f", peak lr {lr * d_model**-0.5 * warmup**-0.5:.3g} (d_model {d_model})"
+        return text
+    text = f"lr {_fmt(lr)}"
+    if warmup:
+        text += f", warm-up {warmup} steps"
+    if schedule in ("linear", "cosine"):
+        text += f", {schedule} → {_fmt(optim.get('final_lr', '?'))}"
+    elif schedule != "?":
+        text += f", {schedule}"
+    return text
+
+
+def batch_text(data: dict[str, Any]) -> str:
+    """The batch as the recipe sizes it: examples (``batch_size``) or tokens (``batch_tokens``)."""
+    if data.get("batch_size"):
+        return str(data["batch_size"])
+    if data.get("batch_tokens"):
+        return f"{data['batch_tokens']} tokens"
+    return "?"
+
+
+def budget_text(train: dict[str, Any], data: dict[str, Any]) -> str:
+    """The training budget: epochs, and the steps they are when an epoch is a fixed number of steps."""
+    epochs, per_epoch = train.get("epochs", "?"), data.get("steps_per_epoch")
+    if isinstance(epochs, int) and isinstance(per_epoch, int) and per_epoch:
+        return f"{epochs} epochs of {per_epoch} steps ({epochs * per_epoch} steps)"
+    return f"{epochs} epochs"
+
+
+def _update_lines(updates: list[dict[str, Any]]) -> list[str]:
+    """The topology updates in one sentence. The overlap (|removed ∩ regrown| / |regrown|) is that of the
+    last update that regrew links, as the engine's summary table shows it: an update after ζ annealed
+    to 0 regrows nothing and has no overlap."""
+    if not updates:
+        return []
+    last = updates[-1]
+    text = f"{len(updates)} topology updates; the last at step {last['step']}"
+    regrowing = [u for u in updates if u.get("regrown") and isinstance(u.get("overlap"), (int, float))]
+    if regrowing and regrowing[-1] is last:
+        text += f" (overlap of removed and regrown links {100 * last['overlap']:.1f}%)."
+    elif regrowing:
+        text += (
+            f" regrew no links; the last that did, at step {regrowing[-1]['step']}, had an overlap of removed and "
+            f"regrown links of {100 * regrowing[-1]['overlap']:.1f}%."
+        )
+    else:
+        text += "; no update regrew links."
+    return [text, ""]
+
+
 def write_report(run_dir: str | os.PathLike[str]) -> Path:
     """Write ``run_dir/report.md`` from ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and the
     PNG files present; returns its path."""
@@ -87,9 +146,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         + (f" hidden {model.get('hidden')}" if model.get("hidden") else ""),
         f"- **method**: `{sp.get('method', '?')}` at sparsity {sp.get('sparsity', '?')}, topology update every "
         f"{sp.get('update_interval', '?')} {sp.get('update_unit', '')}(s)",
-        f"- **optimizer**: {optim.get('name', '?')} lr {optim.get('lr', '?')} "
-        f"({optim.get('schedule', '?')} → {optim.get('final_lr', '?')}), "
-        f"batch {data.get('batch_size', '?')}, {train.get('epochs', '?')} epochs, seed {run.get('seed', '?')}",
+        f"- **optimizer**: {optim.get('name', '?')}, {schedule_text(optim, model)}, batch {batch_text(data)}, "
+        f"{budget_text(train, data)}, seed {run.get('seed', '?')}",
     ]
     if summary:
         lines.append(
@@ -98,6 +156,9 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
             f"chtorch {summary.get('versions', {}).get('chtorch', '?')}"
         )
     lines.append("")
+    departures = protocol_departures(run.get("paper_table"), config)
+    if departures:
+        lines += [protocol_warning(run["paper_table"], departures), ""]
 
     lines += ["## Result", "", "| metric | value |", "|---|---|"]
     for key, value in last.items():
@@ -111,12 +172,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         lines.append(f"| {key} | {shown} |")
     lines.append("")
     lines += _selection_lines(epochs, summary)
-    if updates:
-        lines += [
-            f"{len(updates)} topology updates; the last at step {updates[-1]['step']} "
-            f"(overlap of removed and regrown links {100 * (updates[-1].get('overlap') or 0):.1f}%).",
-            "",
-        ]
+    lines += _update_lines(updates)
 
     layers = last.get("layers") or {}
     if layers:
