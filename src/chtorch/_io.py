@@ -180,7 +180,8 @@ def append_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def open_append(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> BinaryIO:
     """``path`` opened for appending bytes (created when missing; never through a symbolic link)."""
     target = Path(path)
-    return open(target, "ab", opener=lambda _, flags: _open_nofollow(target, flags, root))  # noqa: SIM115 (the caller closes it)
+    # the caller closes it
+    return open(target, "ab", opener=lambda _, flags: _open_nofollow(target, flags, root))  # noqa: SIM115
 
 
 def truncate_file(path: str | os.PathLike[str], size: int) -> None:
