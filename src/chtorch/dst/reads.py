@@ -168,8 +168,7 @@ def _need_readers(need: str) -> list[tuple[str, str]]:
 def options_read(options: SparsityOptions) -> frozenset[str]:
     """Every option that ``options`` (a resolved method) reads."""
     read = set(ALWAYS_READ)
-    in_use = options.parts_in_use()
-    for naming, (kind, name) in in_use.items():
+    for kind, name in options.parts_in_use().values():
         read.update(registry(kind).part(name).params.values())
     for need, names in NEED_READS.items():
         if need in options.needs():

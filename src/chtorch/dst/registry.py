@@ -18,8 +18,9 @@ records the dense gradient before an update; the truly sparse backend cannot ser
 ``"weight_history"`` (the engine remembers removed weights), ``"live_neurons"`` (regrowth only between
 neurons that keep links), ``"input_correlation"`` (CSTI). ``SparsityOptions.needs()`` collects them over
 the parts an options record uses; the options a part declares in ``params`` are the ones it reads, so
-setting one while the part does not run is an error (:mod:`chtorch.dst.reads`). A user's part registered here (or with :func:`register_part`) is a
-valid option value for :func:`chtorch.sparsify`, a config's ``sparsity.options`` and the HF callback.
+setting one while the part does not run is an error (:mod:`chtorch.dst.reads`). A user's part
+registered here (or with :func:`register_part`) is a valid option value for :func:`chtorch.sparsify`,
+a config's ``sparsity.options`` and the HF callback.
 """
 
 from __future__ import annotations
