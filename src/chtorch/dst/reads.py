@@ -197,9 +197,9 @@ def _explain(option: str, options: SparsityOptions) -> str:
         return f"{option} is read only {rule.who}: {rule.fix}, or drop {option}"
     for need, names in NEED_READS.items():
         if option in names:
-            readers = _alternatives(_need_readers(need))
+            parts = _alternatives(_need_readers(need))
             return (
-                f"{option} is read only by a part that needs the {need.replace('_', ' ')} ({readers}), and this "
+                f"{option} is read only by a part that needs the {need.replace('_', ' ')} ({parts}), and this "
                 f"method runs none: choose one of them, or drop {option}"
             )
     readers = _param_readers(option)
