@@ -31,6 +31,7 @@ def sparsify(
     backend: str = "masked",
     masks: Mapping[str, torch.Tensor] | None = None,
     kernel: str = "auto",
+    option_defaults: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> DynamicSparsity:
     """Sparsify ``model``'s Linear layers with a named method and return the engine.
@@ -46,7 +47,14 @@ def sparsify(
 
     ``options`` override any part of the preset (see :class:`chtorch.dst.options.SparsityOptions`),
     e.g. ``zeta=0.1``, ``regrowth_selection="topk"``, ``ch_variant="CH3"``, or name a part you
-    registered (``removal="my_score"``, see :func:`chtorch.register_part`).
+    registered (``removal="my_score"``, see :func:`chtorch.register_part`). Every option you pass must
+    be read by the method as resolved: ``delta_start`` under the preset's linear temperature schedule,
+    or ``mest_lambda`` without the MEST score, raises :class:`chtorch.dst.OptionError` naming the parts
+    that would read it (an option nothing reads would make a sweep over it give identical runs).
+
+    ``option_defaults``: option values applied under ``options`` and used only where the method reads
+    them, never an error (a recipe's or an official code's settings shared by several methods, e.g.
+    ``option_defaults=chtorch.recipes.lm.LLAMA_CODE_DEFAULTS``).
 
     **Your initial weights.** Every selected layer gets its initial topology, and its weights are
     multiplied by it. With ``weight_init="swi"`` — the default of the Cannistraci-Hebb presets (cht,
@@ -83,7 +91,7 @@ def sparsify(
     preset = get_method(method)
     if update_interval is not None:
         options["update_interval"] = update_interval
-    opts = resolve_options(preset.name, options)
+    opts = resolve_options(preset.name, options, defaults=option_defaults)
     return DynamicSparsity(
         model,
         optimizer,

@@ -23,8 +23,10 @@ from chtorch.config import (
     config_to_dict,
     load_config,
     method_options_for,
+    option_defaults_for,
     resolve_sparsity_options,
     save_config,
+    sparsity_options_for,
 )
 from chtorch.recipes.image import ImageDataConfig, MLPModelConfig
 
@@ -44,7 +46,12 @@ def error(overrides: list[str], path: str | None = None) -> ConfigError:
 def test_defaults_are_the_demo_and_match_digits_chts_yaml() -> None:
     default = load_config()
     assert default.data.name == "digits" and default.sparsity.method == "chts" and default.model.name == "mlp"
-    assert config_to_dict(load_config(CONFIGS / "digits_chts.yaml")) == config_to_dict(default)
+    digits = load_config(CONFIGS / "digits_chts.yaml")
+    # the file spells out the recipe's default weight_init (SWI, fan-out); the options run are the same
+    assert digits.sparsity.options == {"weight_init": "swi_out"} and default.sparsity.options == {}
+    assert sparsity_options_for(digits) == sparsity_options_for(default)
+    digits.sparsity.options = {}
+    assert config_to_dict(digits) == config_to_dict(default)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -86,11 +93,9 @@ def test_paper_configs_hold_table_4_settings(name: str, dataset: str, hidden: in
     )
     assert c.optim.schedule == "linear"
     assert (c.sparsity.sparsity, c.sparsity.update_interval, c.sparsity.update_unit) == (0.99, 1, "epoch")
-    assert resolve_sparsity_options("chts", method_options_for(c, "chts")).init == "csti"
-    assert resolve_sparsity_options("set", method_options_for(c, "set")).init == "erdos_renyi"
-    assert all(
-        resolve_sparsity_options(m, method_options_for(c, m)).zeta == 0.3 for m in ("chts", "set", "rigl")
-    )  # the presets' ζ
+    assert sparsity_options_for(c, "chts").init == "csti"
+    assert sparsity_options_for(c, "set").init == "erdos_renyi"
+    assert all(sparsity_options_for(c, m).zeta == 0.3 for m in ("chts", "set", "rigl"))  # the presets' ζ
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
@@ -295,11 +300,12 @@ def test_integer_accepted_for_float_field() -> None:
 
 
 def test_recipe_default_options_merge_under_user_options() -> None:
-    mlp_code = {"weight_init": "swi_out", "skip_step_on_update": True}
-    assert load_config().sparsity.options == mlp_code
-    c = load_config(None, ["sparsity.options.zeta=0.1"])
-    assert c.sparsity.options == {**mlp_code, "zeta": 0.1}
-    assert load_config(None, ["sparsity.options.weight_init=keep"]).sparsity.options["weight_init"] == "keep"
+    # sparsity.options holds what the user set; the recipe's defaults join when the options resolve
+    assert load_config().sparsity.options == {}
+    assert option_defaults_for(load_config()) == {"weight_init": "swi_out", "skip_step_on_update": True}
+    resolved = sparsity_options_for(load_config(None, ["sparsity.options.zeta=0.1"]))
+    assert (resolved.zeta, resolved.weight_init, resolved.skip_step_on_update) == (0.1, "swi_out", True)
+    assert sparsity_options_for(load_config(None, ["sparsity.options.weight_init=keep"])).weight_init == "keep"
 
 
 def test_overriding_init_drops_the_presets_init_options() -> None:

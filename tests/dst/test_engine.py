@@ -135,7 +135,14 @@ def test_resume_equivalence(method, opt_kind):
         model = make_model(sizes, 0)
         opt = make_optimizer(model, opt_kind)
         sp = chtorch.sparsify(
-            model, opt, method=method, sparsity=0.8, total_steps=total, update_interval=5, seed=3, grad_accumulation=3
+            model,
+            opt,
+            method=method,
+            sparsity=0.8,
+            total_steps=total,
+            update_interval=5,
+            seed=3,
+            option_defaults={"grad_accumulation": 3},
         )
         return model, opt, sp
 

@@ -304,15 +304,15 @@ def test_mlp_configs_run_cht_without_the_network_stop_and_chtss_with_magnitude_p
 
     import chtorch.recipes.builtin  # noqa: F401  (registers the recipes the configs name)
     from chtorch.config import load_config
-    from chtorch.config.sparsity import method_options_for, resolve_sparsity_options
+    from chtorch.config.sparsity import sparsity_options_for
 
     path = pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
     config = load_config(str(path), ["sparsity.method=cht"])
-    options = resolve_sparsity_options("cht", method_options_for(config, "cht"))
+    options = sparsity_options_for(config, "cht")
     assert options.early_stop is None and options.init == "csti" and options.readmitted == "keep"
     assert get_method("cht").build_options().early_stop == 0.9  # the official rule stays the preset's
     chtss = load_config(str(path), ["sparsity.method=chtss"])
-    assert resolve_sparsity_options("chtss", method_options_for(chtss, "chtss")).prune_score == "magnitude"
+    assert sparsity_options_for(chtss, "chtss").prune_score == "magnitude"
     assert (
         get_method("chtss").build_options().prune_score == "ri"
     )  # the paper's text and the LLaMA code stay the preset's

@@ -10,7 +10,7 @@ import torch
 
 import chtorch
 import chtorch.recipes.builtin  # noqa: F401  (the built-in recipes' schemas)
-from chtorch.config import load_config, method_options_for, resolve_sparsity_options
+from chtorch.config import load_config, sparsity_options_for
 from chtorch.dst.methods import get_method, resolve_options
 from chtorch.dst.options import OptionError
 from chtorch.recipes.lm import LLAMA_CODE_DEFAULTS
@@ -98,10 +98,10 @@ def test_lm_recipe_updates_at_t_end_as_the_llama_code():
     assert LLAMA_CODE_DEFAULTS["final_update"] == "at_t_end"
     config = load_config(CONFIGS / "lm_llama60m_paper.yaml")
     for method in ("set", "rigl", "mest", "cht", "chts", "chtss"):
-        opts = resolve_sparsity_options(method, method_options_for(config, method))
+        opts = sparsity_options_for(config, method)
         assert opts.final_update == "at_t_end", method
         assert opts.t_end_fraction == 0.75, method  # T_end = 0.75 of the steps for every method
-    assert resolve_sparsity_options("chtss", method_options_for(config, "chtss")).decay_end_fraction == 0.8
+    assert sparsity_options_for(config, "chtss").decay_end_fraction == 0.8
     assert config.optim.rewarmup_steps == 20 and config.optim.rewarmup_until == "end"
 
 
@@ -117,10 +117,10 @@ def test_llama_paper_chtss_stops_short_of_the_target_as_the_code():
 @pytest.mark.parametrize("path", MLP_CONFIGS, ids=[p.stem for p in MLP_CONFIGS])
 def test_mlp_configs_init_as_the_mlp_code(path):
     config = load_config(path)
-    init = {m: resolve_sparsity_options(m, method_options_for(config, m)).weight_init for m in ("set", "rigl", "cht")}
+    init = {m: sparsity_options_for(config, m).weight_init for m in ("set", "rigl", "cht")}
     assert init == {"set": "kaiming", "rigl": "kaiming", "cht": "swi_out"}
     for method in ("set", "rigl", "cht", "chts_mlp"):
-        assert resolve_sparsity_options(method, method_options_for(config, method)).final_update == "before_t_end"
+        assert sparsity_options_for(config, method).final_update == "before_t_end"
 
 
 def test_kaiming_init_is_dense_kaiming_masked():

@@ -29,7 +29,14 @@ def _train_worker(rank: int, world: int, init_file: str, method: str, out_dir: s
         model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         sp = chtorch.sparsify(
-            model, opt, method=method, sparsity=0.8, total_steps=30, update_interval=5, seed=7, grad_accumulation=2
+            model,
+            opt,
+            method=method,
+            sparsity=0.8,
+            total_steps=30,
+            update_interval=5,
+            seed=7,
+            option_defaults={"grad_accumulation": 2},
         )
         ddp = DDP(model)
         updates = 0

@@ -53,7 +53,12 @@ from chtorch.config.sections import (
     TrainConfig,
     config_to_dict,
 )
-from chtorch.config.sparsity import method_options_for, resolve_sparsity_options
+from chtorch.config.sparsity import (
+    method_options_for,
+    option_defaults_for,
+    resolve_sparsity_options,
+    sparsity_options_for,
+)
 from chtorch.config.yaml_io import config_to_yaml, load_config, read_yaml, save_config
 
 __all__ = [
@@ -86,6 +91,8 @@ __all__ = [
     "model_names",
     "default_recipe",
     "method_options_for",
+    "option_defaults_for",
+    "sparsity_options_for",
     "resolve_sparsity_options",
     "config_reference",
 ]

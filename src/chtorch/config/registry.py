@@ -61,8 +61,9 @@ def register_recipe_schema(
     """Declare recipe ``name``: its ``data`` section dataclass and the model families it can train.
 
     ``sparsity_defaults`` are sparsity options the task uses unless the config says otherwise
-    (merged under ``sparsity.options``), e.g. ``{"weight_init": "swi"}`` for MLPs. ``validate`` is
-    called with the built :class:`~chtorch.config.Config` and raises
+    (merged under the config's options when a method's options are resolved, and used only where the
+    method reads them: :func:`chtorch.config.sparsity_options_for`), e.g. ``{"weight_init": "swi"}``
+    for MLPs. ``validate`` is called with the built :class:`~chtorch.config.Config` and raises
     :class:`~chtorch.config.ConfigError` for what the schema cannot check. ``default=True`` makes
     it the recipe of a config that names none. The recipe's behaviour is registered separately
     (:func:`chtorch.recipes.base.register_recipe`)."""

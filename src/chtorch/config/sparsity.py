@@ -2,8 +2,12 @@
 
 ``sparsity.options`` overrides the method's parts for every method, ``sparsity.method_options``
 adds overrides per method; :func:`method_options_for` merges them (in this one place) and
-:func:`resolve_sparsity_options` turns them into the preset's :class:`SparsityOptions`, so a
-combination the engine would refuse is a :class:`ConfigError` before any training starts.
+:func:`sparsity_options_for` turns them, over the recipe's defaults, into the preset's
+:class:`SparsityOptions`, so a combination the engine would refuse, or an option the method would
+not read (:mod:`chtorch.dst.reads`), is a :class:`ConfigError` naming the key before any training
+starts. ``sparsity.options`` holds the user's options only: the recipe's defaults
+(:func:`option_defaults_for`) are merged under them when the options are resolved, and are never
+an error where a method does not read them.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Any
 from chtorch._checks import closest
 from chtorch.config.coercion import coerce
 from chtorch.config.errors import ConfigError
+from chtorch.config.registry import recipe_schema
 from chtorch.config.sections import Config
 from chtorch.dst import (
     OptionError,
     SparsityOptions,
+    UnreadOptionError,
     all_methods,
     backend_names,
     is_dense,
@@ -27,19 +33,57 @@ from chtorch.dst import (
 )
 from chtorch.sparse import kernel_names
 
-__all__ = ["method_options_for", "resolve_sparsity_options", "validate_sparsity"]
+__all__ = [
+    "method_options_for",
+    "option_defaults_for",
+    "sparsity_options_for",
+    "resolve_sparsity_options",
+    "validate_sparsity",
+]
 
 
 def method_options_for(config: Config, method: str | None = None) -> dict[str, Any]:
-    """The sparsity option overrides of ``method`` (default: the configured one): ``options``
-    updated with ``method_options[method]``."""
+    """The sparsity option overrides the user set for ``method`` (default: the configured one):
+    ``options`` updated with ``method_options[method]`` (the recipe's defaults are not included:
+    :func:`option_defaults_for`)."""
     method = (method or config.sparsity.method).lower()
     return merge_overrides(config.sparsity.options, config.sparsity.method_options.get(method, {}))
 
 
+def option_defaults_for(config: Config) -> dict[str, Any]:
+    """The recipe's sparsity options, used unless the config says otherwise and where the method
+    reads them (e.g. the image recipe's ``weight_init='swi_out'``, the LM recipe's LLaMA-code T 1 → 9)."""
+    return dict(recipe_schema(config.run.recipe).sparsity_defaults)
+
+
+def sparsity_options_for(config: Config, method: str | None = None) -> SparsityOptions:
+    """The :class:`SparsityOptions` ``method`` (default: the configured one) runs with under
+    ``config``: its preset, the recipe's defaults, then the user's options. An option the user set
+    that the method does not read is a :class:`ConfigError` naming its key."""
+    method = (method or config.sparsity.method).lower()
+    sp = config.sparsity
+    try:
+        return resolve_options(method, sp.options, sp.method_options.get(method), defaults=option_defaults_for(config))
+    except UnreadOptionError as exc:
+        name = exc.options[0]
+        own = sp.method_options.get(method, {})
+        key = f"sparsity.method_options.{method}.{name}" if name in own else f"sparsity.options.{name}"
+        hint = (
+            ""
+            if name in own
+            else " (sparsity.options apply to every method: set it under sparsity.method_options.<method> "
+            "of the methods that read it)"
+        )
+        raise ConfigError(f"{key}: {exc}{hint}", key) from None
+    except OptionError as exc:
+        raise ConfigError(f"sparsity options for method {method!r}: {exc}", "sparsity.options") from None
+
+
 def resolve_sparsity_options(method: str, overrides: Mapping[str, Any]) -> SparsityOptions:
     """The :class:`SparsityOptions` of ``method``'s preset with ``overrides`` applied (overriding
-    ``init`` drops the preset's initializer options, see ``MethodPreset.build_options``)."""
+    ``init`` drops the preset's initializer options, see ``MethodPreset.build_options``); every
+    option of ``overrides`` must be read by the method (:func:`sparsity_options_for` adds a config's
+    recipe defaults)."""
     return resolve_options(method, overrides)
 
 
@@ -89,7 +133,7 @@ def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> Non
             f"unknown method {sp.method!r}{closest(sp.method, known)}; known methods: {', '.join(known)}",
             "sparsity.method",
         )
-    sp.options = {**recipe_defaults, **_coerce_options(sp.options, "sparsity.options")}
+    sp.options = _coerce_options(sp.options, "sparsity.options")
     method_options = {}
     for name, opts in sp.method_options.items():
         key = name.lower()
@@ -103,12 +147,9 @@ def validate_sparsity(config: Config, recipe_defaults: Mapping[str, Any]) -> Non
     sp.method_options = method_options
     # Validate the options against every method they will be used with.
     for method in sorted(m for m in {sp.method, *method_options} if not is_dense(m)):
-        try:
-            resolve_sparsity_options(method, method_options_for(config, method))
-        except OptionError as exc:
-            raise ConfigError(f"sparsity options for method {method!r}: {exc}", "sparsity.options") from None
+        sparsity_options_for(config, method)
     if not is_dense(sp.method):
-        resolved = resolve_sparsity_options(sp.method, method_options_for(config, sp.method))
+        resolved = sparsity_options_for(config, sp.method)
         if resolved.density_schedule != "constant" and resolved.initial_sparsity > sp.sparsity:
             raise ConfigError(
                 f"method {sp.method!r} decays density from "

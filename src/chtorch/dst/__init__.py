@@ -8,6 +8,7 @@
 - :mod:`~chtorch.dst.layer`: the registered backends (masked, truly sparse, ...) behind one interface;
 - :mod:`~chtorch.dst.initial`: initial topology and weights;
 - :mod:`~chtorch.dst.options`, :mod:`~chtorch.dst.methods`: the options record and the presets;
+  :mod:`~chtorch.dst.reads`: which options a resolved method reads (setting another is an error);
 - :mod:`~chtorch.dst.registry`: the registered parts (removal, regrowth, sampling, schedules, ...),
   each declaring what it needs;
 - :mod:`~chtorch.dst.percolation`, :mod:`~chtorch.dst.scope` (layer selection),
@@ -46,6 +47,7 @@ from chtorch.dst.percolation import (
     infer_couplings,
     rows,
 )
+from chtorch.dst.reads import UnreadOptionError, options_read, unread_options
 from chtorch.dst.registry import get_part, part_names, parts, register_part
 from chtorch.dst.report import LayerUpdate, UpdateReport
 from chtorch.dst.schedules import rewarmup_factor, update_limit
@@ -76,6 +78,9 @@ __all__ = [
     "resolve_options",
     "SparsityOptions",
     "OptionError",
+    "UnreadOptionError",
+    "options_read",
+    "unread_options",
     # parts
     "register_part",
     "get_part",

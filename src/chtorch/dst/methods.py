@@ -23,6 +23,7 @@ from typing import Any
 
 from chtorch._checks import closest
 from chtorch.dst.options import PART_BAGS, OptionError, SparsityOptions
+from chtorch.dst.reads import check_read
 
 __all__ = [
     "MethodPreset",
@@ -165,16 +166,27 @@ def method_table(include_dense: bool = False) -> list[tuple[str, str]]:
     return [(name, _REGISTRY[name].summary) for name in names]
 
 
-def resolve_options(method: str, *overrides: Mapping[str, Any] | None) -> SparsityOptions:
-    """The one place where a method's options are merged: ``method``'s preset, then each mapping of
-    ``overrides`` in order (:func:`merge_overrides`; e.g. a config's ``sparsity.options``, then its
-    ``method_options[method]``, then what the caller adds)."""
+def resolve_options(
+    method: str, *overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None = None
+) -> SparsityOptions:
+    """The one place where a method's options are merged: ``method``'s preset, then ``defaults``
+    (a recipe's or an official code's values, used where the method reads them), then each mapping
+    of ``overrides`` in order (:func:`merge_overrides`; e.g. a config's ``sparsity.options``, then its
+    ``method_options[method]``, then what the caller adds).
+
+    Every option of ``overrides`` must be read by the resolved method: one that is not (``delta_start``
+    under the linear temperature schedule) raises :class:`OptionError` naming it, the parts that would
+    read it and the fix (:mod:`chtorch.dst.reads`). ``defaults`` and the preset's own values are not
+    checked."""
     preset = get_method(method)
     if not preset.sparsifies:
         raise OptionError(
             f"method {preset.name!r} trains the model dense: it has no sparsity options (do not call sparsify)"
         )
-    return preset.build_options(**merge_overrides(*overrides))
+    given = merge_overrides(*overrides)
+    options = preset.build_options(**merge_overrides(defaults, given))
+    check_read(options, given, preset.name)
+    return options
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,16 +9,18 @@ Option → registry: how a part is called.
 - ``removal_selection``, ``regrowth_selection`` → :data:`SELECTIONS`:
   ``fn(scores, k, generator, *, temperature=, floor=)`` → indices
 - ``density_schedule`` → :data:`DENSITY_SCHEDULES`: ``fn(tau, n, s_i, s_f, **params)`` → sparsity
-- ``temperature_schedule`` → :data:`TEMPERATURE_SCHEDULES`: ``fn(step, t_end, start_delta, end_delta,
-**params)`` → T
+- ``temperature_schedule`` → :data:`TEMPERATURE_SCHEDULES`: ``fn(step, t_end, **params)`` → T (the δ
+  schedules declare ``params={"start_delta": "delta_start", "end_delta": "delta_end"}``)
 - ``regrown_init`` → :data:`REGROWN_INITS`: ``fn(history, new)`` → initial values
 
 Each part declares what it needs (:class:`chtorch._registry.Part`): ``"dense_gradient"`` (the engine
 records the dense gradient before an update; the truly sparse backend cannot serve it),
 ``"weight_history"`` (the engine remembers removed weights), ``"live_neurons"`` (regrowth only between
 neurons that keep links), ``"input_correlation"`` (CSTI). ``SparsityOptions.needs()`` collects them over
-the parts an options record uses. A user's part registered here (or with :func:`register_part`) is a
-valid option value for :func:`chtorch.sparsify`, a config's ``sparsity.options`` and the HF callback.
+the parts an options record uses; the options a part declares in ``params`` are the ones it reads, so
+setting one while the part does not run is an error (:mod:`chtorch.dst.reads`). A user's part
+registered here (or with :func:`register_part`) is a valid option value for :func:`chtorch.sparsify`,
+a config's ``sparsity.options`` and the HF callback.
 """
 
 from __future__ import annotations

@@ -152,12 +152,11 @@ def temperature_from_delta(delta: float) -> float:
     "until T_end (both official codes: MLP/Transformer 1 → 3, LLaMA 1 → 9)",
     params={"start": "temperature_start", "end": "temperature_end"},
 )
-def temperature_linear(
-    step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9, *, start: float = 1.0, end: float = 3.0
-) -> float:
+def temperature_linear(step: int, t_end: int, *, start: float = 1.0, end: float = 3.0) -> float:
     """``T = start + (end − start) · min(step, t_end) / t_end``: the official MLP/Transformer code's
     ``T = 1 + 2t/T_end`` with ``start=1, end=3`` (the default), the LLaMA code's ``start_T → end_T``
-    with ``end=9`` (docs/decisions.md, removal temperature). The δ arguments are not read.
+    with ``end=9`` (docs/decisions.md, removal temperature). It reads no δ: delta_start / delta_end
+    under this schedule are an error (:mod:`chtorch.dst.reads`).
     E.g. t_end=1000, 1 → 3: 1.0 at step 0, 2.0 at 500, 3.0 at 1000 and after."""
     step = _int("step", step)
     t_end = _int("t_end", t_end)
@@ -168,8 +167,13 @@ def temperature_linear(
     return start + (end - start) * min(step, t_end) / t_end
 
 
+_DELTAS = {"start_delta": "delta_start", "end_delta": "delta_end"}
+
+
 @TEMPERATURE_SCHEDULES.register(
-    "paper", summary="the paper's text: δ linear from delta_start to delta_end until T_end, T = 1/(1−δ)"
+    "paper",
+    summary="the paper's text: δ linear from delta_start to delta_end until T_end, T = 1/(1−δ)",
+    params=_DELTAS,
 )
 def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """``T = 1/(1 − δ)`` with δ linear in the step (Zhang et al., NeurIPS 2025, §3.1 / App. H):
@@ -182,6 +186,7 @@ def temperature_paper(step: int, t_end: int, start_delta: float = 0.5, end_delta
 @TEMPERATURE_SCHEDULES.register(
     "delta",
     summary="δ linear from delta_start to delta_end until T_end, T = δ/(1−δ) (T 1 → 9)",
+    params=_DELTAS,
 )
 def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T = δ/(1−δ) with δ linear in the step (:func:`temperature` with ``linear_in="delta"``): neither
@@ -190,7 +195,9 @@ def temperature_linear_delta(step: int, t_end: int, start_delta: float = 0.5, en
 
 
 @TEMPERATURE_SCHEDULES.register(
-    "temperature", summary="T itself linear from T(delta_start) to T(delta_end) until T_end, T(δ) = δ/(1−δ)"
+    "temperature",
+    summary="T itself linear from T(delta_start) to T(delta_end) until T_end, T(δ) = δ/(1−δ)",
+    params=_DELTAS,
 )
 def temperature_linear_t(step: int, t_end: int, start_delta: float = 0.5, end_delta: float = 0.9) -> float:
     """T linear in the step between ``δ/(1−δ)`` at the two ends (:func:`temperature` with

@@ -56,12 +56,12 @@ class Timeline:
 
     def temperature(self, step: int) -> float:
         """Exponent T of a non-top-k removal selection at ``step`` (1.0 for top-k), from the registered
-        ``temperature_schedule``."""
+        ``temperature_schedule``, called with the options it declares it reads (``params``)."""
         opts = self.options
         if opts.removal_selection == "topk":
             return 1.0
         part = get_part("temperature_schedule", opts.temperature_schedule)
-        return part.fn(step, self.t_end, opts.delta_start, opts.delta_end, **part.kwargs(opts))
+        return part.fn(step, self.t_end, **part.kwargs(opts))
 
     def is_update_step(self, step: int) -> bool:
         """True when a topology update runs after optimizer step ``step``: every ``update_interval``

@@ -104,8 +104,12 @@ class ChtorchCallback(TrainerCallback):
             model's own initialisation: ``weight_init`` defaults to ``"keep"`` here (pass ``"swi"`` to
             redraw the weights at the links, as the MLP code does). The removal temperature follows
             the preset (linear T 1 → 3, the official MLP/Transformer code); to train a LLaMA as the
-            official LLaMA code does, pass ``**chtorch.recipes.lm.LLAMA_CODE_DEFAULTS`` (T 1 → 9,
-            top-k regrowth, no percolation, no early stop; docs/decisions.md).
+            official LLaMA code does, pass ``option_defaults=chtorch.recipes.lm.LLAMA_CODE_DEFAULTS``
+            (T 1 → 9, top-k regrowth, no percolation, no early stop; docs/decisions.md). Every option
+            given here must be read by the method (``delta_start`` needs a δ temperature schedule):
+            one it would ignore raises :class:`chtorch.dst.OptionError` naming the parts that read it.
+        option_defaults: option values under ``options`` that the method uses where it reads them
+            and that are never an error (``weight_init="keep"`` is one unless given).
         masks: start from these topologies (layer name → bool ``(out_features, in_features)``), e.g.
             :func:`restore_masks` of a model saved with :func:`save_pretrained_sparse`; ``layers``
             defaults to their names. A resumed Trainer checkpoint takes precedence.
@@ -134,19 +138,21 @@ class ChtorchCallback(TrainerCallback):
         rewarmup_steps: int = 0,
         rewarmup_until: str = "end",
         masks: Mapping[str, torch.Tensor] | None = None,
+        option_defaults: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         preset = get_method(method)  # unknown names fail now, not at train begin
         if update_interval is not None:
             options["update_interval"] = update_interval
-        options.setdefault("weight_init", "keep")
+        option_defaults = {"weight_init": "keep", **(option_defaults or {})}
         if options.get("skip_step_on_update"):
             raise ValueError(
                 "skip_step_on_update=True cannot be honoured by a "
                 "Trainer callback (the Trainer's optimizer step cannot be "
                 "left out from one); drop it: the update iteration then trains as in the official Transformer code"
             )
-        resolve_options(preset.name, options)  # validate the overrides now (a dense method is refused here)
+        # Validate the overrides now: a dense method, or an option the method does not read, is refused here.
+        resolve_options(preset.name, options, defaults=option_defaults)
         check_number("rewarmup_steps", rewarmup_steps, 0, integer=True)
         if rewarmup_until not in ("end", "last_update"):
             raise ValueError(f"rewarmup_until must be 'end' or 'last_update', got {rewarmup_until!r}")
@@ -159,6 +165,7 @@ class ChtorchCallback(TrainerCallback):
         self.rewarmup_steps = rewarmup_steps
         self.rewarmup_until = rewarmup_until
         self.options = options
+        self.option_defaults = option_defaults
         self.initial_masks = None if masks is None else dict(masks)
         if self.initial_masks is not None and layers is None:
             self.layers = list(self.initial_masks)
@@ -194,6 +201,7 @@ class ChtorchCallback(TrainerCallback):
             layers=layers,
             exclude=self.exclude,
             masks=self.initial_masks if payload is None else payload["masks"],
+            option_defaults=self.option_defaults,
             **options,
         )
         if payload is not None:

@@ -34,10 +34,11 @@ from chtorch.config import (
     ConfigError,
     build_config,
     config_to_dict,
-    method_options_for,
-    resolve_sparsity_options,
+    default_recipe,
     save_config,
+    sparsity_options_for,
 )
+from chtorch.config.registry import recipe_schema
 from chtorch.dst import all_methods, is_dense, merge_overrides
 from chtorch.train.checkpoint import CHECKPOINT_NAME
 from chtorch.train.compare_table import OUTPUT_NAMES, PLAN_NAME, format_table, write_compare
@@ -97,13 +98,27 @@ def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _recipe_defaults(recipe: Any) -> dict[str, Any]:
+    """The sparsity defaults of ``recipe`` (a run's ``run.recipe``; none: the default recipe), or none
+    for a recipe no longer registered (the comparison then tells the configurations apart)."""
+    try:
+        return dict(recipe_schema(recipe if isinstance(recipe, str) else default_recipe()).sparsity_defaults)
+    except ConfigError:
+        return {}
+
+
 def _comparable(raw: dict[str, Any], method: str) -> dict[str, Any]:
     """``raw`` flattened, with ``sparsity.options`` and ``sparsity.method_options`` replaced by the
     options ``method`` resolves to: the same setting given either way is the same run, and another
     method's options cannot change this run (a config that tunes one method leaves the finished runs
     of the others valid)."""
     sparsity = dict(raw.get("sparsity") or {})
-    options = merge_overrides(sparsity.pop("options", None), (sparsity.pop("method_options", None) or {}).get(method))
+    # The recipe's defaults under the user's options: the same run whether a config.yaml lists them
+    # in sparsity.options (as earlier versions saved it) or not.
+    defaults = _recipe_defaults((raw.get("run") or {}).get("recipe"))
+    options = merge_overrides(
+        defaults, sparsity.pop("options", None), (sparsity.pop("method_options", None) or {}).get(method)
+    )
     flat = _flatten({**raw, "sparsity": sparsity})
     flat.update({f"sparsity options of {method}.{key}": value for key, value in _flatten(options).items()})
     return flat
@@ -175,7 +190,7 @@ def _plan(config: Config, methods: Sequence[str], seeds: Sequence[int], out_dir:
 def _write_plan(config: Config, plan: list[_Run], methods: Sequence[str], seeds: Sequence[int], out_dir: Path) -> None:
     rows = {}
     for m in methods:
-        options = None if is_dense(m) else resolve_sparsity_options(m, method_options_for(config, m))
+        options = None if is_dense(m) else sparsity_options_for(config, m)
         rows[m] = paper_row(m, options)
     data = {
         "name": config.run.name,

@@ -45,9 +45,10 @@ from chtorch.config import (
     Config,
     ConfigError,
     method_options_for,
+    option_defaults_for,
     save_config,
 )
-from chtorch.dst import LayerSelectionError, infer_couplings, is_dense, update_limit
+from chtorch.dst import LayerSelectionError, infer_couplings, is_dense, merge_overrides, update_limit
 from chtorch.recipes.base import Recipe, get_recipe
 from chtorch.rng import derive_seed
 from chtorch.train import distributed as ddp
@@ -169,11 +170,16 @@ class Trainer:
         sp = cfg.sparsity
         if not is_dense(sp.method):
             interval = sp.update_interval * (self.steps_per_epoch if sp.update_unit == "epoch" else 1)
-            # The config's layers of overrides (options, then method_options[method]) and the
-            # recipe's data-dependent ones; sparsify merges them over the preset (one place). The
-            # recipe's coupling rule is called by the engine with the layers it selected.
-            options = self.recipe.sparsity_options(method_options_for(cfg))
-            options["couplings"] = self.recipe.couplings
+            # The config's layers of overrides (options, then method_options[method]) over the
+            # recipe's defaults, and the recipe's data-dependent additions; sparsify merges them over
+            # the preset (one place). What the user set must be read by the method; the recipe's
+            # values go as defaults. The recipe's coupling rule is called by the engine with the
+            # layers it selected.
+            given = method_options_for(cfg)
+            merged = self.recipe.sparsity_options(merge_overrides(option_defaults_for(cfg), given))
+            options = {k: v for k, v in merged.items() if k in given}
+            defaults = {k: v for k, v in merged.items() if k not in given}
+            defaults["couplings"] = self.recipe.couplings
             try:
                 self.sparsity = sparsify(
                     self.model,
@@ -187,6 +193,7 @@ class Trainer:
                     exclude=sp.exclude,
                     backend=sp.backend,
                     kernel=sp.kernel,
+                    option_defaults=defaults,
                     **options,
                 )
             except LayerSelectionError as exc:
