@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
-from helpers import tiny_mlp
 from torch import nn
 
 import chtorch
+from helpers import tiny_mlp
 
 MICRO = 3  # micro-batches per optimizer step
 
