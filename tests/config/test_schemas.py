@@ -49,7 +49,11 @@ def test_model_values_build_the_model_config() -> None:
         64, 10, (16, 8), "gelu", 0.25, True
     )
     llama = build_config({"run": {"recipe": "lm"}, "model": {"size": "tiny", "n_layers": 3}}).model
-    assert model_values(llama) == {"n_layers": 3, "tie_embeddings": False}  # unset overrides stay the preset's
+    assert model_values(llama) == {
+        "n_layers": 3,
+        "tie_embeddings": False,
+        "checkpointing": False,
+    }  # unset overrides stay the preset's
 
 
 def test_model_bounds_are_checked_by_key() -> None:

@@ -125,10 +125,12 @@ def test_sparse_layer_forms_the_dense_gradient_only_before_an_update(monkeypatch
 def test_the_recorded_dense_gradient_is_the_masked_layers_gradient():
     m_model, m_opt, m_sp = build("masked", "rigl")
     s_model, s_opt, s_sp = build("sparse", "rigl")
-    for model, sp in ((m_model, m_sp), (s_model, s_sp)):
+    for model, opt, sp in ((m_model, m_opt, m_sp), (s_model, s_opt, s_sp)):
         sp.step_count = INTERVAL - 1  # the next backward pass is in the window
         x, y = batch(0)
         nn.functional.cross_entropy(model(x), y).backward()
+        assert all(layer.grad_count == 0 for layer in sp.layers)  # it counts once the optimizer step runs
+        opt.step()
     for a, b in zip(m_sp.layers, s_sp.layers):
         assert a.grad_count == b.grad_count == 1
         torch.testing.assert_close(a.grad_sum, b.grad_sum, rtol=1e-12, atol=1e-14)

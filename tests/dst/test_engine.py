@@ -299,7 +299,9 @@ def test_non_finite_weights_skip_the_update():
     masks = {k: v.clone() for k, v in sp.masks.items()}
     with torch.no_grad():
         model[0].weight[sp.masks["0"]] = float("nan")
+    opt.step()
     sp.step()
+    opt.step()
     with pytest.warns(RuntimeWarning, match="skipped"):
         report = sp.step()
     assert report is not None and report.skipped and "non-finite" in report.skipped

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import shutil
 import sys
+import warnings
 
 import pytest
 import torch
@@ -148,7 +149,7 @@ class TinyDataset(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def make_trainer(out, callback, max_steps: int = 6, seed: int = 0):
+def make_trainer(out, callback, max_steps: int = 6, seed: int = 0, **extra):
     args = transformers.TrainingArguments(
         output_dir=str(out),
         max_steps=max_steps,
@@ -165,6 +166,7 @@ def make_trainer(out, callback, max_steps: int = 6, seed: int = 0):
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        **extra,
     )
     return transformers.Trainer(model=tiny_llama(seed), args=args, train_dataset=TinyDataset(), callbacks=[callback])
 
@@ -207,6 +209,23 @@ def test_callback_trains_sparse_logs_checkpoints_and_resumes_exactly(tmp_path) -
             assert torch.equal(a[key], b[key]), key
         else:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@needs_accelerate
+def test_callback_counts_optimizer_steps_under_gradient_accumulation(tmp_path) -> None:
+    from chtorch.integrations.hf import ChtorchCallback
+
+    cb = ChtorchCallback("chts", sparsity=0.8, update_interval=2)
+    trainer = make_trainer(tmp_path, cb, max_steps=4, gradient_accumulation_steps=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past total_steps.*")
+        trainer.train()
+    sp = cb.sparsity
+    assert trainer.state.global_step == 4 and sp.total_steps == 4
+    assert sp.step_count == 4 and not sp.past_total_steps  # 12 micro-batches, 4 optimizer steps
+    assert sp.update_count == 1  # after optimizer step 2 (T_end = 0.75 * 4 = 3)
+    for name, module, mask in sp.iter_layers():
+        assert bool((module.weight[~mask] == 0).all()), name
 
 
 @needs_accelerate

@@ -276,7 +276,7 @@ def test_round_robin_sharding_for_recipes_that_do_not_shard(rank: int) -> None:
     trainer.dist = DistributedContext(rank=rank, world_size=2)
     trainer.world_size, trainer.rank = 2, rank
     trainer.recipe = Recipe()
-    trainer.steps_per_epoch = 11 // 2  # the last, odd batch is left out so both ranks step together
+    trainer.batches_per_epoch = 11 // 2  # the last, odd batch is left out so both ranks step together
     mine = list(trainer._batches(1, 0))
     assert mine == [100 + i for i in range(rank, 10, 2)]
     assert list(trainer._batches(1, 3)) == mine[3:]

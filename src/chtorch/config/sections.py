@@ -167,6 +167,18 @@ class TrainConfig:
     snapshot_every: int = setting(0, "save the masks every N epochs for plots (0 = start and end only)", min=0)
     tensorboard: bool = setting(True, "also log to TensorBoard when it is installed")
     max_nonfinite: int = setting(10, "stop after this many steps with a NaN/inf loss (each is skipped)", min=0)
+    grad_accum: int = setting(
+        1,
+        "micro-batches per optimizer step (gradient accumulation): the global batch is the data batch x "
+        "grad_accum x processes; data.steps_per_epoch stays in optimizer steps",
+        min=1,
+    )
+    precision: str = setting(
+        "fp32",
+        "fp32; bf16 (autocast, CPU or CUDA); fp16 (autocast with a GradScaler, CUDA only). Weights, optimizer "
+        "state and topology updates stay fp32",
+        choices=("fp32", "bf16", "fp16"),
+    )
 
 
 @dataclass

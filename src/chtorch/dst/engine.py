@@ -13,15 +13,13 @@ It owns the topology of the selected ``nn.Linear`` layers of a plain model and k
    ``(seed, update index, layer index)``, so a resumed run or another ``torchrun`` rank decides the
    same.
 
-This module holds the engine's life cycle (set-up, hooks, ``step``, state) and its counters; the
-run's schedules are a :class:`~chtorch.dst.timeline.Timeline`, one topology update is
-:func:`chtorch.dst.update.topology_update` over an ``UpdateContext`` the engine fills (Algorithm 1 of
-Zhang et al., NeurIPS 2025, arXiv:2501.19107), a layer on any registered backend is
-:mod:`chtorch.dst.layer` with its book-keeping in :mod:`chtorch.dst.book`, the saved state is checked
-by :mod:`chtorch.dst.state`, the starting topology and weights are :mod:`chtorch.dst.initial`. The
-update runs after ``optimizer.step()`` (``sp.step()`` is called after it); with ``skip_step_on_update``
-the loop leaves out the optimizer step of an update iteration (:meth:`DynamicSparsity.skips_optimizer_step`):
-docs/decisions.md, "optimizer step on an update iteration".
+This module holds the engine's life cycle (set-up, hooks, ``step``, state) and its counters (optimizer
+steps, counted by :mod:`chtorch.dst.counting`); the schedules are a :class:`~chtorch.dst.timeline.Timeline`,
+one update is :func:`chtorch.dst.update.topology_update` (Algorithm 1 of Zhang et al., NeurIPS 2025,
+arXiv:2501.19107), layers are :mod:`chtorch.dst.layer` (book-keeping :mod:`chtorch.dst.book`), the saved
+state is checked by :mod:`chtorch.dst.state`, the start is :mod:`chtorch.dst.initial`. The update runs
+after ``optimizer.step()``; with ``skip_step_on_update`` the loop leaves out the optimizer step of an
+update iteration (:meth:`DynamicSparsity.skips_optimizer_step`; docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from torch import nn
 
 from chtorch._checks import check_number
 from chtorch.dst import ranks
+from chtorch.dst.counting import StepCounter, step_source
 from chtorch.dst.initial import given_masks, initial_mask
 from chtorch.dst.layer import (
     Layer,
@@ -48,13 +47,14 @@ from chtorch.dst.layer import (
 )
 from chtorch.dst.maskwatch import MaskWatch
 from chtorch.dst.options import OptionError, SparsityOptions, check_engine_args
-from chtorch.dst.percolation import Coupling, active_neuron_fraction, infer_couplings
+from chtorch.dst.percolation import Coupling, active_neuron_fraction, resolve_couplings
 from chtorch.dst.registry import get_part
 from chtorch.dst.report import UpdateReport, summary_table
 from chtorch.dst.rollback import Snapshot
 from chtorch.dst.scope import (
     LayerSelector,
     check_budgets,
+    check_owned,
     check_structure,
     head_groups,
     is_transposed,
@@ -119,6 +119,7 @@ class DynamicSparsity:
         options.validate()  # a field assigned after construction is checked too
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        optimizer = step_source(optimizer)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(
                 "optimizer must be a torch.optim.Optimizer (built from "
@@ -133,16 +134,9 @@ class DynamicSparsity:
         names = select_layers(model, layers, exclude)
         check_structure(model, names)
         modules = dict(model.named_modules())
-        params_in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        check_owned(modules, names, optimizer)
         for name in names:
-            if id(modules[name].weight) not in params_in_optimizer:
-                raise ValueError(
-                    f"the weight of layer {name!r} is not in the optimizer's parameter groups; build the optimizer "
-                    "from model.parameters() before calling sparsify, or exclude the layer"
-                )
             refuse_sharded(name, modules[name].weight)
-            if hasattr(modules[name], "weight_mask"):
-                raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
         groups = head_groups(options.head_groups, names, modules)
         given = given_masks(masks, names, modules)
 
@@ -154,8 +148,9 @@ class DynamicSparsity:
         self.seed = int(seed)
         self.method = method
         self.kernel = kernel
-        self.step_count = 0
+        self.step_count = 0  # optimizer steps taken (counted by the optimizer's own step events)
         self.update_count = 0
+        self.counter = StepCounter(self.total_steps)  # counts the optimizer's step events
         self.timeline = Timeline(options, self.sparsity, self.total_steps)
         self.t_end, self.decay_end = self.timeline.t_end, self.timeline.decay_end
         self.couplings = self._resolve_couplings(names)
@@ -163,7 +158,6 @@ class DynamicSparsity:
         self._removed = False
         self._watch = MaskWatch()
         self.backend_request = backend
-        self.backend_reason = "requested"
         shapes = [layer_shape(modules[n]) for n in names]
         steps = sorted({0, self.decay_end, self.t_end, self.total_steps})
         check_budgets(
@@ -171,9 +165,10 @@ class DynamicSparsity:
             shapes,
             groups,
             given,
-            {step: (self.scheduled_sparsity(step), self._targets_for(shapes, step)) for step in steps},
+            {step: (self.scheduled_sparsity(step), self.timeline.budgets(shapes, step)) for step in steps},
         )
-        self.backends = self._choose_backends(backend, names, shapes)
+        densities = [c / (a * b) for c, (a, b) in zip(self.timeline.budgets(shapes, 0), shapes)]
+        self.backends, self.backend_reason = choose_backends(backend, names, shapes, densities)
         transposed = [n for n in names if is_transposed(modules[n])]
         if transposed and backend == "sparse":
             raise OptionError(
@@ -183,7 +178,7 @@ class DynamicSparsity:
         self.backends.update(dict.fromkeys(transposed, "masked"))  # the truly sparse layer is an nn.Linear replacement
         # Every mask is drawn before the first write to the model, and the writes are undone on any
         # failure: sparsify is all or nothing.
-        targets = self._targets_for(shapes, 0)
+        targets = self.timeline.budgets(shapes, 0)
         planned = {
             name: given[name]
             if name in given
@@ -210,21 +205,9 @@ class DynamicSparsity:
 
     # ------------------------------------------------------------------ set-up
     def _resolve_couplings(self, names: list[str]) -> list[Coupling]:
-        rule = self.options.couplings
-        if callable(rule):  # a coupling rule (model, selected names) -> couplings, e.g. a recipe's
-            rule = rule(self.model, names)
-            # the state names what the rule gave, as if those couplings had been passed
-            self._couplings_text = None if rule is None else repr(rule)
-        if not self.options.percolation:
-            return []
-        if rule is None:
-            return infer_couplings(self.model, names)
-        couplings = list(rule)
-        for c in couplings:
-            if not isinstance(c, Coupling):
-                raise OptionError(
-                    f"couplings must be chtorch.dst.percolation.Coupling objects (chain(...) / rows(...)), got {c!r}"
-                )
+        couplings, given = resolve_couplings(self.options.couplings, self.options.percolation, self.model, names)
+        if callable(self.options.couplings):  # the state names what the rule gave, as if it had been passed
+            self._couplings_text = None if given is None else repr(given)
         return couplings
 
     def _prepare(
@@ -281,13 +264,9 @@ class DynamicSparsity:
         """Hook ``layer``'s module: its gradients (masking, and the dense gradient a method reads) and
         the ``load_state_dict`` pre-hook of the mask watch. ``track`` registers each handle with a
         rollback snapshot during set-up."""
+        layer.grad_dtype = None if self.options.grad_accumulation_dtype == "param" else torch.float32
         self._hooks.append(track(layer.watch_gradients(self._recording, self.options.needs_dense_gradient)))
         self._hooks.append(track(layer.module.register_load_state_dict_pre_hook(self._watch.loader(layer.name))))
-
-    def _choose_backends(self, request: str, names: list[str], shapes: list[tuple[int, int]]) -> dict[str, str]:
-        densities = [c / (a * b) for c, (a, b) in zip(self._targets_for(shapes, 0), shapes)]
-        choice, self.backend_reason = choose_backends(request, names, shapes, densities)
-        return choice
 
     def _switch_backends(self, wanted: Mapping[str, str] | None = None) -> None:
         """Move layers to the backend ``wanted`` names (default: what ``auto`` picks for each layer's
@@ -312,9 +291,6 @@ class DynamicSparsity:
     def scheduled_sparsity(self, step: int) -> float:
         """The sparsity the density schedule asks for at ``step`` (:meth:`Timeline.sparsity_at`)."""
         return self.timeline.sparsity_at(step)
-
-    def _targets_for(self, shapes: list[tuple[int, int]], step: int) -> list[int]:
-        return self.timeline.budgets(shapes, step)
 
     def targets(self, step: int) -> list[int]:
         """Each layer's exact link budget at ``step``."""
@@ -343,24 +319,46 @@ class DynamicSparsity:
         MLP and LLaMA codes do (docs/decisions.md, "optimizer step on an update iteration")."""
         if not self.options.skip_step_on_update or self._removed:
             return False
-        return self.is_update_step(self.step_count + 1) and not network_stopped(self.layers, self.options)
+        skip = self.is_update_step(self.step_count + 1) and not network_stopped(self.layers, self.options)
+        # the next sp.step() counts this iteration although its optimizer step never runs
+        self.counter.told_to_skip = self.counter.told_to_skip or skip
+        return skip
+
+    def set_grad_scaler(self, scaler: Any) -> None:
+        """Name a loop's ``torch.amp.GradScaler`` (None: none): the dense gradients RigL, GraNet and
+        MEST read are recorded scaled and divided by its scale. A step it skips is never counted."""
+        self.counter.set_scaler(scaler)
+
+    @property
+    def past_total_steps(self) -> bool:
+        """True once more optimizer steps than ``total_steps`` were taken (warned once; in the state)."""
+        return self.counter.past_total_steps
 
     # ------------------------------------------------------------------ hooks
     def _grad_window(self, step: int) -> bool:
         return self.timeline.records_gradient(step)
 
-    def _recording(self) -> bool:
+    def _recording(self) -> bool:  # the coming optimizer step's backward passes record dense gradients
         return self._grad_window(self.step_count + 1)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """The optimizer's step post-hook: the only place that sees an optimizer step that really ran
+        (gradient accumulation calls ``sp.step()`` more often, a ``GradScaler`` skips steps)."""
         for layer in self.layers:
             layer.after_optimizer_step(self.optimizer)
+        self.counter.stepped(self.layers)
 
     # ------------------------------------------------------------------ the update
     def step(self) -> UpdateReport | None:
-        """Call once after every ``optimizer.step()``. Runs a topology update when one is due and
-        returns its :class:`UpdateReport`; otherwise returns ``None``. Raises ``RuntimeError`` after
-        :meth:`remove` and ``ValueError`` when a mask was replaced by one that breaks the budget."""
+        """Call after ``optimizer.step()`` (or on every micro-step: it counts optimizer steps). Runs a
+        topology update when one is due and returns its :class:`UpdateReport`; otherwise returns ``None``.
+
+        The engine counts the optimizer's own step events (its step post-hook), not calls: a call
+        with no optimizer step since the previous one (a micro-step of gradient accumulation, a step
+        that a ``GradScaler`` skipped for inf/NaN gradients, a step the loop left out) counts nothing
+        and never updates the topology. The one exception is the iteration whose optimizer step
+        :meth:`skips_optimizer_step` told the loop to leave out: it counts. Raises ``RuntimeError``
+        after :meth:`remove` and ``ValueError`` when a mask was replaced by one that breaks the budget."""
         if self._removed:
             raise RuntimeError(
                 "sp.step() after sp.remove(): the engine's hooks are "
@@ -368,7 +366,16 @@ class DynamicSparsity:
                 "build a new engine with chtorch.sparsify(..., masks=...) to continue dynamic sparse training"
             )
         self._watch.check(self.layers)
+        report = None
+        # more than one step when the loop calls sp.step() less often than it steps the optimizer
+        for _ in range(self.counter.take(self.layers)):
+            report = self._count_step() or report
+        return report
+
+    def _count_step(self) -> UpdateReport | None:
+        """Count one optimizer step; run the topology update due after it."""
         self.step_count += 1
+        self.counter.check_total(self.step_count)
         if not self.is_update_step(self.step_count):
             return None
         step = self.step_count
@@ -387,7 +394,9 @@ class DynamicSparsity:
             grads=averaged_gradients(self.layers),
             optimizer=self.optimizer,
         )
-        report = topology_update(context, self.layers, self.couplings)
+        # an update inside the loop's autocast region still computes in fp32
+        with torch.autocast(self.layers[0].mask.device.type, enabled=False):
+            report = topology_update(context, self.layers, self.couplings)
         for layer in self.layers:
             layer.book.reset_gradients()
         self._switch_backends()
@@ -402,15 +411,11 @@ class DynamicSparsity:
 
     def itop_rate(self) -> float:
         """Fraction of all sparsified positions that have ever been active (ITOP rate)."""
-        ever = sum(int(torch.count_nonzero(layer.ever_active)) for layer in self.layers)
-        total = sum(layer.mask.numel() for layer in self.layers)
-        return ever / max(1, total)
+        return _fraction([layer.ever_active for layer in self.layers])
 
     def density(self) -> float:
         """Overall density of the sparsified layers."""
-        return sum(int(torch.count_nonzero(layer.mask)) for layer in self.layers) / max(
-            1, sum(layer.mask.numel() for layer in self.layers)
-        )
+        return _fraction([layer.mask for layer in self.layers])
 
     def active_neurons(self) -> dict[str, tuple[float, float]]:
         """Layer name → (active input fraction, active output fraction)."""
@@ -442,6 +447,7 @@ class DynamicSparsity:
         return {
             "version": STATE_VERSION,
             **self._run(),
+            "past_total_steps": self.past_total_steps,
             "layers": {layer.name: layer_state(layer) for layer in self.layers},
         }
 
@@ -452,6 +458,8 @@ class DynamicSparsity:
         entries = check_state(state, self._run(), self.layers)
         self.step_count = int(state["step_count"])
         self.update_count = int(state["update_count"])
+        self.counter.past_total_steps = bool(state.get("past_total_steps", self.step_count > self.total_steps))
+        self.counter.reset()
         self._restore_backends(state["layers"])
         for layer in self.layers:
             layer.book.load(entries[layer.name], layer.mask.device, layer.parameter.dtype)
@@ -485,3 +493,8 @@ class DynamicSparsity:
     def iter_layers(self) -> Iterable[tuple[str, nn.Module, torch.Tensor]]:
         for layer in self.layers:
             yield layer.name, layer.module, layer.mask
+
+
+def _fraction(masks: Sequence[torch.Tensor]) -> float:
+    """Set positions over all positions of ``masks``."""
+    return sum(int(torch.count_nonzero(m)) for m in masks) / max(1, sum(m.numel() for m in masks))

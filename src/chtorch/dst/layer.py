@@ -176,10 +176,35 @@ class Layer:
             watch.remove()
         self._watch = None
 
+    #: dtype of the recorded dense gradients (None: the weights'): option ``grad_accumulation_dtype``
+    grad_dtype: torch.dtype | None = torch.float32
+    _step_grad: torch.Tensor | None = None  # this optimizer step's dense gradient, summed over its backward passes
+
     def record_grad(self, dense: torch.Tensor) -> None:
-        """Add a dense gradient in the weight's own layout to the running sum (kept ``(out, in)``)."""
-        dense = (dense.T.contiguous() if self.transposed else dense).detach().float()
-        self.grad_sum = dense.clone() if self.grad_sum is None else self.grad_sum + dense
+        """Add the dense gradient of one backward pass, in the weight's own layout, to this optimizer
+        step's gradient (kept ``(out, in)``). A backward pass that finds the weight's ``.grad`` unset
+        starts a new optimizer step (``zero_grad`` ran): what an optimizer step that never ran (a
+        ``GradScaler`` skip) recorded is dropped. :meth:`fold_grad` adds the step to the running sum."""
+        dense = (dense.T if self.transposed else dense).detach()
+        dense = dense.to(self.grad_dtype or dense.dtype, copy=True).contiguous()
+        grad = self.parameter.grad
+        if self._step_grad is None or grad is None or not bool(grad.any()):
+            self._step_grad = dense
+        else:
+            self._step_grad += dense
+
+    def has_step_grad(self) -> bool:
+        return self._step_grad is not None
+
+    def fold_grad(self, scale: float = 1.0) -> None:
+        """Count the optimizer step that just ran: its dense gradient (divided by a ``GradScaler``'s
+        ``scale``, by which the backward pass saw it multiplied) joins the running sum."""
+        step, self._step_grad = self._step_grad, None
+        if step is None:
+            return
+        if scale != 1.0:
+            step = step / scale
+        self.grad_sum = step if self.grad_sum is None else self.grad_sum + step
         self.grad_count += 1
 
 

@@ -97,7 +97,9 @@ class SparsityOptions:
         "delta": the same δ, T = δ/(1−δ); "temperature": T linear between δ/(1−δ) at the two ends).
     Regrowth
         ``regrowth``: "random", "gradient" (|dense gradient| accumulated over the last
-        ``grad_accumulation`` steps before an update), "ch" (Cannistraci-Hebb link prediction with
+        ``grad_accumulation`` steps before an update, summed in ``grad_accumulation_dtype``: "float32",
+        or "param", the weights' own dtype as the official LLaMA code in bf16: Table 10), "ch"
+        (Cannistraci-Hebb link prediction with
         ``ch_predictor`` "l3n"/"l3p" and ``ch_variant``) or "none"; ``regrowth_selection``: "topk" or
         "soft" (p ∝ score, with ``soft_floor`` added to every candidate when too few scores are
         positive); ``regrowth_candidates``: "all" (every non-link, so a neuron that percolation
@@ -164,6 +166,7 @@ class SparsityOptions:
     soft_floor: float = 1e-5
     regrowth_candidates: str = "all"
     grad_accumulation: int = 1
+    grad_accumulation_dtype: str = "float32"
     regrown_init: str = "zero"
     readmitted: str = "keep"
 
@@ -211,6 +214,7 @@ class SparsityOptions:
 
         number("update_interval", 1, integer=True, hint="optimizer steps between topology updates")
         number("grad_accumulation", 1, integer=True)
+        check_choice("grad_accumulation_dtype", self.grad_accumulation_dtype, ("float32", "param"), error=OptionError)
         number("t_end", 0, integer=True, allow_none=True, hint="the step after which the topology is frozen")
         number("t_end_fraction", 0, 1)
         number("zeta", 0, 1)

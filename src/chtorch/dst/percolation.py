@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chtorch.dst.options import OptionError
 from chtorch.dst.scope import layer_shape
 from chtorch.masks import in_degree, out_degree
 
@@ -33,6 +34,7 @@ __all__ = [
     "rows",
     "percolate",
     "infer_couplings",
+    "resolve_couplings",
     "BlockPairs",
     "CONVENTIONAL_PAIRS",
     "active_neuron_fraction",
@@ -251,3 +253,22 @@ def active_neuron_count(
             active += int(g.sum())
             total += g.numel()
     return active, total
+
+
+def resolve_couplings(rule: Any, percolation: bool, model: nn.Module, names: list[str]) -> tuple[list[Coupling], Any]:
+    """The couplings percolation follows (none without ``percolation``) from option ``couplings``:
+    None (inferred from the model), couplings, or a rule ``(model, selected names) -> couplings``
+    (e.g. a recipe's). Returns them and what the rule gave (the option itself when not a rule)."""
+    if callable(rule):
+        rule = rule(model, names)
+    if not percolation:
+        return [], rule
+    if rule is None:
+        return infer_couplings(model, names), rule
+    couplings = list(rule)
+    for c in couplings:
+        if not isinstance(c, Coupling):
+            raise OptionError(
+                f"couplings must be chtorch.dst.percolation.Coupling objects (chain(...) / rows(...)), got {c!r}"
+            )
+    return couplings, rule

@@ -32,6 +32,7 @@ __all__ = [
     "layer_weight",
     "logical_weight",
     "select_layers",
+    "check_owned",
     "check_structure",
     "check_budgets",
     "head_groups",
@@ -164,6 +165,19 @@ def select_layers(
     if not chosen:
         raise LayerSelectionError("the layer selection is empty after exclusions: nothing to sparsify")
     return chosen
+
+
+def check_owned(modules: Mapping[str, nn.Module], names: Sequence[str], optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a selected layer whose weight the optimizer does not update, or that is already sparsified."""
+    params_in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name in names:
+        if id(modules[name].weight) not in params_in_optimizer:
+            raise ValueError(
+                f"the weight of layer {name!r} is not in the optimizer's parameter groups; build the optimizer "
+                "from model.parameters() before calling sparsify, or exclude the layer"
+            )
+        if hasattr(modules[name], "weight_mask"):
+            raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
 
 
 def check_structure(model: nn.Module, names: Sequence[str]) -> None:

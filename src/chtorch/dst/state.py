@@ -128,6 +128,10 @@ def check_state(state: Any, run: Mapping[str, Any], layers: Sequence[Layer]) -> 
         )
         raise ValueError(f"the sparsity state is from other options ({shown}); {fix}")
     _count("step_count", state["step_count"])
+    if not isinstance(state.get("past_total_steps", False), bool):
+        raise ValueError(
+            f"the sparsity state's past_total_steps must be a bool, got {_show(state.get('past_total_steps'))}"
+        )
     _count("update_count", state["update_count"])
     saved_layers = state["layers"]
     if not isinstance(saved_layers, dict):

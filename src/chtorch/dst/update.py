@@ -254,7 +254,8 @@ def averaged_gradients(layers: Sequence[Layer]) -> dict[str, torch.Tensor | None
         if layer.grad_sum is None or layer.grad_count == 0:
             grads[layer.name] = None
         else:
-            grads[layer.name] = ranks.all_reduce_mean(layer.grad_sum / layer.grad_count)
+            # summed in grad_accumulation_dtype (bf16 under "param"), read in fp32
+            grads[layer.name] = ranks.all_reduce_mean((layer.grad_sum / layer.grad_count).float())
     return grads
 
 
@@ -309,7 +310,8 @@ def topology_update(ctx: UpdateContext, layers: Sequence[Layer], couplings: Sequ
     stopped = network_stopped(layers, opts)
     for layer, target, core in zip(layers, ctx.targets, cores):
         t0 = time.perf_counter()
-        mask, grad, weight = layer.mask, grads[layer.name], layer.dense_weight()
+        # scores in fp32 whatever the weights' dtype (bf16 -> fp32 is exact; ties stay ties)
+        mask, grad, weight = layer.mask, grads[layer.name], layer.dense_weight().float()
         old_masks[layer.name] = mask.clone()
         info = LayerUpdate(name=layer.name, n_links=0, target=target, frozen=layer.frozen)
         keep, revived, pruned = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)

@@ -28,6 +28,7 @@ from torch import nn
 
 from chtorch._fields import setting
 from chtorch.models._config import DictConfig
+from chtorch.models.checkpointing import run_block
 
 __all__ = [
     "LlamaConfig",
@@ -67,6 +68,9 @@ class LlamaConfig(DictConfig):
     tie_embeddings: bool = setting(False, "lm_head reuses the token embedding matrix (the paper: untied)")
     initializer_range: float = setting(
         0.02, "std of the normal initialisation (HF/GaLore: 0.02)", min=0.0, min_open=True
+    )
+    checkpointing: bool = setting(
+        False, "activation checkpointing of every decoder layer (less memory, one more forward pass)"
     )
 
     def __post_init__(self) -> None:
@@ -232,6 +236,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.checkpointing = cfg.checkpointing
         self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
 
@@ -239,7 +244,7 @@ class LlamaModel(nn.Module):
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(input_ids.shape[1], x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = run_block(layer, x, cos, sin, checkpointing=self.checkpointing)
         return self.norm(x)
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from chtorch._fields import setting
 from chtorch.models._config import DictConfig
+from chtorch.models.checkpointing import run_block
 
 __all__ = [
     "Seq2SeqConfig",
@@ -75,6 +76,9 @@ class Seq2SeqConfig(DictConfig):
     pad_id: int = setting(0, "id of the padding token", min=0)
     pre_norm: bool = setting(True, "LayerNorm before each sub-layer (OpenNMT) instead of after")
     layer_norm_eps: float = setting(1e-6, "epsilon of every LayerNorm", min=0.0, min_open=True)
+    checkpointing: bool = setting(
+        False, "activation checkpointing of every encoder and decoder layer (less memory, one more forward pass)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("src_vocab", "tgt_vocab", "d_model", "n_heads", "n_layers", "d_ff", "max_len"):
@@ -375,14 +379,14 @@ class Seq2SeqTransformer(nn.Module):
         mask = self.source_mask(src)
         x = self._embed(self.src_embed, src)
         for layer in self.encoder.layers:
-            x = layer(x, mask)
+            x = run_block(layer, x, mask, checkpointing=self.config.checkpointing)
         return self.encoder.norm(x), mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, tgt_vocab) for decoder input ``tgt_in`` (B, T) given the encoder output."""
         x = self._embed(self.tgt_embed, tgt_in)
         for layer in self.decoder.layers:
-            x = layer(x, memory, memory_mask)
+            x = run_block(layer, x, memory, memory_mask, checkpointing=self.config.checkpointing)
         return self.generator(self.decoder.norm(x))
 
     def decode_with_attention(

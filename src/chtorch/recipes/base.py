@@ -112,7 +112,8 @@ class Recipe(abc.ABC):
     @property
     @abc.abstractmethod
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch."""
+        """Batches in one epoch: optimizer steps × ``train.grad_accum`` where the data sets a number of
+        steps (``data.steps_per_epoch``), else a pass over the training set (``grad_accum`` per step)."""
 
     @abc.abstractmethod
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:

@@ -272,12 +272,14 @@ class LanguageModeling(Recipe):
     # -- training ---------------------------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
-        return self.config.data.steps_per_epoch
+        # batches: data.steps_per_epoch optimizer steps of train.grad_accum micro-batches each
+        return self.config.data.steps_per_epoch * self.config.train.grad_accum
 
     def train_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
         cfg = self.config.data
-        for index in range(start, cfg.steps_per_epoch):
-            step = epoch * cfg.steps_per_epoch + index
+        per_epoch = self.steps_per_epoch
+        for index in range(start, per_epoch):
+            step = epoch * per_epoch + index
             g = make_generator(self.config.run.seed, "lm-batch", step)
             x, y = random_windows(self.train_tokens, cfg.seq_len, cfg.batch_size, g)
             yield x.to(self.device), y.to(self.device)

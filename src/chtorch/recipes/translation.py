@@ -267,7 +267,9 @@ class Translation(Recipe):
     # -- training ---------------------------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
-        return self.config.data.steps_per_epoch or self.batches_per_pass
+        # batches: data.steps_per_epoch optimizer steps of train.grad_accum micro-batches each
+        steps = self.config.data.steps_per_epoch
+        return steps * self.config.train.grad_accum if steps else self.batches_per_pass
 
     def _pass(self, index: int) -> list[list[int]]:
         """The batches (pair indices) of pass ``index`` over the training set."""

@@ -41,6 +41,7 @@ def run_state(self: Trainer) -> dict[str, Any]:
         "metrics_offset": self.log.offset,
         "sums": {k: float(v) for k, v in self.sums.items()},
         "nonfinite": self.nonfinite,
+        "grad_scaler": self.precision.state_dict(),
         "elapsed": self.elapsed,
         "versions": {"torch": str(torch.__version__), "chtorch": chtorch_version()},
         "world_size": self.world_size,
@@ -78,6 +79,7 @@ def restore_run(self: Trainer, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         check_optimizer_state(self.optimizer, self.run_dir / CHECKPOINT_NAME)
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("grad_scaler"))
         mine = state["ranks"][self.rank] if self.dist.enabled else {"rng": state["rng"], "sums": state["sums"]}
         set_rng_state(mine["rng"])
     except CheckpointError:

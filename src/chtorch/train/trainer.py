@@ -1,6 +1,7 @@
 """The reference training loop: one recipe, one optimizer, one sparsity engine, exact resume.
 
-Per step (the three-line integration of ``chtorch.sparsify``)::
+Per step (the three-line integration of ``chtorch.sparsify``; :mod:`chtorch.train.stepping` adds
+``train.grad_accum`` micro-batches per step and ``train.precision``)::
 
     loss.backward(); optimizer.step(); sparsity.step(); scheduler.step(); optimizer.zero_grad()
 
@@ -68,6 +69,7 @@ from chtorch.train.preflight import preflight
 from chtorch.train.progress import Progress
 from chtorch.train.run_state import restore_run, run_state
 from chtorch.train.rundir import defer_sigint
+from chtorch.train.stepping import Precision, micro_groups, optimizer_step
 
 __all__ = ["Trainer"]
 
@@ -148,14 +150,19 @@ class Trainer:
             # Dropout may differ per rank (it is per-sample noise); the topology never uses this RNG.
             torch.manual_seed(derive_seed(cfg.run.seed, "rank", self.rank))
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        spe = int(self.recipe.steps_per_epoch)
+        self.precision = Precision(cfg.train.precision, self.device)
+        self.grad_accum = cfg.train.grad_accum
+        batches = int(self.recipe.steps_per_epoch)  # micro-batches: grad_accum of them per optimizer step
         if self.dist.enabled and not self.recipe.shards_data:
-            spe //= self.world_size  # the trainer deals the recipe's batches out round-robin
-        self.steps_per_epoch = spe
+            batches //= self.world_size  # the trainer deals the recipe's batches out round-robin
+        self.batches_per_epoch = batches - batches % self.grad_accum  # a last, partial step is dropped
+        self.steps_per_epoch = self.batches_per_epoch // self.grad_accum
         if self.steps_per_epoch < 1:
             more = f" for {self.world_size} processes" if self.dist.enabled else ""
+            accum = f" and train.grad_accum={self.grad_accum}" if self.grad_accum > 1 else ""
             raise ConfigError(
-                f"the training set yields no batch{more}: lower data.batch_size or raise data.train_limit",
+                f"the training set yields no optimizer step{more}{accum}: lower data.batch_size or raise "
+                "data.train_limit",
                 "data.batch_size",
             )
         if not self.dist.all_equal(self.steps_per_epoch):
@@ -201,6 +208,7 @@ class Trainer:
             except ValueError as exc:  # OptionError included: a combination the engine refuses for this model
                 raise ConfigError(f"sparsity settings do not fit this model: {exc}", "sparsity") from None
             t_end = update_limit(self.sparsity.t_end, self.sparsity.options.final_update)
+            self.sparsity.set_grad_scaler(self.precision.scaler)
             self.chains = self.sparsity.couplings or infer_couplings(self.model, self.sparsity.layer_names)
         else:
             self.chains = []
@@ -345,57 +353,26 @@ class Trainer:
             return iter(self.recipe.train_batches(epoch, start))
         w = self.world_size
         batches = self.recipe.train_batches(epoch, start * w)
-        return itertools.islice(batches, self.rank, (self.steps_per_epoch - start) * w, w)
+        return itertools.islice(batches, self.rank, (self.batches_per_epoch - start) * w, w)
 
     def _run_epoch(self, progress: Progress) -> dict[str, Any]:
         cfg = self.config
         epoch = self.epoch
         t0 = time.perf_counter()
         self.model.train()
-        logged_step = -1
-        for batch in self._batches(epoch, self.batch):
-            loss, stats = self.recipe.train_step(self.train_model, batch)
-            report = None
-            # Under DDP a step is skipped on every rank when the loss is not finite on one of them:
-            # a rank that skipped backward() would leave the others waiting in DDP's all-reduce.
-            if self.dist.any(not bool(torch.isfinite(loss.detach()))):
-                self.nonfinite += 1
-                if self.is_main:
-                    warnings.warn(
-                        f"chtorch: non-finite loss at step {self.step + 1}; the step and any topology update "
-                        f"due are skipped ({self.nonfinite}/{cfg.train.max_nonfinite})",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.nonfinite > cfg.train.max_nonfinite:
-                    raise nonfinite_error(self.run_dir, self.nonfinite, cfg.train.max_nonfinite)
-            else:
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                # The LR this step trains with (the scheduler moves it after the step; just after a
-                # topology update that is the first value of a re-warm-up): step and epoch records report this one.
-                self.lr_used = self.optimizer.param_groups[0]["lr"]
-                if self.sparsity is None or not self.sparsity.skips_optimizer_step():
-                    self.optimizer.step()
-                if self.sparsity is not None:
-                    report = self.sparsity.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                for key, value in stats.items():
-                    self.sums[key] = self.sums.get(key, 0.0) + value
-            self.batch += 1
+        for group in micro_groups(self._batches(epoch, self.batch), self.grad_accum):
+            loss, report = optimizer_step(self, group)
+            if loss is None and self.nonfinite > cfg.train.max_nonfinite:
+                raise nonfinite_error(self.run_dir, self.nonfinite, cfg.train.max_nonfinite)
+            self.batch += len(group)
             if report is not None:
                 self.log.write(
                     records.update_record(report, epoch, self.sparsity.density() if self.sparsity is not None else 1.0)
                 )
-            if cfg.train.log_every and self.step % cfg.train.log_every == 0 and self.step != logged_step:
-                logged_step = self.step  # a skipped (non-finite) step does not log the same step twice
+            if loss is not None and cfg.train.log_every and self.step % cfg.train.log_every == 0:
                 self.log.write(records.step_record(epoch, self.step, float(loss.detach()), self.lr_used))
             postfix = None
-            if progress.bar is not None and (self.batch % 10 == 0 or self.batch == self.steps_per_epoch):
+            if progress.bar is not None and (self.batch % 10 == 0 or self.batch == self.batches_per_epoch):
                 train = self.recipe.summarize(self.sums)
                 postfix = {k.replace("train_", ""): f"{v:.4f}" for k, v in train.items()}
                 if self.sparsity is not None:
