@@ -73,7 +73,10 @@ ALWAYS_READ = frozenset(
 )
 
 #: Capability a part declares it needs -> the options the engine reads only to serve it.
-NEED_READS = {"dense_gradient": ("grad_accumulation",), "live_neurons": ("regrowth_candidates",)}
+NEED_READS = {
+    "dense_gradient": ("grad_accumulation", "grad_accumulation_dtype"),
+    "live_neurons": ("regrowth_candidates",),
+}
 
 
 @dataclass(frozen=True)
