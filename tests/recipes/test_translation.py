@@ -21,6 +21,7 @@ from chtorch.config import ConfigError, build_config  # noqa: E402
 from chtorch.dst.percolation import chain, rows  # noqa: E402
 from chtorch.recipes.translation import BEST_MODEL_NAME, Translation, cached_tokenizer, corpus_bleu  # noqa: E402
 from chtorch.train import Trainer, resume, train  # noqa: E402
+from chtorch.train.checkpoint import CheckpointError  # noqa: E402
 
 METHODS = ["dense", "static", "set", "rigl", "mest", "gmp", "granet", "cht", "chts", "chtss"]
 
@@ -350,3 +351,37 @@ def test_multi30k_files_are_read_and_tokenized(data_dir) -> None:
     assert info["train_pairs_read"] == 500 and info["val_pairs"] == 20 and info["test_sentences"] == 1000
     assert recipe.test_references[0] == "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
     assert recipe.src_tok.vocab_size == 300
+
+
+def _stopped_run(corpus: Path, tmp_path: Path) -> Path:
+    """A run stopped in its second epoch: it holds tokenizers, best_model.pt and a checkpoint."""
+
+    def stop_at_step_6(trainer: Trainer) -> None:
+        if trainer.step == 6:
+            trainer.request_stop()
+
+    part = train(
+        build_config(tiny_raw(corpus, train={"epochs": 3})),
+        tmp_path / "run",
+        out=io.StringIO(),
+        callbacks=[stop_at_step_6],
+    )
+    assert part.interrupted
+    return tmp_path / "run"
+
+
+@pytest.mark.e2e
+def test_an_edited_tokenizer_or_best_model_is_refused_on_resume(corpus, tmp_path) -> None:
+    run = _stopped_run(corpus, tmp_path)
+    tokenizer = run / "tokenizer" / "tokenizer.json"
+    best = run / BEST_MODEL_NAME
+    assert tokenizer.is_file() and best.is_file()
+    for victim in (tokenizer, best):  # still readable, but not the file the run was trained with
+        original = victim.read_bytes()
+        victim.write_bytes(original + b"\n" if victim == tokenizer else original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(CheckpointError, match=rf"{victim.name} does not match the SHA-256.*Put back"):
+            resume(run, out=io.StringIO())
+        victim.write_bytes(original)
+    best.unlink()
+    with pytest.raises(CheckpointError, match=rf"{BEST_MODEL_NAME} is missing"):
+        resume(run, out=io.StringIO())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -168,6 +169,21 @@ class Recipe(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Facts about the data for the run report (sizes, classes, ...)."""
         return {}
+
+    def result_files(self) -> list[Path]:
+        """Files in the run directory besides the checkpoint that decide the results: the checkpoint
+        records their SHA-256 and a resume (or ``chtorch evaluate``) refuses a changed one. Default:
+        the cached tokenizers (every file in a ``tokenizer*`` folder of the run directory)."""
+        folder = Path(self.config.run.dir) if self.config.run.dir else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p for d in folder.glob("tokenizer*") if d.is_dir() for p in d.iterdir() if p.is_file())
+
+    def result_file_ahead(self, path: Path, epochs_done: int) -> bool:
+        """Whether the result file ``path`` was written after the checkpoint this run resumes from (taken
+        after ``epochs_done`` epochs), by an attempt that stopped before its next checkpoint, so the
+        recipe ignores and replaces it."""
+        return False
 
     # -- re-scoring a trained run (``chtorch evaluate``) -----------------------------------------------
     def evaluation_weights(self) -> tuple[dict[str, torch.Tensor], str] | None:

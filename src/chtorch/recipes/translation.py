@@ -397,6 +397,20 @@ class Translation(Recipe):
             with atomic_write(path) as (handle, _):
                 torch.save(self._best, handle)
 
+    def result_files(self) -> list[Path]:
+        path = self._best_path()
+        return super().result_files() + ([path] if path is not None and path.is_file() else [])
+
+    def result_file_ahead(self, path: Path, epochs_done: int) -> bool:
+        # best_model.pt of an evaluation whose epoch never reached its checkpoint: _load_best ignores it
+        # and the next evaluation replaces it, so its content decides nothing.
+        if path != self._best_path():
+            return False
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) > epochs_done
+        except Exception:  # unreadable or foreign: a changed file, which the caller reports
+            return False
+
     def _improves(self, metrics: dict[str, float], best: dict[str, Any] | None) -> bool:
         """Whether ``metrics`` beat the kept checkpoint by ``data.select_by`` (strictly: a tie keeps the
         earlier one, as the official trainer's ``min_acc < accuracy``)."""

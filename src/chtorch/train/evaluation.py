@@ -31,6 +31,7 @@ from chtorch.config import ConfigError, apply_overrides, build_config, parse_ove
 from chtorch.recipes.base import get_recipe
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_training_checkpoint
 from chtorch.train.distributed import resolve_device
+from chtorch.train.run_files import verify_result_files
 from chtorch.train.rundir import check_device
 
 __all__ = ["Evaluation", "evaluate_run", "evaluation_name", "load_weights", "COMMON_EVALUATION_KEYS"]
@@ -127,6 +128,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], overrides: Sequence[str] = (),
     try:
         recipe = get_recipe(config.run.recipe)(config, device)
         recipe.setup()
+        verify_result_files(folder.resolve(), state.get("files"), recipe.result_files(), lambda p: False)
         with torch.random.fork_rng(devices=[]):  # the weights are loaded; leave the caller's RNG alone
             model = recipe.build_model()
         try:

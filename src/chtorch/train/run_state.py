@@ -16,11 +16,12 @@ import torch
 from chtorch.config import config_to_dict
 from chtorch.train.checkpoint import CHECKPOINT_NAME, CheckpointError, check_optimizer_state, rng_state, set_rng_state
 from chtorch.train.lifecycle import chtorch_version, launch_hint
+from chtorch.train.run_files import result_digests, verify_result_files
 
 if TYPE_CHECKING:
     from chtorch.train.trainer import Trainer
 
-__all__ = ["run_state", "restore_run"]
+__all__ = ["run_state", "restore_run", "check_result_files", "record_result_files"]
 
 
 def run_state(self: Trainer) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def run_state(self: Trainer) -> dict[str, Any]:
         "elapsed": self.elapsed,
         "versions": {"torch": str(torch.__version__), "chtorch": chtorch_version()},
         "world_size": self.world_size,
+        "files": record_result_files(self),
     }
     if self.dist.enabled:
         state["ranks"] = per_rank
@@ -92,3 +94,19 @@ def restore_run(self: Trainer, state: dict[str, Any]) -> None:
     self.sums = dict(mine["sums"])
     self.nonfinite = int(state["nonfinite"])
     self.elapsed = float(state["elapsed"])
+
+
+def record_result_files(self: Trainer) -> dict[str, str]:
+    """The SHA-256 of the recipe's result files now (see :mod:`chtorch.train.run_files`), kept as the
+    run's reference until the next checkpoint; empty on ranks other than 0, which write no files."""
+    self.result_files = result_digests(self.run_dir, self.recipe.result_files()) if self.is_main else {}
+    return self.result_files
+
+
+def check_result_files(self: Trainer, recorded: object) -> None:
+    """Refuse a run whose result files differ from ``recorded`` (a checkpoint's ``files``): on resume
+    and before every evaluation, which may score the kept best model."""
+    if self.is_main:
+        verify_result_files(
+            self.run_dir, recorded, self.recipe.result_files(), lambda p: self.recipe.result_file_ahead(p, self.epoch)
+        )

@@ -67,7 +67,7 @@ from chtorch.train.metrics import read_metrics
 from chtorch.train.optim import build_optimizer, build_scheduler
 from chtorch.train.preflight import preflight
 from chtorch.train.progress import Progress
-from chtorch.train.run_state import restore_run, run_state
+from chtorch.train.run_state import check_result_files, restore_run, run_state
 from chtorch.train.rundir import defer_sigint
 from chtorch.train.stepping import Precision, micro_groups, optimizer_step
 
@@ -114,6 +114,8 @@ class Trainer:
         self.sums: dict[str, Any] = {}
         self.nonfinite = 0
         self.elapsed = 0.0
+        # SHA-256 of the recipe's result files at the last checkpoint (None until one is written or read)
+        self.result_files: dict[str, str] | None = None
         self.lr_used = math.nan  # the LR of the last optimizer step (set by the loop; see _run_epoch)
         self._stop_requested = False
         self._threads = torch.get_num_threads()  # restored after the run: the setting is process-wide
@@ -266,6 +268,8 @@ class Trainer:
             # refused before anything in the run directory changes.
             self.load_state_dict(self.resume_state)
             check_same_run(self.run_dir, self.resume_state)
+            check_result_files(self, self.resume_state.get("files"))
+            self.result_files = self.resume_state.get("files")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resume_step = self.step if self.resume_state is not None else None
@@ -391,6 +395,7 @@ class Trainer:
         record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.lr_used}
         record.update(self.recipe.summarize(self.dist.sum(self.sums) if self.dist.enabled else self.sums))
         if self.is_main and (self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs):
+            check_result_files(self, self.result_files)  # the kept best model may decide the test score
             record.update(self.recipe.evaluate(self.model))  # the whole test set, on rank 0
         record.update(records.topology_state(self.sparsity, self.chains))
         seconds = time.perf_counter() - t0
