@@ -27,12 +27,15 @@ from chtorch.dst import (  # modules kept as chtorch.percolation / chtorch.sched
     select_layers,
 )
 from chtorch.dst import method_names as methods
+from chtorch.portable import load_sparse, strip
 from chtorch.sparse import register_kernel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "sparsify",
+    "load_sparse",
+    "strip",
     "DynamicSparsity",
     "SparsityOptions",
     "OptionError",

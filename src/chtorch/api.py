@@ -81,8 +81,9 @@ def sparsify(
 
     ``masks``: start from saved topologies (layer name → bool ``(out_features, in_features)``, e.g.
     from a checkpoint) instead of drawing new ones; the weights and optimizer state are kept as they
-    are (no ``weight_init``), so resuming is ``sparsify(..., masks=saved)`` then
-    ``sp.load_state_dict(saved_engine_state)``.
+    are (no ``weight_init``), so resuming a fresh model is ``masks = chtorch.load_sparse(model,
+    saved_model_state)``, ``sparsify(..., masks=masks)``, ``sp.load_state_dict(saved_engine_state)``,
+    then ``optimizer.load_state_dict(saved_optimizer_state)`` (docs/integration.md).
     """
     if total_steps is None:
         raise ValueError(

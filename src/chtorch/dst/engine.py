@@ -134,7 +134,7 @@ class DynamicSparsity:
         names = select_layers(model, layers, exclude)
         check_structure(model, names)
         modules = dict(model.named_modules())
-        check_owned(modules, names, optimizer)
+        check_owned(modules, names, optimizer, masks if isinstance(masks, Mapping) else None)
         for name in names:
             refuse_sharded(name, modules[name].weight)
         groups = head_groups(options.head_groups, names, modules)

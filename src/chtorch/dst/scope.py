@@ -167,8 +167,14 @@ def select_layers(
     return chosen
 
 
-def check_owned(modules: Mapping[str, nn.Module], names: Sequence[str], optimizer: torch.optim.Optimizer) -> None:
-    """Refuse a selected layer whose weight the optimizer does not update, or that is already sparsified."""
+def check_owned(
+    modules: Mapping[str, nn.Module],
+    names: Sequence[str],
+    optimizer: torch.optim.Optimizer,
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Refuse a selected layer whose weight the optimizer does not update, or that is already sparsified
+    (a ``weight_mask`` restored by ``chtorch.load_sparse`` passes when ``masks`` gives that very mask)."""
     params_in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for name in names:
         if id(modules[name].weight) not in params_in_optimizer:
@@ -176,8 +182,21 @@ def check_owned(modules: Mapping[str, nn.Module], names: Sequence[str], optimize
                 f"the weight of layer {name!r} is not in the optimizer's parameter groups; build the optimizer "
                 "from model.parameters() before calling sparsify, or exclude the layer"
             )
-        if hasattr(modules[name], "weight_mask"):
-            raise ValueError(f"layer {name!r} already has a weight_mask: the model is already sparsified")
+        existing = getattr(modules[name], "weight_mask", None)
+        if existing is not None and not _same_mask(existing, (masks or {}).get(name)):
+            raise ValueError(
+                f"layer {name!r} already has a weight_mask: the model is already sparsified (to continue from "
+                "masks loaded with chtorch.load_sparse, pass them: sparsify(..., masks=masks))"
+            )
+
+
+def _same_mask(existing: object, given: object) -> bool:
+    return (
+        torch.is_tensor(existing)
+        and torch.is_tensor(given)
+        and existing.shape == given.shape
+        and torch.equal(existing, given.to(existing.device))
+    )
 
 
 def check_structure(model: nn.Module, names: Sequence[str]) -> None:
