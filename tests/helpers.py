@@ -118,3 +118,36 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def linear_stack(sizes: Sequence[int], seed: int = 0) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ReLUs between them (none after the last), seeded init."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def optimizer_of_kind(model: nn.Module, kind: str) -> torch.optim.Optimizer:
+    """``sgd`` (momentum, weight decay), ``adam`` or anything else for AdamW: the engine tests' optimizers."""
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=1e-2)
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+
+
+def random_mask(n_out: int, n_in: int, density: float, seed: int) -> torch.Tensor:
+    """A bool (n_out, n_in) mask with each link present with probability ``density``."""
+    return torch.rand(n_out, n_in, generator=torch.Generator().manual_seed(seed)) < density
+
+
+def masked_linear(n_in: int, n_out: int, mask: torch.Tensor, seed: int = 0, bias: bool = True) -> nn.Linear:
+    """The masked backend's layer: dense weight, zero off the mask, bool `weight_mask` buffer."""
+    torch.manual_seed(seed)  # nn.Linear's init draws from the global RNG; tests own it
+    linear = nn.Linear(n_in, n_out, bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    linear.register_buffer("weight_mask", mask.clone())
+    return linear

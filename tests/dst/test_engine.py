@@ -15,16 +15,10 @@ import chtorch
 from chtorch.dst import schedules
 from chtorch.dst.options import OptionError
 from chtorch.masks import link_budget
+from helpers import linear_stack as make_model
+from helpers import optimizer_of_kind as make_optimizer
 
 METHODS = chtorch.methods()
-
-
-def make_model(sizes: list[int], seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 def batch(step: int, n_in: int, n_classes: int, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,14 +26,6 @@ def batch(step: int, n_in: int, n_classes: int, size: int = 16) -> tuple[torch.T
     x = torch.randn(size, n_in, generator=g)
     y = torch.randint(0, n_classes, (size,), generator=g)
     return x, y
-
-
-def make_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=1e-2)
-    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
 
 
 def check_invariants(sp: chtorch.DynamicSparsity, opt: torch.optim.Optimizer) -> None:

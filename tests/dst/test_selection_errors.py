@@ -10,24 +10,10 @@ from torch import nn
 
 import chtorch
 from chtorch.dst.options import OptionError
+from helpers import linear_stack as make_model
+from helpers import optimizer_of_kind as make_optimizer
 
 METHODS = chtorch.methods()
-
-
-def make_model(sizes: list[int], seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-def make_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=1e-2)
-    return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
 
 
 # ------------------------------------------------------------------ layer selection and bad input

@@ -17,26 +17,14 @@ from chtorch.sparse import (
     to_dense,
     to_sparse,
 )
+from helpers import masked_linear as _masked_linear
+from helpers import random_mask as _random_mask
 
 IMPLS = ["csr", "gather"] + (["native"] if native.available() else [])
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _random_mask(n_out: int, n_in: int, density: float, seed: int) -> torch.Tensor:
-    return torch.rand(n_out, n_in, generator=_gen(seed)) < density
-
-
-def _masked_linear(n_in: int, n_out: int, mask: torch.Tensor, seed: int = 0, bias: bool = True) -> nn.Linear:
-    """The masked backend's layer: dense weight, zero off the mask, bool `weight_mask` buffer."""
-    torch.manual_seed(seed)  # nn.Linear's init draws from the global RNG; tests own it
-    linear = nn.Linear(n_in, n_out, bias=bias)
-    with torch.no_grad():
-        linear.weight.mul_(mask)
-    linear.register_buffer("weight_mask", mask.clone())
-    return linear
 
 
 # --- a short training run: sparse backend == masked backend -----------------------------------
